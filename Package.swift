@@ -1,0 +1,75 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let package = Package(
+    name: "Tandem",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "tandemd", targets: ["tandemd"]),
+        .library(name: "SessionStore", targets: ["SessionStore"]),
+        .library(name: "MemcacheProtocol", targets: ["MemcacheProtocol"]),
+        .library(name: "TandemServer", targets: ["TandemServer"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+    ],
+    targets: [
+        // The in-memory session store: sharded map, expiry, LRU, memory limit.
+        // Knows nothing of sockets, protocols or SQLite.
+        .target(name: "SessionStore"),
+
+        // memcached text and meta protocol: decoders and reply encoders only.
+        .target(
+            name: "MemcacheProtocol",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio")]
+        ),
+
+        // Listeners, the dispatcher that runs commands against the store, stats, lifecycle.
+        .target(
+            name: "TandemServer",
+            dependencies: [
+                "SessionStore",
+                "MemcacheProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+
+        // @main: argument parsing and start-up, nothing else.
+        .executableTarget(
+            name: "tandemd",
+            dependencies: [
+                "TandemServer",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+
+        .testTarget(name: "SessionStoreTests", dependencies: ["SessionStore"]),
+        .testTarget(
+            name: "MemcacheProtocolTests",
+            dependencies: [
+                "MemcacheProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOTestUtils", package: "swift-nio"),
+            ]
+        ),
+        .testTarget(
+            name: "TandemServerTests",
+            dependencies: [
+                "TandemServer",
+                "SessionStore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

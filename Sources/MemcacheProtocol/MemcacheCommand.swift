@@ -1,0 +1,150 @@
+import NIOCore
+
+/// One decoded memcached request. Keys and values are slices of the read
+/// buffer: the dispatcher must copy what it keeps before the next read.
+public enum MemcacheCommand: Sendable, Equatable {
+    /// `get`/`gets` (and `gat`/`gats` with `touch`) for one or more keys.
+    case retrieve(RetrievalCommand)
+    /// `set`, `add`, `replace`, `append`, `prepend`, `cas` with its data block.
+    case store(StorageCommand)
+    /// `delete <key> [noreply]`.
+    case delete(key: ByteBuffer, noreply: Bool)
+    /// `incr`/`decr <key> <delta> [noreply]`.
+    case arithmetic(key: ByteBuffer, increment: Bool, delta: UInt64, noreply: Bool)
+    /// `touch <key> <exptime> [noreply]`.
+    case touch(key: ByteBuffer, exptime: Int64, noreply: Bool)
+    /// `flush_all [delay] [noreply]`.
+    case flushAll(delay: Int64, noreply: Bool)
+    /// `version`.
+    case version
+    /// `verbosity <level> [noreply]`.
+    case verbosity(level: UInt64, noreply: Bool)
+    /// `quit`: close after the replies before it.
+    case quit
+    /// `stats [group]`.
+    case stats(group: StatsGroup)
+    /// A meta command (`mg`, `ms`, `md`, `ma`, `mn`, `me`).
+    case meta(MetaCommand)
+    /// A request the client got wrong; the connection stays usable.
+    case invalid(MemcacheRequestError)
+}
+
+/// The argument of `stats`.
+public enum StatsGroup: Sendable, Equatable {
+    /// `stats` with no argument: the general block.
+    case general
+    case settings
+    case items
+    case slabs
+    case sizes
+    case conns
+    /// `stats reset`.
+    case reset
+    /// Anything else (memcached answers with an error).
+    case other(String)
+}
+
+/// `get`, `gets`, `gat`, `gats`.
+public struct RetrievalCommand: Sendable, Equatable {
+    /// The keys, validated, in request order.
+    public var keys: KeyList
+    /// Whether to include the CAS token in each `VALUE` line (`gets`, `gats`).
+    public var returnsCas: Bool
+    /// For `gat`/`gats`: the new exptime to set on every hit.
+    public var touchExptime: Int64?
+
+    public init(keys: KeyList, returnsCas: Bool, touchExptime: Int64? = nil) {
+        self.keys = keys
+        self.returnsCas = returnsCas
+        self.touchExptime = touchExptime
+    }
+}
+
+/// The space-separated key list of a retrieval command, kept as one slice so
+/// that decoding a `get` allocates nothing; iterate it for the keys.
+public struct KeyList: Sendable, Equatable, Sequence {
+    /// The bytes of the keys region, keys separated by one or more spaces.
+    public let bytes: ByteBuffer
+
+    public init(bytes: ByteBuffer) {
+        self.bytes = bytes
+    }
+
+    public struct Iterator: IteratorProtocol {
+        var remaining: ByteBuffer
+
+        public mutating func next() -> ByteBuffer? {
+            while remaining.readableBytes > 0, remaining.getInteger(at: remaining.readerIndex, as: UInt8.self) == ASCII.space {
+                remaining.moveReaderIndex(forwardBy: 1)
+            }
+            guard remaining.readableBytes > 0 else { return nil }
+            let length = remaining.withUnsafeReadableBytes { bytes in
+                bytes.firstIndex(of: ASCII.space) ?? bytes.count
+            }
+            return remaining.readSlice(length: length)
+        }
+    }
+
+    public func makeIterator() -> Iterator {
+        Iterator(remaining: bytes)
+    }
+}
+
+/// Which storage command a `StorageCommand` is.
+public enum StorageVerb: Sendable, Equatable {
+    case set, add, replace, append, prepend, cas
+}
+
+/// A storage command with its data block.
+public struct StorageCommand: Sendable, Equatable {
+    public var verb: StorageVerb
+    public var key: ByteBuffer
+    public var flags: UInt32
+    public var exptime: Int64
+    /// The `cas` command's unique token; 0 for the other verbs.
+    public var casUnique: UInt64
+    public var noreply: Bool
+    /// The data block, without its trailing `\r\n`.
+    public var value: ByteBuffer
+
+    public init(verb: StorageVerb, key: ByteBuffer, flags: UInt32, exptime: Int64, casUnique: UInt64 = 0, noreply: Bool, value: ByteBuffer) {
+        self.verb = verb
+        self.key = key
+        self.flags = flags
+        self.exptime = exptime
+        self.casUnique = casUnique
+        self.noreply = noreply
+        self.value = value
+    }
+}
+
+/// Something wrong with one request. The dispatcher answers it; the
+/// connection keeps working.
+public enum MemcacheRequestError: Error, Sendable, Equatable {
+    /// Not a command this server knows: `ERROR`.
+    case unknownCommand
+    /// Wrong number or form of arguments: `CLIENT_ERROR bad command line format`.
+    case badCommandLine
+    /// A key over 250 bytes or with control characters.
+    case badKey
+    /// The data block did not end with `\r\n`.
+    case badDataChunk
+    /// The declared value is larger than the item size limit (data block swallowed).
+    case tooLarge
+    /// An incr/decr delta that is not an unsigned 64-bit number.
+    case invalidDelta
+    /// `delete <key> <time>` with a non-zero time, which memcached no longer supports.
+    case deleteWithTime
+    /// A meta flag that is unknown, repeated or has a bad token; the text says which.
+    case badMetaFlag(String)
+    /// A meta mode token that the command does not have.
+    case invalidMetaMode
+    /// A base64 key that does not decode.
+    case badBase64Key
+}
+
+/// Errors after which the byte stream cannot be trusted: the connection closes.
+public enum MemcacheProtocolError: Error, Sendable, Equatable {
+    /// No newline within the line length limit.
+    case lineTooLong(limit: Int)
+}

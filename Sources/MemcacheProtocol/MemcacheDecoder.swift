@@ -1,0 +1,527 @@
+import NIOCore
+
+/// Bounds on everything the decoder reads from a socket.
+public struct MemcacheDecoderLimits: Sendable {
+    /// A command line longer than this without a newline closes the connection
+    /// (memcached's 2048-byte rule).
+    public var maxLineLength: Int
+    /// `get`/`gets`/`gat`/`gats` may carry many keys; their own, larger bound.
+    public var maxRetrievalLineLength: Int
+    /// memcached's `KEY_MAX_LENGTH`.
+    public var maxKeyLength: Int
+    /// Values over this are refused with `SERVER_ERROR object too large for cache`
+    /// (their data block is swallowed, never buffered).
+    public var maxItemSize: Int
+    /// memcached's `MFLAG_MAX_OPAQUE_LENGTH`.
+    public var maxOpaqueLength: Int
+
+    public init(maxLineLength: Int = 2048, maxRetrievalLineLength: Int = 64 * 1024, maxKeyLength: Int = 250, maxItemSize: Int = 1 << 20, maxOpaqueLength: Int = 32) {
+        self.maxLineLength = maxLineLength
+        self.maxRetrievalLineLength = maxRetrievalLineLength
+        self.maxKeyLength = maxKeyLength
+        self.maxItemSize = maxItemSize
+        self.maxOpaqueLength = maxOpaqueLength
+    }
+}
+
+/// Turns bytes into `MemcacheCommand`s: the text protocol and the meta
+/// protocol, which share a connection. It touches no store.
+///
+/// Recoverable mistakes come out as `.invalid` commands for the dispatcher to
+/// answer; only a stream that cannot be re-synchronised throws.
+public struct MemcacheDecoder: Sendable {
+    /// Where the decoder is in the byte stream.
+    enum State: Sendable {
+        /// Expecting a command line.
+        case awaitingLine
+        /// A storage command line was read; its data block (plus `\r\n`) is next.
+        case awaitingData(PendingStore)
+        /// Dropping the data block of a storage command that was refused.
+        case swallowing(remaining: Int)
+    }
+
+    /// A storage command waiting for its data block.
+    enum PendingStore: Sendable {
+        /// A classic storage command, its value still empty.
+        case classic(StorageCommand, length: Int)
+        /// An `ms` command.
+        case meta(MetaCommand, length: Int)
+
+        var length: Int {
+            switch self {
+            case .classic(_, let length), .meta(_, let length): return length
+            }
+        }
+    }
+
+    public let limits: MemcacheDecoderLimits
+    private var state: State = .awaitingLine
+    /// Token ranges of the current line, reused so that decoding does not allocate.
+    private var tokens: [Range<Int>] = []
+
+    public init(limits: MemcacheDecoderLimits = MemcacheDecoderLimits()) {
+        self.limits = limits
+        self.tokens.reserveCapacity(32)
+    }
+
+    /// Decodes the next command from `buffer`, or returns nil when more bytes are needed.
+    public mutating func next(_ buffer: inout ByteBuffer) throws(MemcacheProtocolError) -> MemcacheCommand? {
+        while true {
+            switch state {
+            case .swallowing(let remaining):
+                let dropped = min(remaining, buffer.readableBytes)
+                buffer.moveReaderIndex(forwardBy: dropped)
+                if dropped < remaining {
+                    state = .swallowing(remaining: remaining - dropped)
+                    return nil
+                }
+                state = .awaitingLine
+
+            case .awaitingData(let pending):
+                guard buffer.readableBytes >= pending.length + 2 else { return nil }
+                let value = buffer.readSlice(length: pending.length)!
+                let terminator = buffer.readInteger(as: UInt16.self)!
+                state = .awaitingLine
+                guard terminator == 0x0D0A else { return .invalid(.badDataChunk) }
+                switch pending {
+                case .classic(var command, _):
+                    command.value = value
+                    return .store(command)
+                case .meta(var command, _):
+                    command.value = value
+                    return .meta(command)
+                }
+
+            case .awaitingLine:
+                if let command = try decodeLine(&buffer) { return command }
+                // A storage command line moves on to its data block; anything else needs more bytes.
+                if case .awaitingLine = state { return nil }
+            }
+        }
+    }
+
+    private mutating func decodeLine(_ buffer: inout ByteBuffer) throws(MemcacheProtocolError) -> MemcacheCommand? {
+        let readable = buffer.readableBytes
+        guard readable > 0 else { return nil }
+        let limit = Self.isRetrieval(buffer) ? limits.maxRetrievalLineLength : limits.maxLineLength
+        let newline = buffer.withUnsafeReadableBytes { bytes in
+            UnsafeRawBufferPointer(rebasing: bytes.prefix(limit)).firstIndex(of: ASCII.lf)
+        }
+        guard let newline else {
+            if readable >= limit { throw .lineTooLong(limit: limit) }
+            return nil
+        }
+        let line = buffer.readSlice(length: newline + 1)!
+        return parse(line)
+    }
+
+    /// Whether the buffered bytes start a retrieval command, which may be longer.
+    private static func isRetrieval(_ buffer: ByteBuffer) -> Bool {
+        buffer.withUnsafeReadableBytes { bytes in
+            guard bytes.count >= 4, bytes[0] == UInt8(ascii: "g") else { return false }
+            let second = bytes[1], third = bytes[2]
+            guard (second == UInt8(ascii: "e") || second == UInt8(ascii: "a")), third == UInt8(ascii: "t") else { return false }
+            return bytes[3] == ASCII.space || (bytes[3] == UInt8(ascii: "s") && bytes.count >= 5 && bytes[4] == ASCII.space)
+        }
+    }
+
+    // MARK: Line parsing
+
+    private mutating func parse(_ line: ByteBuffer) -> MemcacheCommand? {
+        line.withUnsafeReadableBytes { raw in
+            var end = raw.count - 1  // drop "\n"
+            if end > 0, raw[end - 1] == ASCII.cr { end -= 1 }
+            tokenize(UnsafeRawBufferPointer(rebasing: raw[..<end]))
+            let view = LineView(raw: raw, tokens: tokens, base: line)
+            guard view.count > 0 else { return .invalid(.unknownCommand) }
+            return decodeCommand(view)
+        }
+    }
+
+    private mutating func tokenize(_ content: UnsafeRawBufferPointer) {
+        tokens.removeAll(keepingCapacity: true)
+        var start = 0
+        var index = 0
+        while index < content.count {
+            if content[index] == ASCII.space {
+                if index > start { tokens.append(start..<index) }
+                start = index + 1
+            }
+            index += 1
+        }
+        if index > start { tokens.append(start..<index) }
+    }
+
+    private mutating func decodeCommand(_ line: LineView) -> MemcacheCommand? {
+        let name = line.bytes(0)
+        switch name.count {
+        case 2 where name[0] == UInt8(ascii: "m"):
+            return decodeMeta(line, verbLetter: name[1])
+        case 3:
+            if line.is(0, "get") { return decodeRetrieval(line, returnsCas: false, touches: false) }
+            if line.is(0, "set") { return decodeStorage(line, .set) }
+            if line.is(0, "add") { return decodeStorage(line, .add) }
+            if line.is(0, "cas") { return decodeStorage(line, .cas) }
+            if line.is(0, "gat") { return decodeRetrieval(line, returnsCas: false, touches: true) }
+        case 4:
+            if line.is(0, "gets") { return decodeRetrieval(line, returnsCas: true, touches: false) }
+            if line.is(0, "gats") { return decodeRetrieval(line, returnsCas: true, touches: true) }
+            if line.is(0, "incr") { return decodeArithmetic(line, increment: true) }
+            if line.is(0, "decr") { return decodeArithmetic(line, increment: false) }
+            if line.is(0, "quit") { return .quit }
+        case 5:
+            if line.is(0, "touch") { return decodeTouch(line) }
+            if line.is(0, "stats") { return decodeStats(line) }
+        case 6:
+            if line.is(0, "delete") { return decodeDelete(line) }
+            if line.is(0, "append") { return decodeStorage(line, .append) }
+        case 7:
+            if line.is(0, "replace") { return decodeStorage(line, .replace) }
+            if line.is(0, "prepend") { return decodeStorage(line, .prepend) }
+            if line.is(0, "version") { return .version }
+        case 9:
+            if line.is(0, "flush_all") { return decodeFlushAll(line) }
+            if line.is(0, "verbosity") { return decodeVerbosity(line) }
+        default:
+            break
+        }
+        return .invalid(.unknownCommand)
+    }
+
+    private func decodeRetrieval(_ line: LineView, returnsCas: Bool, touches: Bool) -> MemcacheCommand {
+        var firstKey = 1
+        var exptime: Int64?
+        if touches {
+            guard line.count >= 3 else { return .invalid(.unknownCommand) }
+            guard let value = ASCII.parseInt64(line.bytes(1)) else { return .invalid(.badCommandLine) }
+            exptime = value
+            firstKey = 2
+        }
+        guard line.count > firstKey else { return .invalid(.unknownCommand) }
+        for index in firstKey..<line.count where !isKey(line.bytes(index)) {
+            return .invalid(.badKey)
+        }
+        let keys = line.slice(from: firstKey, through: line.count - 1)
+        return .retrieve(RetrievalCommand(keys: KeyList(bytes: keys), returnsCas: returnsCas, touchExptime: exptime))
+    }
+
+    /// `<cmd> <key> <flags> <exptime> <bytes> [cas unique] [noreply]`
+    private mutating func decodeStorage(_ line: LineView, _ verb: StorageVerb) -> MemcacheCommand? {
+        let required = verb == .cas ? 6 : 5
+        guard line.count == required || line.count == required + 1 else {
+            return .invalid(line.count < required ? .unknownCommand : .badCommandLine)
+        }
+        // The length comes first: with it, a refused command's data block can be swallowed.
+        guard let length = ASCII.parseInt64(line.bytes(4)), length >= 0, length <= Int64(Int32.max) - 2 else {
+            return .invalid(.badCommandLine)
+        }
+        let swallow = Int(length) + 2
+        guard isKey(line.bytes(1)) else {
+            state = .swallowing(remaining: swallow)
+            return .invalid(.badKey)
+        }
+        let noreply = line.count == required + 1
+        guard let flags = ASCII.parseUInt64(line.bytes(2)), flags <= UInt64(UInt32.max),
+            let exptime = ASCII.parseInt64(line.bytes(3)),
+            !noreply || line.is(required, "noreply")
+        else {
+            state = .swallowing(remaining: swallow)
+            return .invalid(.badCommandLine)
+        }
+        var casUnique: UInt64 = 0
+        if verb == .cas {
+            guard let token = ASCII.parseUInt64(line.bytes(5)) else {
+                state = .swallowing(remaining: swallow)
+                return .invalid(.badCommandLine)
+            }
+            casUnique = token
+        }
+        guard Int(length) <= limits.maxItemSize else {
+            state = .swallowing(remaining: swallow)
+            return .invalid(.tooLarge)
+        }
+        let command = StorageCommand(
+            verb: verb, key: line.slice(1), flags: UInt32(flags), exptime: exptime,
+            casUnique: casUnique, noreply: noreply, value: ByteBuffer()
+        )
+        state = .awaitingData(.classic(command, length: Int(length)))
+        return nil
+    }
+
+    /// `delete <key> [0] [noreply]`
+    private func decodeDelete(_ line: LineView) -> MemcacheCommand {
+        guard line.count >= 2, line.count <= 4 else {
+            return .invalid(line.count < 2 ? .unknownCommand : .badCommandLine)
+        }
+        guard isKey(line.bytes(1)) else { return .invalid(.badKey) }
+        var noreply = false
+        var index = 2
+        if index < line.count, !line.is(index, "noreply") {
+            // Only the legacy "0" hold time is accepted.
+            guard line.is(index, "0") else { return .invalid(.deleteWithTime) }
+            index += 1
+        }
+        if index < line.count {
+            guard line.is(index, "noreply") else { return .invalid(.badCommandLine) }
+            noreply = true
+            index += 1
+        }
+        guard index == line.count else { return .invalid(.badCommandLine) }
+        return .delete(key: line.slice(1), noreply: noreply)
+    }
+
+    /// `incr|decr <key> <delta> [noreply]`
+    private func decodeArithmetic(_ line: LineView, increment: Bool) -> MemcacheCommand {
+        guard line.count == 3 || line.count == 4 else {
+            return .invalid(line.count < 3 ? .unknownCommand : .badCommandLine)
+        }
+        guard isKey(line.bytes(1)) else { return .invalid(.badKey) }
+        guard let delta = ASCII.parseUInt64(line.bytes(2)) else { return .invalid(.invalidDelta) }
+        let noreply = line.count == 4
+        if noreply, !line.is(3, "noreply") { return .invalid(.badCommandLine) }
+        return .arithmetic(key: line.slice(1), increment: increment, delta: delta, noreply: noreply)
+    }
+
+    /// `touch <key> <exptime> [noreply]`
+    private func decodeTouch(_ line: LineView) -> MemcacheCommand {
+        guard line.count == 3 || line.count == 4 else {
+            return .invalid(line.count < 3 ? .unknownCommand : .badCommandLine)
+        }
+        guard isKey(line.bytes(1)) else { return .invalid(.badKey) }
+        guard let exptime = ASCII.parseInt64(line.bytes(2)) else { return .invalid(.badCommandLine) }
+        let noreply = line.count == 4
+        if noreply, !line.is(3, "noreply") { return .invalid(.badCommandLine) }
+        return .touch(key: line.slice(1), exptime: exptime, noreply: noreply)
+    }
+
+    /// `flush_all [delay] [noreply]`
+    private func decodeFlushAll(_ line: LineView) -> MemcacheCommand {
+        guard line.count <= 3 else { return .invalid(.badCommandLine) }
+        var delay: Int64 = 0
+        var noreply = false
+        var index = 1
+        if index < line.count, !line.is(index, "noreply") {
+            guard let value = ASCII.parseInt64(line.bytes(index)), value >= 0 else { return .invalid(.badCommandLine) }
+            delay = value
+            index += 1
+        }
+        if index < line.count {
+            guard line.is(index, "noreply") else { return .invalid(.badCommandLine) }
+            noreply = true
+            index += 1
+        }
+        guard index == line.count else { return .invalid(.badCommandLine) }
+        return .flushAll(delay: delay, noreply: noreply)
+    }
+
+    /// `verbosity <level> [noreply]`. Like memcached, a level that is not a
+    /// number counts as 0 and a lone `noreply` is accepted.
+    private func decodeVerbosity(_ line: LineView) -> MemcacheCommand {
+        guard line.count == 2 || line.count == 3 else { return .invalid(.unknownCommand) }
+        let noreply = line.is(line.count - 1, "noreply")
+        let level = ASCII.parseUInt64(line.bytes(1)) ?? 0
+        return .verbosity(level: level, noreply: noreply)
+    }
+
+    private func decodeStats(_ line: LineView) -> MemcacheCommand {
+        guard line.count > 1 else { return .stats(group: .general) }
+        let group: StatsGroup
+        if line.is(1, "settings") {
+            group = .settings
+        } else if line.is(1, "items") {
+            group = .items
+        } else if line.is(1, "slabs") {
+            group = .slabs
+        } else if line.is(1, "sizes") {
+            group = .sizes
+        } else if line.is(1, "conns") {
+            group = .conns
+        } else if line.is(1, "reset") {
+            group = .reset
+        } else {
+            group = .other(String(decoding: line.bytes(1), as: UTF8.self))
+        }
+        guard line.count == 2 else { return .invalid(.badCommandLine) }
+        return .stats(group: group)
+    }
+
+    // MARK: Meta
+
+    private mutating func decodeMeta(_ line: LineView, verbLetter: UInt8) -> MemcacheCommand? {
+        let verb: MetaVerb
+        switch verbLetter {
+        case UInt8(ascii: "g"): verb = .get
+        case UInt8(ascii: "s"): verb = .set
+        case UInt8(ascii: "d"): verb = .delete
+        case UInt8(ascii: "a"): verb = .arithmetic
+        case UInt8(ascii: "n"): verb = .noop
+        case UInt8(ascii: "e"): verb = .debug
+        default: return .invalid(.unknownCommand)
+        }
+        if verb == .noop {
+            return .meta(MetaCommand(verb: .noop, key: ByteBuffer(), flags: MetaFlags()))
+        }
+        guard line.count >= 2 else { return .invalid(.badCommandLine) }
+
+        var firstFlag = 2
+        var length = 0
+        if verb == .set {
+            guard line.count >= 3, let declared = ASCII.parseInt64(line.bytes(2)), declared >= 0, declared <= Int64(Int32.max) - 2 else {
+                return .invalid(.badCommandLine)
+            }
+            length = Int(declared)
+            firstFlag = 3
+        }
+
+        let parsed = parseMetaFlags(line, from: firstFlag, verb: verb)
+        // From here on, an `ms` error must swallow the data block to stay in frame.
+        let swallow = verb == .set ? length + 2 : 0
+        let flags: MetaFlags
+        switch parsed {
+        case .failure(let error):
+            if swallow > 0 { state = .swallowing(remaining: swallow) }
+            return .invalid(error)
+        case .success(let value):
+            flags = value
+        }
+
+        var key = line.slice(1)
+        if flags.has("b") {
+            let decoded = key.withUnsafeReadableBytes { Base64.decode($0) }
+            guard let decoded, !decoded.isEmpty, decoded.count <= limits.maxKeyLength else {
+                if swallow > 0 { state = .swallowing(remaining: swallow) }
+                return .invalid(.badBase64Key)
+            }
+            key = ByteBuffer(bytes: decoded)
+        } else if !isKey(line.bytes(1)) {
+            if swallow > 0 { state = .swallowing(remaining: swallow) }
+            return .invalid(.badKey)
+        }
+
+        let command = MetaCommand(verb: verb, key: key, flags: flags)
+        guard verb == .set else { return .meta(command) }
+        guard length <= limits.maxItemSize else {
+            state = .swallowing(remaining: swallow)
+            return .invalid(.tooLarge)
+        }
+        state = .awaitingData(.meta(command, length: length))
+        return nil
+    }
+
+    private func parseMetaFlags(_ line: LineView, from first: Int, verb: MetaVerb) -> Result<MetaFlags, MemcacheRequestError> {
+        var flags = MetaFlags()
+        guard first < line.count else { return .success(flags) }
+        for index in first..<line.count {
+            let token = line.bytes(index)
+            let letter = token[0]
+            let argument = UnsafeRawBufferPointer(rebasing: token.dropFirst())
+            // P and L are hints for proxies: accepted and ignored.
+            if letter == UInt8(ascii: "P") || letter == UInt8(ascii: "L") { continue }
+            guard Self.metaFlagAllowed(letter, for: verb) else {
+                return .failure(.badMetaFlag("invalid flag"))
+            }
+            guard flags.insert(letter) else { return .failure(.badMetaFlag("duplicate flag")) }
+            switch letter {
+            case UInt8(ascii: "O"):
+                guard argument.count <= limits.maxOpaqueLength else { return .failure(.badMetaFlag("opaque token too long")) }
+                flags.opaque = line.base.getSlice(at: line.base.readerIndex + line.tokens[index].lowerBound + 1, length: argument.count)
+            case UInt8(ascii: "T"):
+                guard let value = ASCII.parseInt64(argument) else { return .failure(.badMetaFlag("bad token in command line format")) }
+                flags.ttl = value
+            case UInt8(ascii: "N"):
+                guard let value = ASCII.parseInt64(argument) else { return .failure(.badMetaFlag("bad token in command line format")) }
+                flags.vivifyTTL = value
+            case UInt8(ascii: "R"):
+                guard let value = ASCII.parseInt64(argument) else { return .failure(.badMetaFlag("bad token in command line format")) }
+                flags.recacheSeconds = value
+            case UInt8(ascii: "C"):
+                guard let value = ASCII.parseUInt64(argument) else { return .failure(.badMetaFlag("bad token in command line format")) }
+                flags.compareCas = value
+            case UInt8(ascii: "E"):
+                guard let value = ASCII.parseUInt64(argument) else { return .failure(.badMetaFlag("bad token in command line format")) }
+                flags.explicitCas = value
+            case UInt8(ascii: "F"):
+                guard let value = ASCII.parseUInt64(argument), value <= UInt64(UInt32.max) else {
+                    return .failure(.badMetaFlag("bad token in command line format"))
+                }
+                flags.clientFlags = UInt32(value)
+            case UInt8(ascii: "D"):
+                guard let value = ASCII.parseUInt64(argument) else { return .failure(.badMetaFlag("invalid numeric delta argument")) }
+                flags.delta = value
+            case UInt8(ascii: "J"):
+                guard let value = ASCII.parseUInt64(argument) else { return .failure(.badMetaFlag("invalid numeric initial value")) }
+                flags.initial = value
+            case UInt8(ascii: "M"):
+                guard argument.count == 1 else { return .failure(.invalidMetaMode) }
+                flags.mode = argument[0]
+            default:
+                // Flags without tokens must stand alone.
+                guard argument.isEmpty else { return .failure(.badMetaFlag("invalid flag")) }
+            }
+        }
+        return .success(flags)
+    }
+
+    /// The flags each meta command accepts (memcached's protocol.txt).
+    private static func metaFlagAllowed(_ letter: UInt8, for verb: MetaVerb) -> Bool {
+        let allowed: StaticString
+        switch verb {
+        case .get: allowed = "bcfhklOqstuvCENRT"
+        case .set: allowed = "bcCEFIkOqsSTMN"
+        case .delete: allowed = "bCEIkOqTx"
+        case .arithmetic: allowed = "bCENJDTMOqtcvk"
+        case .debug: allowed = "b"
+        case .noop: allowed = ""
+        }
+        return allowed.withUTF8Buffer { $0.contains(letter) }
+    }
+
+    private func isKey(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        ASCII.isValidKey(bytes, maxLength: limits.maxKeyLength)
+    }
+}
+
+/// The tokens of one command line, over the line's bytes.
+struct LineView {
+    /// The whole line including its terminator.
+    let raw: UnsafeRawBufferPointer
+    let tokens: [Range<Int>]
+    /// The line as a buffer, for slicing out keys without copying.
+    let base: ByteBuffer
+
+    var count: Int { tokens.count }
+
+    func bytes(_ index: Int) -> UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(rebasing: raw[tokens[index]])
+    }
+
+    func `is`(_ index: Int, _ word: StaticString) -> Bool {
+        let token = bytes(index)
+        return word.withUTF8Buffer { expected in
+            expected.count == token.count && expected.elementsEqual(token)
+        }
+    }
+
+    /// Token `index` as a slice of the read buffer.
+    func slice(_ index: Int) -> ByteBuffer {
+        base.getSlice(at: base.readerIndex + tokens[index].lowerBound, length: tokens[index].count)!
+    }
+
+    /// Tokens `first...last` and the spaces between them, as one slice.
+    func slice(from first: Int, through last: Int) -> ByteBuffer {
+        let start = tokens[first].lowerBound
+        return base.getSlice(at: base.readerIndex + start, length: tokens[last].upperBound - start)!
+    }
+}
+
+extension MemcacheDecoder: NIOSingleStepByteToMessageDecoder {
+    public typealias InboundOut = MemcacheCommand
+
+    public mutating func decode(buffer: inout ByteBuffer) throws -> MemcacheCommand? {
+        try next(&buffer)
+    }
+
+    public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> MemcacheCommand? {
+        try next(&buffer)
+    }
+}

@@ -1,0 +1,77 @@
+/// One stored item inside a shard: key and value share a single allocation,
+/// and the LRU links are slot indices, so an item costs one heap object.
+struct ItemSlot {
+    /// The key bytes followed by the value bytes; empty while the slot is free.
+    var bytes: [UInt8]
+    /// The key's hash, kept so that growing the table never rehashes keys.
+    var hash: UInt64
+    /// The compare-and-swap token of the current version.
+    var cas: UInt64
+    /// Absolute expiry in milliseconds since the epoch; 0 never expires.
+    var deadline: Int64
+    /// When the item was last read or written, in milliseconds since the epoch.
+    var lastAccess: Int64
+    /// The client's opaque 32-bit flags.
+    var flags: UInt32
+    /// The next more recently used slot, or -1 at the head.
+    var newer: Int32
+    /// The next less recently used slot, or -1 at the tail.
+    var older: Int32
+    /// Length of the key prefix of `bytes` (keys are at most 250 bytes).
+    var keyLength: UInt8
+    /// Meta-protocol state bits (fetched, stale, win token sent).
+    var marks: ItemMarks
+
+    var valueCount: Int { bytes.count - Int(keyLength) }
+}
+
+/// Per-item state bits that the meta protocol exposes.
+struct ItemMarks: OptionSet {
+    let rawValue: UInt8
+    /// The item has been read at least once since it was stored (`h` flag).
+    static let fetched = ItemMarks(rawValue: 1 << 0)
+    /// The item was invalidated by `md … I` or a stale `ms … I` (`X` flag).
+    static let stale = ItemMarks(rawValue: 1 << 1)
+    /// One client has been told it won the right to recache (`W`/`Z` flags).
+    static let winTokenSent = ItemMarks(rawValue: 1 << 2)
+}
+
+/// A read-only copy of an item's metadata plus a reference to its bytes,
+/// handed out of the shard lock. Holding it costs one retain, no copy.
+public struct ItemSnapshot: Sendable {
+    /// Key followed by value, shared with the store (copy-on-write).
+    public let storage: [UInt8]
+    /// Length of the key prefix in `storage`.
+    public let keyLength: Int
+    /// The client flags.
+    public let flags: UInt32
+    /// The CAS token.
+    public let cas: UInt64
+    /// The absolute expiry.
+    public let deadline: Deadline
+
+    /// Number of value bytes.
+    public var valueCount: Int { storage.count - keyLength }
+
+    /// Calls `body` with the value bytes.
+    @inlinable
+    public func withValueBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try storage.withUnsafeBytes { all in
+            try body(UnsafeRawBufferPointer(rebasing: all[keyLength...]))
+        }
+    }
+
+    /// Calls `body` with the key bytes.
+    @inlinable
+    public func withKeyBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try storage.withUnsafeBytes { all in
+            try body(UnsafeRawBufferPointer(rebasing: all[..<keyLength]))
+        }
+    }
+
+    /// The value as an array (copies; for tests and tools, not the hot path).
+    public var value: [UInt8] { Array(storage[keyLength...]) }
+
+    /// The key as an array (copies).
+    public var key: [UInt8] { Array(storage[..<keyLength]) }
+}

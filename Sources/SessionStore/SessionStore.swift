@@ -1,0 +1,564 @@
+import Synchronization
+
+/// How a store is sized and behaves when full.
+public struct StoreConfiguration: Sendable {
+    /// Bytes that keys, values and per-item overhead may use in total.
+    public var memoryLimit: Int
+    /// Whether a full store evicts least recently used items (memcached's default)
+    /// or refuses the write (`-M`).
+    public var evictionsEnabled: Bool
+    /// The largest value accepted, in bytes (`-I`).
+    public var maxItemSize: Int
+    /// Number of independently locked shards; rounded to a power of two.
+    public var shardCount: Int
+
+    public init(memoryLimit: Int = 1024 << 20, evictionsEnabled: Bool = true, maxItemSize: Int = 1 << 20, shardCount: Int = 64) {
+        self.memoryLimit = memoryLimit
+        self.evictionsEnabled = evictionsEnabled
+        self.maxItemSize = maxItemSize
+        self.shardCount = shardCount
+    }
+}
+
+/// How a storage command combines the new value with what is stored.
+public enum StoreMode: Sendable, Equatable {
+    /// Store unconditionally.
+    case set
+    /// Store only if the key is absent; a live item is left untouched.
+    case add
+    /// Store only if the key is present.
+    case replace
+    /// Add the bytes after the stored value, keeping its flags and deadline.
+    case append
+    /// Add the bytes before the stored value, keeping its flags and deadline.
+    case prepend
+}
+
+/// A write's parameters beyond key and value.
+public struct StoreRequest: Sendable {
+    public var mode: StoreMode
+    public var flags: UInt32
+    public var deadline: Deadline
+    /// Store only if the item's CAS equals this (`cas` command, meta `C`).
+    public var compareCas: UInt64?
+    /// Use this as the new CAS instead of a generated one (meta `E`).
+    public var explicitCas: UInt64?
+    /// With `compareCas`: accept an older CAS but mark the item stale (meta `I`).
+    public var invalidate: Bool
+    /// In append/prepend mode, create the item with this deadline on a miss (meta `N`).
+    public var vivifyDeadline: Deadline?
+
+    public init(
+        mode: StoreMode, flags: UInt32 = 0, deadline: Deadline = .never, compareCas: UInt64? = nil,
+        explicitCas: UInt64? = nil, invalidate: Bool = false, vivifyDeadline: Deadline? = nil
+    ) {
+        self.mode = mode
+        self.flags = flags
+        self.deadline = deadline
+        self.compareCas = compareCas
+        self.explicitCas = explicitCas
+        self.invalidate = invalidate
+        self.vivifyDeadline = vivifyDeadline
+    }
+}
+
+/// The result of a write.
+public enum StoreOutcome: Sendable, Equatable {
+    /// Stored; the new CAS and the stored value's size.
+    case stored(cas: UInt64, size: Int)
+    /// The mode's condition failed (add on a live key, replace/append on a miss).
+    case notStored
+    /// The CAS did not match.
+    case exists
+    /// A CAS was given but the key is absent.
+    case notFound
+    /// The resulting value is larger than the item size limit.
+    case tooLarge
+    /// The store is full and may not evict (or the item exceeds a shard's share).
+    case outOfMemory
+}
+
+/// Options for a read.
+public struct FetchOptions: Sendable {
+    /// Set a new deadline on a hit (`gat`, meta `T`).
+    public var touch: Deadline?
+    /// Move the item to the head of the LRU and record the access and the hit
+    /// (`false` for meta `u` and for `me`, which only look).
+    public var bump: Bool
+    /// On a miss, create an empty item with this deadline and hand out the win token (meta `N`).
+    public var vivify: Deadline?
+    /// Hand out the win token when fewer than this many seconds are left (meta `R`).
+    public var recacheBelowSeconds: Int64?
+
+    public init(touch: Deadline? = nil, bump: Bool = true, vivify: Deadline? = nil, recacheBelowSeconds: Int64? = nil) {
+        self.touch = touch
+        self.bump = bump
+        self.vivify = vivify
+        self.recacheBelowSeconds = recacheBelowSeconds
+    }
+}
+
+/// A hit, with the state the meta protocol reports.
+public struct FetchResult: Sendable {
+    public var item: ItemSnapshot
+    /// Whether the item had been read before this read (meta `h`).
+    public var hitBefore: Bool
+    /// Milliseconds since the previous access (meta `l`).
+    public var millisSinceLastAccess: Int64
+    /// This client won the right to recache (meta `W`).
+    public var won: Bool
+    /// The item is marked stale (meta `X`).
+    public var stale: Bool
+    /// Another client already holds the win token (meta `Z`).
+    public var tokenAlreadySent: Bool
+}
+
+/// The parameters of a delete.
+public struct DeleteRequest: Sendable {
+    /// Delete only if the item's CAS equals this.
+    public var compareCas: UInt64?
+    /// Use this as the new CAS when the item is kept (meta `E`).
+    public var explicitCas: UInt64?
+    /// Keep the item but mark it stale with a new CAS (meta `I`).
+    public var invalidate: Bool
+    /// With `invalidate`, a new deadline (meta `T`).
+    public var deadline: Deadline?
+    /// Keep the item but empty its value (meta `x`).
+    public var removeValueOnly: Bool
+
+    public init(compareCas: UInt64? = nil, explicitCas: UInt64? = nil, invalidate: Bool = false, deadline: Deadline? = nil, removeValueOnly: Bool = false) {
+        self.compareCas = compareCas
+        self.explicitCas = explicitCas
+        self.invalidate = invalidate
+        self.deadline = deadline
+        self.removeValueOnly = removeValueOnly
+    }
+}
+
+/// The result of a delete.
+public enum DeleteOutcome: Sendable, Equatable {
+    case deleted
+    case notFound
+    case exists
+}
+
+/// The parameters of an increment or decrement.
+public struct ArithmeticRequest: Sendable {
+    /// `true` adds (wrapping at 2^64), `false` subtracts (flooring at 0).
+    public var increment: Bool
+    public var delta: UInt64
+    public var compareCas: UInt64?
+    public var explicitCas: UInt64?
+    /// On a miss, create the item holding `initial` with this deadline (meta `N`, `J`).
+    public var vivify: (deadline: Deadline, initial: UInt64)?
+    /// On success, set this deadline (meta `T`).
+    public var touch: Deadline?
+
+    public init(increment: Bool, delta: UInt64, compareCas: UInt64? = nil, explicitCas: UInt64? = nil, vivify: (deadline: Deadline, initial: UInt64)? = nil, touch: Deadline? = nil) {
+        self.increment = increment
+        self.delta = delta
+        self.compareCas = compareCas
+        self.explicitCas = explicitCas
+        self.vivify = vivify
+        self.touch = touch
+    }
+}
+
+/// The result of an increment or decrement.
+public enum ArithmeticOutcome: Sendable, Equatable {
+    /// The new value, the item's CAS and deadline.
+    case value(UInt64, cas: UInt64, deadline: Deadline)
+    case notFound
+    /// The stored value is not a decimal unsigned 64-bit number.
+    case nonNumeric
+    case exists
+    /// A vivified item did not fit.
+    case outOfMemory
+}
+
+/// Store-wide figures for `stats`.
+public struct StoreStatistics: Sendable, Equatable {
+    public var currentItems: Int = 0
+    public var bytes: Int = 0
+    public var totalItems: UInt64 = 0
+    public var evictions: UInt64 = 0
+    public var reclaimed: UInt64 = 0
+    public var expiredUnfetched: UInt64 = 0
+    public var limitBytes: Int = 0
+}
+
+/// One lock-protected shard.
+final class Shard: Sendable {
+    let state: Mutex<ShardState>
+
+    init(_ state: ShardState) {
+        self.state = Mutex(state)
+    }
+}
+
+/// The in-memory session store: a sharded map with memcached semantics
+/// (expiry, CAS, LRU eviction under a memory limit).
+///
+/// Keys are hashed straight from the caller's bytes; values are copied into
+/// the store (never kept as slices of a network buffer). Each operation holds
+/// one shard's lock for the map operation only, so operations on different
+/// keys rarely contend.
+public final class SessionStore: Sendable {
+    public let configuration: StoreConfiguration
+    public let clock: any StoreClock
+    private let shards: [Shard]
+    private let shardMask: Int
+    private let hasher: KeyHasher
+
+    public init(configuration: StoreConfiguration = .init(), clock: any StoreClock = SystemClock()) {
+        // A shard must hold at least a couple of the largest items, so small
+        // memory limits get fewer shards.
+        var shardCount = 1
+        let wanted = max(1, configuration.shardCount)
+        let minimumShare = 2 * (configuration.maxItemSize + ShardState.itemOverhead + 256)
+        while shardCount * 2 <= wanted && configuration.memoryLimit / (shardCount * 2) >= minimumShare {
+            shardCount *= 2
+        }
+        var effective = configuration
+        effective.shardCount = shardCount
+        self.configuration = effective
+        self.clock = clock
+        self.shardMask = shardCount - 1
+        self.hasher = KeyHasher(seed: UInt64.random(in: .min ... .max))
+        let share = configuration.memoryLimit / shardCount
+        self.shards = (0..<shardCount).map {
+            Shard(ShardState(index: $0, shardCount: shardCount, byteLimit: share, evictionsEnabled: configuration.evictionsEnabled))
+        }
+    }
+
+    @inline(__always)
+    private func locate(_ key: UnsafeRawBufferPointer) -> (Shard, UInt64) {
+        let hash = hasher.hash(key)
+        // High bits choose the shard, low bits the bucket, so the two stay independent.
+        return (shards[Int(truncatingIfNeeded: hash >> 40) & shardMask], hash)
+    }
+
+    /// The current time in milliseconds, from the store's clock.
+    public func now() -> Int64 { clock.nowMillis() }
+
+    // MARK: Reads
+
+    /// Reads an item. Returns nil on a miss (an expired item is a miss).
+    public func fetch(_ key: UnsafeRawBufferPointer, options: FetchOptions = FetchOptions()) -> FetchResult? {
+        let (shard, hash) = locate(key)
+        let now = clock.nowMillis()
+        return shard.state.withLock { state -> FetchResult? in
+            guard let slot = state.findLive(key, hash: hash, now: now) else {
+                guard let vivify = options.vivify else { return nil }
+                let cost = ShardState.cost(keyLength: key.count, valueCount: 0)
+                guard state.makeRoom(for: cost, now: now) else { return nil }
+                let created = state.insert(
+                    bytes: Array(key), keyLength: key.count, hash: hash, flags: 0,
+                    deadline: vivify.millis, cas: state.takeCas(), now: now, marks: [.winTokenSent]
+                )
+                return FetchResult(
+                    item: state.snapshot(created), hitBefore: false, millisSinceLastAccess: 0,
+                    won: true, stale: false, tokenAlreadySent: false
+                )
+            }
+            let item = state.item(slot)
+            if let touch = options.touch { state.setDeadline(slot, touch) }
+            let stale = item.marks.contains(.stale)
+            var won = false
+            if !item.marks.contains(.winTokenSent) {
+                if stale {
+                    won = true
+                } else if let threshold = options.recacheBelowSeconds, item.deadline != 0,
+                    Deadline(millis: item.deadline).remainingSeconds(at: now) < threshold
+                {
+                    won = true
+                }
+            }
+            if won { state.insertMarks(slot, .winTokenSent) }
+            if options.bump {
+                state.insertMarks(slot, .fetched)
+                state.bump(slot)
+                state.setLastAccess(slot, now)
+            }
+            return FetchResult(
+                item: state.snapshot(slot),
+                hitBefore: item.marks.contains(.fetched),
+                millisSinceLastAccess: max(0, now - item.lastAccess),
+                won: won, stale: stale,
+                tokenAlreadySent: !won && item.marks.contains(.winTokenSent)
+            )
+        }
+    }
+
+    /// Sets a new deadline on a live item (`touch`). Returns whether it was found.
+    public func touch(_ key: UnsafeRawBufferPointer, deadline: Deadline) -> Bool {
+        let (shard, hash) = locate(key)
+        let now = clock.nowMillis()
+        return shard.state.withLock { state in
+            guard let slot = state.findLive(key, hash: hash, now: now) else { return false }
+            state.setDeadline(slot, deadline)
+            state.bump(slot)
+            state.setLastAccess(slot, now)
+            return true
+        }
+    }
+
+    // MARK: Writes
+
+    /// Stores a value under `key` according to `request.mode`. The value is copied.
+    public func store(_ key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer, request: StoreRequest) -> StoreOutcome {
+        let (shard, hash) = locate(key)
+        let now = clock.nowMillis()
+        let maxItemSize = configuration.maxItemSize
+        return shard.state.withLock { state -> StoreOutcome in
+            var existing = state.findLive(key, hash: hash, now: now)
+            var deadline = request.deadline
+            var flags = request.flags
+            var mode = request.mode
+
+            switch mode {
+            case .set:
+                break
+            case .add:
+                if let slot = existing {
+                    // msm's existence check: the item, its CAS and its deadline stay as they are.
+                    state.bump(slot)
+                    return .notStored
+                }
+            case .replace:
+                if existing == nil { return .notStored }
+            case .append, .prepend:
+                if existing == nil {
+                    guard let vivify = request.vivifyDeadline else { return .notStored }
+                    mode = .set
+                    deadline = vivify
+                }
+            }
+
+            var markStale = false
+            if let expected = request.compareCas {
+                guard let slot = existing else { return .notFound }
+                let current = state.item(slot).cas
+                if current != expected {
+                    guard request.invalidate, expected < current else { return .exists }
+                    markStale = true
+                }
+            }
+
+            var bytes: [UInt8]
+            switch mode {
+            case .append, .prepend:
+                let old = state.item(existing!)
+                flags = old.flags
+                deadline = Deadline(millis: old.deadline)
+                let newCount = old.valueCount + value.count
+                guard newCount <= maxItemSize else { return .tooLarge }
+                bytes = [UInt8](unsafeUninitializedCapacity: key.count + newCount) { buffer, initialized in
+                    let raw = UnsafeMutableRawBufferPointer(buffer)
+                    raw.copyMemory(from: key)
+                    old.bytes.withUnsafeBytes { oldBytes in
+                        let oldValue = UnsafeRawBufferPointer(rebasing: oldBytes[key.count...])
+                        if mode == .append {
+                            UnsafeMutableRawBufferPointer(rebasing: raw[key.count...]).copyMemory(from: oldValue)
+                            UnsafeMutableRawBufferPointer(rebasing: raw[(key.count + oldValue.count)...]).copyMemory(from: value)
+                        } else {
+                            UnsafeMutableRawBufferPointer(rebasing: raw[key.count...]).copyMemory(from: value)
+                            UnsafeMutableRawBufferPointer(rebasing: raw[(key.count + value.count)...]).copyMemory(from: oldValue)
+                        }
+                    }
+                    initialized = key.count + newCount
+                }
+            case .set, .add, .replace:
+                guard value.count <= maxItemSize else { return .tooLarge }
+                bytes = Self.join(key, value)
+            }
+
+            // A deadline already in the past stores nothing visible: drop the old item.
+            if deadline.hasPassed(at: now) {
+                if let slot = existing { state.remove(slot) }
+                return .stored(cas: request.explicitCas ?? state.takeCas(), size: bytes.count - key.count)
+            }
+
+            let cas: UInt64
+            if let explicit = request.explicitCas {
+                cas = explicit
+                state.raiseCas(above: explicit)
+            } else {
+                cas = state.takeCas()
+            }
+            let size = bytes.count - key.count
+            if let slot = existing {
+                let old = state.item(slot)
+                state.bump(slot)
+                guard state.makeRoom(for: bytes.count - old.bytes.count, now: now, protecting: slot) else {
+                    return .outOfMemory
+                }
+                state.replaceBytes(slot, with: bytes)
+                state.setCas(slot, cas)
+                state.setDeadline(slot, deadline)
+                state.setLastAccess(slot, now)
+                state.removeMarks(slot, [.fetched, .stale, .winTokenSent])
+                if markStale { state.insertMarks(slot, .stale) }
+                state.setFlags(slot, flags)
+                state.counters.totalItems += 1
+                existing = slot
+            } else {
+                guard state.makeRoom(for: ShardState.cost(keyLength: key.count, valueCount: size), now: now) else {
+                    return .outOfMemory
+                }
+                state.insert(bytes: bytes, keyLength: key.count, hash: hash, flags: flags, deadline: deadline.millis, cas: cas, now: now)
+            }
+            return .stored(cas: cas, size: size)
+        }
+    }
+
+    /// Deletes (or, with `invalidate`/`removeValueOnly`, rewrites) an item.
+    public func delete(_ key: UnsafeRawBufferPointer, request: DeleteRequest = DeleteRequest()) -> DeleteOutcome {
+        let (shard, hash) = locate(key)
+        let now = clock.nowMillis()
+        return shard.state.withLock { state -> DeleteOutcome in
+            guard let slot = state.findLive(key, hash: hash, now: now) else { return .notFound }
+            if let expected = request.compareCas, state.item(slot).cas != expected { return .exists }
+            guard request.invalidate || request.removeValueOnly else {
+                state.remove(slot)
+                return .deleted
+            }
+            if request.removeValueOnly {
+                state.replaceBytes(slot, with: Array(key))
+            }
+            if request.invalidate {
+                state.insertMarks(slot, .stale)
+                state.removeMarks(slot, .winTokenSent)
+                if let deadline = request.deadline { state.setDeadline(slot, deadline) }
+            }
+            if let explicit = request.explicitCas {
+                state.setCas(slot, explicit)
+                state.raiseCas(above: explicit)
+            } else {
+                state.setCas(slot, state.takeCas())
+            }
+            return .deleted
+        }
+    }
+
+    /// Increments or decrements a decimal value in place.
+    public func arithmetic(_ key: UnsafeRawBufferPointer, request: ArithmeticRequest) -> ArithmeticOutcome {
+        let (shard, hash) = locate(key)
+        let now = clock.nowMillis()
+        return shard.state.withLock { state -> ArithmeticOutcome in
+            guard let slot = state.findLive(key, hash: hash, now: now) else {
+                guard let vivify = request.vivify else { return .notFound }
+                if vivify.deadline.hasPassed(at: now) {
+                    return .value(vivify.initial, cas: state.takeCas(), deadline: vivify.deadline)
+                }
+                let bytes = Self.join(key, decimal: vivify.initial)
+                guard state.makeRoom(for: ShardState.cost(keyLength: key.count, valueCount: bytes.count - key.count), now: now) else {
+                    return .outOfMemory
+                }
+                let cas = request.explicitCas ?? state.takeCas()
+                if request.explicitCas != nil { state.raiseCas(above: cas) }
+                state.insert(bytes: bytes, keyLength: key.count, hash: hash, flags: 0, deadline: vivify.deadline.millis, cas: cas, now: now)
+                return .value(vivify.initial, cas: cas, deadline: vivify.deadline)
+            }
+            let item = state.item(slot)
+            if let expected = request.compareCas, item.cas != expected { return .exists }
+            guard let current = Self.parseDecimal(item.bytes, from: Int(item.keyLength)) else { return .nonNumeric }
+            let updated: UInt64
+            if request.increment {
+                updated = current &+ request.delta
+            } else {
+                updated = current < request.delta ? 0 : current - request.delta
+            }
+            let bytes = Self.join(key, decimal: updated)
+            state.bump(slot)
+            guard state.makeRoom(for: bytes.count - item.bytes.count, now: now, protecting: slot) else {
+                return .outOfMemory
+            }
+            state.replaceBytes(slot, with: bytes)
+            let cas = request.explicitCas ?? state.takeCas()
+            if request.explicitCas != nil { state.raiseCas(above: cas) }
+            state.setCas(slot, cas)
+            state.setLastAccess(slot, now)
+            if let touch = request.touch { state.setDeadline(slot, touch) }
+            return .value(updated, cas: cas, deadline: Deadline(millis: state.item(slot).deadline))
+        }
+    }
+
+    /// Removes every item (`flush_all`).
+    public func flushAll() {
+        for shard in shards {
+            shard.state.withLock { $0.removeAll() }
+        }
+    }
+
+    // MARK: Maintenance
+
+    /// Removes expired items nobody reads again; each shard examines at most
+    /// `budgetPerShard` slots, so a call is short however large the store.
+    @discardableResult
+    public func reclaimExpired(budgetPerShard: Int = 4096) -> Int {
+        let now = clock.nowMillis()
+        var removed = 0
+        for shard in shards {
+            removed += shard.state.withLock { $0.reclaimExpired(now: now, budget: budgetPerShard) }
+        }
+        return removed
+    }
+
+    /// Sums the shards' figures.
+    public func statistics() -> StoreStatistics {
+        var total = StoreStatistics()
+        total.limitBytes = configuration.memoryLimit
+        for shard in shards {
+            shard.state.withLock { state in
+                total.currentItems += state.count
+                total.bytes += state.bytesUsed
+                total.totalItems += state.counters.totalItems
+                total.evictions += state.counters.evictions
+                total.reclaimed += state.counters.reclaimed
+                total.expiredUnfetched += state.counters.expiredUnfetched
+            }
+        }
+        return total
+    }
+
+    // MARK: Helpers
+
+    private static func join(_ key: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) -> [UInt8] {
+        [UInt8](unsafeUninitializedCapacity: key.count + value.count) { buffer, initialized in
+            let raw = UnsafeMutableRawBufferPointer(buffer)
+            raw.copyMemory(from: key)
+            if value.count > 0 {
+                UnsafeMutableRawBufferPointer(rebasing: raw[key.count...]).copyMemory(from: value)
+            }
+            initialized = key.count + value.count
+        }
+    }
+
+    private static func join(_ key: UnsafeRawBufferPointer, decimal: UInt64) -> [UInt8] {
+        var digits: [UInt8] = Array(String(decimal).utf8)
+        return digits.withUnsafeMutableBytes { join(key, UnsafeRawBufferPointer($0)) }
+    }
+
+    /// Parses a stored value as memcached does for incr/decr: decimal digits,
+    /// optionally followed by spaces, at most 20 digits, no overflow.
+    static func parseDecimal(_ bytes: [UInt8], from start: Int) -> UInt64? {
+        var value: UInt64 = 0
+        var index = start
+        var digits = 0
+        while index < bytes.count, bytes[index] >= 0x30, bytes[index] <= 0x39 {
+            let (times10, o1) = value.multipliedReportingOverflow(by: 10)
+            let (sum, o2) = times10.addingReportingOverflow(UInt64(bytes[index] - 0x30))
+            if o1 || o2 { return nil }
+            value = sum
+            digits += 1
+            index += 1
+        }
+        guard digits > 0 else { return nil }
+        while index < bytes.count {
+            guard bytes[index] == 0x20 else { return nil }
+            index += 1
+        }
+        return value
+    }
+}

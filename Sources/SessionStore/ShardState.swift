@@ -1,0 +1,328 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Counters a shard keeps under its own lock; `SessionStore.statistics()` sums them.
+struct ShardCounters {
+    /// Items ever stored (memcached's `total_items`).
+    var totalItems: UInt64 = 0
+    /// Live items removed to make room under the memory limit.
+    var evictions: UInt64 = 0
+    /// Expired items whose memory was taken back (on access, by the reclaimer or by eviction).
+    var reclaimed: UInt64 = 0
+    /// Items that expired before anyone read them again... and were removed by the background reclaimer.
+    var expiredUnfetched: UInt64 = 0
+}
+
+/// The contents of one shard: items in contiguous slots, an open-addressing
+/// index from key hash to slot, and an LRU list threaded through the slots by index.
+///
+/// Everything here runs under the shard's lock, for the map operation only.
+struct ShardState {
+    /// Item storage; free slots have an empty `bytes` and are listed in `freeSlots`.
+    private(set) var slots: [ItemSlot] = []
+    /// Indices of free slots in `slots`, reused before `slots` grows.
+    private var freeSlots: [Int32] = []
+    /// Linear-probing index: 0 is empty, otherwise slot index + 1. Power-of-two size.
+    private var table: [Int32] = Array(repeating: 0, count: 16)
+    /// Number of live items.
+    private(set) var count = 0
+    /// Most recently used slot, or -1.
+    private var head: Int32 = -1
+    /// Least recently used slot, or -1.
+    private var tail: Int32 = -1
+    /// Bytes charged to this shard: keys + values + per-item overhead.
+    private(set) var bytesUsed = 0
+    /// This shard's share of the memory limit.
+    let byteLimit: Int
+    /// Whether a full shard may evict least recently used items.
+    let evictionsEnabled: Bool
+    /// The next CAS this shard hands out. Shards interleave (`index + k * count`),
+    /// so tokens are unique store-wide without a shared atomic.
+    private var nextCas: UInt64
+    /// The distance between two CAS tokens of this shard (the shard count).
+    private let casStride: UInt64
+    /// Where the background reclaimer resumes its sweep.
+    private var reclaimCursor = 0
+    /// Counters summed by `statistics()`.
+    var counters = ShardCounters()
+
+    /// Bytes charged per item beyond its key and value: the slot, the array
+    /// header and allocator overhead, and the index entries.
+    static let itemOverhead = MemoryLayout<ItemSlot>.stride + 56
+
+    init(index: Int, shardCount: Int, byteLimit: Int, evictionsEnabled: Bool) {
+        self.byteLimit = byteLimit
+        self.evictionsEnabled = evictionsEnabled
+        self.nextCas = UInt64(index + 1)
+        self.casStride = UInt64(shardCount)
+    }
+
+    static func cost(keyLength: Int, valueCount: Int) -> Int {
+        keyLength + valueCount + itemOverhead
+    }
+
+    // MARK: CAS
+
+    mutating func takeCas() -> UInt64 {
+        let cas = nextCas
+        nextCas &+= casStride
+        return cas
+    }
+
+    /// Makes every future CAS of this shard larger than `cas` (after recovery or an explicit `E` token).
+    mutating func raiseCas(above cas: UInt64) {
+        guard cas >= nextCas else { return }
+        let steps = (cas - nextCas) / casStride + 1
+        nextCas &+= steps &* casStride
+    }
+
+    // MARK: Lookup
+
+    /// The slot holding `key`, expired or not.
+    func find(_ key: UnsafeRawBufferPointer, hash: UInt64) -> Int32? {
+        let mask = table.count - 1
+        var position = Int(truncatingIfNeeded: hash) & mask
+        while true {
+            let entry = table[position]
+            if entry == 0 { return nil }
+            let slot = entry - 1
+            if slots[Int(slot)].hash == hash, keyMatches(Int(slot), key) { return slot }
+            position = (position + 1) & mask
+        }
+    }
+
+    private func keyMatches(_ slot: Int, _ key: UnsafeRawBufferPointer) -> Bool {
+        guard Int(slots[slot].keyLength) == key.count else { return false }
+        return slots[slot].bytes.withUnsafeBytes { stored in
+            memcmp(stored.baseAddress!, key.baseAddress!, key.count) == 0
+        }
+    }
+
+    /// The slot holding a live `key`; an expired item found on the way is removed.
+    mutating func findLive(_ key: UnsafeRawBufferPointer, hash: UInt64, now: Int64) -> Int32? {
+        guard let slot = find(key, hash: hash) else { return nil }
+        let deadline = slots[Int(slot)].deadline
+        if deadline != 0 && deadline <= now {
+            remove(slot)
+            counters.reclaimed += 1
+            return nil
+        }
+        return slot
+    }
+
+    func snapshot(_ slot: Int32) -> ItemSnapshot {
+        let item = slots[Int(slot)]
+        return ItemSnapshot(
+            storage: item.bytes,
+            keyLength: Int(item.keyLength),
+            flags: item.flags,
+            cas: item.cas,
+            deadline: Deadline(millis: item.deadline)
+        )
+    }
+
+    // MARK: Item fields
+
+    func item(_ slot: Int32) -> ItemSlot { slots[Int(slot)] }
+
+    mutating func setDeadline(_ slot: Int32, _ deadline: Deadline) {
+        slots[Int(slot)].deadline = deadline.millis
+    }
+
+    mutating func setCas(_ slot: Int32, _ cas: UInt64) {
+        slots[Int(slot)].cas = cas
+    }
+
+    mutating func setLastAccess(_ slot: Int32, _ now: Int64) {
+        slots[Int(slot)].lastAccess = now
+    }
+
+    mutating func insertMarks(_ slot: Int32, _ marks: ItemMarks) {
+        slots[Int(slot)].marks.formUnion(marks)
+    }
+
+    mutating func removeMarks(_ slot: Int32, _ marks: ItemMarks) {
+        slots[Int(slot)].marks.subtract(marks)
+    }
+
+    // MARK: Insert, replace, remove
+
+    /// Whether `cost` more bytes fit, evicting from the LRU tail if allowed.
+    /// `protected` (the item being replaced) is never evicted.
+    mutating func makeRoom(for cost: Int, now: Int64, protecting protected: Int32 = -1) -> Bool {
+        if cost <= 0 { return true }
+        if cost > byteLimit { return false }
+        while bytesUsed + cost > byteLimit {
+            let victim = tail
+            if victim == -1 || victim == protected { return false }
+            let deadline = slots[Int(victim)].deadline
+            let expired = deadline != 0 && deadline <= now
+            if expired {
+                counters.reclaimed += 1
+            } else {
+                guard evictionsEnabled else { return false }
+                counters.evictions += 1
+            }
+            remove(victim)
+        }
+        return true
+    }
+
+    /// Adds a new item (the key must not be present). The caller has made room.
+    @discardableResult
+    mutating func insert(
+        bytes: [UInt8], keyLength: Int, hash: UInt64,
+        flags: UInt32, deadline: Int64, cas: UInt64, now: Int64, marks: ItemMarks = []
+    ) -> Int32 {
+        let item = ItemSlot(
+            bytes: bytes, hash: hash, cas: cas, deadline: deadline, lastAccess: now,
+            flags: flags, newer: -1, older: -1, keyLength: UInt8(keyLength), marks: marks
+        )
+        let slot: Int32
+        if let reused = freeSlots.popLast() {
+            slot = reused
+            slots[Int(slot)] = item
+        } else {
+            slot = Int32(slots.count)
+            slots.append(item)
+        }
+        if (count + 1) * 2 > table.count { growTable() }
+        let mask = table.count - 1
+        var position = Int(truncatingIfNeeded: hash) & mask
+        while table[position] != 0 { position = (position + 1) & mask }
+        table[position] = slot + 1
+        count += 1
+        bytesUsed += Self.cost(keyLength: keyLength, valueCount: bytes.count - keyLength)
+        linkAtHead(slot)
+        counters.totalItems += 1
+        return slot
+    }
+
+    /// Replaces the bytes of an existing item, keeping its place in the index.
+    mutating func replaceBytes(_ slot: Int32, with bytes: [UInt8]) {
+        bytesUsed += bytes.count - slots[Int(slot)].bytes.count
+        slots[Int(slot)].bytes = bytes
+    }
+
+    /// Removes an item from the index, the LRU list and the memory account.
+    mutating func remove(_ slot: Int32) {
+        let mask = table.count - 1
+        var position = Int(truncatingIfNeeded: slots[Int(slot)].hash) & mask
+        while table[position] != slot + 1 { position = (position + 1) & mask }
+        deleteFromTable(at: position)
+        unlink(slot)
+        let item = slots[Int(slot)]
+        bytesUsed -= Self.cost(keyLength: Int(item.keyLength), valueCount: item.valueCount)
+        slots[Int(slot)].bytes = []
+        slots[Int(slot)].marks = []
+        freeSlots.append(slot)
+        count -= 1
+    }
+
+    /// Drops every item. CAS tokens keep increasing.
+    mutating func removeAll() {
+        slots = []
+        freeSlots = []
+        table = Array(repeating: 0, count: 16)
+        count = 0
+        head = -1
+        tail = -1
+        bytesUsed = 0
+        reclaimCursor = 0
+    }
+
+    /// Linear probing deletion by backward shift: no tombstones, so probe
+    /// lengths stay short however many deletes the table sees.
+    private mutating func deleteFromTable(at position: Int) {
+        let mask = table.count - 1
+        var hole = position
+        var probe = position
+        table[hole] = 0
+        while true {
+            probe = (probe + 1) & mask
+            let entry = table[probe]
+            if entry == 0 { return }
+            let home = Int(truncatingIfNeeded: slots[Int(entry - 1)].hash) & mask
+            // The entry may stay if its home lies cyclically in (hole, probe].
+            let staysPut = hole <= probe ? (home > hole && home <= probe) : (home > hole || home <= probe)
+            if !staysPut {
+                table[hole] = entry
+                table[probe] = 0
+                hole = probe
+            }
+        }
+    }
+
+    private mutating func growTable() {
+        var grown = [Int32](repeating: 0, count: table.count * 2)
+        let mask = grown.count - 1
+        for entry in table where entry != 0 {
+            var position = Int(truncatingIfNeeded: slots[Int(entry - 1)].hash) & mask
+            while grown[position] != 0 { position = (position + 1) & mask }
+            grown[position] = entry
+        }
+        table = grown
+    }
+
+    // MARK: LRU
+
+    /// Marks an item most recently used.
+    mutating func bump(_ slot: Int32) {
+        guard head != slot else { return }
+        unlink(slot)
+        linkAtHead(slot)
+    }
+
+    private mutating func linkAtHead(_ slot: Int32) {
+        slots[Int(slot)].newer = -1
+        slots[Int(slot)].older = head
+        if head != -1 { slots[Int(head)].newer = slot }
+        head = slot
+        if tail == -1 { tail = slot }
+    }
+
+    private mutating func unlink(_ slot: Int32) {
+        let newer = slots[Int(slot)].newer
+        let older = slots[Int(slot)].older
+        if newer != -1 { slots[Int(newer)].older = older } else { head = older }
+        if older != -1 { slots[Int(older)].newer = newer } else { tail = newer }
+        slots[Int(slot)].newer = -1
+        slots[Int(slot)].older = -1
+    }
+
+    // MARK: Background reclaim
+
+    /// Examines up to `budget` slots from where the last sweep stopped and
+    /// removes the expired items among them. Returns how many it removed.
+    mutating func reclaimExpired(now: Int64, budget: Int) -> Int {
+        guard !slots.isEmpty else { return 0 }
+        var removed = 0
+        var examined = 0
+        while examined < budget {
+            if reclaimCursor >= slots.count { reclaimCursor = 0 }
+            let slot = Int32(reclaimCursor)
+            let item = slots[reclaimCursor]
+            if !item.bytes.isEmpty, item.deadline != 0, item.deadline <= now {
+                if !item.marks.contains(.fetched) { counters.expiredUnfetched += 1 }
+                remove(slot)
+                counters.reclaimed += 1
+                removed += 1
+            }
+            reclaimCursor += 1
+            examined += 1
+            if examined >= slots.count { break }
+        }
+        return removed
+    }
+}
+
+extension ShardState {
+    mutating func setFlags(_ slot: Int32, _ flags: UInt32) {
+        slots[Int(slot)].flags = flags
+    }
+}

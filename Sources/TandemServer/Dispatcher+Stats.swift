@@ -1,0 +1,108 @@
+import MemcacheProtocol
+import NIOCore
+import SessionStore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `stats` and its groups, in memcached's format (`STAT <name> <value>` … `END`).
+extension Dispatcher {
+    func stats(_ group: StatsGroup, into out: inout ByteBuffer) {
+        switch group {
+        case .general:
+            for (name, value) in generalStats() { out.writeStat(name, value) }
+        case .settings:
+            for (name, value) in settingsStats() { out.writeStat(name, value) }
+        case .items:
+            let figures = store.statistics()
+            if figures.currentItems > 0 {
+                out.writeStat("items:1:number", "\(figures.currentItems)")
+                out.writeStat("items:1:age", "0")
+                out.writeStat("items:1:evicted", "\(figures.evictions)")
+                out.writeStat("items:1:reclaimed", "\(figures.reclaimed)")
+                out.writeStat("items:1:expired_unfetched", "\(figures.expiredUnfetched)")
+                out.writeStat("items:1:outofmemory", "\(counters.value(.storeNoMemory))")
+            }
+        case .slabs:
+            let figures = store.statistics()
+            if figures.currentItems > 0 {
+                out.writeStat("1:chunk_size", "\(context.configuration.store.maxItemSize)")
+                out.writeStat("1:used_chunks", "\(figures.currentItems)")
+                out.writeStat("1:mem_requested", "\(figures.bytes)")
+            }
+            out.writeStat("active_slabs", figures.currentItems > 0 ? "1" : "0")
+            out.writeStat("total_malloced", "\(figures.bytes)")
+        case .sizes:
+            out.writeStat("sizes_status", "disabled")
+        case .conns:
+            break
+        case .reset:
+            context.counters.reset()
+            out.writeStaticString("RESET\r\n")
+            return
+        case .other:
+            out.writeStatus(.error)
+            return
+        }
+        out.writeStatus(.end)
+    }
+
+    func generalStats() -> [(String, String)] {
+        let now = store.now()
+        let figures = store.statistics()
+        var usage = rusage()
+        getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
+        func seconds(_ time: timeval) -> String {
+            let micros = Int(time.tv_usec)
+            return "\(time.tv_sec)." + String(repeating: "0", count: 6 - String(micros).count) + "\(micros)"
+        }
+        let configuration = context.configuration
+        var stats: [(String, String)] = [
+            ("pid", "\(getpid())"),
+            ("uptime", "\(now / 1000 - context.startedAt)"),
+            ("time", "\(now / 1000)"),
+            ("version", ServerContext.version),
+            ("pointer_size", "\(MemoryLayout<Int>.size * 8)"),
+            ("rusage_user", seconds(usage.ru_utime)),
+            ("rusage_system", seconds(usage.ru_stime)),
+            ("max_connections", "\(configuration.maxConnections)"),
+            ("curr_connections", "\(context.currentConnections.load(ordering: .relaxed))"),
+            ("total_connections", "\(context.totalConnections.load(ordering: .relaxed))"),
+            ("rejected_connections", "\(context.rejectedConnections.load(ordering: .relaxed))"),
+        ]
+        for counter in Counter.allCases {
+            stats.append((counter.statName, "\(context.counters.total(counter))"))
+        }
+        stats += [
+            ("limit_maxbytes", "\(figures.limitBytes)"),
+            ("threads", "\(configuration.threads)"),
+            ("shards", "\(store.configuration.shardCount)"),
+            ("expired_unfetched", "\(figures.expiredUnfetched)"),
+            ("evictions", "\(figures.evictions)"),
+            ("reclaimed", "\(figures.reclaimed)"),
+            ("curr_items", "\(figures.currentItems)"),
+            ("total_items", "\(figures.totalItems)"),
+            ("bytes", "\(figures.bytes)"),
+        ]
+        return stats
+    }
+
+    func settingsStats() -> [(String, String)] {
+        let configuration = context.configuration
+        return [
+            ("maxbytes", "\(configuration.store.memoryLimit)"),
+            ("maxconns", "\(configuration.maxConnections)"),
+            ("tcpport", "\(configuration.port)"),
+            ("udpport", "0"),
+            ("inter", configuration.host),
+            ("verbosity", "\(context.verbosity.load(ordering: .relaxed))"),
+            ("evictions", configuration.store.evictionsEnabled ? "on" : "off"),
+            ("num_threads", "\(configuration.threads)"),
+            ("cas_enabled", "yes"),
+            ("item_size_max", "\(configuration.store.maxItemSize)"),
+            ("shards", "\(store.configuration.shardCount)"),
+            ("binding_protocol", "ascii"),
+        ]
+    }
+}

@@ -1,0 +1,166 @@
+import Logging
+import MemcacheProtocol
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import SessionStore
+
+/// A running node: the memcached listener over one store.
+///
+/// `start` binds and returns once the port accepts connections; `shutdown`
+/// stops accepting, lets every connection write the replies it owes, and
+/// releases the event loops.
+public final class MemcacheServer: Sendable {
+    /// The address actually bound (with the real port when 0 was asked for).
+    public let localAddress: SocketAddress
+    /// The store this node serves (exposed for embedding and tests).
+    public let store: SessionStore
+
+    private let group: MultiThreadedEventLoopGroup
+    private let serverChannel: any Channel
+    private let context: ServerContext
+    private let connections: NIOLockedValueBox<[ObjectIdentifier: any Channel]>
+    private let reclaimer: RepeatedTask
+
+    /// How often expired items nobody reads are swept, and how many slots per shard a sweep examines.
+    static let reclaimInterval = TimeAmount.milliseconds(250)
+    static let reclaimBudgetPerShard = 2048
+
+    /// The port the listener is bound to.
+    public var port: Int { localAddress.port ?? 0 }
+
+    private init(
+        localAddress: SocketAddress, store: SessionStore, group: MultiThreadedEventLoopGroup, serverChannel: any Channel,
+        context: ServerContext, connections: NIOLockedValueBox<[ObjectIdentifier: any Channel]>, reclaimer: RepeatedTask
+    ) {
+        self.localAddress = localAddress
+        self.store = store
+        self.group = group
+        self.serverChannel = serverChannel
+        self.context = context
+        self.connections = connections
+        self.reclaimer = reclaimer
+    }
+
+    /// Binds the listener and starts serving.
+    public static func start(
+        configuration: ServerConfiguration, clock: any StoreClock = SystemClock(), logger: Logger
+    ) async throws -> MemcacheServer {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.threads))
+        let store = SessionStore(configuration: configuration.store, clock: clock)
+        var countersByLoop: [ObjectIdentifier: CommandCounters] = [:]
+        for loop in group.makeIterator() {
+            countersByLoop[ObjectIdentifier(loop)] = CommandCounters()
+        }
+        let context = ServerContext(
+            configuration: configuration, store: store,
+            counters: CounterSet(perLoop: Array(countersByLoop.values)), logger: logger
+        )
+        let connections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
+        let limits = MemcacheDecoderLimits(maxItemSize: configuration.store.maxItemSize)
+        let frozenCounters = countersByLoop
+
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.socketOption(.so_keepalive), value: 1)
+            .childChannelOption(.maxMessagesPerRead, value: 16)
+            .childChannelOption(.writeBufferWaterMark, value: .init(low: 256 * 1024, high: 1024 * 1024))
+            .childChannelInitializer { channel in
+                let counters = frozenCounters[ObjectIdentifier(channel.eventLoop)] ?? CommandCounters()
+                let id = ObjectIdentifier(channel)
+                connections.withLockedValue { $0[id] = channel }
+                channel.closeFuture.whenComplete { _ in
+                    _ = connections.withLockedValue { $0.removeValue(forKey: id) }
+                }
+                let dispatcher = Dispatcher(context: context, counters: counters, eventLoop: channel.eventLoop)
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandlers(
+                        ConnectionGate(context: context),
+                        MemcacheConnectionHandler(
+                            decoder: MemcacheDecoder(limits: limits), dispatcher: dispatcher,
+                            counters: counters, logger: logger
+                        )
+                    )
+                }
+            }
+
+        let serverChannel: any Channel
+        do {
+            serverChannel = try await bootstrap.bind(host: configuration.host, port: configuration.port).get()
+        } catch {
+            try? await group.shutdownGracefully()
+            throw error
+        }
+        guard let localAddress = serverChannel.localAddress else {
+            try? await serverChannel.close()
+            try? await group.shutdownGracefully()
+            throw ServerError.noLocalAddress
+        }
+        let reclaimer = group.next().scheduleRepeatedTask(initialDelay: reclaimInterval, delay: reclaimInterval) { _ in
+            store.reclaimExpired(budgetPerShard: reclaimBudgetPerShard)
+        }
+        logger.info(
+            "listening on \(configuration.host):\(localAddress.port ?? 0)",
+            metadata: ["threads": "\(configuration.threads)", "memory_limit": "\(configuration.store.memoryLimit)",
+                       "shards": "\(store.configuration.shardCount)"]
+        )
+        return MemcacheServer(
+            localAddress: localAddress, store: store, group: group, serverChannel: serverChannel,
+            context: context, connections: connections, reclaimer: reclaimer
+        )
+    }
+
+    /// Stops accepting, drains open connections (bounded by the drain timeout), and stops the event loops.
+    public func shutdown() async {
+        context.logger.info("stopping: no longer accepting connections")
+        try? await serverChannel.close()
+        reclaimer.cancel()
+        context.cancelPendingFlush()
+        let open = connections.withLockedValue { Array($0.values) }
+        for channel in open {
+            channel.pipeline.fireUserInboundEventTriggered(DrainRequest())
+        }
+        let deadline = NIODeadline.now() + .seconds(context.configuration.drainTimeoutSeconds)
+        for channel in open {
+            let closed = channel.closeFuture
+            let timeout = channel.eventLoop.scheduleTask(deadline: deadline) { channel.close(promise: nil) }
+            try? await closed.get()
+            timeout.cancel()
+        }
+        try? await group.shutdownGracefully()
+        context.logger.info("stopped", metadata: ["drained_connections": "\(open.count)"])
+    }
+}
+
+/// Errors of the server layer.
+public enum ServerError: Error, CustomStringConvertible {
+    /// The listener bound but reports no local address.
+    case noLocalAddress
+
+    public var description: String {
+        switch self {
+        case .noLocalAddress: return "the listening socket has no local address"
+        }
+    }
+}
+
+/// Runs a node inside a swift-service-lifecycle `ServiceGroup`: serves until
+/// graceful shutdown is requested (SIGTERM/SIGINT), then drains and stops.
+public struct TandemService: Service {
+    public let configuration: ServerConfiguration
+    public let logger: Logger
+
+    public init(configuration: ServerConfiguration, logger: Logger) {
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        let server = try await MemcacheServer.start(configuration: configuration, logger: logger)
+        try? await gracefulShutdown()
+        await server.shutdown()
+    }
+}

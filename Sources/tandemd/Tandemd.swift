@@ -1,0 +1,114 @@
+import ArgumentParser
+import Logging
+import NIOCore
+import ServiceLifecycle
+import SessionStore
+import TandemServer
+
+/// `tandemd`: parses the command line and runs one node until SIGTERM/SIGINT.
+@main
+struct Tandemd: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tandemd",
+        abstract: "Tandem: a persistent, replicated session server that speaks the memcached protocol.",
+        discussion: """
+            Flags follow memcached's where memcached has one. Examples:
+              tandemd                          # 127.0.0.1:11211, 1024 MB
+              tandemd -p 11311 -m 4096 -t 4
+              tandemd -l 0.0.0.0 -c 10000 -I 2m
+            """
+    )
+
+    @Option(name: [.customShort("p"), .long], help: "TCP port of the memcached listener (0 picks a free port).")
+    var port: Int = 11211
+
+    @Option(name: [.customShort("l"), .long], help: "Address to listen on.")
+    var listen: String = "127.0.0.1"
+
+    @Option(name: [.customShort("m"), .customLong("memory-limit")], help: "Memory for items, in megabytes.")
+    var memoryLimit: Int = 1024
+
+    @Option(name: [.customShort("c"), .customLong("max-connections")], help: "Maximum simultaneous connections.")
+    var maxConnections: Int = 4096
+
+    @Option(name: [.customShort("I"), .customLong("max-item-size")], help: "Largest value accepted, e.g. 1m, 512k, 2048.")
+    var maxItemSize: ByteSize = ByteSize(bytes: 1 << 20)
+
+    @Option(name: [.customShort("t"), .long], help: "Event loop threads (default: number of cores).")
+    var threads: Int = System.coreCount
+
+    @Flag(name: [.customShort("M"), .customLong("disable-evictions")], help: "Refuse writes when memory is full instead of evicting.")
+    var disableEvictions = false
+
+    @Flag(name: [.customShort("v"), .long], help: "Verbose logging (repeat for more).")
+    var verbose: Int
+
+    @Flag(name: .customLong("no-persistence"), help: "Keep items in memory only.")
+    var noPersistence = false
+
+    func validate() throws {
+        guard (0...65535).contains(port) else { throw ValidationError("--port must be between 0 and 65535, got \(port)") }
+        guard memoryLimit > 0 else { throw ValidationError("--memory-limit must be at least 1 (megabytes)") }
+        guard maxConnections > 0 else { throw ValidationError("--max-connections must be at least 1") }
+        guard (1...1024).contains(threads) else { throw ValidationError("--threads must be between 1 and 1024") }
+        guard maxItemSize.bytes >= 1024, maxItemSize.bytes <= 1 << 30 else {
+            throw ValidationError("--max-item-size must be between 1k and 1024m")
+        }
+        guard maxItemSize.bytes <= memoryLimit << 20 else {
+            throw ValidationError("--max-item-size (\(maxItemSize.bytes) bytes) cannot exceed --memory-limit (\(memoryLimit) MB)")
+        }
+    }
+
+    func run() async throws {
+        let level: Logger.Level = verbose >= 2 ? .trace : (verbose == 1 ? .debug : .info)
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "tandemd")
+        let configuration = ServerConfiguration(
+            host: listen, port: port, threads: threads, maxConnections: maxConnections,
+            store: StoreConfiguration(
+                memoryLimit: memoryLimit << 20, evictionsEnabled: !disableEvictions, maxItemSize: maxItemSize.bytes
+            ),
+            verbosity: verbose
+        )
+        let group = ServiceGroup(
+            services: [TandemService(configuration: configuration, logger: logger)],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger
+        )
+        try await group.run()
+    }
+}
+
+/// A size argument with an optional `k`/`m`/`g` suffix, as memcached's `-I` takes.
+struct ByteSize: ExpressibleByArgument, Sendable {
+    let bytes: Int
+
+    init(bytes: Int) {
+        self.bytes = bytes
+    }
+
+    init?(argument: String) {
+        let lowered = argument.lowercased()
+        var digits = Substring(lowered)
+        var multiplier = 1
+        switch lowered.last {
+        case "k": multiplier = 1 << 10
+        case "m": multiplier = 1 << 20
+        case "g": multiplier = 1 << 30
+        default: break
+        }
+        if multiplier != 1 { digits = digits.dropLast() }
+        guard let value = Int(digits), value > 0 else { return nil }
+        let (bytes, overflow) = value.multipliedReportingOverflow(by: multiplier)
+        guard !overflow else { return nil }
+        self.bytes = bytes
+    }
+
+    var defaultValueDescription: String {
+        bytes % (1 << 20) == 0 ? "\(bytes >> 20)m" : "\(bytes)"
+    }
+}
