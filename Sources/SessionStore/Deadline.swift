@@ -84,3 +84,29 @@ public struct SystemClock: StoreClock {
         return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
     }
 }
+
+import Synchronization
+
+/// A clock that moves only when told to: store and server tests use it to
+/// check expiry without sleeping.
+public final class ManualClock: StoreClock {
+    private let millis: Atomic<Int64>
+
+    public init(millis: Int64 = 1_700_000_000_000) {
+        self.millis = Atomic(millis)
+    }
+
+    public func nowMillis() -> Int64 {
+        millis.load(ordering: .relaxed)
+    }
+
+    /// Moves the clock forward.
+    public func advance(millis delta: Int64) {
+        millis.wrappingAdd(delta, ordering: .relaxed)
+    }
+
+    /// Moves the clock forward by whole seconds.
+    public func advance(seconds: Int64) {
+        advance(millis: seconds * 1000)
+    }
+}
