@@ -11,12 +11,16 @@ public struct StoreConfiguration: Sendable {
     public var maxItemSize: Int
     /// Number of independently locked shards; rounded to a power of two.
     public var shardCount: Int
+    /// Whether mutations are recorded as a change stream (`takeChanges()`), for
+    /// persistence and replication. Off, the store does no bookkeeping for it.
+    public var recordsChanges: Bool
 
-    public init(memoryLimit: Int = 1024 << 20, evictionsEnabled: Bool = true, maxItemSize: Int = 1 << 20, shardCount: Int = 64) {
+    public init(memoryLimit: Int = 1024 << 20, evictionsEnabled: Bool = true, maxItemSize: Int = 1 << 20, shardCount: Int = 64, recordsChanges: Bool = false) {
         self.memoryLimit = memoryLimit
         self.evictionsEnabled = evictionsEnabled
         self.maxItemSize = maxItemSize
         self.shardCount = shardCount
+        self.recordsChanges = recordsChanges
     }
 }
 
@@ -209,6 +213,7 @@ public final class SessionStore: Sendable {
     private let shards: [Shard]
     private let shardMask: Int
     private let hasher: KeyHasher
+    private let recorder: ChangeRecorder?
 
     public init(configuration: StoreConfiguration = .init(), clock: any StoreClock = SystemClock()) {
         // A shard must hold at least a couple of the largest items, so small
@@ -226,8 +231,13 @@ public final class SessionStore: Sendable {
         self.shardMask = shardCount - 1
         self.hasher = KeyHasher(seed: UInt64.random(in: .min ... .max))
         let share = configuration.memoryLimit / shardCount
+        let recorder = configuration.recordsChanges ? ChangeRecorder() : nil
+        self.recorder = recorder
         self.shards = (0..<shardCount).map {
-            Shard(ShardState(index: $0, shardCount: shardCount, byteLimit: share, evictionsEnabled: configuration.evictionsEnabled))
+            Shard(ShardState(
+                index: $0, shardCount: shardCount, byteLimit: share,
+                evictionsEnabled: configuration.evictionsEnabled, recorder: recorder
+            ))
         }
     }
 
@@ -256,13 +266,17 @@ public final class SessionStore: Sendable {
                     bytes: Array(key), keyLength: key.count, hash: hash, flags: 0,
                     deadline: vivify.millis, cas: state.takeCas(), now: now, marks: [.winTokenSent]
                 )
+                state.record(.upsert, created)
                 return FetchResult(
                     item: state.snapshot(created), hitBefore: false, millisSinceLastAccess: 0,
                     won: true, stale: false, tokenAlreadySent: false
                 )
             }
             let item = state.item(slot)
-            if let touch = options.touch { state.setDeadline(slot, touch) }
+            if let touch = options.touch {
+                state.setDeadline(slot, touch)
+                state.record(.upsert, slot)
+            }
             let stale = item.marks.contains(.stale)
             var won = false
             if !item.marks.contains(.winTokenSent) {
@@ -299,6 +313,7 @@ public final class SessionStore: Sendable {
             state.setDeadline(slot, deadline)
             state.bump(slot)
             state.setLastAccess(slot, now)
+            state.record(.upsert, slot)
             return true
         }
     }
@@ -311,7 +326,7 @@ public final class SessionStore: Sendable {
         let now = clock.nowMillis()
         let maxItemSize = configuration.maxItemSize
         return shard.state.withLock { state -> StoreOutcome in
-            var existing = state.findLive(key, hash: hash, now: now)
+            let existing = state.findLive(key, hash: hash, now: now)
             var deadline = request.deadline
             var flags = request.flags
             var mode = request.mode
@@ -401,12 +416,13 @@ public final class SessionStore: Sendable {
                 if markStale { state.insertMarks(slot, .stale) }
                 state.setFlags(slot, flags)
                 state.counters.totalItems += 1
-                existing = slot
+                state.record(.upsert, slot)
             } else {
                 guard state.makeRoom(for: ShardState.cost(keyLength: key.count, valueCount: size), now: now) else {
                     return .outOfMemory
                 }
-                state.insert(bytes: bytes, keyLength: key.count, hash: hash, flags: flags, deadline: deadline.millis, cas: cas, now: now)
+                let slot = state.insert(bytes: bytes, keyLength: key.count, hash: hash, flags: flags, deadline: deadline.millis, cas: cas, now: now)
+                state.record(.upsert, slot)
             }
             return .stored(cas: cas, size: size)
         }
@@ -437,6 +453,7 @@ public final class SessionStore: Sendable {
             } else {
                 state.setCas(slot, state.takeCas())
             }
+            state.record(.upsert, slot)
             return .deleted
         }
     }
@@ -457,7 +474,8 @@ public final class SessionStore: Sendable {
                 }
                 let cas = request.explicitCas ?? state.takeCas()
                 if request.explicitCas != nil { state.raiseCas(above: cas) }
-                state.insert(bytes: bytes, keyLength: key.count, hash: hash, flags: 0, deadline: vivify.deadline.millis, cas: cas, now: now)
+                let created = state.insert(bytes: bytes, keyLength: key.count, hash: hash, flags: 0, deadline: vivify.deadline.millis, cas: cas, now: now)
+                state.record(.upsert, created)
                 return .value(vivify.initial, cas: cas, deadline: vivify.deadline)
             }
             let item = state.item(slot)
@@ -480,16 +498,85 @@ public final class SessionStore: Sendable {
             state.setCas(slot, cas)
             state.setLastAccess(slot, now)
             if let touch = request.touch { state.setDeadline(slot, touch) }
+            state.record(.upsert, slot)
             return .value(updated, cas: cas, deadline: Deadline(millis: state.item(slot).deadline))
         }
     }
 
-    /// Removes every item (`flush_all`).
+    /// Removes every item (`flush_all`). All shards are locked at once, so the
+    /// flush has one place in the change stream: every change is either before
+    /// it or after it.
     public func flushAll() {
-        for shard in shards {
-            shard.state.withLock { $0.removeAll() }
+        flushShards(from: 0)
+    }
+
+    /// Locks shard `index`, then the rest, takes the flush's sequence number
+    /// while every lock is held, and clears each shard as the locks unwind.
+    @discardableResult
+    private func flushShards(from index: Int) -> UInt64 {
+        guard index < shards.count else { return recorder?.nextSequence() ?? 0 }
+        return shards[index].state.withLock { state in
+            let sequence = flushShards(from: index + 1)
+            state.removeAll()
+            state.recordFlush(sequence: sequence)
+            return sequence
         }
     }
+
+    // MARK: Change stream
+
+    /// Takes every change recorded since the last call, in sequence order.
+    /// Empty unless the store was configured with `recordsChanges`.
+    public func takeChanges() -> [Change] {
+        guard recorder != nil else { return [] }
+        var batch: [Change] = []
+        for shard in shards {
+            batch += shard.state.withLock { $0.takeChanges() }
+        }
+        // Each shard's list is already ordered; the merge orders changes across shards.
+        batch.sort { $0.sequence < $1.sequence }
+        return batch
+    }
+
+    /// Changes recorded but not yet taken.
+    public var pendingChanges: Int { recorder?.pending.load(ordering: .relaxed) ?? 0 }
+
+    /// The sequence number of the newest change.
+    public var lastSequence: UInt64 { recorder?.lastSequence.load(ordering: .relaxed) ?? 0 }
+
+    // MARK: Recovery and snapshots
+
+    /// Loads an item recovered from storage or received from a peer, without
+    /// recording a change. Later CAS tokens are larger than `cas`.
+    @discardableResult
+    public func restore(_ key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer, flags: UInt32, deadline: Deadline, cas: UInt64) -> Bool {
+        let (shard, hash) = locate(key)
+        let now = clock.nowMillis()
+        if deadline.hasPassed(at: now) { return false }
+        let bytes = Self.join(key, value)
+        return shard.state.withLock { state in
+            if let slot = state.find(key, hash: hash) { state.removeQuietly(slot) }
+            guard state.makeRoom(for: ShardState.cost(keyLength: key.count, valueCount: value.count), now: now) else { return false }
+            state.insert(bytes: bytes, keyLength: key.count, hash: hash, flags: flags, deadline: deadline.millis, cas: cas, now: now)
+            state.raiseCas(above: cas)
+            return true
+        }
+    }
+
+    /// Makes every future CAS larger than `cas` in every shard.
+    public func raiseCas(above cas: UInt64) {
+        for shard in shards { shard.state.withLock { $0.raiseCas(above: cas) } }
+    }
+
+    /// Up to `limit` live items of one shard from slot `cursor` on, and the cursor to continue
+    /// from (nil when the shard is done). Lets a snapshot walk the store in short lock holds.
+    public func items(inShard shardIndex: Int, from cursor: Int, limit: Int) -> (items: [ItemSnapshot], next: Int?) {
+        let now = clock.nowMillis()
+        return shards[shardIndex].state.withLock { $0.liveItems(from: cursor, limit: limit, now: now) }
+    }
+
+    /// The number of shards, for walking the store with `items(inShard:from:limit:)`.
+    public var shardCount: Int { shards.count }
 
     // MARK: Maintenance
 

@@ -50,12 +50,17 @@ struct ShardState {
     private var reclaimCursor = 0
     /// Counters summed by `statistics()`.
     var counters = ShardCounters()
+    /// Where changes are numbered, or nil when nobody consumes the change stream.
+    let recorder: ChangeRecorder?
+    /// Changes made since the consumer last took them, in sequence order.
+    private(set) var changes: [Change] = []
 
     /// Bytes charged per item beyond its key and value: the slot, the array
     /// header and allocator overhead, and the index entries.
     static let itemOverhead = MemoryLayout<ItemSlot>.stride + 56
 
-    init(index: Int, shardCount: Int, byteLimit: Int, evictionsEnabled: Bool) {
+    init(index: Int, shardCount: Int, byteLimit: Int, evictionsEnabled: Bool, recorder: ChangeRecorder?) {
+        self.recorder = recorder
         self.byteLimit = byteLimit
         self.evictionsEnabled = evictionsEnabled
         self.nextCas = UInt64(index + 1)
@@ -209,8 +214,15 @@ struct ShardState {
         slots[Int(slot)].bytes = bytes
     }
 
-    /// Removes an item from the index, the LRU list and the memory account.
+    /// Removes an item from the index, the LRU list and the memory account,
+    /// and records the removal in the change stream.
     mutating func remove(_ slot: Int32) {
+        if recorder != nil { record(.remove, slot) }
+        removeQuietly(slot)
+    }
+
+    /// Removes an item without recording a change (recovery replaces what it loads).
+    mutating func removeQuietly(_ slot: Int32) {
         let mask = table.count - 1
         var position = Int(truncatingIfNeeded: slots[Int(slot)].hash) & mask
         while table[position] != slot + 1 { position = (position + 1) & mask }
@@ -222,6 +234,20 @@ struct ShardState {
         slots[Int(slot)].marks = []
         freeSlots.append(slot)
         count -= 1
+    }
+
+    /// Live items from slot `cursor` on, at most `limit`.
+    func liveItems(from cursor: Int, limit: Int, now: Int64) -> (items: [ItemSnapshot], next: Int?) {
+        var items: [ItemSnapshot] = []
+        var index = cursor
+        while index < slots.count, items.count < limit {
+            let item = slots[index]
+            if !item.bytes.isEmpty, item.deadline == 0 || item.deadline > now {
+                items.append(snapshot(Int32(index)))
+            }
+            index += 1
+        }
+        return (items, index < slots.count ? index : nil)
     }
 
     /// Drops every item. CAS tokens keep increasing.
@@ -267,6 +293,35 @@ struct ShardState {
             grown[position] = entry
         }
         table = grown
+    }
+
+    // MARK: Change stream
+
+    /// Records the item's current state (or its removal) as the next change.
+    mutating func record(_ kind: Change.Kind, _ slot: Int32) {
+        guard let recorder else { return }
+        let item = slots[Int(slot)]
+        changes.append(Change(
+            kind: kind, sequence: recorder.nextSequence(), storage: item.bytes, keyLength: Int(item.keyLength),
+            flags: item.flags, cas: item.cas, deadline: Deadline(millis: item.deadline)
+        ))
+        recorder.pending.wrappingAdd(1, ordering: .relaxed)
+    }
+
+    /// Records a flush of every shard under one sequence number.
+    mutating func recordFlush(sequence: UInt64) {
+        guard let recorder else { return }
+        changes.append(Change(kind: .flushAll, sequence: sequence, storage: [], keyLength: 0, flags: 0, cas: 0, deadline: .never))
+        recorder.pending.wrappingAdd(1, ordering: .relaxed)
+    }
+
+    /// Hands the recorded changes to the consumer.
+    mutating func takeChanges() -> [Change] {
+        guard !changes.isEmpty else { return [] }
+        var taken: [Change] = []
+        swap(&taken, &changes)
+        recorder?.pending.wrappingSubtract(taken.count, ordering: .relaxed)
+        return taken
     }
 
     // MARK: LRU

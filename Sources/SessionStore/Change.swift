@@ -1,0 +1,54 @@
+import Synchronization
+
+/// One mutation of the store, in the order the store made it.
+///
+/// Persistence and replication both consume this stream. A change shares the
+/// item's storage (one retain, no copy).
+public struct Change: Sendable {
+    /// What happened to the key.
+    public enum Kind: Sendable, Equatable {
+        /// The key now holds this value, flags, deadline and CAS (set, add, append,
+        /// incr, touch, …: every write leaves a complete item).
+        case upsert
+        /// The key is gone (delete, expiry, eviction).
+        case remove
+        /// Every item is gone (`flush_all`); recorded once per shard with one sequence number.
+        case flushAll
+    }
+
+    public var kind: Kind
+    /// Position in the store's change stream; later changes have larger numbers.
+    public var sequence: UInt64
+    /// Key followed by value (for `.remove`, the value bytes are ignored; for `.flushAll`, empty).
+    public var storage: [UInt8]
+    public var keyLength: Int
+    public var flags: UInt32
+    public var cas: UInt64
+    public var deadline: Deadline
+
+    public var valueCount: Int { storage.count - keyLength }
+
+    /// The key bytes (copies).
+    public var key: [UInt8] { Array(storage[..<keyLength]) }
+
+    @inlinable
+    public func withKeyBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try storage.withUnsafeBytes { try body(UnsafeRawBufferPointer(rebasing: $0[..<keyLength])) }
+    }
+
+    @inlinable
+    public func withValueBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try storage.withUnsafeBytes { try body(UnsafeRawBufferPointer(rebasing: $0[keyLength...])) }
+    }
+}
+
+/// Hands out sequence numbers and counts changes not yet taken by the consumer.
+final class ChangeRecorder: Sendable {
+    let lastSequence = Atomic<UInt64>(0)
+    let pending = Atomic<Int>(0)
+
+    @inline(__always)
+    func nextSequence() -> UInt64 {
+        lastSequence.wrappingAdd(1, ordering: .relaxed).newValue
+    }
+}
