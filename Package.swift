@@ -8,6 +8,7 @@ let package = Package(
         .executable(name: "tandemd", targets: ["tandemd"]),
         .library(name: "SessionStore", targets: ["SessionStore"]),
         .library(name: "MemcacheProtocol", targets: ["MemcacheProtocol"]),
+        .library(name: "SessionPersistence", targets: ["SessionPersistence"]),
         .library(name: "TandemServer", targets: ["TandemServer"]),
     ],
     dependencies: [
@@ -21,6 +22,23 @@ let package = Package(
         // Knows nothing of sockets, protocols or SQLite.
         .target(name: "SessionStore"),
 
+        // The system SQLite (Debian: libsqlite3-dev).
+        .systemLibrary(
+            name: "CSQLite",
+            pkgConfig: "sqlite3",
+            providers: [.apt(["libsqlite3-dev"])]
+        ),
+
+        // Write-behind of the store's change stream into SQLite, and recovery at start.
+        .target(
+            name: "SessionPersistence",
+            dependencies: [
+                "CSQLite",
+                "SessionStore",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+
         // memcached text and meta protocol: decoders and reply encoders only.
         .target(
             name: "MemcacheProtocol",
@@ -32,6 +50,7 @@ let package = Package(
             name: "TandemServer",
             dependencies: [
                 "SessionStore",
+                "SessionPersistence",
                 "MemcacheProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -52,6 +71,10 @@ let package = Package(
         ),
 
         .testTarget(name: "SessionStoreTests", dependencies: ["SessionStore"]),
+        .testTarget(
+            name: "SessionPersistenceTests",
+            dependencies: ["SessionPersistence", "SessionStore", .product(name: "Logging", package: "swift-log")]
+        ),
         .testTarget(
             name: "MemcacheProtocolTests",
             dependencies: [

@@ -148,3 +148,24 @@ public enum MemcacheProtocolError: Error, Sendable, Equatable {
     /// No newline within the line length limit.
     case lineTooLong(limit: Int)
 }
+
+extension MemcacheCommand {
+    /// Whether the command can change the store (the server slows such
+    /// connections down when persistence falls behind).
+    public var isWrite: Bool {
+        switch self {
+        case .store, .delete, .arithmetic, .touch, .flushAll:
+            return true
+        case .retrieve(let retrieval):
+            return retrieval.touchExptime != nil
+        case .meta(let meta):
+            switch meta.verb {
+            case .set, .delete, .arithmetic: return true
+            case .get: return meta.flags.ttl != nil || meta.flags.vivifyTTL != nil
+            case .noop, .debug: return false
+            }
+        case .version, .verbosity, .quit, .stats, .invalid:
+            return false
+        }
+    }
+}

@@ -28,6 +28,16 @@ public struct Change: Sendable {
 
     public var valueCount: Int { storage.count - keyLength }
 
+    public init(kind: Kind, sequence: UInt64, storage: [UInt8], keyLength: Int, flags: UInt32, cas: UInt64, deadline: Deadline) {
+        self.kind = kind
+        self.sequence = sequence
+        self.storage = storage
+        self.keyLength = keyLength
+        self.flags = flags
+        self.cas = cas
+        self.deadline = deadline
+    }
+
     /// The key bytes (copies).
     public var key: [UInt8] { Array(storage[..<keyLength]) }
 

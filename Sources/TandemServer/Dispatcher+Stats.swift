@@ -1,3 +1,4 @@
+import Foundation
 import MemcacheProtocol
 import NIOCore
 import SessionStore
@@ -85,6 +86,22 @@ extension Dispatcher {
             ("total_items", "\(figures.totalItems)"),
             ("bytes", "\(figures.bytes)"),
         ]
+        if let persistence = context.persistence {
+            let persisted = persistence.statistics()
+            stats += [
+                ("persistence", "sqlite"),
+                ("persistence_pending", "\(persisted.pending)"),
+                ("persistence_errors", "\(persisted.errors)"),
+                ("persistence_last_error", persisted.lastError ?? "none"),
+                ("persistence_flushes", "\(persisted.flushes)"),
+                ("persistence_batch_last", "\(persisted.lastBatch)"),
+                ("persistence_lag_ms", "\(persisted.lagMillis)"),
+                ("recovered_items", "\(persisted.recovery.items)"),
+                ("recovery_seconds", String(format: "%.3f", persisted.recovery.seconds)),
+            ]
+        } else {
+            stats.append(("persistence", "disabled"))
+        }
         return stats
     }
 
@@ -103,6 +120,8 @@ extension Dispatcher {
             ("item_size_max", "\(configuration.store.maxItemSize)"),
             ("shards", "\(store.configuration.shardCount)"),
             ("binding_protocol", "ascii"),
+            ("data_dir", context.persistence?.dataDirectory ?? "none"),
+            ("flush_interval_ms", configuration.persistence.map { "\($0.flushIntervalMillis)" } ?? "none"),
         ]
     }
 }

@@ -18,6 +18,8 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
         case open
         /// Reading is paused because the peer does not read our replies fast enough.
         case paused
+        /// Reading is paused because persistence has fallen behind and this connection writes.
+        case waitingForStorage
         /// `quit`, a fatal protocol error or a drain: replies are being flushed, then the socket closes.
         case closing
     }
@@ -90,6 +92,8 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
 
     private func processInbound(context: ChannelHandlerContext) {
         guard case .open = state, inbound != nil else { return }
+        var wrote = false
+        defer { if wrote { applyStorageBackpressure(context: context) } }
         while true {
             let command: MemcacheCommand?
             do {
@@ -100,6 +104,7 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
                 return
             }
             guard let command else { break }
+            if command.isWrite { wrote = true }
             if case .close = dispatcher.execute(command, into: &outbound) {
                 closeAfterReplies(context: context)
                 return
@@ -121,6 +126,43 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
         } else if inbound!.readerIndex >= Self.inboundCompactThreshold {
             inbound!.discardReadBytes()
         }
+    }
+
+    // MARK: Storage backpressure
+
+    /// How often a connection paused for storage checks whether it may go on.
+    private static let storageRecheckInterval = TimeAmount.milliseconds(2)
+
+    /// Wakes the writer early when much is pending, and pauses this writing
+    /// connection while the backlog is over its bound.
+    private func applyStorageBackpressure(context: ChannelHandlerContext) {
+        guard let persistence = dispatcher.context.persistence, case .open = state else { return }
+        if persistence.wantsEarlyFlush { persistence.wake() }
+        guard persistence.isBackedUp else { return }
+        state = .waitingForStorage
+        context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
+        scheduleStorageRecheck(context: context)
+    }
+
+    private func scheduleStorageRecheck(context: ChannelHandlerContext) {
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        context.eventLoop.scheduleTask(in: Self.storageRecheckInterval) {
+            let (handler, context) = bound.value
+            handler.resumeIfStorageCaughtUp(context: context)
+        }
+    }
+
+    private func resumeIfStorageCaughtUp(context: ChannelHandlerContext) {
+        guard case .waitingForStorage = state else { return }
+        if let persistence = dispatcher.context.persistence, persistence.isBackedUp {
+            persistence.wake()
+            scheduleStorageRecheck(context: context)
+            return
+        }
+        state = .open
+        context.channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
+        processInbound(context: context)
+        flushOutbound(context: context)
     }
 
     private func writeOutbound(context: ChannelHandlerContext) {

@@ -4,6 +4,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
+import SessionPersistence
 import SessionStore
 
 /// A running node: the memcached listener over one store.
@@ -43,18 +44,28 @@ public final class MemcacheServer: Sendable {
         self.reclaimer = reclaimer
     }
 
-    /// Binds the listener and starts serving.
+    /// Recovers persisted items (when persistence is on), then binds the
+    /// listener and starts serving: the port accepts connections only once
+    /// every recovered item is in memory.
     public static func start(
         configuration: ServerConfiguration, clock: any StoreClock = SystemClock(), logger: Logger
     ) async throws -> MemcacheServer {
+        var storeConfiguration = configuration.store
+        storeConfiguration.recordsChanges = configuration.persistence != nil
+        let store = SessionStore(configuration: storeConfiguration, clock: clock)
+        var persistence: Persistence?
+        if let persistenceConfiguration = configuration.persistence {
+            let opened = try Persistence.open(configuration: persistenceConfiguration, store: store, logger: logger)
+            opened.start()
+            persistence = opened
+        }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.threads))
-        let store = SessionStore(configuration: configuration.store, clock: clock)
         var countersByLoop: [ObjectIdentifier: CommandCounters] = [:]
         for loop in group.makeIterator() {
             countersByLoop[ObjectIdentifier(loop)] = CommandCounters()
         }
         let context = ServerContext(
-            configuration: configuration, store: store,
+            configuration: configuration, store: store, persistence: persistence,
             counters: CounterSet(perLoop: Array(countersByLoop.values)), logger: logger
         )
         let connections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
@@ -92,6 +103,7 @@ public final class MemcacheServer: Sendable {
             serverChannel = try await bootstrap.bind(host: configuration.host, port: configuration.port).get()
         } catch {
             try? await group.shutdownGracefully()
+            persistence?.stop()
             throw error
         }
         guard let localAddress = serverChannel.localAddress else {
@@ -131,6 +143,11 @@ public final class MemcacheServer: Sendable {
             timeout.cancel()
         }
         try? await group.shutdownGracefully()
+        if let persistence = context.persistence {
+            // Every acknowledged change reaches the file before the process exits.
+            persistence.stop()
+            context.logger.info("persistence flushed", metadata: ["file": "\(persistence.dataDirectory)"])
+        }
         context.logger.info("stopped", metadata: ["drained_connections": "\(open.count)"])
     }
 }

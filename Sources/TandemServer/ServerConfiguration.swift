@@ -1,4 +1,6 @@
 import Logging
+import NIOCore
+import SessionPersistence
 import SessionStore
 
 /// Everything a node needs to start serving.
@@ -17,12 +19,15 @@ public struct ServerConfiguration: Sendable {
     public var verbosity: Int
     /// How long a graceful stop waits for connections to finish their replies.
     public var drainTimeoutSeconds: Int64
+    /// Write-behind to SQLite; nil keeps items in memory only.
+    public var persistence: PersistenceConfiguration?
 
     public init(
         host: String = "127.0.0.1", port: Int = 11211, threads: Int = System.coreCount,
         maxConnections: Int = 4096, store: StoreConfiguration = StoreConfiguration(),
-        verbosity: Int = 0, drainTimeoutSeconds: Int64 = 5
+        verbosity: Int = 0, drainTimeoutSeconds: Int64 = 5, persistence: PersistenceConfiguration? = nil
     ) {
+        self.persistence = persistence
         self.host = host
         self.port = port
         self.threads = threads
@@ -32,5 +37,3 @@ public struct ServerConfiguration: Sendable {
         self.drainTimeoutSeconds = drainTimeoutSeconds
     }
 }
-
-import NIOCore

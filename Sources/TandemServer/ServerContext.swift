@@ -1,6 +1,7 @@
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import SessionPersistence
 import SessionStore
 import Synchronization
 
@@ -15,6 +16,8 @@ final class ServerContext: Sendable {
 
     let configuration: ServerConfiguration
     let store: SessionStore
+    /// The write-behind, when the node persists.
+    let persistence: Persistence?
     let counters: CounterSet
     let logger: Logger
     /// Unix seconds when the node started.
@@ -27,9 +30,10 @@ final class ServerContext: Sendable {
     /// A pending delayed `flush_all`; a newer one replaces it.
     private let pendingFlush = NIOLockedValueBox<Scheduled<Void>?>(nil)
 
-    init(configuration: ServerConfiguration, store: SessionStore, counters: CounterSet, logger: Logger) {
+    init(configuration: ServerConfiguration, store: SessionStore, persistence: Persistence?, counters: CounterSet, logger: Logger) {
         self.configuration = configuration
         self.store = store
+        self.persistence = persistence
         self.counters = counters
         self.logger = logger
         self.startedAt = store.now() / 1000

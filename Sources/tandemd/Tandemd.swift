@@ -2,6 +2,7 @@ import ArgumentParser
 import Logging
 import NIOCore
 import ServiceLifecycle
+import SessionPersistence
 import SessionStore
 import TandemServer
 
@@ -43,7 +44,13 @@ struct Tandemd: AsyncParsableCommand {
     @Flag(name: [.customShort("v"), .long], help: "Verbose logging (repeat for more).")
     var verbose: Int
 
-    @Flag(name: .customLong("no-persistence"), help: "Keep items in memory only.")
+    @Option(name: .customLong("data-dir"), help: "Directory for the SQLite database (created if missing).")
+    var dataDir: String = "tandem-data"
+
+    @Option(name: .customLong("flush-interval"), help: "Milliseconds between write-behind commits: the most a kill -9 can lose.")
+    var flushInterval: Int = 50
+
+    @Flag(name: .customLong("no-persistence"), help: "Keep items in memory only (nothing survives a restart).")
     var noPersistence = false
 
     func validate() throws {
@@ -54,6 +61,10 @@ struct Tandemd: AsyncParsableCommand {
         guard maxItemSize.bytes >= 1024, maxItemSize.bytes <= 1 << 30 else {
             throw ValidationError("--max-item-size must be between 1k and 1024m")
         }
+        guard (1...1000).contains(flushInterval) else {
+            throw ValidationError("--flush-interval must be between 1 and 1000 milliseconds, got \(flushInterval)")
+        }
+        guard !dataDir.isEmpty else { throw ValidationError("--data-dir must not be empty") }
         guard maxItemSize.bytes <= memoryLimit << 20 else {
             throw ValidationError("--max-item-size (\(maxItemSize.bytes) bytes) cannot exceed --memory-limit (\(memoryLimit) MB)")
         }
@@ -72,14 +83,21 @@ struct Tandemd: AsyncParsableCommand {
             store: StoreConfiguration(
                 memoryLimit: memoryLimit << 20, evictionsEnabled: !disableEvictions, maxItemSize: maxItemSize.bytes
             ),
-            verbosity: verbose
+            verbosity: verbose,
+            persistence: noPersistence ? nil : PersistenceConfiguration(dataDirectory: dataDir, flushIntervalMillis: flushInterval)
         )
         let group = ServiceGroup(
             services: [TandemService(configuration: configuration, logger: logger)],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger
         )
-        try await group.run()
+        do {
+            try await group.run()
+        } catch let error as PersistenceError {
+            // One clear line naming the file, and a non-zero exit.
+            logger.critical("cannot start: \(error)")
+            throw ExitCode(2)
+        }
     }
 }
 

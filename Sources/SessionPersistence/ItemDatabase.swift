@@ -1,0 +1,168 @@
+import CSQLite
+import SessionStore
+
+/// The SQLite file that holds a node's items: schema, versioning and the
+/// few prepared statements the writer and recovery use.
+final class ItemDatabase {
+    /// The schema this build writes; `PRAGMA user_version` records it.
+    static let schemaVersion: Int64 = 1
+
+    let path: String
+    private let connection: SQLiteConnection
+    private let upsertStatement: Statement
+    private let deleteStatement: Statement
+    private let setMetaStatement: Statement
+    /// The inode the database file had when opened, to notice it being removed or replaced.
+    let inode: UInt64?
+
+    /// Opens (or creates) the database, refusing files that are not Tandem's.
+    /// Nothing is written to an existing file before it is known to be Tandem's.
+    init(path: String) throws(PersistenceError) {
+        self.path = path
+        let connection: SQLiteConnection
+        do {
+            connection = try SQLiteConnection(path: path)
+        } catch {
+            throw .unreadable(path: path, error: error)
+        }
+        self.connection = connection
+        do {
+            let version = try connection.integer("PRAGMA user_version")
+            if version > Self.schemaVersion {
+                throw PersistenceError.newerSchema(path: path, found: version, supported: Self.schemaVersion)
+            }
+            let tables = try connection.integer("SELECT count(*) FROM sqlite_master")
+            if version == 0 {
+                guard tables == 0 else { throw PersistenceError.foreignDatabase(path: path) }
+                try Self.createSchema(connection)
+            } else if try connection.integer("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('items', 'meta')") != 2 {
+                throw PersistenceError.foreignDatabase(path: path)
+            }
+            // WAL: readers never block the writer, and a commit is one append.
+            // synchronous=NORMAL: a commit survives a process crash (kill -9);
+            // only an OS crash or power loss can take the last commits.
+            try connection.execute("PRAGMA journal_mode = WAL")
+            try connection.execute("PRAGMA synchronous = NORMAL")
+            upsertStatement = try connection.prepare(
+                "INSERT INTO items (key, value, flags, deadline, cas) VALUES (?1, ?2, ?3, ?4, ?5) "
+                    + "ON CONFLICT (key) DO UPDATE SET value = ?2, flags = ?3, deadline = ?4, cas = ?5"
+            )
+            deleteStatement = try connection.prepare("DELETE FROM items WHERE key = ?1")
+            setMetaStatement = try connection.prepare(
+                "INSERT INTO meta (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = ?2"
+            )
+        } catch let error as PersistenceError {
+            throw error
+        } catch let error as SQLiteError {
+            if error.primaryCode == SQLITE_NOTADB { throw .notADatabase(path: path) }
+            throw .unreadable(path: path, error: error)
+        } catch {
+            throw .unreadable(path: path, error: SQLiteError(code: SQLITE_ERROR, message: "\(error)"))
+        }
+        self.inode = Self.inode(of: path)
+    }
+
+    private static func createSchema(_ connection: SQLiteConnection) throws(SQLiteError) {
+        try connection.execute("""
+            BEGIN;
+            CREATE TABLE items (
+                key BLOB NOT NULL UNIQUE,
+                value BLOB NOT NULL,
+                flags INTEGER NOT NULL,
+                deadline INTEGER NOT NULL,
+                cas INTEGER NOT NULL
+            );
+            CREATE TABLE meta (name TEXT PRIMARY KEY, value ANY) WITHOUT ROWID;
+            PRAGMA user_version = \(schemaVersion);
+            COMMIT;
+            """)
+    }
+
+    static func inode(of path: String) -> UInt64? {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        return UInt64(info.st_ino)
+    }
+
+    // MARK: Writing (the writer thread only)
+
+    func begin() throws(SQLiteError) { try connection.execute("BEGIN IMMEDIATE") }
+    func commit() throws(SQLiteError) { try connection.execute("COMMIT") }
+    func rollback() { try? connection.execute("ROLLBACK") }
+
+    func upsert(_ change: Change) throws(SQLiteError) {
+        let statement = upsertStatement
+        let failure: SQLiteError? = change.storage.withUnsafeBytes { all in
+            statement.bind(1, blob: UnsafeRawBufferPointer(rebasing: all[..<change.keyLength]))
+            statement.bind(2, blob: UnsafeRawBufferPointer(rebasing: all[change.keyLength...]))
+            statement.bind(3, Int64(change.flags))
+            statement.bind(4, change.deadline.millis)
+            statement.bind(5, Int64(bitPattern: change.cas))
+            do throws(SQLiteError) { try statement.run() } catch { return error }
+            return nil
+        }
+        if let failure { throw failure }
+    }
+
+    func upsert(_ item: ItemSnapshot) throws(SQLiteError) {
+        try upsert(Change(kind: .upsert, sequence: 0, storage: item.storage, keyLength: item.keyLength, flags: item.flags, cas: item.cas, deadline: item.deadline))
+    }
+
+    func delete(key: [UInt8]) throws(SQLiteError) {
+        let statement = deleteStatement
+        let failure: SQLiteError? = key.withUnsafeBytes { bytes in
+            statement.bind(1, blob: bytes)
+            do throws(SQLiteError) { try statement.run() } catch { return error }
+            return nil
+        }
+        if let failure { throw failure }
+    }
+
+    func deleteAll() throws(SQLiteError) {
+        try connection.execute("DELETE FROM items")
+    }
+
+    func setMeta(_ name: String, _ value: Int64) throws(SQLiteError) {
+        setMetaStatement.bind(1, name)
+        setMetaStatement.bind(2, value)
+        try setMetaStatement.run()
+    }
+
+    func meta(_ name: String) throws(SQLiteError) -> Int64? {
+        let statement = try connection.prepare("SELECT value FROM meta WHERE name = ?1")
+        statement.bind(1, name)
+        guard try statement.step() else { return nil }
+        return statement.int64(0)
+    }
+
+    /// Removes rows whose deadline has passed (they are never loaded again).
+    func deleteExpired(now: Int64) throws(SQLiteError) {
+        try connection.execute("DELETE FROM items WHERE deadline != 0 AND deadline <= \(now)")
+    }
+
+    // MARK: Reading (start-up)
+
+    func count(now: Int64) throws(SQLiteError) -> Int64 {
+        try connection.integer("SELECT count(*) FROM items WHERE deadline = 0 OR deadline > \(now)")
+    }
+
+    /// Streams every unexpired row to `body`; the buffers are valid only during the call.
+    func forEachItem(now: Int64, _ body: (UnsafeRawBufferPointer, UnsafeRawBufferPointer, UInt32, Deadline, UInt64) -> Void) throws(SQLiteError) {
+        let statement = try connection.prepare("SELECT key, value, flags, deadline, cas FROM items WHERE deadline = 0 OR deadline > ?1")
+        statement.bind(1, now)
+        while try statement.step() {
+            body(
+                statement.blob(0), statement.blob(1), UInt32(truncatingIfNeeded: statement.int64(2)),
+                Deadline(millis: statement.int64(3)), UInt64(bitPattern: statement.int64(4))
+            )
+        }
+    }
+
+    func close() {
+        connection.close()
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

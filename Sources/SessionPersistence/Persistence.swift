@@ -1,0 +1,379 @@
+import Dispatch
+import Foundation
+import Logging
+import SessionStore
+import Synchronization
+
+/// How a node persists its items.
+public struct PersistenceConfiguration: Sendable {
+    /// Where the database and lock file live.
+    public var dataDirectory: String
+    /// How often the writer commits a batch, in milliseconds: the most a
+    /// `kill -9` can lose.
+    public var flushIntervalMillis: Int
+    /// Past this many changes waiting for the writer, connections that write
+    /// are paused until it catches up (backpressure instead of unbounded memory).
+    public var maxPendingChanges: Int
+    /// The writer commits early once this many changes are waiting.
+    public var earlyFlushThreshold: Int
+
+    public init(dataDirectory: String, flushIntervalMillis: Int = 50, maxPendingChanges: Int = 200_000, earlyFlushThreshold: Int = 20_000) {
+        self.dataDirectory = dataDirectory
+        self.flushIntervalMillis = flushIntervalMillis
+        self.maxPendingChanges = maxPendingChanges
+        self.earlyFlushThreshold = earlyFlushThreshold
+    }
+}
+
+/// What recovery loaded at start.
+public struct RecoveryReport: Sendable {
+    public var items: Int
+    public var seconds: Double
+}
+
+/// Figures for `stats`.
+public struct PersistenceStatistics: Sendable {
+    /// Changes not yet committed (waiting in the store or in a failed batch).
+    public var pending: Int = 0
+    /// Failed commit attempts since start.
+    public var errors: UInt64 = 0
+    /// The most recent error, if any commit has failed.
+    public var lastError: String?
+    /// Successful commits.
+    public var flushes: UInt64 = 0
+    /// Distinct keys written by the last successful commit.
+    public var lastBatch: Int = 0
+    /// Upper bound on the age of the oldest uncommitted change, in milliseconds.
+    public var lagMillis: Int64 = 0
+    public var recovery = RecoveryReport(items: 0, seconds: 0)
+}
+
+/// Write-behind persistence of a store into SQLite, and recovery from it.
+///
+/// A dedicated writer thread (never an event loop) takes the store's change
+/// stream every flush interval, keeps only the newest change per key, and
+/// commits the batch in one transaction. A failed batch is kept and retried;
+/// changes are never dropped while the process lives.
+public final class Persistence: Sendable {
+    public let configuration: PersistenceConfiguration
+    public let recovery: RecoveryReport
+    private let directory: DataDirectory
+    private let writer: Writer
+    private let store: SessionStore
+
+    private init(configuration: PersistenceConfiguration, recovery: RecoveryReport, directory: DataDirectory, writer: Writer, store: SessionStore) {
+        self.configuration = configuration
+        self.recovery = recovery
+        self.directory = directory
+        self.writer = writer
+        self.store = store
+    }
+
+    /// Opens the data directory, loads every unexpired item into `store`
+    /// (which must record changes), and prepares the writer. Call `start()` next.
+    public static func open(configuration: PersistenceConfiguration, store: SessionStore, logger: Logger) throws(PersistenceError) -> Persistence {
+        precondition(store.configuration.recordsChanges, "a persisted store must record changes")
+        let directory = try DataDirectory(path: configuration.dataDirectory)
+        let database = try ItemDatabase(path: directory.databasePath)
+        let report = try recover(database: database, into: store, logger: logger)
+        let writer = Writer(database: database, store: store, configuration: configuration, logger: logger, recovery: report)
+        return Persistence(configuration: configuration, recovery: report, directory: directory, writer: writer, store: store)
+    }
+
+    private static func recover(database: ItemDatabase, into store: SessionStore, logger: Logger) throws(PersistenceError) -> RecoveryReport {
+        let started = ContinuousClock.now
+        let now = store.now()
+        do {
+            let total = try database.count(now: now)
+            logger.info("recovering items", metadata: ["items": "\(total)", "file": "\(database.path)"])
+            var loaded = 0
+            var lastReport = started
+            try database.forEachItem(now: now) { key, value, flags, deadline, cas in
+                store.restore(key, value: value, flags: flags, deadline: deadline, cas: cas)
+                loaded += 1
+                if loaded % 65_536 == 0, ContinuousClock.now - lastReport >= .seconds(1) {
+                    lastReport = ContinuousClock.now
+                    let elapsed = Self.seconds(lastReport - started)
+                    logger.info("recovery progress", metadata: [
+                        "items": "\(loaded)", "of": "\(total)",
+                        "percent": "\(total > 0 ? loaded * 100 / Int(total) : 100)",
+                        "items_per_second": "\(Int(Double(loaded) / max(elapsed, 0.001)))",
+                    ])
+                }
+            }
+            let seconds = Self.seconds(ContinuousClock.now - started)
+            logger.info("recovery done", metadata: [
+                "items": "\(loaded)", "seconds": "\(String(format: "%.3f", seconds))",
+                "items_per_second": "\(Int(Double(loaded) / max(seconds, 0.001)))",
+            ])
+            return RecoveryReport(items: loaded, seconds: seconds)
+        } catch {
+            throw .unreadable(path: database.path, error: error)
+        }
+    }
+
+    static func seconds(_ duration: Duration) -> Double {
+        let (seconds, attoseconds) = duration.components
+        return Double(seconds) + Double(attoseconds) / 1e18
+    }
+
+    /// Starts the writer thread.
+    public func start() {
+        writer.start()
+    }
+
+    /// Commits everything pending and stops the writer. Returns once done
+    /// (or once storage has kept failing past the stop timeout, which is logged).
+    public func stop() {
+        writer.stop()
+    }
+
+    /// Asks the writer to commit now rather than at the end of its interval.
+    public func wake() {
+        writer.wake()
+    }
+
+    /// Whether so many changes wait for the writer that writing connections should pause.
+    public var isBackedUp: Bool {
+        store.pendingChanges > configuration.maxPendingChanges
+    }
+
+    /// Whether enough changes wait that the writer should commit early.
+    public var wantsEarlyFlush: Bool {
+        store.pendingChanges > configuration.earlyFlushThreshold
+    }
+
+    public func statistics() -> PersistenceStatistics {
+        writer.statistics()
+    }
+
+    public var dataDirectory: String { directory.path }
+}
+
+/// The writer thread and the state only it touches.
+final class Writer: @unchecked Sendable {
+    // @unchecked: `database`, `carry`, `flushPending`, `flushedThrough`,
+    // `needsRewrite`, `lastErrorLog` and `failingSince` are touched only by the
+    // writer thread (and by `init` before it starts); everything shared
+    // is in `shared` (a Mutex) or an Atomic.
+
+    /// What the writer shares with `stats` and `stop()`.
+    struct Shared {
+        var statistics = PersistenceStatistics()
+        var carried = 0
+        var lastSuccessfulTake: Int64 = 0
+    }
+
+    private var database: ItemDatabase
+    private let store: SessionStore
+    private let configuration: PersistenceConfiguration
+    private let logger: Logger
+    private let shared: Mutex<Shared>
+    private let wakeSignal = DispatchSemaphore(value: 0)
+    private let finished = DispatchSemaphore(value: 0)
+    private let stopping = Atomic<Bool>(false)
+    private let started = Atomic<Bool>(false)
+
+    /// The newest change per key not yet committed.
+    private var carry: [[UInt8]: Change] = [:]
+    /// A flush_all to apply before `carry`.
+    private var flushPending = false
+    /// Changes at or before the newest applied flush_all are void.
+    private var flushedThrough: UInt64 = 0
+    /// The database file vanished: write the whole store into the new one.
+    private var needsRewrite = false
+    private var failingSince: ContinuousClock.Instant?
+    private var lastErrorLog: ContinuousClock.Instant?
+
+    /// How long `stop()` keeps retrying a failing storage before giving up.
+    static let stopRetryLimit = Duration.seconds(10)
+    /// While storage keeps failing, at most one log line per this interval.
+    static let errorLogInterval = Duration.seconds(10)
+
+    init(database: ItemDatabase, store: SessionStore, configuration: PersistenceConfiguration, logger: Logger, recovery: RecoveryReport) {
+        self.database = database
+        self.store = store
+        self.configuration = configuration
+        self.logger = logger
+        var initial = Shared()
+        initial.statistics.recovery = recovery
+        initial.lastSuccessfulTake = store.now()
+        self.shared = Mutex(initial)
+    }
+
+    func start() {
+        guard !started.exchange(true, ordering: .relaxed) else { return }
+        let thread = Thread { [self] in run() }
+        thread.name = "tandem-writer"
+        thread.start()
+    }
+
+    func wake() {
+        wakeSignal.signal()
+    }
+
+    func stop() {
+        guard started.load(ordering: .relaxed) else { return }
+        guard !stopping.exchange(true, ordering: .relaxed) else { return }
+        wakeSignal.signal()
+        finished.wait()
+    }
+
+    func statistics() -> PersistenceStatistics {
+        let pendingInStore = store.pendingChanges
+        let now = store.now()
+        return shared.withLock { shared in
+            var statistics = shared.statistics
+            statistics.pending = pendingInStore + shared.carried
+            statistics.lagMillis = statistics.pending > 0 ? max(0, now - shared.lastSuccessfulTake) : 0
+            return statistics
+        }
+    }
+
+    private func run() {
+        let interval = DispatchTimeInterval.milliseconds(configuration.flushIntervalMillis)
+        while !stopping.load(ordering: .relaxed) {
+            _ = wakeSignal.wait(timeout: .now() + interval)
+            flush()
+        }
+        drainForStop()
+        database.close()
+        finished.signal()
+    }
+
+    /// The final flush: everything acknowledged reaches the file, retrying a
+    /// failing storage for a bounded time.
+    private func drainForStop() {
+        let deadline = ContinuousClock.now + Self.stopRetryLimit
+        while true {
+            if flush() && store.pendingChanges == 0 { return }
+            if ContinuousClock.now >= deadline {
+                logger.error("stopping with changes not written to storage", metadata: [
+                    "pending": "\(carry.count + store.pendingChanges)", "file": "\(database.path)",
+                ])
+                return
+            }
+            Thread.sleep(forTimeInterval: Double(configuration.flushIntervalMillis) / 1000)
+        }
+    }
+
+    /// Takes the store's new changes and commits everything pending. Returns
+    /// whether the commit succeeded (or there was nothing to commit).
+    @discardableResult
+    private func flush() -> Bool {
+        let takenAt = store.now()
+        absorb(store.takeChanges())
+        shared.withLock { $0.carried = carry.count + (flushPending ? 1 : 0) }
+        checkFile()
+        guard !carry.isEmpty || flushPending || needsRewrite else {
+            shared.withLock { $0.lastSuccessfulTake = takenAt }
+            return true
+        }
+        let batch = carry.count
+        do {
+            try database.begin()
+            do {
+                if needsRewrite {
+                    try rewriteFromMemory()
+                } else if flushPending {
+                    try database.deleteAll()
+                }
+                for change in carry.values {
+                    switch change.kind {
+                    case .upsert: try database.upsert(change)
+                    case .remove: try database.delete(key: change.key)
+                    case .flushAll: break
+                    }
+                }
+                try database.setMeta("last_sequence", Int64(bitPattern: store.lastSequence))
+                try database.commit()
+            } catch {
+                database.rollback()
+                throw error
+            }
+        } catch {
+            recordFailure(error, pending: batch)
+            return false
+        }
+        carry.removeAll(keepingCapacity: true)
+        flushPending = false
+        needsRewrite = false
+        if let since = failingSince {
+            logger.notice("storage works again; pending changes written", metadata: [
+                "file": "\(database.path)", "keys": "\(batch)",
+                "outage_seconds": "\(String(format: "%.1f", Persistence.seconds(ContinuousClock.now - since)))",
+            ])
+            failingSince = nil
+            lastErrorLog = nil
+        }
+        shared.withLock {
+            $0.statistics.flushes += 1
+            $0.statistics.lastBatch = batch
+            $0.carried = 0
+            $0.lastSuccessfulTake = takenAt
+        }
+        return true
+    }
+
+    /// Folds new changes into the carry: the newest change per key wins, and a
+    /// flush_all voids everything before it.
+    private func absorb(_ changes: [Change]) {
+        for change in changes {
+            switch change.kind {
+            case .flushAll:
+                // Every shard records the same flush; apply it once.
+                guard change.sequence > flushedThrough else { continue }
+                flushedThrough = change.sequence
+                carry.removeAll(keepingCapacity: true)
+                flushPending = true
+            case .upsert, .remove:
+                guard change.sequence > flushedThrough else { continue }
+                carry[change.key] = change
+            }
+        }
+    }
+
+    /// Notices the database file being removed or replaced, and opens a new one.
+    private func checkFile() {
+        let current = ItemDatabase.inode(of: database.path)
+        guard current != database.inode else { return }
+        do {
+            let replacement = try ItemDatabase(path: database.path)
+            database.close()
+            database = replacement
+            needsRewrite = true
+            logger.warning("database file was removed or replaced; recreating it from memory", metadata: ["file": "\(database.path)"])
+        } catch {
+            recordFailure(error, pending: carry.count)
+        }
+    }
+
+    /// Writes every live item into the (new, empty) database.
+    private func rewriteFromMemory() throws(SQLiteError) {
+        try database.deleteAll()
+        for shard in 0..<store.shardCount {
+            var cursor: Int? = 0
+            while let from = cursor {
+                let page = store.items(inShard: shard, from: from, limit: 1024)
+                for item in page.items { try database.upsert(item) }
+                cursor = page.next
+            }
+        }
+    }
+
+    private func recordFailure(_ error: any Error, pending: Int) {
+        let message = "\(error)"
+        shared.withLock {
+            $0.statistics.errors += 1
+            $0.statistics.lastError = message
+        }
+        let now = ContinuousClock.now
+        if failingSince == nil { failingSince = now }
+        if lastErrorLog.map({ now - $0 >= Self.errorLogInterval }) ?? true {
+            lastErrorLog = now
+            logger.error("cannot write to storage; serving from memory and retrying", metadata: [
+                "file": "\(database.path)", "error": "\(message)", "pending": "\(pending)",
+            ])
+        }
+    }
+}

@@ -1,0 +1,4 @@
+import Logging
+import SessionPersistence
+import SessionStore
+import Testing
