@@ -1,13 +1,14 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Synchronization
 
 /// A node's data directory: created on first use and locked for as long as
 /// the node runs, so two processes never write the same files.
 public final class DataDirectory: Sendable {
     public let path: String
-    /// The held lock file's descriptor; closing it releases the lock.
-    private let lockDescriptor: Int32
+    /// The held lock file's descriptor (-1 once released); closing it releases the lock.
+    private let lockDescriptor: Atomic<Int32>
 
     /// The database file inside the directory.
     public var databasePath: String { path + "/tandem.sqlite3" }
@@ -37,10 +38,16 @@ public final class DataDirectory: Sendable {
         let pid = "\(getpid())\n"
         _ = ftruncate(descriptor, 0)
         _ = pid.withCString { write(descriptor, $0, strlen($0)) }
-        self.lockDescriptor = descriptor
+        self.lockDescriptor = Atomic(descriptor)
+    }
+
+    /// Releases the lock so another node (or a restart in the same process) may use the directory.
+    public func release() {
+        let descriptor = lockDescriptor.exchange(-1, ordering: .relaxed)
+        if descriptor >= 0 { close(descriptor) }
     }
 
     deinit {
-        close(lockDescriptor)
+        release()
     }
 }

@@ -9,9 +9,10 @@ final class ItemDatabase {
 
     let path: String
     private let connection: SQLiteConnection
-    private let upsertStatement: Statement
-    private let deleteStatement: Statement
-    private let setMetaStatement: Statement
+    // Optional so that `close()` can finalize them before the connection closes.
+    private var upsertStatement: Statement!
+    private var deleteStatement: Statement!
+    private var setMetaStatement: Statement!
     /// The inode the database file had when opened, to notice it being removed or replaced.
     let inode: UInt64?
 
@@ -91,7 +92,7 @@ final class ItemDatabase {
     func rollback() { try? connection.execute("ROLLBACK") }
 
     func upsert(_ change: Change) throws(SQLiteError) {
-        let statement = upsertStatement
+        let statement: Statement = upsertStatement
         let failure: SQLiteError? = change.storage.withUnsafeBytes { all in
             statement.bind(1, blob: UnsafeRawBufferPointer(rebasing: all[..<change.keyLength]))
             statement.bind(2, blob: UnsafeRawBufferPointer(rebasing: all[change.keyLength...]))
@@ -109,7 +110,7 @@ final class ItemDatabase {
     }
 
     func delete(key: [UInt8]) throws(SQLiteError) {
-        let statement = deleteStatement
+        let statement: Statement = deleteStatement
         let failure: SQLiteError? = key.withUnsafeBytes { bytes in
             statement.bind(1, blob: bytes)
             do throws(SQLiteError) { try statement.run() } catch { return error }
@@ -158,7 +159,13 @@ final class ItemDatabase {
         }
     }
 
-    func close() {
+    /// Closes the file. With `checkpoint`, the WAL is first folded into the
+    /// database file, so a cleanly stopped node leaves one self-contained file.
+    func close(checkpoint: Bool = true) {
+        if checkpoint { try? connection.execute("PRAGMA wal_checkpoint(TRUNCATE)") }
+        upsertStatement = nil
+        deleteStatement = nil
+        setMetaStatement = nil
         connection.close()
     }
 }

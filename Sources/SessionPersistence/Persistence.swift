@@ -87,9 +87,11 @@ public final class Persistence: Sendable {
             let total = try database.count(now: now)
             logger.info("recovering items", metadata: ["items": "\(total)", "file": "\(database.path)"])
             var loaded = 0
+            var highestCas: UInt64 = 0
             var lastReport = started
             try database.forEachItem(now: now) { key, value, flags, deadline, cas in
                 store.restore(key, value: value, flags: flags, deadline: deadline, cas: cas)
+                highestCas = max(highestCas, cas)
                 loaded += 1
                 if loaded % 65_536 == 0, ContinuousClock.now - lastReport >= .seconds(1) {
                     lastReport = ContinuousClock.now
@@ -101,6 +103,8 @@ public final class Persistence: Sendable {
                     ])
                 }
             }
+            // Every shard's next CAS must be above every recovered one, not only its own.
+            store.raiseCas(above: highestCas)
             let seconds = Self.seconds(ContinuousClock.now - started)
             logger.info("recovery done", metadata: [
                 "items": "\(loaded)", "seconds": "\(String(format: "%.3f", seconds))",
@@ -126,6 +130,7 @@ public final class Persistence: Sendable {
     /// (or once storage has kept failing past the stop timeout, which is logged).
     public func stop() {
         writer.stop()
+        directory.release()
     }
 
     /// Asks the writer to commit now rather than at the end of its interval.
@@ -339,7 +344,7 @@ final class Writer: @unchecked Sendable {
         guard current != database.inode else { return }
         do {
             let replacement = try ItemDatabase(path: database.path)
-            database.close()
+            database.close(checkpoint: false)
             database = replacement
             needsRewrite = true
             logger.warning("database file was removed or replaced; recreating it from memory", metadata: ["file": "\(database.path)"])

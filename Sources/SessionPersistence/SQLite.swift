@@ -31,6 +31,7 @@ final class SQLiteConnection {
             throw SQLiteError(code: rc, message: message)
         }
         sqlite3_extended_result_codes(db, 1)
+        tandem_sqlite_disable_checkpoint_on_close(db)
         // A busy database is only possible if someone else opened it; wait briefly rather than fail at once.
         sqlite3_busy_timeout(db, 2000)
         self.handle = db
