@@ -165,7 +165,8 @@ final class Writer: @unchecked Sendable {
     /// What the writer shares with `stats` and `stop()`.
     struct Shared {
         var statistics = PersistenceStatistics()
-        var carried = 0
+        /// Changes taken from the store but not yet committed.
+        var uncommitted = 0
         var lastSuccessfulTake: Int64 = 0
     }
 
@@ -225,11 +226,12 @@ final class Writer: @unchecked Sendable {
     }
 
     func statistics() -> PersistenceStatistics {
-        let pendingInStore = store.pendingChanges
         let now = store.now()
         return shared.withLock { shared in
             var statistics = shared.statistics
-            statistics.pending = pendingInStore + shared.carried
+            // Read under the lock the writer holds while it takes changes, so a
+            // batch is always counted once: in the store or as uncommitted.
+            statistics.pending = store.pendingChanges + shared.uncommitted
             statistics.lagMillis = statistics.pending > 0 ? max(0, now - shared.lastSuccessfulTake) : 0
             return statistics
         }
@@ -267,9 +269,14 @@ final class Writer: @unchecked Sendable {
     @discardableResult
     private func flush() -> Bool {
         let takenAt = store.now()
-        absorb(store.takeChanges())
-        shared.withLock { $0.carried = carry.count + (flushPending ? 1 : 0) }
-        checkFile()
+        let taken = shared.withLock { shared in
+            let taken = store.takeChanges()
+            shared.uncommitted += taken.count
+            return taken
+        }
+        absorb(taken)
+        // Writing on into a removed file would lose the changes: wait for a new one.
+        guard checkFile() else { return false }
         guard !carry.isEmpty || flushPending || needsRewrite else {
             shared.withLock { $0.lastSuccessfulTake = takenAt }
             return true
@@ -314,7 +321,7 @@ final class Writer: @unchecked Sendable {
         shared.withLock {
             $0.statistics.flushes += 1
             $0.statistics.lastBatch = batch
-            $0.carried = 0
+            $0.uncommitted = 0
             $0.lastSuccessfulTake = takenAt
         }
         return true
@@ -338,18 +345,21 @@ final class Writer: @unchecked Sendable {
         }
     }
 
-    /// Notices the database file being removed or replaced, and opens a new one.
-    private func checkFile() {
+    /// Notices the database file being removed or replaced, and opens a new
+    /// one. Returns whether the open database is still the file at its path.
+    private func checkFile() -> Bool {
         let current = ItemDatabase.inode(of: database.path)
-        guard current != database.inode else { return }
+        guard current != database.inode else { return true }
         do {
             let replacement = try ItemDatabase(path: database.path)
             database.close(checkpoint: false)
             database = replacement
             needsRewrite = true
             logger.warning("database file was removed or replaced; recreating it from memory", metadata: ["file": "\(database.path)"])
+            return true
         } catch {
             recordFailure(error, pending: carry.count)
+            return false
         }
     }
 
