@@ -9,6 +9,7 @@ let package = Package(
         .library(name: "SessionStore", targets: ["SessionStore"]),
         .library(name: "MemcacheProtocol", targets: ["MemcacheProtocol"]),
         .library(name: "SessionPersistence", targets: ["SessionPersistence"]),
+        .library(name: "WireProtocol", targets: ["WireProtocol"]),
         .library(name: "TandemServer", targets: ["TandemServer"]),
     ],
     dependencies: [
@@ -42,6 +43,13 @@ let package = Package(
         // memcached text and meta protocol: decoders and reply encoders only.
         .target(
             name: "MemcacheProtocol",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio")]
+        ),
+
+        // Tandem's own length-prefixed binary protocol: frame codec and typed messages.
+        // Shared by the server, replication and TandemClient.
+        .target(
+            name: "WireProtocol",
             dependencies: [.product(name: "NIOCore", package: "swift-nio")]
         ),
 
@@ -79,6 +87,14 @@ let package = Package(
             name: "MemcacheProtocolTests",
             dependencies: [
                 "MemcacheProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOTestUtils", package: "swift-nio"),
+            ]
+        ),
+        .testTarget(
+            name: "WireProtocolTests",
+            dependencies: [
+                "WireProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),
             ]

@@ -129,11 +129,35 @@ final class ItemDatabase {
         try setMetaStatement.run()
     }
 
-    func meta(_ name: String) throws(SQLiteError) -> Int64? {
-        let statement = try connection.prepare("SELECT value FROM meta WHERE name = ?1")
-        statement.bind(1, name)
-        guard try statement.step() else { return nil }
-        return statement.int64(0)
+    func setMeta(_ name: String, _ value: MetaValue) throws(SQLiteError) {
+        switch value {
+        case .integer(let number):
+            try setMeta(name, number)
+        case .blob(let bytes):
+            let statement: Statement = setMetaStatement
+            let failure: SQLiteError? = bytes.withUnsafeBytes { raw in
+                statement.bind(1, name)
+                statement.bind(2, blob: raw)
+                do throws(SQLiteError) { try statement.run() } catch { return error }
+                return nil
+            }
+            if let failure { throw failure }
+        }
+    }
+
+    /// Every name/value pair of the meta table.
+    func allMeta() throws(SQLiteError) -> [String: MetaValue] {
+        let statement = try connection.prepare("SELECT name, value, typeof(value) FROM meta")
+        var values: [String: MetaValue] = [:]
+        while try statement.step() {
+            guard let name = statement.text(0) else { continue }
+            switch statement.text(2) {
+            case "integer": values[name] = .integer(statement.int64(1))
+            case "blob": values[name] = .blob(Array(statement.blob(1)))
+            default: break
+            }
+        }
+        return values
     }
 
     /// Removes rows whose deadline has passed (they are never loaded again).

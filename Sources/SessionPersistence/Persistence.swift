@@ -25,6 +25,12 @@ public struct PersistenceConfiguration: Sendable {
     }
 }
 
+/// A value of the database's meta table (replication position, epoch, …).
+public enum MetaValue: Sendable, Equatable {
+    case integer(Int64)
+    case blob([UInt8])
+}
+
 /// What recovery loaded at start.
 public struct RecoveryReport: Sendable {
     public var items: Int
@@ -57,27 +63,51 @@ public struct PersistenceStatistics: Sendable {
 public final class Persistence: Sendable {
     public let configuration: PersistenceConfiguration
     public let recovery: RecoveryReport
+    /// The meta table as it was at start (replication position, epoch, …).
+    public let recoveredMeta: [String: MetaValue]
     private let directory: DataDirectory
     private let writer: Writer
     private let store: SessionStore
 
-    private init(configuration: PersistenceConfiguration, recovery: RecoveryReport, directory: DataDirectory, writer: Writer, store: SessionStore) {
+    private init(configuration: PersistenceConfiguration, recovery: RecoveryReport, recoveredMeta: [String: MetaValue], directory: DataDirectory, writer: Writer, store: SessionStore) {
         self.configuration = configuration
         self.recovery = recovery
+        self.recoveredMeta = recoveredMeta
         self.directory = directory
         self.writer = writer
         self.store = store
     }
 
     /// Opens the data directory, loads every unexpired item into `store`
-    /// (which must record changes), and prepares the writer. Call `start()` next.
-    public static func open(configuration: PersistenceConfiguration, store: SessionStore, logger: Logger) throws(PersistenceError) -> Persistence {
+    /// (which must record changes), and prepares the writer, which will take
+    /// the change stream from `source` (the store itself unless given). Call
+    /// `start()` next.
+    public static func open(
+        configuration: PersistenceConfiguration, store: SessionStore, source: (any ChangeSource)? = nil, logger: Logger
+    ) throws(PersistenceError) -> Persistence {
         precondition(store.configuration.recordsChanges, "a persisted store must record changes")
         let directory = try DataDirectory(path: configuration.dataDirectory)
         let database = try ItemDatabase(path: directory.databasePath)
+        let meta: [String: MetaValue]
+        do {
+            meta = try database.allMeta()
+        } catch {
+            throw .unreadable(path: database.path, error: error)
+        }
         let report = try recover(database: database, into: store, logger: logger)
-        let writer = Writer(database: database, store: store, configuration: configuration, logger: logger, recovery: report)
-        return Persistence(configuration: configuration, recovery: report, directory: directory, writer: writer, store: store)
+        let writer = Writer(
+            database: database, store: store, source: source ?? store, configuration: configuration,
+            logger: logger, recovery: report
+        )
+        return Persistence(configuration: configuration, recovery: report, recoveredMeta: meta, directory: directory, writer: writer, store: store)
+    }
+
+    /// Values to store in the meta table with every commit. The writer reads
+    /// them just before it takes a batch, so they describe the store at or
+    /// before the changes that commit with them (a replication offset saved
+    /// this way is never ahead of the items saved).
+    public func setMetaProvider(_ provider: @escaping @Sendable () -> [String: MetaValue]) {
+        writer.setMetaProvider(provider)
     }
 
     private static func recover(database: ItemDatabase, into store: SessionStore, logger: Logger) throws(PersistenceError) -> RecoveryReport {
@@ -140,12 +170,12 @@ public final class Persistence: Sendable {
 
     /// Whether so many changes wait for the writer that writing connections should pause.
     public var isBackedUp: Bool {
-        store.pendingChanges > configuration.maxPendingChanges
+        writer.source.pendingChanges > configuration.maxPendingChanges
     }
 
     /// Whether enough changes wait that the writer should commit early.
     public var wantsEarlyFlush: Bool {
-        store.pendingChanges > configuration.earlyFlushThreshold
+        writer.source.pendingChanges > configuration.earlyFlushThreshold
     }
 
     public func statistics() -> PersistenceStatistics {
@@ -172,7 +202,10 @@ final class Writer: @unchecked Sendable {
 
     private var database: ItemDatabase
     private let store: SessionStore
+    /// Where the changes come from: the store, or a feed shared with replication.
+    let source: any ChangeSource
     private let configuration: PersistenceConfiguration
+    private let metaProvider = Mutex<(@Sendable () -> [String: MetaValue])?>(nil)
     private let logger: Logger
     private let shared: Mutex<Shared>
     private let wakeSignal = DispatchSemaphore(value: 0)
@@ -189,6 +222,9 @@ final class Writer: @unchecked Sendable {
     /// The database file vanished: write the whole store into the new one.
     private var needsRewrite = false
     private var failingSince: ContinuousClock.Instant?
+    /// The meta values of the last commit, to commit changed ones even without item changes.
+    private var lastWrittenMeta: [String: MetaValue] = [:]
+    private var metaDirty = false
     private var lastErrorLog: ContinuousClock.Instant?
 
     /// How long `stop()` keeps retrying a failing storage before giving up.
@@ -196,9 +232,10 @@ final class Writer: @unchecked Sendable {
     /// While storage keeps failing, at most one log line per this interval.
     static let errorLogInterval = Duration.seconds(10)
 
-    init(database: ItemDatabase, store: SessionStore, configuration: PersistenceConfiguration, logger: Logger, recovery: RecoveryReport) {
+    init(database: ItemDatabase, store: SessionStore, source: any ChangeSource, configuration: PersistenceConfiguration, logger: Logger, recovery: RecoveryReport) {
         self.database = database
         self.store = store
+        self.source = source
         self.configuration = configuration
         self.logger = logger
         var initial = Shared()
@@ -218,6 +255,10 @@ final class Writer: @unchecked Sendable {
         wakeSignal.signal()
     }
 
+    func setMetaProvider(_ provider: @escaping @Sendable () -> [String: MetaValue]) {
+        metaProvider.withLock { $0 = provider }
+    }
+
     func stop() {
         guard started.load(ordering: .relaxed) else { return }
         guard !stopping.exchange(true, ordering: .relaxed) else { return }
@@ -231,7 +272,7 @@ final class Writer: @unchecked Sendable {
             var statistics = shared.statistics
             // Read under the lock the writer holds while it takes changes, so a
             // batch is always counted once: in the store or as uncommitted.
-            statistics.pending = store.pendingChanges + shared.uncommitted
+            statistics.pending = source.pendingChanges + shared.uncommitted
             statistics.lagMillis = statistics.pending > 0 ? max(0, now - shared.lastSuccessfulTake) : 0
             return statistics
         }
@@ -253,10 +294,10 @@ final class Writer: @unchecked Sendable {
     private func drainForStop() {
         let deadline = ContinuousClock.now + Self.stopRetryLimit
         while true {
-            if flush() && store.pendingChanges == 0 { return }
+            if flush() && source.pendingChanges == 0 { return }
             if ContinuousClock.now >= deadline {
                 logger.error("stopping with changes not written to storage", metadata: [
-                    "pending": "\(carry.count + store.pendingChanges)", "file": "\(database.path)",
+                    "pending": "\(carry.count + source.pendingChanges)", "file": "\(database.path)",
                 ])
                 return
             }
@@ -269,15 +310,17 @@ final class Writer: @unchecked Sendable {
     @discardableResult
     private func flush() -> Bool {
         let takenAt = store.now()
+        let meta = metaProvider.withLock { $0 }?() ?? [:]
         let taken = shared.withLock { shared in
-            let taken = store.takeChanges()
+            let taken = source.takeChanges()
             shared.uncommitted += taken.count
             return taken
         }
         absorb(taken)
         // Writing on into a removed file would lose the changes: wait for a new one.
         guard checkFile() else { return false }
-        guard !carry.isEmpty || flushPending || needsRewrite else {
+        if !meta.isEmpty && meta != lastWrittenMeta { metaDirty = true }
+        guard !carry.isEmpty || flushPending || needsRewrite || metaDirty else {
             shared.withLock { $0.lastSuccessfulTake = takenAt }
             return true
         }
@@ -298,6 +341,7 @@ final class Writer: @unchecked Sendable {
                     }
                 }
                 try database.setMeta("last_sequence", Int64(bitPattern: store.lastSequence))
+                for (name, value) in meta { try database.setMeta(name, value) }
                 try database.commit()
             } catch {
                 database.rollback()
@@ -310,6 +354,8 @@ final class Writer: @unchecked Sendable {
         carry.removeAll(keepingCapacity: true)
         flushPending = false
         needsRewrite = false
+        if !meta.isEmpty { lastWrittenMeta = meta }
+        metaDirty = false
         if let since = failingSince {
             logger.notice("storage works again; pending changes written", metadata: [
                 "file": "\(database.path)", "keys": "\(batch)",

@@ -546,8 +546,9 @@ public final class SessionStore: Sendable {
 
     // MARK: Recovery and snapshots
 
-    /// Loads an item recovered from storage or received from a peer, without
-    /// recording a change. Later CAS tokens are larger than `cas`.
+    /// Loads an item recovered from storage, without recording a change. Later
+    /// CAS tokens of its shard are larger than `cas`; call `raiseCas(above:)`
+    /// with the highest recovered token once loading is done for the others.
     @discardableResult
     public func restore(_ key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer, flags: UInt32, deadline: Deadline, cas: UInt64) -> Bool {
         let (shard, hash) = locate(key)
@@ -559,6 +560,55 @@ public final class SessionStore: Sendable {
             guard state.makeRoom(for: ShardState.cost(keyLength: key.count, valueCount: value.count), now: now) else { return false }
             state.insert(bytes: bytes, keyLength: key.count, hash: hash, flags: flags, deadline: deadline.millis, cas: cas, now: now)
             state.raiseCas(above: cas)
+            return true
+        }
+    }
+
+    /// Applies an item received from the primary of a pair: it replaces any
+    /// local version, keeps the primary's CAS and deadline, and is recorded in
+    /// the change stream so that the backup persists it like any write.
+    @discardableResult
+    public func applyUpsert(_ key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer, flags: UInt32, deadline: Deadline, cas: UInt64) -> Bool {
+        let (shard, hash) = locate(key)
+        let now = clock.nowMillis()
+        let bytes = Self.join(key, value)
+        return shard.state.withLock { state in
+            let existing = state.find(key, hash: hash)
+            if deadline.hasPassed(at: now) {
+                if let slot = existing { state.remove(slot) }
+                return false
+            }
+            if let slot = existing {
+                let old = state.item(slot)
+                state.bump(slot)
+                guard state.makeRoom(for: bytes.count - old.bytes.count, now: now, protecting: slot) else {
+                    state.remove(slot)
+                    return false
+                }
+                state.replaceBytes(slot, with: bytes)
+                state.setFlags(slot, flags)
+                state.setDeadline(slot, deadline)
+                state.setCas(slot, cas)
+                state.setLastAccess(slot, now)
+                state.removeMarks(slot, [.fetched, .stale, .winTokenSent])
+                state.record(.upsert, slot)
+            } else {
+                guard state.makeRoom(for: ShardState.cost(keyLength: key.count, valueCount: value.count), now: now) else { return false }
+                let slot = state.insert(bytes: bytes, keyLength: key.count, hash: hash, flags: flags, deadline: deadline.millis, cas: cas, now: now)
+                state.record(.upsert, slot)
+            }
+            state.raiseCas(above: cas)
+            return true
+        }
+    }
+
+    /// Applies a removal received from the primary (recorded, like `applyUpsert`).
+    @discardableResult
+    public func applyRemove(_ key: UnsafeRawBufferPointer) -> Bool {
+        let (shard, hash) = locate(key)
+        return shard.state.withLock { state in
+            guard let slot = state.find(key, hash: hash) else { return false }
+            state.remove(slot)
             return true
         }
     }

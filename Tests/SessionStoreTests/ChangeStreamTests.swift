@@ -75,13 +75,19 @@ struct ChangeStreamTests {
         }
     }
 
-    @Test("restore records nothing and raises the CAS floor")
+    @Test("restore records nothing; raiseCas puts every shard's next CAS above the recovered ones")
     func restore() {
         let (store, _) = recordingStore()
         let key = Array("k".utf8), value = Array("v".utf8)
         key.withUnsafeBytes { k in value.withUnsafeBytes { _ = store.restore(k, value: $0, flags: 3, deadline: .never, cas: 1_000_000) } }
         #expect(store.takeChanges().isEmpty)
         #expect(store.get("k")?.item.flags == 3)
+        guard case .stored(let sameKeyCas, _) = store.set("k", "v") else {
+            Issue.record("set failed")
+            return
+        }
+        #expect(sameKeyCas > 1_000_000)
+        store.raiseCas(above: 1_000_000)
         guard case .stored(let cas, _) = store.set("other", "v") else {
             Issue.record("set failed")
             return

@@ -1,0 +1,124 @@
+import Synchronization
+
+/// Something that hands out the change stream in order: the store itself,
+/// or a subscription of a `ChangeFeed`.
+public protocol ChangeSource: Sendable {
+    /// Takes the changes available since the last call, in sequence order.
+    func takeChanges() -> [Change]
+    /// Changes recorded but not yet taken through this source.
+    var pendingChanges: Int { get }
+}
+
+extension SessionStore: ChangeSource {}
+
+/// Releases the store's change stream in strict sequence order, without gaps,
+/// to several consumers: pulled by persistence, pushed to replication.
+///
+/// Shards are drained one after another, so a batch may hold sequence 101
+/// while 100 is still in a shard drained before it was recorded. The feed
+/// holds such changes back until the gap is filled (by the next pump), so
+/// every consumer sees offsets 1, 2, 3, … in order; the replication offsets
+/// rest on this.
+public final class ChangeFeed: Sendable {
+    /// A consumer that pulls (persistence).
+    public final class Subscription: ChangeSource, Sendable {
+        let feed: ChangeFeed
+        let index: Int
+
+        init(feed: ChangeFeed, index: Int) {
+            self.feed = feed
+            self.index = index
+        }
+
+        public func takeChanges() -> [Change] {
+            feed.pump()
+            return feed.state.withLock { state in
+                var taken: [Change] = []
+                swap(&taken, &state.queues[index])
+                return taken
+            }
+        }
+
+        public var pendingChanges: Int {
+            let inStore = feed.store.pendingChanges
+            return feed.state.withLock { $0.queues[index].count + $0.heldBack.count } + inStore
+        }
+    }
+
+    struct State {
+        /// Changes taken from the store but not yet released (waiting for a gap to fill).
+        var heldBack: [Change] = []
+        /// The sequence number of the last released change.
+        var lastReleased: UInt64 = 0
+        /// Released changes not yet pulled, one queue per pull subscription.
+        var queues: [[Change]] = []
+        /// Called with every released batch, in order, under the feed's lock.
+        var pushSubscribers: [@Sendable ([Change]) -> Void] = []
+    }
+
+    let store: SessionStore
+    let state = Mutex(State())
+
+    public init(store: SessionStore) {
+        precondition(store.configuration.recordsChanges, "a change feed needs a store that records changes")
+        self.store = store
+    }
+
+    /// A new pull subscription; it receives changes released from now on.
+    public func subscribe() -> Subscription {
+        let index = state.withLock { state in
+            state.queues.append([])
+            return state.queues.count - 1
+        }
+        return Subscription(feed: self, index: index)
+    }
+
+    /// Calls `handler` with every batch released from now on, in order. It runs
+    /// under the feed's lock: it must only hand the batch on, not block.
+    public func subscribe(push handler: @escaping @Sendable ([Change]) -> Void) {
+        state.withLock { $0.pushSubscribers.append(handler) }
+    }
+
+    /// The sequence number of the last change released to consumers.
+    public var lastReleased: UInt64 {
+        state.withLock { $0.lastReleased }
+    }
+
+    /// Takes the store's new changes and releases the in-order prefix to every
+    /// consumer. Safe to call from any thread; returns how many were released.
+    @discardableResult
+    public func pump() -> Int {
+        state.withLock { state in
+            let taken = store.takeChanges()
+            if taken.isEmpty && state.heldBack.isEmpty { return 0 }
+            var candidates = state.heldBack
+            if candidates.isEmpty {
+                candidates = taken
+            } else {
+                candidates += taken
+                candidates.sort { $0.sequence < $1.sequence }
+            }
+            var released: [Change] = []
+            var next = state.lastReleased + 1
+            var index = 0
+            while index < candidates.count {
+                let change = candidates[index]
+                if change.sequence < next {
+                    // The other shards' copies of a flush_all already released.
+                    index += 1
+                    continue
+                }
+                guard change.sequence == next else { break }
+                released.append(change)
+                next += 1
+                index += 1
+            }
+            state.heldBack = Array(candidates[index...])
+            guard !released.isEmpty else { return 0 }
+            state.lastReleased = next - 1
+            for queue in state.queues.indices { state.queues[queue] += released }
+            for subscriber in state.pushSubscribers { subscriber(released) }
+            return released.count
+        }
+    }
+}
