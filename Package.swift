@@ -53,6 +53,19 @@ let package = Package(
             dependencies: [.product(name: "NIOCore", package: "swift-nio")]
         ),
 
+        // The pair: the primary's backlog and per-backup sessions, the backup's
+        // replication client, sync acknowledgements.
+        .target(
+            name: "Replication",
+            dependencies: [
+                "SessionStore",
+                "WireProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+
         // Listeners, the dispatcher that runs commands against the store, stats, lifecycle.
         .target(
             name: "TandemServer",
@@ -60,6 +73,8 @@ let package = Package(
                 "SessionStore",
                 "SessionPersistence",
                 "MemcacheProtocol",
+                "WireProtocol",
+                "Replication",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -72,6 +87,8 @@ let package = Package(
             name: "tandemd",
             dependencies: [
                 "TandemServer",
+                "Replication",
+                "WireProtocol",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -57,7 +57,11 @@ public struct MemcacheDecoder: Sendable {
     public let limits: MemcacheDecoderLimits
     private var state: State = .awaitingLine
     /// Token ranges of the current line, reused so that decoding does not allocate.
-    private var tokens: [Range<Int>] = []
+    private(set) var tokens: [Range<Int>] = []
+    /// How many bytes at the front of the buffer are already known to hold no
+    /// newline, so that a line arriving over many reads is scanned once, not
+    /// once per read (which is quadratic for a 64 KiB `get` sent byte by byte).
+    private var scannedWithoutNewline = 0
 
     public init(limits: MemcacheDecoderLimits = MemcacheDecoderLimits()) {
         self.limits = limits
@@ -65,6 +69,10 @@ public struct MemcacheDecoder: Sendable {
     }
 
     /// Decodes the next command from `buffer`, or returns nil when more bytes are needed.
+    ///
+    /// Pass the same buffer each time, with newly read bytes appended after the
+    /// ones left unread (as `ByteToMessageHandler` does): a partial command is
+    /// not read again from the start.
     public mutating func next(_ buffer: inout ByteBuffer) throws(MemcacheProtocolError) -> MemcacheCommand? {
         while true {
             switch state {
@@ -102,15 +110,22 @@ public struct MemcacheDecoder: Sendable {
 
     private mutating func decodeLine(_ buffer: inout ByteBuffer) throws(MemcacheProtocolError) -> MemcacheCommand? {
         let readable = buffer.readableBytes
-        guard readable > 0 else { return nil }
+        guard readable > 0 else {
+            scannedWithoutNewline = 0
+            return nil
+        }
         let limit = Self.isRetrieval(buffer) ? limits.maxRetrievalLineLength : limits.maxLineLength
+        let end = min(readable, limit)
+        let start = min(scannedWithoutNewline, end)
         let newline = buffer.withUnsafeReadableBytes { bytes in
-            UnsafeRawBufferPointer(rebasing: bytes.prefix(limit)).firstIndex(of: ASCII.lf)
+            UnsafeRawBufferPointer(rebasing: bytes[start..<end]).firstIndex(of: ASCII.lf).map { start + $0 }
         }
         guard let newline else {
             if readable >= limit { throw .lineTooLong(limit: limit) }
+            scannedWithoutNewline = end
             return nil
         }
+        scannedWithoutNewline = 0
         let line = buffer.readSlice(length: newline + 1)!
         return parse(line)
     }
@@ -128,7 +143,7 @@ public struct MemcacheDecoder: Sendable {
     // MARK: Line parsing
 
     private mutating func parse(_ line: ByteBuffer) -> MemcacheCommand? {
-        line.withUnsafeReadableBytes { raw in
+        let command = line.withUnsafeReadableBytes { raw -> MemcacheCommand? in
             var end = raw.count - 1  // drop "\n"
             if end > 0, raw[end - 1] == ASCII.cr { end -= 1 }
             tokenize(UnsafeRawBufferPointer(rebasing: raw[..<end]))
@@ -136,7 +151,17 @@ public struct MemcacheDecoder: Sendable {
             guard view.count > 0 else { return .invalid(.unknownCommand) }
             return decodeCommand(view)
         }
+        // A `get` with thousands of keys grows the token array to hundreds of
+        // KiB; do not keep that for the rest of the connection's life.
+        if tokens.capacity > Self.retainedTokenCapacity {
+            tokens = []
+            tokens.reserveCapacity(32)
+        }
+        return command
     }
+
+    /// The most token slots kept between lines.
+    static let retainedTokenCapacity = 1024
 
     private mutating func tokenize(_ content: UnsafeRawBufferPointer) {
         tokens.removeAll(keepingCapacity: true)
@@ -294,15 +319,16 @@ public struct MemcacheDecoder: Sendable {
         return .touch(key: line.slice(1), exptime: exptime, noreply: noreply)
     }
 
-    /// `flush_all [delay] [noreply]`
+    /// `flush_all [delay] [noreply]`. Like memcached, a delay that is not
+    /// positive means now: it comes out as 0.
     private func decodeFlushAll(_ line: LineView) -> MemcacheCommand {
         guard line.count <= 3 else { return .invalid(.badCommandLine) }
         var delay: Int64 = 0
         var noreply = false
         var index = 1
         if index < line.count, !line.is(index, "noreply") {
-            guard let value = ASCII.parseInt64(line.bytes(index)), value >= 0 else { return .invalid(.badCommandLine) }
-            delay = value
+            guard let value = ASCII.parseInt64(line.bytes(index)) else { return .invalid(.badCommandLine) }
+            delay = max(value, 0)
             index += 1
         }
         if index < line.count {

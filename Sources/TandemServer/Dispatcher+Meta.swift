@@ -45,18 +45,21 @@ extension Dispatcher {
             secondsSinceAccess: result.millisSinceLastAccess / 1000, size: result.item.valueCount,
             ttl: result.item.deadline.remainingSeconds(at: now)
         )
-        if flags.has("v") {
+        // C: the client's copy is current when the CAS matches, so the value is left out.
+        let sendsValue = flags.has("v") && flags.compareCas != result.item.cas
+        if sendsValue {
             out.writeStaticString("VA ")
             out.writeDecimal(UInt64(result.item.valueCount))
         } else {
             out.writeStatus(.metaHeader)
         }
         writeReturnFlags(command, values, into: &out)
-        if result.won { out.writeStaticString(" W") }
-        if result.stale { out.writeStaticString(" X") }
+        // memcached's order: Z, then X, then W (never W with Z).
         if result.tokenAlreadySent { out.writeStaticString(" Z") }
+        if result.stale { out.writeStaticString(" X") }
+        if result.won { out.writeStaticString(" W") }
         out.writeStaticString("\r\n")
-        if flags.has("v") {
+        if sendsValue {
             _ = result.item.withValueBytes { out.writeBytes($0) }
             out.writeStaticString("\r\n")
         }
@@ -73,7 +76,8 @@ extension Dispatcher {
         case UInt8(ascii: "A"), UInt8(ascii: "a"): mode = .append
         case UInt8(ascii: "P"), UInt8(ascii: "p"): mode = .prepend
         default:
-            reply(to: .invalidMetaMode, into: &out)
+            counters.increment(.protocolErrors)
+            out.writeClientError("invalid mode for ms M token")
             return
         }
         let request = StoreRequest(
@@ -138,7 +142,8 @@ extension Dispatcher {
         case nil, UInt8(ascii: "I"), UInt8(ascii: "i"), UInt8(ascii: "+"): increment = true
         case UInt8(ascii: "D"), UInt8(ascii: "d"), UInt8(ascii: "-"): increment = false
         default:
-            reply(to: .invalidMetaMode, into: &out)
+            counters.increment(.protocolErrors)
+            out.writeClientError("invalid mode for ma M token")
             return
         }
         let request = ArithmeticRequest(
@@ -152,7 +157,9 @@ extension Dispatcher {
         case .value(let number, let cas, let itemDeadline):
             counters.increment(increment ? .incrHits : .decrHits)
             let values = ReturnValues(cas: cas, ttl: itemDeadline.remainingSeconds(at: store.now()))
-            if flags.has("v") {
+            if flags.has("q") {
+                // Quiet: success says nothing, value or not (as memcached).
+            } else if flags.has("v") {
                 var digits = ByteBuffer()
                 digits.writeDecimal(number)
                 out.writeStaticString("VA ")
@@ -161,7 +168,7 @@ extension Dispatcher {
                 out.writeStaticString("\r\n")
                 out.writeImmutableBuffer(digits)
                 out.writeStaticString("\r\n")
-            } else if !flags.has("q") {
+            } else {
                 out.writeStatus(.metaHeader)
                 writeReturnFlags(command, values, into: &out)
                 out.writeStaticString("\r\n")
@@ -211,9 +218,7 @@ extension Dispatcher {
             switch letter {
             case UInt8(ascii: "O"): writeOpaque(command, into: &out)
             case UInt8(ascii: "k"):
-                out.writeStaticString(" k")
-                writeKey(command, into: &out)
-            case UInt8(ascii: "b") where command.flags.has("k"): out.writeStaticString(" b")
+                writeKeyFlag(command, into: &out)
             default: break
             }
         }
@@ -227,10 +232,7 @@ extension Dispatcher {
             case UInt8(ascii: "O"):
                 writeOpaque(command, into: &out)
             case UInt8(ascii: "k"):
-                out.writeStaticString(" k")
-                writeKey(command, into: &out)
-            case UInt8(ascii: "b") where command.flags.has("k"):
-                out.writeStaticString(" b")
+                writeKeyFlag(command, into: &out)
             case UInt8(ascii: "c"):
                 if let cas = values.cas {
                     out.writeStaticString(" c")
@@ -268,6 +270,14 @@ extension Dispatcher {
         guard let opaque = command.flags.opaque else { return }
         out.writeStaticString(" O")
         out.writeImmutableBuffer(opaque)
+    }
+
+    /// The `k` return flag: ` k<key>`, followed by ` b` when the key is
+    /// base64 (where memcached puts it, whatever the position of `b` in the request).
+    private func writeKeyFlag(_ command: MetaCommand, into out: inout ByteBuffer) {
+        out.writeStaticString(" k")
+        writeKey(command, into: &out)
+        if command.flags.has("b") { out.writeStaticString(" b") }
     }
 
     /// The key as the client sent it: base64 again when it came that way.

@@ -12,7 +12,7 @@ extension Dispatcher {
     func stats(_ group: StatsGroup, into out: inout ByteBuffer) {
         switch group {
         case .general:
-            for (name, value) in generalStats() { out.writeStat(name, value) }
+            for (name, value) in context.generalStats() { out.writeStat(name, value) }
         case .settings:
             for (name, value) in settingsStats() { out.writeStat(name, value) }
         case .items:
@@ -49,6 +49,29 @@ extension Dispatcher {
         out.writeStatus(.end)
     }
 
+    func settingsStats() -> [(String, String)] {
+        let configuration = context.configuration
+        return [
+            ("maxbytes", "\(configuration.store.memoryLimit)"),
+            ("maxconns", "\(configuration.maxConnections)"),
+            ("tcpport", "\(context.boundPort.load(ordering: .relaxed))"),
+            ("udpport", "0"),
+            ("inter", configuration.host),
+            ("verbosity", "\(context.verbosity.load(ordering: .relaxed))"),
+            ("evictions", configuration.store.evictionsEnabled ? "on" : "off"),
+            ("num_threads", "\(configuration.threads)"),
+            ("cas_enabled", "yes"),
+            ("item_size_max", "\(configuration.store.maxItemSize)"),
+            ("shards", "\(store.configuration.shardCount)"),
+            ("binding_protocol", "ascii"),
+            ("data_dir", context.persistence?.dataDirectory ?? "none"),
+            ("flush_interval_ms", configuration.persistence.map { "\($0.flushIntervalMillis)" } ?? "none"),
+        ]
+    }
+}
+
+extension ServerContext {
+    /// memcached's general `stats` block, plus Tandem's persistence and replication figures.
     func generalStats() -> [(String, String)] {
         let now = store.now()
         let figures = store.statistics()
@@ -58,22 +81,22 @@ extension Dispatcher {
             let micros = Int(time.tv_usec)
             return "\(time.tv_sec)." + String(repeating: "0", count: 6 - String(micros).count) + "\(micros)"
         }
-        let configuration = context.configuration
+        let configuration = self.configuration
         var stats: [(String, String)] = [
             ("pid", "\(getpid())"),
-            ("uptime", "\(now / 1000 - context.startedAt)"),
+            ("uptime", "\(now / 1000 - self.startedAt)"),
             ("time", "\(now / 1000)"),
             ("version", ServerContext.version),
             ("pointer_size", "\(MemoryLayout<Int>.size * 8)"),
             ("rusage_user", seconds(usage.ru_utime)),
             ("rusage_system", seconds(usage.ru_stime)),
             ("max_connections", "\(configuration.maxConnections)"),
-            ("curr_connections", "\(context.currentConnections.load(ordering: .relaxed))"),
-            ("total_connections", "\(context.totalConnections.load(ordering: .relaxed))"),
-            ("rejected_connections", "\(context.rejectedConnections.load(ordering: .relaxed))"),
+            ("curr_connections", "\(self.currentConnections.load(ordering: .relaxed))"),
+            ("total_connections", "\(self.totalConnections.load(ordering: .relaxed))"),
+            ("rejected_connections", "\(self.rejectedConnections.load(ordering: .relaxed))"),
         ]
         for counter in Counter.allCases {
-            stats.append((counter.statName, "\(context.counters.total(counter))"))
+            stats.append((counter.statName, "\(self.counters.total(counter))"))
         }
         stats += [
             ("limit_maxbytes", "\(figures.limitBytes)"),
@@ -86,7 +109,7 @@ extension Dispatcher {
             ("total_items", "\(figures.totalItems)"),
             ("bytes", "\(figures.bytes)"),
         ]
-        if let persistence = context.persistence {
+        if let persistence = self.persistence {
             let persisted = persistence.statistics()
             stats += [
                 ("persistence", "sqlite"),
@@ -102,26 +125,14 @@ extension Dispatcher {
         } else {
             stats.append(("persistence", "disabled"))
         }
+        if let primary {
+            stats += primary.statistics()
+        } else if let replica {
+            stats += replica.statistics()
+        } else {
+            stats.append(("role", "standalone"))
+        }
+        stats.append(("forwarded_writes", "\(forwardedWrites.load(ordering: .relaxed))"))
         return stats
-    }
-
-    func settingsStats() -> [(String, String)] {
-        let configuration = context.configuration
-        return [
-            ("maxbytes", "\(configuration.store.memoryLimit)"),
-            ("maxconns", "\(configuration.maxConnections)"),
-            ("tcpport", "\(configuration.port)"),
-            ("udpport", "0"),
-            ("inter", configuration.host),
-            ("verbosity", "\(context.verbosity.load(ordering: .relaxed))"),
-            ("evictions", configuration.store.evictionsEnabled ? "on" : "off"),
-            ("num_threads", "\(configuration.threads)"),
-            ("cas_enabled", "yes"),
-            ("item_size_max", "\(configuration.store.maxItemSize)"),
-            ("shards", "\(store.configuration.shardCount)"),
-            ("binding_protocol", "ascii"),
-            ("data_dir", context.persistence?.dataDirectory ?? "none"),
-            ("flush_interval_ms", configuration.persistence.map { "\($0.flushIntervalMillis)" } ?? "none"),
-        ]
     }
 }

@@ -1,8 +1,11 @@
 import Logging
 import MemcacheProtocol
 import NIOCore
+import Replication
 
-/// Asks a connection to finish: answer what it has read, flush, close.
+/// Asks a connection to finish: write the replies to the commands it has
+/// executed, flush, close. Input not yet executed (a partial command, or
+/// commands held back by backpressure) is not answered.
 struct DrainRequest: Sendable {}
 
 /// The memcached hot path: a plain inbound handler on the event loop that
@@ -20,6 +23,11 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
         case paused
         /// Reading is paused because persistence has fallen behind and this connection writes.
         case waitingForStorage
+        /// On a primary in sync mode: this burst's replies are held until the
+        /// backup acknowledged its writes.
+        case waitingForReplication
+        /// On a backup: a write was forwarded to the primary; later commands wait for its reply.
+        case waitingForPrimary
         /// `quit`, a fatal protocol error or a drain: replies are being flushed, then the socket closes.
         case closing
     }
@@ -39,6 +47,13 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
     private var inbound: ByteBuffer?
     /// Replies not yet handed to the channel.
     private var outbound: ByteBuffer
+    /// Replies handed to the channel but not yet flushed.
+    private var unflushed = false
+    /// While closing: whether the peer sent anything since the last look.
+    private var inputWhileClosing = false
+    /// Inside `processInbound`: events that fire synchronously during a flush
+    /// must not start a second, nested processing loop.
+    private var processing = false
 
     init(decoder: MemcacheDecoder, dispatcher: Dispatcher, counters: CommandCounters, logger: Logger) {
         self.decoder = decoder
@@ -55,6 +70,11 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var incoming = unwrapInboundIn(data)
         counters.increment(.bytesRead, by: UInt64(incoming.readableBytes))
+        // Input that arrives while closing (after quit, a fatal error or a drain) is dropped.
+        if case .closing = state {
+            inputWhileClosing = true
+            return
+        }
         if inbound == nil || inbound!.readableBytes == 0 {
             inbound = incoming
         } else {
@@ -64,6 +84,8 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
+        // Replies held for the backup's acknowledgement are sent when it comes.
+        if case .waitingForReplication = state { return }
         flushOutbound(context: context)
     }
 
@@ -71,6 +93,9 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
         guard case .paused = state, context.channel.isWritable else { return }
         state = .open
         context.channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
+        // A flush inside processInbound can make the channel writable again at
+        // once; the loop that is running then simply carries on.
+        guard !processing else { return }
         processInbound(context: context)
         flushOutbound(context: context)
     }
@@ -91,9 +116,18 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
     // MARK: Processing
 
     private func processInbound(context: ChannelHandlerContext) {
-        guard case .open = state, inbound != nil else { return }
+        guard case .open = state, inbound != nil, !processing else { return }
+        processing = true
         var wrote = false
-        defer { if wrote { applyStorageBackpressure(context: context) } }
+        defer {
+            processing = false
+            if wrote {
+                holdForReplication(context: context)
+                applyStorageBackpressure(context: context)
+            }
+        }
+        let replica = dispatcher.context.replica
+        let holdsReplies = dispatcher.context.primary != nil
         while true {
             let command: MemcacheCommand?
             do {
@@ -104,28 +138,89 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
                 return
             }
             guard let command else { break }
-            if command.isWrite { wrote = true }
+            if command.isWrite {
+                if let replica {
+                    forward(command, to: replica, context: context)
+                    break
+                }
+                wrote = true
+            }
             if case .close = dispatcher.execute(command, into: &outbound) {
                 closeAfterReplies(context: context)
                 return
             }
             if outbound.readableBytes >= Self.outboundWriteThreshold {
+                // Replies after a write may have to wait for the backup: stop here
+                // and let the hold decide, rather than send them early.
+                if wrote && holdsReplies { break }
                 writeOutbound(context: context)
                 if !context.channel.isWritable {
                     // Stop reading until the peer reads what we sent; the
                     // commands still buffered are answered when it does.
-                    context.flush()
                     state = .paused
                     context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
-                    break
+                    flushOutbound(context: context)
+                    guard case .open = state else { break }
                 }
             }
         }
+        guard inbound != nil else { return }
         if inbound!.readableBytes == 0 {
             inbound = nil
         } else if inbound!.readerIndex >= Self.inboundCompactThreshold {
             inbound!.discardReadBytes()
         }
+    }
+
+    // MARK: The pair
+
+    /// On a primary in sync mode: holds this burst's replies until the backup
+    /// acknowledged the writes (or the sync timeout passed).
+    private func holdForReplication(context: ChannelHandlerContext) {
+        guard case .open = state, let primary = dispatcher.context.primary,
+            let acknowledged = primary.afterWrites(on: context.eventLoop)
+        else { return }
+        state = .waitingForReplication
+        context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        acknowledged.whenComplete { _ in
+            let (handler, context) = bound.value
+            guard case .waitingForReplication = handler.state else { return }
+            handler.resume(context: context)
+        }
+    }
+
+    /// On a backup: sends a write to the primary; its reply takes this
+    /// command's place in the reply stream, and later commands wait for it.
+    private func forward(_ command: MemcacheCommand, to replica: ReplicaClient, context: ChannelHandlerContext) {
+        var request = context.channel.allocator.buffer(capacity: 256)
+        request.writeMemcacheRequest(command)
+        dispatcher.context.countForwardedWrite()
+        state = .waitingForPrimary
+        context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        replica.forward(request, on: context.eventLoop).whenComplete { result in
+            let (handler, context) = bound.value
+            guard case .waitingForPrimary = handler.state else { return }
+            switch result {
+            case .success(let reply):
+                handler.outbound.writeImmutableBuffer(reply)
+            case .failure(let error):
+                handler.logger.debug("forwarded write failed", metadata: ["error": "\(error)"])
+                handler.outbound.writeServerError("primary unavailable")
+            }
+            handler.resume(context: context)
+        }
+    }
+
+    /// Back to reading after a hold or a forward: send what is owed, then go on
+    /// with the commands already buffered.
+    private func resume(context: ChannelHandlerContext) {
+        state = .open
+        context.channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
+        flushOutbound(context: context)
+        processInbound(context: context)
+        flushOutbound(context: context)
     }
 
     // MARK: Storage backpressure
@@ -169,26 +264,68 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
         guard outbound.readableBytes > 0 else { return }
         counters.increment(.bytesWritten, by: UInt64(outbound.readableBytes))
         context.write(wrapOutboundOut(outbound), promise: nil)
+        unflushed = true
         outbound = context.channel.allocator.buffer(capacity: 4096)
     }
 
     private func flushOutbound(context: ChannelHandlerContext) {
-        guard outbound.readableBytes > 0 else { return }
         writeOutbound(context: context)
+        guard unflushed else { return }
+        unflushed = false
         context.flush()
     }
 
+    /// A closing connection closes once the peer has sent nothing for this long...
+    static let closeQuietPeriod = TimeAmount.milliseconds(100)
+    /// ...or, at the latest, this long after its replies were written.
+    static let closeLinger = TimeAmount.seconds(2)
+
     /// Writes every pending reply, then closes the connection.
+    ///
+    /// Closing a socket that still has unread input, or that receives input
+    /// after it is closed, makes the kernel reset the connection and throw
+    /// away the replies it has not transmitted yet: a peer that is still
+    /// sending (a pipeline cut short by `quit`, a fatal error or a drain)
+    /// would lose replies the server already wrote, possibly in the middle of
+    /// a line. So once the replies are written only the write side is shut
+    /// (the peer reads them, then end of file); input is still read and
+    /// dropped, and the socket closes when the peer closes its side, when the
+    /// peer has been quiet for `closeQuietPeriod`, or after `closeLinger`.
     private func closeAfterReplies(context: ChannelHandlerContext) {
         if case .closing = state { return }
         state = .closing
         inbound = nil
         counters.increment(.bytesWritten, by: UInt64(outbound.readableBytes))
+        unflushed = false
         let channel = context.channel
-        context.writeAndFlush(wrapOutboundOut(outbound)).whenComplete { _ in
-            channel.close(promise: nil)
+        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+        context.writeAndFlush(wrapOutboundOut(outbound)).whenComplete { result in
+            guard case .success = result else {
+                channel.close(promise: nil)
+                return
+            }
+            channel.close(mode: .output).whenFailure { _ in channel.close(promise: nil) }
+            handler.value.inputWhileClosing = false
+            handler.value.closeWhenQuiet(channel: channel, deadline: .now() + Self.closeLinger)
         }
         outbound = ByteBuffer()
+        // Keep reading, so that the peer's end of file is seen.
+        context.channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
+    }
+
+    /// Closes `channel` once the peer has been quiet for a `closeQuietPeriod`, or at `deadline`.
+    private func closeWhenQuiet(channel: any Channel, deadline: NIODeadline) {
+        let handler = NIOLoopBound(self, eventLoop: channel.eventLoop)
+        channel.eventLoop.scheduleTask(in: Self.closeQuietPeriod) {
+            guard channel.isActive else { return }
+            let handler = handler.value
+            if handler.inputWhileClosing, NIODeadline.now() < deadline {
+                handler.inputWhileClosing = false
+                handler.closeWhenQuiet(channel: channel, deadline: deadline)
+            } else {
+                channel.close(promise: nil)
+            }
+        }
     }
 }
 
@@ -208,6 +345,8 @@ final class ConnectionGate: ChannelInboundHandler {
     func channelActive(context channelContext: ChannelHandlerContext) {
         let open = context.currentConnections.wrappingAdd(1, ordering: .relaxed).newValue
         guard open <= context.configuration.maxConnections else {
+            // A refused connection holds no slot, not even while its refusal is written.
+            context.currentConnections.wrappingSubtract(1, ordering: .relaxed)
             context.rejectedConnections.wrappingAdd(1, ordering: .relaxed)
             var refusal = channelContext.channel.allocator.buffer(capacity: 40)
             refusal.writeStaticString("ERROR Too many open connections\r\n")
@@ -228,7 +367,7 @@ final class ConnectionGate: ChannelInboundHandler {
     }
 
     func channelInactive(context channelContext: ChannelHandlerContext) {
-        context.currentConnections.wrappingSubtract(1, ordering: .relaxed)
+        if admitted { context.currentConnections.wrappingSubtract(1, ordering: .relaxed) }
         channelContext.fireChannelInactive()
     }
 }

@@ -3,9 +3,11 @@ import MemcacheProtocol
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import Replication
 import ServiceLifecycle
 import SessionPersistence
 import SessionStore
+import WireProtocol
 
 /// A running node: the memcached listener over one store.
 ///
@@ -23,6 +25,13 @@ public final class MemcacheServer: Sendable {
     private let context: ServerContext
     private let connections: NIOLockedValueBox<[ObjectIdentifier: any Channel]>
     private let reclaimer: RepeatedTask
+    /// The wire listener, when the node is part of a pair.
+    private let wireChannel: (any Channel)?
+    /// Releases the change stream to replication between the writer's commits.
+    private let pump: RepeatedTask?
+
+    /// The wire port actually bound, when there is a wire listener.
+    public var wirePort: Int? { wireChannel?.localAddress?.port }
 
     /// How often expired items nobody reads are swept, and how many slots per shard a sweep examines.
     static let reclaimInterval = TimeAmount.milliseconds(250)
@@ -33,8 +42,11 @@ public final class MemcacheServer: Sendable {
 
     private init(
         localAddress: SocketAddress, store: SessionStore, group: MultiThreadedEventLoopGroup, serverChannel: any Channel,
-        context: ServerContext, connections: NIOLockedValueBox<[ObjectIdentifier: any Channel]>, reclaimer: RepeatedTask
+        context: ServerContext, connections: NIOLockedValueBox<[ObjectIdentifier: any Channel]>, reclaimer: RepeatedTask,
+        wireChannel: (any Channel)?, pump: RepeatedTask?
     ) {
+        self.wireChannel = wireChannel
+        self.pump = pump
         self.localAddress = localAddress
         self.store = store
         self.group = group
@@ -51,22 +63,46 @@ public final class MemcacheServer: Sendable {
         configuration: ServerConfiguration, clock: any StoreClock = SystemClock(), logger: Logger
     ) async throws -> MemcacheServer {
         var storeConfiguration = configuration.store
-        storeConfiguration.recordsChanges = configuration.persistence != nil
+        // Persistence and replication both consume the change stream.
+        storeConfiguration.recordsChanges = configuration.persistence != nil || configuration.pair != nil
         let store = SessionStore(configuration: storeConfiguration, clock: clock)
+        let feed = storeConfiguration.recordsChanges ? ChangeFeed(store: store) : nil
         var persistence: Persistence?
         if let persistenceConfiguration = configuration.persistence {
-            let opened = try Persistence.open(configuration: persistenceConfiguration, store: store, logger: logger)
-            opened.start()
-            persistence = opened
+            persistence = try Persistence.open(configuration: persistenceConfiguration, store: store, source: feed?.subscribe(), logger: logger)
         }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.threads))
+        var primary: PrimaryReplication?
+        var replica: ReplicaClient?
+        if let pair = configuration.pair, let feed {
+            switch pair.role {
+            case .primary:
+                let started = PrimaryReplication(store: store, feed: feed, configuration: pair.replication, logger: logger)
+                persistence?.setMetaProvider {
+                    [ReplicationMetaKey.replicationID: .blob(started.replicationID.bytes), ReplicationMetaKey.offset: .integer(Int64(bitPattern: started.offset))]
+                }
+                primary = started
+            case .backup:
+                guard let peer = pair.peer else { throw ServerError.backupWithoutPeer }
+                let client = ReplicaClient(
+                    peerHost: peer.host, peerPort: peer.port, store: store,
+                    position: Self.recoveredPosition(persistence), configuration: pair.replication, group: group, logger: logger
+                )
+                persistence?.setMetaProvider {
+                    let position = client.position
+                    return [ReplicationMetaKey.replicationID: .blob(position.replicationID.bytes), ReplicationMetaKey.offset: .integer(Int64(bitPattern: position.offset))]
+                }
+                replica = client
+            }
+        }
+        persistence?.start()
         var countersByLoop: [ObjectIdentifier: CommandCounters] = [:]
         for loop in group.makeIterator() {
             countersByLoop[ObjectIdentifier(loop)] = CommandCounters()
         }
         let context = ServerContext(
             configuration: configuration, store: store, persistence: persistence,
-            counters: CounterSet(perLoop: Array(countersByLoop.values)), logger: logger
+            primary: primary, replica: replica, countersByLoop: countersByLoop, logger: logger
         )
         let connections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
         let limits = MemcacheDecoderLimits(maxItemSize: configuration.store.maxItemSize)
@@ -75,7 +111,7 @@ public final class MemcacheServer: Sendable {
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
             .childChannelOption(.socketOption(.so_keepalive), value: 1)
             .childChannelOption(.maxMessagesPerRead, value: 16)
             .childChannelOption(.writeBufferWaterMark, value: .init(low: 256 * 1024, high: 1024 * 1024))
@@ -111,8 +147,24 @@ public final class MemcacheServer: Sendable {
             try? await group.shutdownGracefully()
             throw ServerError.noLocalAddress
         }
+        context.boundPort.store(localAddress.port ?? 0, ordering: .relaxed)
         let reclaimer = group.next().scheduleRepeatedTask(initialDelay: reclaimInterval, delay: reclaimInterval) { _ in
             store.reclaimExpired(budgetPerShard: reclaimBudgetPerShard)
+        }
+        var wireChannel: (any Channel)?
+        var pump: RepeatedTask?
+        if let pair = configuration.pair, let feed {
+            do {
+                wireChannel = try await Self.bindWire(pair, group: group, context: context, logger: logger)
+            } catch {
+                reclaimer.cancel()
+                try? await serverChannel.close()
+                try? await group.shutdownGracefully()
+                persistence?.stop()
+                throw error
+            }
+            pump = group.next().scheduleRepeatedTask(initialDelay: pumpInterval, delay: pumpInterval) { _ in feed.pump() }
+            replica?.start()
         }
         logger.info(
             "listening on \(configuration.host):\(localAddress.port ?? 0)",
@@ -121,8 +173,46 @@ public final class MemcacheServer: Sendable {
         )
         return MemcacheServer(
             localAddress: localAddress, store: store, group: group, serverChannel: serverChannel,
-            context: context, connections: connections, reclaimer: reclaimer
+            context: context, connections: connections, reclaimer: reclaimer, wireChannel: wireChannel, pump: pump
         )
+    }
+
+    /// How often the change stream is released to replication when no write triggers it
+    /// (expiry, eviction, and changes whose predecessor was still being recorded).
+    static let pumpInterval = TimeAmount.milliseconds(5)
+
+    private static func bindWire(_ pair: PairConfiguration, group: MultiThreadedEventLoopGroup, context: ServerContext, logger: Logger) async throws -> any Channel {
+        let channel = try await ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 64)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.writeBufferWaterMark, value: .init(low: 1 << 20, high: 4 << 20))
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandlers(
+                        ByteToMessageHandler(WireFrameDecoder()),
+                        WireConnectionHandler(node: context, logger: logger)
+                    )
+                }
+            }
+            .bind(host: pair.wireHost, port: pair.wirePort).get()
+        logger.info(
+            "wire protocol ready on \(pair.wireHost):\(channel.localAddress?.port ?? 0)",
+            metadata: ["role": "\(pair.role)", "peer": "\(pair.peer.map { "\($0.host):\($0.port)" } ?? "none")",
+                       "replication": "\(pair.replication.mode.rawValue)"]
+        )
+        return channel
+    }
+
+    /// The replication position a backup's own database recorded.
+    private static func recoveredPosition(_ persistence: Persistence?) -> ReplicaClient.Position {
+        guard let meta = persistence?.recoveredMeta,
+            case .blob(let id)? = meta[ReplicationMetaKey.replicationID], id.count == 16,
+            case .integer(let offset)? = meta[ReplicationMetaKey.offset]
+        else {
+            return ReplicaClient.Position(replicationID: .none, offset: 0)
+        }
+        return ReplicaClient.Position(replicationID: ReplicationID(bytes: id), offset: UInt64(bitPattern: offset))
     }
 
     /// Stops accepting, drains open connections (bounded by the drain timeout), and stops the event loops.
@@ -130,6 +220,8 @@ public final class MemcacheServer: Sendable {
         context.logger.info("stopping: no longer accepting connections")
         try? await serverChannel.close()
         reclaimer.cancel()
+        context.replica?.stop()
+        try? await wireChannel?.close()
         context.cancelPendingFlush()
         let open = connections.withLockedValue { Array($0.values) }
         for channel in open {
@@ -142,6 +234,7 @@ public final class MemcacheServer: Sendable {
             try? await closed.get()
             timeout.cancel()
         }
+        pump?.cancel()
         try? await group.shutdownGracefully()
         if let persistence = context.persistence {
             // Every acknowledged change reaches the file before the process exits.
@@ -156,10 +249,13 @@ public final class MemcacheServer: Sendable {
 public enum ServerError: Error, CustomStringConvertible {
     /// The listener bound but reports no local address.
     case noLocalAddress
+    /// A backup needs a primary to replicate from.
+    case backupWithoutPeer
 
     public var description: String {
         switch self {
         case .noLocalAddress: return "the listening socket has no local address"
+        case .backupWithoutPeer: return "a backup needs --peer HOST:PORT, the primary's wire address"
         }
     }
 }

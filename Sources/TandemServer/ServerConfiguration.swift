@@ -1,7 +1,9 @@
 import Logging
 import NIOCore
+import Replication
 import SessionPersistence
 import SessionStore
+import WireProtocol
 
 /// Everything a node needs to start serving.
 public struct ServerConfiguration: Sendable {
@@ -21,13 +23,17 @@ public struct ServerConfiguration: Sendable {
     public var drainTimeoutSeconds: Int64
     /// Write-behind to SQLite; nil keeps items in memory only.
     public var persistence: PersistenceConfiguration?
+    /// The wire listener and the pair; nil runs a standalone node without a wire port.
+    public var pair: PairConfiguration?
 
     public init(
         host: String = "127.0.0.1", port: Int = 11211, threads: Int = System.coreCount,
         maxConnections: Int = 4096, store: StoreConfiguration = StoreConfiguration(),
-        verbosity: Int = 0, drainTimeoutSeconds: Int64 = 5, persistence: PersistenceConfiguration? = nil
+        verbosity: Int = 0, drainTimeoutSeconds: Int64 = 5, persistence: PersistenceConfiguration? = nil,
+        pair: PairConfiguration? = nil
     ) {
         self.persistence = persistence
+        self.pair = pair
         self.host = host
         self.port = port
         self.threads = threads
@@ -35,5 +41,25 @@ public struct ServerConfiguration: Sendable {
         self.store = store
         self.verbosity = verbosity
         self.drainTimeoutSeconds = drainTimeoutSeconds
+    }
+}
+
+/// A node's place in a pair and its wire listener.
+public struct PairConfiguration: Sendable {
+    /// The address the wire listener binds (like the memcached port's).
+    public var wireHost: String
+    /// The wire port; 0 picks a free one.
+    public var wirePort: Int
+    public var role: NodeRole
+    /// The other node's wire address (a backup connects to it).
+    public var peer: (host: String, port: Int)?
+    public var replication: ReplicationConfiguration
+
+    public init(wireHost: String = "127.0.0.1", wirePort: Int = 11311, role: NodeRole = .primary, peer: (host: String, port: Int)? = nil, replication: ReplicationConfiguration = ReplicationConfiguration()) {
+        self.wireHost = wireHost
+        self.wirePort = wirePort
+        self.role = role
+        self.peer = peer
+        self.replication = replication
     }
 }

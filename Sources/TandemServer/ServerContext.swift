@@ -1,9 +1,12 @@
 import Logging
 import NIOConcurrencyHelpers
+import MemcacheProtocol
 import NIOCore
+import Replication
 import SessionPersistence
 import SessionStore
 import Synchronization
+import WireProtocol
 
 #if canImport(Glibc)
 import Glibc
@@ -18,6 +21,16 @@ final class ServerContext: Sendable {
     let store: SessionStore
     /// The write-behind, when the node persists.
     let persistence: Persistence?
+    /// The node's role in its pair.
+    let role: NodeRole
+    /// Set on a primary: its history, backlog and connected backup.
+    let primary: PrimaryReplication?
+    /// Set on a backup: its link to the primary.
+    let replica: ReplicaClient?
+    /// Writes this node forwarded to the primary (backup) or ran for the backup (primary).
+    let forwardedWrites = Synchronization.Atomic<UInt64>(0)
+    /// Each event loop's counters, for dispatchers created outside a memcached connection.
+    let countersByLoop: [ObjectIdentifier: CommandCounters]
     let counters: CounterSet
     let logger: Logger
     /// Unix seconds when the node started.
@@ -25,16 +38,25 @@ final class ServerContext: Sendable {
     let currentConnections = Synchronization.Atomic<Int>(0)
     let totalConnections = Synchronization.Atomic<UInt64>(0)
     let rejectedConnections = Synchronization.Atomic<UInt64>(0)
+    /// The port actually bound (the configured one may be 0).
+    let boundPort = Synchronization.Atomic<Int>(0)
     /// memcached's `verbosity`, settable at run time.
     let verbosity: Synchronization.Atomic<Int>
     /// A pending delayed `flush_all`; a newer one replaces it.
     private let pendingFlush = NIOLockedValueBox<Scheduled<Void>?>(nil)
 
-    init(configuration: ServerConfiguration, store: SessionStore, persistence: Persistence?, counters: CounterSet, logger: Logger) {
+    init(
+        configuration: ServerConfiguration, store: SessionStore, persistence: Persistence?,
+        primary: PrimaryReplication?, replica: ReplicaClient?, countersByLoop: [ObjectIdentifier: CommandCounters], logger: Logger
+    ) {
         self.configuration = configuration
         self.store = store
         self.persistence = persistence
-        self.counters = counters
+        self.role = configuration.pair?.role ?? .primary
+        self.primary = primary
+        self.replica = replica
+        self.countersByLoop = countersByLoop
+        self.counters = CounterSet(perLoop: Array(countersByLoop.values))
         self.logger = logger
         self.startedAt = store.now() / 1000
         self.verbosity = Synchronization.Atomic(configuration.verbosity)
@@ -64,3 +86,30 @@ final class ServerContext: Sendable {
         pendingFlush.withLockedValue { $0?.cancel() }
     }
 }
+
+extension ServerContext {
+    /// The node's name in the pair (`--node-name`, or the memcached address).
+    var nodeName: String {
+        let configured = configuration.pair?.replication.nodeName ?? ""
+        return configured.isEmpty ? "\(configuration.host):\(boundPort.load(ordering: .relaxed))" : configured
+    }
+
+    var decoderLimits: MemcacheDecoderLimits {
+        MemcacheDecoderLimits(maxItemSize: configuration.store.maxItemSize)
+    }
+
+    /// A dispatcher for requests that arrive outside a memcached connection (forwarded writes).
+    func dispatcher(on eventLoop: any EventLoop) -> Dispatcher {
+        Dispatcher(context: self, counters: countersByLoop[ObjectIdentifier(eventLoop)] ?? CommandCounters(), eventLoop: eventLoop)
+    }
+
+    func countForwardedWrite() {
+        forwardedWrites.wrappingAdd(1, ordering: .relaxed)
+    }
+
+    /// Everything `stats` reports, for the wire protocol's status and stats requests.
+    func properties() -> [(String, String)] {
+        generalStats()
+    }
+}
+

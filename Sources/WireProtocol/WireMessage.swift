@@ -215,15 +215,23 @@ public struct ReplicationID: Sendable, Hashable, CustomStringConvertible {
         }.joined()
     }
 
+    /// Parses exactly 32 hex digits (either case); anything else (signs, spaces, other lengths) is `nil`.
     public init?(hex: String) {
-        guard hex.count == 32 else { return nil }
+        let digits = Array(hex.utf8)
+        guard digits.count == 32 else { return nil }
+        func value(_ digit: UInt8) -> UInt8? {
+            switch digit {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): return digit - UInt8(ascii: "0")
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): return digit - UInt8(ascii: "a") + 10
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): return digit - UInt8(ascii: "A") + 10
+            default: return nil
+            }
+        }
         var bytes: [UInt8] = []
-        var index = hex.startIndex
-        while index < hex.endIndex {
-            let next = hex.index(index, offsetBy: 2)
-            guard let byte = UInt8(hex[index..<next], radix: 16) else { return nil }
-            bytes.append(byte)
-            index = next
+        bytes.reserveCapacity(16)
+        for pair in stride(from: 0, to: 32, by: 2) {
+            guard let high = value(digits[pair]), let low = value(digits[pair + 1]) else { return nil }
+            bytes.append(high << 4 | low)
         }
         self.bytes = bytes
     }

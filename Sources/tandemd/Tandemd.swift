@@ -1,10 +1,12 @@
 import ArgumentParser
 import Logging
 import NIOCore
+import Replication
 import ServiceLifecycle
 import SessionPersistence
 import SessionStore
 import TandemServer
+import WireProtocol
 
 /// `tandemd`: parses the command line and runs one node until SIGTERM/SIGINT.
 @main
@@ -53,6 +55,33 @@ struct Tandemd: AsyncParsableCommand {
     @Flag(name: .customLong("no-persistence"), help: "Keep items in memory only (nothing survives a restart).")
     var noPersistence = false
 
+    @Option(name: .customLong("wire-port"), help: "Port of Tandem's wire protocol (replication, tandemctl), bound on --listen.")
+    var wirePort: Int = 11311
+
+    @Option(name: .customLong("role"), help: "This node's role in the pair: primary or backup.")
+    var role: RoleArgument = .primary
+
+    @Option(name: .customLong("peer"), help: "The other node's wire address, HOST:PORT (a backup replicates from it).")
+    var peer: String?
+
+    @Option(name: .customLong("replication"), help: "sync: a write is answered once the backup has it; async: at once.")
+    var replication: ReplicationConfiguration.Mode = .sync
+
+    @Option(name: .customLong("sync-timeout"), help: "Milliseconds a sync write waits for the backup before it is answered anyway (and replication degrades to async until the backup catches up).")
+    var syncTimeout: Int = 1000
+
+    @Option(name: .customLong("heartbeat-interval"), help: "Milliseconds between heartbeats on an idle replication link.")
+    var heartbeatInterval: Int = 100
+
+    @Option(name: .customLong("link-timeout"), help: "Milliseconds of silence after which the replication link is closed and re-established.")
+    var linkTimeout: Int = 1000
+
+    @Option(name: .customLong("backlog-size"), help: "Bytes of recent changes the primary keeps so a returning backup resumes without a full copy (k/m/g suffixes).")
+    var backlogSize: ByteSize = ByteSize(bytes: 256 << 20)
+
+    @Option(name: .customLong("node-name"), help: "This node's name in logs and status (default: its memcached address).")
+    var nodeName: String = ""
+
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be between 0 and 65535, got \(port)") }
         guard memoryLimit > 0 else { throw ValidationError("--memory-limit must be at least 1 (megabytes)") }
@@ -65,6 +94,21 @@ struct Tandemd: AsyncParsableCommand {
             throw ValidationError("--flush-interval must be between 1 and 1000 milliseconds, got \(flushInterval)")
         }
         guard !dataDir.isEmpty else { throw ValidationError("--data-dir must not be empty") }
+        guard (0...65535).contains(wirePort) else { throw ValidationError("--wire-port must be between 0 and 65535, got \(wirePort)") }
+        if role == .backup, peer == nil {
+            throw ValidationError("a backup needs --peer HOST:PORT: the primary's wire address")
+        }
+        if let peer, Self.parsePeer(peer) == nil {
+            throw ValidationError("--peer must be HOST:PORT, got \(peer)")
+        }
+        guard (1...600_000).contains(syncTimeout) else { throw ValidationError("--sync-timeout must be between 1 and 600000 ms") }
+        guard (1...60_000).contains(heartbeatInterval) else { throw ValidationError("--heartbeat-interval must be between 1 and 60000 ms") }
+        guard linkTimeout > heartbeatInterval else {
+            throw ValidationError("--link-timeout (\(linkTimeout) ms) must be longer than --heartbeat-interval (\(heartbeatInterval) ms)")
+        }
+        guard backlogSize.bytes >= 1 << 20 else { throw ValidationError("--backlog-size must be at least 1m") }
+        // A replicated item must fit one wire frame (16 MiB) with room to spare.
+        guard maxItemSize.bytes <= 8 << 20 else { throw ValidationError("--max-item-size must be at most 8m") }
         guard maxItemSize.bytes <= memoryLimit << 20 else {
             throw ValidationError("--max-item-size (\(maxItemSize.bytes) bytes) cannot exceed --memory-limit (\(memoryLimit) MB)")
         }
@@ -84,7 +128,15 @@ struct Tandemd: AsyncParsableCommand {
                 memoryLimit: memoryLimit << 20, evictionsEnabled: !disableEvictions, maxItemSize: maxItemSize.bytes
             ),
             verbosity: verbose,
-            persistence: noPersistence ? nil : PersistenceConfiguration(dataDirectory: dataDir, flushIntervalMillis: flushInterval)
+            persistence: noPersistence ? nil : PersistenceConfiguration(dataDirectory: dataDir, flushIntervalMillis: flushInterval),
+            pair: PairConfiguration(
+                wireHost: listen, wirePort: wirePort, role: role.nodeRole, peer: peer.flatMap(Self.parsePeer),
+                replication: ReplicationConfiguration(
+                    mode: replication, syncTimeout: .milliseconds(Int64(syncTimeout)),
+                    heartbeatInterval: .milliseconds(Int64(heartbeatInterval)), linkTimeout: .milliseconds(Int64(linkTimeout)),
+                    backlogSize: backlogSize.bytes, nodeName: nodeName
+                )
+            )
         )
         let group = ServiceGroup(
             services: [TandemService(configuration: configuration, logger: logger)],
@@ -100,6 +152,33 @@ struct Tandemd: AsyncParsableCommand {
         }
     }
 }
+
+extension Tandemd {
+    /// Splits `HOST:PORT` (`[v6]:PORT` too).
+    static func parsePeer(_ text: String) -> (host: String, port: Int)? {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port) else {
+            return nil
+        }
+        var host = String(text[..<colon])
+        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        return host.isEmpty ? nil : (host, port)
+    }
+}
+
+/// `--role`.
+enum RoleArgument: String, ExpressibleByArgument, CaseIterable {
+    case primary
+    case backup
+
+    var nodeRole: NodeRole {
+        switch self {
+        case .primary: return .primary
+        case .backup: return .backup
+        }
+    }
+}
+
+extension ReplicationConfiguration.Mode: ExpressibleByArgument {}
 
 /// A size argument with an optional `k`/`m`/`g` suffix, as memcached's `-I` takes.
 struct ByteSize: ExpressibleByArgument, Sendable {

@@ -1,0 +1,129 @@
+import NIOCore
+import SessionStore
+import Synchronization
+import WireProtocol
+
+/// The newest part of a primary's change stream, kept as ready-to-send
+/// `changes` frames so that a backup that was away can resume (partial
+/// resync) and a connected one is fed without re-encoding.
+public final class Backlog: Sendable {
+    /// One encoded `changes` frame and the offsets it holds.
+    struct Segment {
+        var first: UInt64
+        var last: UInt64
+        var frame: ByteBuffer
+    }
+
+    struct State {
+        /// Oldest first.
+        var segments: [Segment] = []
+        /// Index of the oldest live segment in `segments` (dropped ones are compacted lazily).
+        var head = 0
+        var bytes = 0
+        /// The offset of the newest change appended.
+        var end: UInt64 = 0
+    }
+
+    /// Frames are cut at about this many body bytes, far below the frame limit.
+    static let targetFrameBytes = 1 << 20
+
+    public let capacity: Int
+    private let state = Mutex(State())
+
+    public init(capacity: Int) {
+        self.capacity = capacity
+    }
+
+    /// Encodes released changes (consecutive offsets) onto the end.
+    public func append(_ changes: [Change]) {
+        guard !changes.isEmpty else { return }
+        var segments: [Segment] = []
+        var buffer = ByteBuffer()
+        var index = 0
+        while index < changes.count {
+            buffer.reserveCapacity(minimumWritableBytes: 64 * 1024)
+            let start = buffer.beginChangesFrame()
+            let first = changes[index].sequence
+            var count: UInt32 = 0
+            var bodyBytes = 0
+            while index < changes.count, count == 0 || bodyBytes < Self.targetFrameBytes {
+                let change = changes[index]
+                switch change.kind {
+                case .upsert:
+                    bodyBytes += change.storage.withUnsafeBytes { all in
+                        buffer.writeChangeUpsert(
+                            offset: change.sequence,
+                            key: UnsafeRawBufferPointer(rebasing: all[..<change.keyLength]),
+                            value: UnsafeRawBufferPointer(rebasing: all[change.keyLength...]),
+                            flags: change.flags, deadlineMillis: change.deadline.millis, cas: change.cas
+                        )
+                    }
+                case .remove:
+                    bodyBytes += change.withKeyBytes { buffer.writeChangeRemove(offset: change.sequence, key: $0) }
+                case .flushAll:
+                    bodyBytes += buffer.writeChangeFlush(offset: change.sequence)
+                }
+                count += 1
+                index += 1
+            }
+            // An item is at most the item size limit, which tandemd keeps well below a frame.
+            try! buffer.finishWireFrame(start, count: count)
+            let frame = buffer.readSlice(length: buffer.readableBytes)!
+            segments.append(Segment(first: first, last: changes[index - 1].sequence, frame: frame))
+            buffer = ByteBuffer()
+        }
+        state.withLock { state in
+            for segment in segments {
+                state.segments.append(segment)
+                state.bytes += segment.frame.readableBytes
+            }
+            state.end = changes[changes.count - 1].sequence
+            // Keep at least the newest segment, whatever the capacity.
+            while state.bytes > capacity, state.segments.count - state.head > 1 {
+                state.bytes -= state.segments[state.head].frame.readableBytes
+                state.head += 1
+            }
+            if state.head > 64, state.head * 2 > state.segments.count {
+                state.segments.removeFirst(state.head)
+                state.head = 0
+            }
+        }
+    }
+
+    /// The frames holding every change from `offset` on (a frame may start
+    /// before it: receivers skip offsets they have). Empty when `offset` is
+    /// past the end; nil when the backlog no longer holds `offset`.
+    public func frames(from offset: UInt64) -> [ByteBuffer]? {
+        state.withLock { state in
+            if offset > state.end { return offset == state.end + 1 ? [] : nil }
+            guard state.head < state.segments.count, state.segments[state.head].first <= offset else { return nil }
+            var frames: [ByteBuffer] = []
+            for index in state.head..<state.segments.count where state.segments[index].last >= offset {
+                frames.append(state.segments[index].frame)
+            }
+            return frames
+        }
+    }
+
+    /// Whether a backup needing `offset` next can be served from here.
+    public func covers(_ offset: UInt64) -> Bool {
+        frames(from: offset) != nil
+    }
+
+    /// Marks `offset` as the end of the stream without changes (a primary that
+    /// starts from recovered data: nothing before it can be served).
+    public func reset(end: UInt64) {
+        state.withLock { state in
+            state = State()
+            state.end = end
+        }
+    }
+
+    /// (oldest offset held, newest offset, bytes).
+    public var extent: (first: UInt64, last: UInt64, bytes: Int) {
+        state.withLock { state in
+            let first = state.head < state.segments.count ? state.segments[state.head].first : state.end + 1
+            return (first, state.end, state.bytes)
+        }
+    }
+}

@@ -1,0 +1,48 @@
+import NIOCore
+
+/// How the two nodes of a pair replicate.
+public struct ReplicationConfiguration: Sendable {
+    /// When a primary answers a client's write.
+    public enum Mode: String, Sendable, CaseIterable {
+        /// After the backup acknowledged applying it (bounded by `syncTimeout`).
+        case sync
+        /// At once; the backup follows as fast as it can.
+        case async
+    }
+
+    public var mode: Mode
+    /// Longest wait for the backup's acknowledgement before answering anyway (and degrading).
+    public var syncTimeout: TimeAmount
+    /// A side sends a ping when it has sent nothing for this long.
+    public var heartbeatInterval: TimeAmount
+    /// A side that hears nothing for this long closes the link.
+    public var linkTimeout: TimeAmount
+    /// Bytes of encoded changes the primary keeps for partial resyncs.
+    public var backlogSize: Int
+    /// The node's name, sent in `hello`.
+    public var nodeName: String
+
+    public init(
+        mode: Mode = .sync, syncTimeout: TimeAmount = .milliseconds(1000), heartbeatInterval: TimeAmount = .milliseconds(100),
+        linkTimeout: TimeAmount = .milliseconds(1000), backlogSize: Int = 256 << 20, nodeName: String = ""
+    ) {
+        self.mode = mode
+        self.syncTimeout = syncTimeout
+        self.heartbeatInterval = heartbeatInterval
+        self.linkTimeout = linkTimeout
+        self.backlogSize = backlogSize
+        self.nodeName = nodeName
+    }
+}
+
+/// The wire protocol versions this build speaks.
+public enum WireVersion {
+    public static let minimum: UInt16 = 1
+    public static let maximum: UInt16 = 1
+}
+
+/// Meta-table names under which a node keeps its replication position.
+public enum ReplicationMetaKey {
+    public static let replicationID = "replication_id"
+    public static let offset = "replication_offset"
+}

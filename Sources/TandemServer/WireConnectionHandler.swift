@@ -1,0 +1,175 @@
+import Logging
+import MemcacheProtocol
+import NIOCore
+import Replication
+import WireProtocol
+
+/// One connection to the wire port: the handshake, then requests from a
+/// client (`tandemctl`, `TandemClient`) or, from the other node, replication
+/// and forwarded writes.
+final class WireConnectionHandler: ChannelInboundHandler {
+    typealias InboundIn = WireFrame
+    typealias OutboundOut = ByteBuffer
+
+    /// Where the connection is in its life.
+    enum State {
+        /// Nothing received yet: the first frame must be `hello`.
+        case awaitingHello
+        /// Handshake done: requests are served.
+        case ready(role: ConnectionRole, name: String)
+        /// The backup's replication connection, run by its session.
+        case replicating(ReplicaSession)
+        /// Closing after a protocol error.
+        case closed
+    }
+
+    private let node: ServerContext
+    private let logger: Logger
+    private var state: State = .awaitingHello
+
+    init(node: ServerContext, logger: Logger) {
+        self.node = node
+        self.logger = logger
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        let message: WireMessage
+        do {
+            message = try frame.message()
+        } catch {
+            reject(error.wireErrorCode ?? .malformed, "\(error)", requestID: frame.requestID, context: context)
+            return
+        }
+        switch state {
+        case .awaitingHello:
+            guard case .hello(let hello) = message, hello.magic == Hello.magic else {
+                reject(.protocolViolation, "the first frame must be hello", requestID: frame.requestID, context: context)
+                return
+            }
+            guard hello.minimumVersion <= WireVersion.maximum, hello.maximumVersion >= WireVersion.minimum,
+                hello.minimumVersion <= hello.maximumVersion
+            else {
+                reject(.unsupportedVersion, "this node speaks versions \(WireVersion.minimum)...\(WireVersion.maximum)", requestID: frame.requestID, context: context)
+                return
+            }
+            let version = min(hello.maximumVersion, WireVersion.maximum)
+            send(.helloOK(HelloOK(
+                version: version, nodeName: node.nodeName, nodeRole: node.role, epoch: 0,
+                authentication: .none, nonce: []
+            )), requestID: frame.requestID, context: context)
+            state = .ready(role: hello.role, name: hello.nodeName)
+
+        case .ready(let role, let name):
+            serve(message, frame: frame, role: role, name: name, context: context)
+
+        case .replicating(let session):
+            // The backup forwards its clients' writes over its replication connection.
+            if case .forward(let request) = message {
+                runForwarded(request, requestID: frame.requestID, context: context)
+            } else {
+                session.received(message, requestID: frame.requestID)
+            }
+
+        case .closed:
+            break
+        }
+    }
+
+    private func serve(_ message: WireMessage, frame: WireFrame, role: ConnectionRole, name: String, context: ChannelHandlerContext) {
+        switch message {
+        case .ping(let timestamp):
+            send(.pong(timestampMillis: timestamp), requestID: frame.requestID, context: context)
+        case .statusRequest, .statsRequest:
+            send(.properties(node.properties().map { Property($0.0, $0.1) }), requestID: frame.requestID, context: context)
+        case .replicate(let request):
+            guard role == .peer, let primary = node.primary else {
+                reject(.notPrimary, "this node is a \(node.role); replicate from the primary", requestID: frame.requestID, context: context)
+                return
+            }
+            state = .replicating(ReplicaSession.start(on: context.channel, primary: primary, request: request, backupName: name))
+        case .forward(let request):
+            guard node.primary != nil else {
+                reject(.notPrimary, "this node is a \(node.role); forward to the primary", requestID: frame.requestID, context: context)
+                return
+            }
+            runForwarded(request, requestID: frame.requestID, context: context)
+        default:
+            reject(.protocolViolation, "unexpected \(message.type)", requestID: frame.requestID, context: context)
+        }
+    }
+
+    /// Runs a memcached request the backup received, as if a client had sent it here.
+    private func runForwarded(_ request: ByteBuffer, requestID: UInt32, context: ChannelHandlerContext) {
+        var input = request
+        var decoder = MemcacheDecoder(limits: node.decoderLimits)
+        let dispatcher = node.dispatcher(on: context.eventLoop)
+        var reply = context.channel.allocator.buffer(capacity: 256)
+        var wrote = false
+        do {
+            while let command = try decoder.next(&input) {
+                if command.isWrite { wrote = true }
+                _ = dispatcher.execute(command, into: &reply)
+            }
+        } catch {
+            reject(.malformed, "forwarded request: \(error)", requestID: requestID, context: context)
+            return
+        }
+        node.countForwardedWrite()
+        let answer = reply
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let finish: @Sendable () -> Void = { [node] in
+            let (handler, context) = loopBound.value
+            handler.send(.forwardReply(offset: node.store.lastSequence, reply: answer), requestID: requestID, context: context)
+        }
+        if wrote, let wait = node.primary?.afterWrites(on: context.eventLoop) {
+            wait.whenComplete { _ in finish() }
+        } else {
+            finish()
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if case .replicating(let session) = state { session.writabilityChanged() }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if case .replicating(let session) = state { session.closed() }
+        state = .closed
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        let code = (error as? WireProtocolError)?.wireErrorCode ?? .malformed
+        reject(code, "\(error)", requestID: 0, context: context)
+    }
+
+    /// Answers with an error and closes: the stream cannot be trusted any more.
+    private func reject(_ code: WireErrorCode, _ message: String, requestID: UInt32, context: ChannelHandlerContext) {
+        if case .closed = state { return }
+        if case .replicating(let session) = state { session.closed() }
+        state = .closed
+        logger.info("closing wire connection", metadata: [
+            "reason": "\(message)", "code": "\(code)", "peer": "\(context.remoteAddress.map { "\($0)" } ?? "?")",
+        ])
+        var buffer = context.channel.allocator.buffer(capacity: 64 + message.utf8.count)
+        if (try? buffer.writeWireMessage(.error(WireError(code, message)), flags: requestID == 0 ? 0 : WireFrame.Flags.response, requestID: requestID)) != nil {
+            let channel = context.channel
+            context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
+        } else {
+            context.close(promise: nil)
+        }
+    }
+
+    private func send(_ message: WireMessage, requestID: UInt32, context: ChannelHandlerContext) {
+        var buffer = context.channel.allocator.buffer(capacity: 64)
+        do {
+            try buffer.writeWireMessage(message, flags: requestID == 0 ? 0 : WireFrame.Flags.response, requestID: requestID)
+        } catch {
+            reject(.internalError, "cannot encode \(message.type): \(error)", requestID: requestID, context: context)
+            return
+        }
+        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+    }
+}

@@ -1,0 +1,306 @@
+import NIOCore
+
+// Message bodies exactly as Protocol.md 1.4 lists their fields, with the
+// encodings of section 1.2.
+
+extension WireMessage {
+    /// The frame type that carries this message.
+    public var type: WireMessageType {
+        switch self {
+        case .hello: return .hello
+        case .helloOK: return .helloOK
+        case .auth: return .auth
+        case .authOK: return .authOK
+        case .error: return .error
+        case .ping: return .ping
+        case .pong: return .pong
+        case .replicate: return .replicate
+        case .fullResync: return .fullResync
+        case .snapshotChunk: return .snapshotChunk
+        case .snapshotEnd: return .snapshotEnd
+        case .partialResync: return .partialResync
+        case .changes: return .changes
+        case .ack: return .ack
+        case .forward: return .forward
+        case .forwardReply: return .forwardReply
+        case .statusRequest: return .statusRequest
+        case .statsRequest: return .statsRequest
+        case .properties: return .properties
+        }
+    }
+
+    /// The exact number of bytes `encodeBody(into:)` writes.
+    public var encodedBodySize: Int {
+        switch self {
+        case .hello(let hello):
+            return 4 + 2 + 2 + 1 + 4 + hello.nodeName.utf8.count + 4 + hello.nonce.count
+        case .helloOK(let ok):
+            return 2 + 4 + ok.nodeName.utf8.count + 1 + 8 + 1 + 4 + ok.nonce.count
+        case .auth(let proof), .authOK(let proof):
+            return 4 + proof.count
+        case .error(let error):
+            return 2 + 4 + error.message.utf8.count
+        case .ping, .pong, .snapshotEnd, .ack:
+            return 8
+        case .replicate:
+            return 16 + 8 + 8
+        case .fullResync:
+            return 16 + 8 + 8 + 8
+        case .snapshotChunk(let items):
+            var size = 4
+            for item in items {
+                size += WireEncodedSize.snapshotItem(keyCount: item.key.readableBytes, valueCount: item.value.readableBytes)
+            }
+            return size
+        case .partialResync:
+            return 16 + 8
+        case .changes(let changes):
+            var size = 4
+            for change in changes {
+                switch change.kind {
+                case .upsert:
+                    size += WireEncodedSize.changeUpsert(keyCount: change.key.readableBytes, valueCount: change.value.readableBytes)
+                case .remove, .flushAll:
+                    size += WireEncodedSize.changeRemove(keyCount: change.key.readableBytes)
+                }
+            }
+            return size
+        case .forward(let request):
+            return 4 + request.readableBytes
+        case .forwardReply(_, let reply):
+            return 8 + 4 + reply.readableBytes
+        case .statusRequest, .statsRequest:
+            return 0
+        case .properties(let properties):
+            var size = 4
+            for property in properties {
+                size += WireEncodedSize.property + property.name.utf8.count + property.value.utf8.count
+            }
+            return size
+        }
+    }
+
+    /// Appends this message's body (not the frame header) to `buffer`.
+    ///
+    /// The encoding is canonical: decoding it gives this message back, except that
+    /// fields a `changes` element of kind `remove` or `flushAll` does not carry
+    /// (value, flags, deadline, cas) are not sent and decode as empty/0, and
+    /// `WireErrorCode.unknown` is sent as its raw value 0xFFFF.
+    /// Lengths and counts over `UInt32.max` trap (they cannot fit a frame anyway).
+    public func encodeBody(into buffer: inout ByteBuffer) {
+        switch self {
+        case .hello(let hello):
+            buffer.writeInteger(hello.magic)
+            buffer.writeInteger(hello.minimumVersion)
+            buffer.writeInteger(hello.maximumVersion)
+            buffer.writeInteger(hello.role.rawValue)
+            buffer.writeWireString(hello.nodeName)
+            buffer.writeWireBytes(hello.nonce)
+        case .helloOK(let ok):
+            buffer.writeInteger(ok.version)
+            buffer.writeWireString(ok.nodeName)
+            buffer.writeInteger(ok.nodeRole.rawValue)
+            buffer.writeInteger(ok.epoch)
+            buffer.writeInteger(ok.authentication.rawValue)
+            buffer.writeWireBytes(ok.nonce)
+        case .auth(let proof), .authOK(let proof):
+            buffer.writeWireBytes(proof)
+        case .error(let error):
+            buffer.writeInteger(error.code.rawValue)
+            buffer.writeWireString(error.message)
+        case .ping(let timestamp), .pong(let timestamp):
+            buffer.writeInteger(timestamp)
+        case .replicate(let replicate):
+            buffer.writeReplicationID(replicate.replicationID)
+            buffer.writeInteger(replicate.offset)
+            buffer.writeInteger(replicate.epoch)
+        case .fullResync(let resync):
+            buffer.writeReplicationID(resync.replicationID)
+            buffer.writeInteger(resync.offset)
+            buffer.writeInteger(resync.estimatedItems)
+            buffer.writeInteger(resync.estimatedBytes)
+        case .snapshotChunk(let items):
+            buffer.writeInteger(UInt32(items.count))
+            for item in items {
+                buffer.writeWireBytes(item.key)
+                buffer.writeWireBytes(item.value)
+                buffer.writeInteger(item.flags)
+                buffer.writeInteger(item.deadlineMillis)
+                buffer.writeInteger(item.cas)
+            }
+        case .snapshotEnd(let items):
+            buffer.writeInteger(items)
+        case .partialResync(let replicationID, let offset):
+            buffer.writeReplicationID(replicationID)
+            buffer.writeInteger(offset)
+        case .changes(let changes):
+            buffer.writeInteger(UInt32(changes.count))
+            for change in changes {
+                buffer.writeInteger(change.offset)
+                buffer.writeInteger(change.kind.rawValue)
+                buffer.writeWireBytes(change.key)
+                if change.kind == .upsert {
+                    buffer.writeWireBytes(change.value)
+                    buffer.writeInteger(change.flags)
+                    buffer.writeInteger(change.deadlineMillis)
+                    buffer.writeInteger(change.cas)
+                }
+            }
+        case .ack(let offset):
+            buffer.writeInteger(offset)
+        case .forward(let request):
+            buffer.writeWireBytes(request)
+        case .forwardReply(let offset, let reply):
+            buffer.writeInteger(offset)
+            buffer.writeWireBytes(reply)
+        case .statusRequest, .statsRequest:
+            break
+        case .properties(let properties):
+            buffer.writeInteger(UInt32(properties.count))
+            for property in properties {
+                buffer.writeWireString(property.name)
+                buffer.writeWireString(property.value)
+            }
+        }
+    }
+
+    /// Parses the body of a frame of type `type`.
+    ///
+    /// Total: any input either gives a message or throws `.unknownMessageType` (a type
+    /// not in Protocol.md 1.4) or `.malformed` (section 1.2: the body ends early, has
+    /// bytes left over, a `bytes` length or a `count` runs past its end, an enumerated
+    /// field has an undefined value, a `string` is not UTF-8). Counts are checked
+    /// against the bytes left before anything is reserved for them.
+    ///
+    /// `bytes` fields that are `ByteBuffer`s (keys, values, forwarded requests and
+    /// replies) are slices of `body`, not copies. `hello.magic` is not checked here:
+    /// answering a wrong magic is the session's job (section 1.3).
+    /// An error code this implementation does not know becomes `.unknown`, with the
+    /// message "unknown error code N: <message>" (section 1.5).
+    public init(type: UInt16, body: ByteBuffer) throws(WireProtocolError) {
+        guard let messageType = WireMessageType(rawValue: type) else {
+            throw .unknownMessageType(type)
+        }
+        var reader = WireBodyReader(body, type: messageType)
+        switch messageType {
+        case .hello:
+            let magic = try reader.integer("magic", as: UInt32.self)
+            let minimumVersion = try reader.integer("min_version", as: UInt16.self)
+            let maximumVersion = try reader.integer("max_version", as: UInt16.self)
+            let role = try reader.enumeration("role", as: ConnectionRole.self)
+            let nodeName = try reader.string("node_name")
+            let nonce = try reader.byteArray("nonce")
+            var hello = Hello(minimumVersion: minimumVersion, maximumVersion: maximumVersion, role: role, nodeName: nodeName, nonce: nonce)
+            hello.magic = magic
+            self = .hello(hello)
+        case .helloOK:
+            let version = try reader.integer("version", as: UInt16.self)
+            let nodeName = try reader.string("node_name")
+            let nodeRole = try reader.enumeration("node_role", as: NodeRole.self)
+            let epoch = try reader.integer("epoch", as: UInt64.self)
+            let authentication = try reader.enumeration("auth", as: AuthenticationMethod.self)
+            let nonce = try reader.byteArray("nonce")
+            self = .helloOK(HelloOK(version: version, nodeName: nodeName, nodeRole: nodeRole, epoch: epoch, authentication: authentication, nonce: nonce))
+        case .auth:
+            self = .auth(proof: try reader.byteArray("proof"))
+        case .authOK:
+            self = .authOK(proof: try reader.byteArray("proof"))
+        case .error:
+            let rawCode = try reader.integer("code", as: UInt16.self)
+            let message = try reader.string("message")
+            if let code = WireErrorCode(rawValue: rawCode) {
+                self = .error(WireError(code, message))
+            } else {
+                let text = "unknown error code \(rawCode)" + (message.isEmpty ? "" : ": " + message)
+                self = .error(WireError(.unknown, text))
+            }
+        case .ping:
+            self = .ping(timestampMillis: try reader.integer("timestamp", as: Int64.self))
+        case .pong:
+            self = .pong(timestampMillis: try reader.integer("timestamp", as: Int64.self))
+        case .replicate:
+            let replicationID = try reader.replicationID("replication_id")
+            let offset = try reader.integer("offset", as: UInt64.self)
+            let epoch = try reader.integer("epoch", as: UInt64.self)
+            self = .replicate(Replicate(replicationID: replicationID, offset: offset, epoch: epoch))
+        case .fullResync:
+            let replicationID = try reader.replicationID("replication_id")
+            let offset = try reader.integer("offset", as: UInt64.self)
+            let estimatedItems = try reader.integer("estimated_items", as: UInt64.self)
+            let estimatedBytes = try reader.integer("estimated_bytes", as: UInt64.self)
+            self = .fullResync(FullResync(replicationID: replicationID, offset: offset, estimatedItems: estimatedItems, estimatedBytes: estimatedBytes))
+        case .snapshotChunk:
+            let count = try reader.count("count", minimumElementSize: WireEncodedSize.snapshotItem)
+            var items: [ReplicatedItem] = []
+            items.reserveCapacity(count)
+            for index in 0..<count {
+                reader.element = index
+                let key = try reader.bytes("key")
+                let value = try reader.bytes("value")
+                let flags = try reader.integer("flags", as: UInt32.self)
+                let deadline = try reader.integer("deadline", as: Int64.self)
+                let cas = try reader.integer("cas", as: UInt64.self)
+                items.append(ReplicatedItem(key: key, value: value, flags: flags, deadlineMillis: deadline, cas: cas))
+            }
+            reader.element = nil
+            self = .snapshotChunk(items)
+        case .snapshotEnd:
+            self = .snapshotEnd(items: try reader.integer("items", as: UInt64.self))
+        case .partialResync:
+            let replicationID = try reader.replicationID("replication_id")
+            let offset = try reader.integer("offset", as: UInt64.self)
+            self = .partialResync(replicationID: replicationID, offset: offset)
+        case .changes:
+            let count = try reader.count("count", minimumElementSize: WireEncodedSize.changeRemove)
+            var changes: [ReplicatedChange] = []
+            changes.reserveCapacity(count)
+            for index in 0..<count {
+                reader.element = index
+                let offset = try reader.integer("offset", as: UInt64.self)
+                let kind = try reader.enumeration("kind", as: ReplicatedChange.Kind.self)
+                let key = try reader.bytes("key")
+                if kind == .upsert {
+                    let value = try reader.bytes("value")
+                    let flags = try reader.integer("flags", as: UInt32.self)
+                    let deadline = try reader.integer("deadline", as: Int64.self)
+                    let cas = try reader.integer("cas", as: UInt64.self)
+                    changes.append(ReplicatedChange(offset: offset, kind: kind, key: key, value: value, flags: flags, deadlineMillis: deadline, cas: cas))
+                } else {
+                    changes.append(ReplicatedChange(offset: offset, kind: kind, key: key))
+                }
+            }
+            reader.element = nil
+            self = .changes(changes)
+        case .ack:
+            self = .ack(offset: try reader.integer("offset", as: UInt64.self))
+        case .forward:
+            self = .forward(request: try reader.bytes("request"))
+        case .forwardReply:
+            let offset = try reader.integer("offset", as: UInt64.self)
+            let reply = try reader.bytes("reply")
+            self = .forwardReply(offset: offset, reply: reply)
+        case .statusRequest:
+            self = .statusRequest
+        case .statsRequest:
+            self = .statsRequest
+        case .properties:
+            let count = try reader.count("count", minimumElementSize: WireEncodedSize.property)
+            var properties: [Property] = []
+            properties.reserveCapacity(count)
+            for index in 0..<count {
+                reader.element = index
+                let name = try reader.string("name")
+                let value = try reader.string("value")
+                properties.append(Property(name, value))
+            }
+            reader.element = nil
+            self = .properties(properties)
+        }
+        try reader.finish()
+    }
+
+    /// Parses a received frame's body.
+    public init(frame: WireFrame) throws(WireProtocolError) {
+        try self.init(type: frame.type, body: frame.body)
+    }
+}
