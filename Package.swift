@@ -11,6 +11,7 @@ let package = Package(
         .library(name: "SessionPersistence", targets: ["SessionPersistence"]),
         .library(name: "WireProtocol", targets: ["WireProtocol"]),
         .library(name: "TandemServer", targets: ["TandemServer"]),
+        .library(name: "TandemClient", targets: ["TandemClient"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -82,6 +83,16 @@ let package = Package(
             ]
         ),
 
+        // A Swift client for the wire port, used by tandemctl and applications.
+        .target(
+            name: "TandemClient",
+            dependencies: [
+                "WireProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+
         // @main: argument parsing and start-up, nothing else.
         .executableTarget(
             name: "tandemd",
@@ -120,6 +131,9 @@ let package = Package(
             name: "TandemServerTests",
             dependencies: [
                 "TandemServer",
+                "TandemClient",
+                "Replication",
+                "WireProtocol",
                 "SessionStore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -268,14 +268,17 @@ public final class ReplicaClient: Sendable {
     public func forward(_ request: ByteBuffer, on eventLoop: any EventLoop) -> EventLoopFuture<ByteBuffer> {
         let promise = eventLoop.makePromise(of: (UInt64, ByteBuffer).self)
         let target = shared.withLock { shared -> ((any Channel), UInt32)? in
-            guard let channel = shared.channel, shared.linkState == .streaming || shared.linkState == .resyncing else { return nil }
+            guard let channel = shared.channel, shared.linkState == .streaming || shared.linkState == .resyncing else {
+                return nil
+            }
             let id = shared.nextRequestID
             shared.nextRequestID = shared.nextRequestID &+ 1 == 0 ? 1 : shared.nextRequestID &+ 1
             shared.pendingForwards[id] = promise
             return (channel, id)
         }
         guard let (channel, requestID) = target else {
-            return eventLoop.makeFailedFuture(ForwardError.primaryUnavailable)
+            promise.fail(ForwardError.primaryUnavailable)
+            return promise.futureResult.map { $0.1 }
         }
         var frame = channel.allocator.buffer(capacity: request.readableBytes + 32)
         do {

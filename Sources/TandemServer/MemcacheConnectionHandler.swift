@@ -141,7 +141,9 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
             if command.isWrite {
                 if let replica {
                     forward(command, to: replica, context: context)
-                    break
+                    // A forward that failed at once (no primary) has already put its reply in place.
+                    if case .waitingForPrimary = state { break }
+                    continue
                 }
                 wrote = true
             }

@@ -1,0 +1,190 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import WireProtocol
+
+/// A connection to a Tandem node's wire port, for administration tools
+/// (`tandemctl`) and Swift applications.
+///
+/// ```swift
+/// let client = try await TandemClient.connect(host: "127.0.0.1", port: 11311)
+/// let status = try await client.status()
+/// print(status["role"] ?? "?")
+/// try await client.close()
+/// ```
+public final class TandemClient: Sendable {
+    /// What the node said about itself in the handshake.
+    public let server: HelloOK
+    private let channel: any Channel
+    private let handler: ClientHandler
+
+    private init(channel: any Channel, handler: ClientHandler, server: HelloOK) {
+        self.channel = channel
+        self.handler = handler
+        self.server = server
+    }
+
+    /// Connects and runs the handshake.
+    public static func connect(
+        host: String, port: Int, name: String = "tandem-client",
+        timeout: TimeAmount = .seconds(5), group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+    ) async throws -> TandemClient {
+        let handler = ClientHandler()
+        let channel: any Channel
+        do {
+            channel = try await ClientBootstrap(group: group)
+                .connectTimeout(timeout)
+                .channelOption(.tcpOption(.tcp_nodelay), value: 1)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandlers(ByteToMessageHandler(WireFrameDecoder()), handler)
+                    }
+                }
+                .connect(host: host, port: port).get()
+        } catch {
+            throw TandemClientError.unreachable(host: host, port: port, reason: "\(error)")
+        }
+        let nonce = (0..<16).map { _ in UInt8.random(in: .min ... .max) }
+        let hello = WireMessage.hello(Hello(
+            minimumVersion: 1, maximumVersion: 1, role: .client, nodeName: name, nonce: nonce
+        ))
+        let reply: WireMessage
+        do {
+            reply = try await handler.request(hello, on: channel, timeout: timeout)
+        } catch {
+            try? await channel.close()
+            throw error
+        }
+        guard case .helloOK(let ok) = reply else {
+            try? await channel.close()
+            throw TandemClientError.unexpectedReply("\(reply.type) to hello")
+        }
+        guard ok.authentication == .none else {
+            try? await channel.close()
+            throw TandemClientError.authenticationRequired
+        }
+        return TandemClient(channel: channel, handler: handler, server: ok)
+    }
+
+    /// The node's status: role, epoch, replication position, peer and lag, persistence, items, …
+    public func status() async throws -> [(name: String, value: String)] {
+        try await properties(.statusRequest)
+    }
+
+    /// Every counter the node keeps.
+    public func stats() async throws -> [(name: String, value: String)] {
+        try await properties(.statsRequest)
+    }
+
+    /// Round-trip time to the node.
+    public func ping() async throws -> Duration {
+        let started = ContinuousClock.now
+        let reply = try await handler.request(.ping(timestampMillis: 0), on: channel, timeout: .seconds(5))
+        guard case .pong = reply else { throw TandemClientError.unexpectedReply("\(reply.type) to ping") }
+        return started.duration(to: .now)
+    }
+
+    public func close() async throws {
+        try await channel.close()
+    }
+
+    private func properties(_ request: WireMessage) async throws -> [(name: String, value: String)] {
+        let reply = try await handler.request(request, on: channel, timeout: .seconds(10))
+        guard case .properties(let properties) = reply else {
+            throw TandemClientError.unexpectedReply("\(reply.type) to \(request.type)")
+        }
+        return properties.map { ($0.name, $0.value) }
+    }
+}
+
+/// Why a client call failed.
+public enum TandemClientError: Error, CustomStringConvertible, Sendable {
+    /// No connection could be made.
+    case unreachable(host: String, port: Int, reason: String)
+    /// The node requires authentication (a shared secret).
+    case authenticationRequired
+    /// The node answered with an error.
+    case server(WireError)
+    /// The node answered something that does not fit the request.
+    case unexpectedReply(String)
+    /// No answer in time.
+    case timedOut
+    /// The connection closed before the answer came.
+    case connectionClosed
+
+    public var description: String {
+        switch self {
+        case .unreachable(let host, let port, let reason): return "cannot reach \(host):\(port): \(reason)"
+        case .authenticationRequired: return "the node requires authentication; give its shared secret"
+        case .server(let error): return "the node answered: \(error.message) (\(error.code))"
+        case .unexpectedReply(let what): return "unexpected reply: \(what)"
+        case .timedOut: return "the node did not answer in time"
+        case .connectionClosed: return "the node closed the connection"
+        }
+    }
+}
+
+/// Matches responses to requests by request id.
+final class ClientHandler: ChannelInboundHandler, Sendable {
+    typealias InboundIn = WireFrame
+    typealias OutboundOut = ByteBuffer
+
+    private struct Pending {
+        var nextID: UInt32 = 1
+        var promises: [UInt32: EventLoopPromise<WireMessage>] = [:]
+        var closed = false
+    }
+
+    private let pending = NIOLockedValueBox(Pending())
+
+    func request(_ message: WireMessage, on channel: any Channel, timeout: TimeAmount) async throws -> WireMessage {
+        let promise = channel.eventLoop.makePromise(of: WireMessage.self)
+        let id: UInt32? = pending.withLockedValue { state in
+            guard !state.closed else { return nil }
+            let id = state.nextID
+            state.nextID = state.nextID &+ 1 == 0 ? 1 : state.nextID &+ 1
+            state.promises[id] = promise
+            return id
+        }
+        guard let id else { throw TandemClientError.connectionClosed }
+        var buffer = channel.allocator.buffer(capacity: 64)
+        try buffer.writeWireMessage(message, requestID: id)
+        channel.writeAndFlush(buffer, promise: nil)
+        let timer = channel.eventLoop.scheduleTask(in: timeout) { [pending] in
+            pending.withLockedValue { $0.promises.removeValue(forKey: id) }?.fail(TandemClientError.timedOut)
+        }
+        defer { timer.cancel() }
+        return try await promise.futureResult.get()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        let promise = pending.withLockedValue { $0.promises.removeValue(forKey: frame.requestID) }
+        guard let promise else { return }  // unsolicited frames (pings) are not for a request
+        do {
+            let message = try frame.message()
+            if case .error(let error) = message {
+                promise.fail(TandemClientError.server(error))
+            } else {
+                promise.succeed(message)
+            }
+        } catch {
+            promise.fail(error)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        let promises = pending.withLockedValue { state -> [EventLoopPromise<WireMessage>] in
+            state.closed = true
+            let all = Array(state.promises.values)
+            state.promises = [:]
+            return all
+        }
+        for promise in promises { promise.fail(TandemClientError.connectionClosed) }
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+}

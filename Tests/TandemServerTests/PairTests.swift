@@ -1,0 +1,111 @@
+import Logging
+import Replication
+import SessionStore
+import TandemClient
+import TandemServer
+import Testing
+import WireProtocol
+
+/// A primary and a backup in this test process, on ephemeral ports.
+@Suite("A pair in one process", .serialized)
+struct PairTests {
+    func pairConfiguration(role: NodeRole, peerPort: Int? = nil, mode: ReplicationConfiguration.Mode = .sync) -> ServerConfiguration {
+        var configuration = testConfiguration()
+        configuration.pair = PairConfiguration(
+            wireHost: "127.0.0.1", wirePort: 0, role: role, peer: peerPort.map { ("127.0.0.1", $0) },
+            replication: ReplicationConfiguration(mode: mode, nodeName: role == .primary ? "P" : "B")
+        )
+        return configuration
+    }
+
+    func withPair(_ body: (MemcacheServer, MemcacheServer) async throws -> Void) async throws {
+        let primary = try await MemcacheServer.start(configuration: pairConfiguration(role: .primary), logger: quietLogger)
+        let backup: MemcacheServer
+        do {
+            backup = try await MemcacheServer.start(configuration: pairConfiguration(role: .backup, peerPort: primary.wirePort), logger: quietLogger)
+        } catch {
+            await primary.shutdown()
+            throw error
+        }
+        do {
+            let client = try await TandemClient.connect(host: "127.0.0.1", port: primary.wirePort!)
+            let synced = try await eventually(timeout: .seconds(10)) {
+                let status = try await client.status()
+                return status.contains { $0.name == "replication_state" && $0.value == "sync" }
+            }
+            try await client.close()
+            #expect(synced, "the backup never reached sync")
+            try await body(primary, backup)
+        } catch {
+            await backup.shutdown()
+            await primary.shutdown()
+            throw error
+        }
+        await backup.shutdown()
+        await primary.shutdown()
+    }
+
+    @Test("writes on the primary are on the backup once acknowledged; writes through the backup land on the primary")
+    func replicatesBothWays() async throws {
+        try await withPair { primary, backup in
+            let p = try TestClient(port: primary.port)
+            let b = try TestClient(port: backup.port)
+            defer {
+                p.close()
+                b.close()
+            }
+            for index in 0..<50 {
+                #expect(try await p.exchange("set k\(index) \(index) 100 2\r\nv\(index % 10)\r\n") == "STORED\r\n")
+            }
+            // Sync mode: acknowledged means the backup has it.
+            #expect(try await b.exchange("get k7\r\n") == "VALUE k7 7 2\r\nv7\r\nEND\r\n")
+            #expect(try await b.exchange("set fromB 0 0 3\r\nabc\r\n") == "STORED\r\n")
+            #expect(try await b.exchange("get fromB\r\n") == "VALUE fromB 0 3\r\nabc\r\nEND\r\n")
+            #expect(try await p.exchange("get fromB\r\n") == "VALUE fromB 0 3\r\nabc\r\nEND\r\n")
+            #expect(try await b.exchange("delete k1\r\n") == "DELETED\r\n")
+            #expect(try await p.exchange("get k1\r\n") == "END\r\n")
+            #expect(try await b.exchange("incr nope 1\r\n") == "NOT_FOUND\r\n")
+            // Deadlines agree: the backup keeps the primary's absolute deadline.
+            let ttlPrimary = try await p.exchange("mg k2 t\r\n")
+            let ttlBackup = try await b.exchange("mg k2 t\r\n")
+            #expect(ttlPrimary == ttlBackup)
+        }
+    }
+
+    @Test("status over the wire protocol names roles, the shared history and the offsets")
+    func status() async throws {
+        try await withPair { primary, backup in
+            let p = try TestClient(port: primary.port)
+            defer { p.close() }
+            #expect(try await p.exchange("set a 0 0 1\r\n1\r\n") == "STORED\r\n")
+            let primaryClient = try await TandemClient.connect(host: "127.0.0.1", port: primary.wirePort!)
+            let backupClient = try await TandemClient.connect(host: "127.0.0.1", port: backup.wirePort!)
+            #expect(primaryClient.server.nodeRole == .primary)
+            #expect(backupClient.server.nodeRole == .backup)
+            let primaryStatus = Dictionary(try await primaryClient.status().map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a })
+            let backupStatus = Dictionary(try await backupClient.status().map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a })
+            #expect(primaryStatus["role"] == "primary")
+            #expect(backupStatus["role"] == "backup")
+            #expect(primaryStatus["replication_id"] == backupStatus["replication_id"])
+            #expect(primaryStatus["replication_offset"] == "1")
+            #expect(try await eventually { try await backupClient.stats().contains { $0.name == "replication_offset" && $0.value == "1" } })
+            _ = try await primaryClient.ping()
+            try await primaryClient.close()
+            try await backupClient.close()
+        }
+    }
+
+    @Test("a backup with no reachable primary answers writes with a clear server error and keeps serving reads")
+    func primaryUnavailable() async throws {
+        // A port nobody listens on: take one from a server and stop it.
+        let gone = try await MemcacheServer.start(configuration: pairConfiguration(role: .primary), logger: quietLogger)
+        let deadPort = gone.wirePort!
+        await gone.shutdown()
+        let backup = try await MemcacheServer.start(configuration: pairConfiguration(role: .backup, peerPort: deadPort), logger: quietLogger)
+        let client = try TestClient(port: backup.port)
+        #expect(try await client.exchange("set k 0 0 1\r\nv\r\n") == "SERVER_ERROR primary unavailable\r\n")
+        #expect(try await client.exchange("get k\r\n") == "END\r\n")
+        client.close()
+        await backup.shutdown()
+    }
+}
