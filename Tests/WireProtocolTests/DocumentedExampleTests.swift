@@ -1,0 +1,78 @@
+import Foundation
+import NIOCore
+import Testing
+import WireProtocol
+
+/// The example frames of Protocol.md section 1.6, byte for byte.
+@Suite("Protocol.md examples")
+struct DocumentedExampleTests {
+    static let pingHex = "00 00 00 10 00 10 00 00 00 00 00 07 00 00 01 a2 01 a0 1c 80"
+    static let changesHex = """
+        00 00 00 34 00 25 00 00 00 00 00 00 00 00 00 01 \
+        00 00 00 00 00 00 00 2a 01 00 00 00 01 6b 00 00 00 02 68 69 \
+        00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 07
+        """
+
+    static let ping = WireMessage.ping(timestampMillis: 1_795_323_600_000)
+    static let changes = WireMessage.changes([
+        ReplicatedChange(offset: 42, kind: .upsert, key: bb("k"), value: bb("hi"), flags: 0, deadlineMillis: 0, cas: 7),
+    ])
+
+    /// The hex dumps of the code blocks of section 1.6: on every line, the hex byte
+    /// pairs before the first run of two spaces (the rest of the line describes them).
+    static func documentedFrames() throws -> [String] {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let text = try String(contentsOf: root.appendingPathComponent("Protocol.md"), encoding: .utf8)
+        let start = try #require(text.range(of: "### 1.6 "))
+        let rest = text[start.upperBound...]
+        let section = rest[..<(rest.range(of: "\n## ")?.lowerBound ?? rest.endIndex)]
+        var frames: [String] = []
+        var current: [String]?
+        for line in section.split(separator: "\n", omittingEmptySubsequences: false) {
+            if line.hasPrefix("```") {
+                if let block = current {
+                    frames.append(block.joined(separator: " "))
+                    current = nil
+                } else {
+                    current = []
+                }
+            } else if current != nil {
+                let bytes = line.components(separatedBy: "  ")[0].trimmingCharacters(in: .whitespaces)
+                if !bytes.isEmpty { current!.append(bytes) }
+            }
+        }
+        return frames
+    }
+
+    @Test("the ping with request id 7 encodes to the documented bytes")
+    func pingBytes() throws {
+        var buffer = ByteBuffer()
+        try buffer.writeWireMessage(Self.ping, requestID: 7)
+        #expect(hex(buffer) == Self.pingHex)
+        #expect(hex(frameBytes(type: 0x0010, requestID: 7, body: encodedBody(Self.ping))) == Self.pingHex)
+
+        var decoder = WireFrameDecoder()
+        var wire = bb(bytes(hex: Self.pingHex))
+        let frame = try #require(try decoder.decode(buffer: &wire))
+        #expect(frame.requestID == 7 && frame.flags == 0 && frame.messageType == .ping)
+        #expect(try frame.message() == Self.ping)
+    }
+
+    @Test("the changes frame with one upsert encodes to the documented bytes")
+    func changesBytes() throws {
+        var buffer = ByteBuffer()
+        try buffer.writeWireMessage(Self.changes)
+        #expect(hex(buffer) == Self.changesHex)
+
+        var decoder = WireFrameDecoder()
+        var wire = bb(bytes(hex: Self.changesHex))
+        let frame = try #require(try decoder.decode(buffer: &wire))
+        #expect(try frame.message() == Self.changes)
+    }
+
+    @Test("Protocol.md section 1.6 shows exactly these bytes")
+    func documentMatches() throws {
+        let frames = try Self.documentedFrames()
+        #expect(frames == [Self.pingHex, Self.changesHex])
+    }
+}
