@@ -25,6 +25,10 @@ public enum MemcacheCommand: Sendable, Equatable {
     case stats(group: StatsGroup)
     /// A meta command (`mg`, `ms`, `md`, `ma`, `mn`, `me`).
     case meta(MetaCommand)
+    /// A `set` whose value is over the item size limit: refused (its data
+    /// block is swallowed) and, as memcached does, the key's old value is
+    /// removed, so that no client reads stale data after a failed set.
+    case refusedSet(key: ByteBuffer)
     /// A request the client got wrong; the connection stays usable.
     case invalid(MemcacheRequestError)
 }
@@ -154,7 +158,7 @@ extension MemcacheCommand {
     /// connections down when persistence falls behind).
     public var isWrite: Bool {
         switch self {
-        case .store, .delete, .arithmetic, .touch, .flushAll:
+        case .store, .delete, .arithmetic, .touch, .flushAll, .refusedSet:
             return true
         case .retrieve(let retrieval):
             return retrieval.touchExptime != nil

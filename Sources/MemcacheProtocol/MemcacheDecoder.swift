@@ -263,7 +263,7 @@ public struct MemcacheDecoder: Sendable {
         }
         guard Int(length) <= limits.maxItemSize else {
             state = .swallowing(remaining: swallow)
-            return .invalid(.tooLarge)
+            return verb == .set ? .refusedSet(key: line.slice(1)) : .invalid(.tooLarge)
         }
         let command = StorageCommand(
             verb: verb, key: line.slice(1), flags: UInt32(flags), exptime: exptime,

@@ -73,6 +73,11 @@ extension ByteBuffer {
             writeDecimal(level)
             if noreply { writeStaticString(" noreply") }
             writeStaticString("\r\n")
+        case .refusedSet(let key):
+            // The value never arrived; what reaches the primary is the removal of the old one.
+            writeStaticString("delete ")
+            writeImmutableBuffer(key)
+            writeStaticString(" noreply\r\n")
         case .stats, .quit, .invalid:
             return false
         case .meta(let meta):

@@ -49,6 +49,10 @@ struct Dispatcher {
         case .meta(let meta):
             counters.increment(.cmdMeta)
             execute(meta, into: &out)
+        case .refusedSet(let key):
+            counters.increment(.cmdSet)
+            _ = key.withUnsafeReadableBytes { store.delete($0) }
+            reply(to: .tooLarge, into: &out)
         case .invalid(let error):
             reply(to: error, into: &out)
         }

@@ -207,6 +207,8 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
             switch result {
             case .success(let reply):
                 handler.outbound.writeImmutableBuffer(reply)
+                // The primary removed the old value; the refusal itself is this node's to send.
+                if case .refusedSet = command { handler.outbound.writeServerError("object too large for cache") }
             case .failure(let error):
                 handler.logger.debug("forwarded write failed", metadata: ["error": "\(error)"])
                 handler.outbound.writeServerError("primary unavailable")

@@ -141,7 +141,7 @@ struct BadInputTests {
         try verify(
             [
                 ("set k 0 0 10\r\n0123456789\r\n", [store(.set, "k", "0123456789")]),
-                ("set k 0 0 11\r\n0123456789a\r\n" + next, [invalid(.tooLarge), nextCommand]),
+                ("set k 0 0 11\r\n0123456789a\r\n" + next, [.refusedSet(key: ByteBuffer(string: "k")), nextCommand]),
                 ("cas k 0 0 11 5 noreply\r\n0123456789a\r\n" + next, [invalid(.tooLarge), nextCommand]),
                 ("ms k 10 T0\r\n0123456789\r\n", [meta(.set, "k", "T", value: "0123456789") { $0.ttl = 0 }]),
                 ("ms k 11 T0\r\n0123456789a\r\n" + next, [invalid(.tooLarge), nextCommand]),
@@ -319,7 +319,7 @@ struct BadInputTests {
         var buffer = ByteBufferAllocator().buffer(capacity: 8192)
         let declared = 10 * 1024 * 1024
         buffer.writeString("set big 0 0 \(declared)\r\n")
-        #expect(try decoder.next(&buffer) == invalid(.tooLarge))
+        #expect(try decoder.next(&buffer) == .refusedSet(key: ByteBuffer(string: "big")))
         #expect(buffer.readableBytes == 0)
 
         let chunk = [UInt8](repeating: UInt8(ascii: "v"), count: 4096)

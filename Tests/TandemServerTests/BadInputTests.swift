@@ -74,9 +74,12 @@ import Testing
             try await client.expectReply("set k 0 0 1025\r\n\(sneaky)\r\n", tooLarge)
             try await client.expectReply("set other 0 0 100000\r\n\(filler(100_000))\r\n", tooLarge)
             try await client.expectReply("ms other 2000\r\n\(filler(2000))\r\n", tooLarge)
-            try await client.expectReply("get k\r\n", "VALUE k 0 1024\r\n\(filler(1024))\r\nEND\r\n")
-            // Growing an item past the limit by appending is refused too.
+            // As in memcached, a set refused for its size also removes the old value: no stale reads.
+            try await client.expectReply("get k\r\n", "END\r\n")
+            try await client.expectReply("set k 0 0 1024\r\n\(filler(1024))\r\n", "STORED\r\n")
+            // Growing an item past the limit by appending is refused, and leaves it as it was.
             try await client.expectReply("append k 0 0 1\r\nx\r\n", tooLarge)
+            try await client.expectReply("get k\r\n", "VALUE k 0 1024\r\n\(filler(1024))\r\nEND\r\n")
             try await client.expectReply("get other\r\n", "END\r\n")
             #expect(try await client.stats()["store_too_large"].flatMap { Int($0) } ?? 0 >= 3)
         }

@@ -227,7 +227,7 @@ def start_server(extra_args: Sequence[str], workdir: Path) -> Server:
                     "TANDEMD_BIN (or TANDEM_SERVER=memcached to validate the tests)",
                     pytrace=False,
                 )
-            args = [str(binary), "-p", "0", "--no-persistence", *extra_args]
+            args = [str(binary), "-p", "0", "--wire-port", "0", "--no-persistence", *extra_args]
             proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=workdir)
             deadline = time.monotonic() + STARTUP_TIMEOUT
             host, port = _wait_for_listening_line(proc, log_path, deadline)
