@@ -331,8 +331,8 @@ final class ReplicaConnectionHandler: ChannelInboundHandler, @unchecked Sendable
         case awaitingHelloOK
         /// `replicate` sent, waiting for `fullResync` or `partialResync`.
         case awaitingResync
-        /// Receiving a snapshot.
-        case receivingSnapshot(FullResync, items: UInt64, started: ContinuousClock.Instant)
+        /// Receiving a snapshot; progress is logged about once a second.
+        case receivingSnapshot(FullResync, items: UInt64, started: ContinuousClock.Instant, reported: ContinuousClock.Instant)
         /// Receiving the change stream.
         case streaming
     }
@@ -404,7 +404,7 @@ final class ReplicaConnectionHandler: ChannelInboundHandler, @unchecked Sendable
 
         case (.awaitingResync, .fullResync(let resync)):
             client.fullResyncStarted(resync)
-            state = .receivingSnapshot(resync, items: 0, started: .now)
+            state = .receivingSnapshot(resync, items: 0, started: .now, reported: .now)
 
         case (.awaitingResync, .partialResync(let id, let offset)):
             guard client.partialResync(replicationID: id, offset: offset) else {
@@ -413,11 +413,19 @@ final class ReplicaConnectionHandler: ChannelInboundHandler, @unchecked Sendable
             }
             state = .streaming
 
-        case (.receivingSnapshot(let resync, let items, let started), .snapshotChunk(let chunk)):
+        case (.receivingSnapshot(let resync, let items, let started, var reported), .snapshotChunk(let chunk)):
             client.applySnapshot(chunk)
-            state = .receivingSnapshot(resync, items: items + UInt64(chunk.count), started: started)
+            let received = items + UInt64(chunk.count)
+            if reported.duration(to: .now) >= .seconds(1) {
+                reported = .now
+                let percent = resync.estimatedItems > 0 ? min(100, received * 100 / resync.estimatedItems) : 100
+                client.logger.info("full resync progress", metadata: [
+                    "items": "\(received)", "of": "\(resync.estimatedItems)", "percent": "\(percent)",
+                ])
+            }
+            state = .receivingSnapshot(resync, items: received, started: started, reported: reported)
 
-        case (.receivingSnapshot(let resync, let items, let started), .snapshotEnd(let sent)):
+        case (.receivingSnapshot(let resync, let items, let started, _), .snapshotEnd(let sent)):
             guard sent == items else {
                 fail("the snapshot announced \(sent) items but \(items) arrived", context: context)
                 return

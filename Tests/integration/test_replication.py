@@ -4,6 +4,7 @@ resyncs, a primary killed with SIGKILL under load, and bad wire frames."""
 from __future__ import annotations
 
 import hashlib
+import signal
 import socket
 import struct
 import threading
@@ -266,3 +267,34 @@ def test_bad_wire_frames_close_only_that_connection(nodes, tmp_path: Path, bad):
     with node.client() as c:
         assert c.store(b"set", b"still", b"fine") == b"STORED"
     assert "closing wire connection" in node.log()
+
+
+def test_a_frozen_backup_degrades_sync_after_the_timeout_then_recovers(nodes, tmp_path: Path):
+    """SIGSTOP the backup: the next write is answered after --sync-timeout (not
+    lost, not refused), the primary runs degraded and stops waiting; the dead
+    link is noticed within --link-timeout. After SIGCONT the backup reconnects,
+    catches up, and writes wait for it again."""
+    primary, backup = start_pair(nodes, tmp_path, primary_args=("--sync-timeout", "300", "--link-timeout", "1500"),
+                                 backup_args=("--link-timeout", "1500"))
+    backup.proc.send_signal(signal.SIGSTOP)
+    try:
+        with primary.client() as c:
+            started = time.monotonic()
+            assert c.store(b"set", b"during-freeze", b"1") == b"STORED"
+            first = time.monotonic() - started
+            assert 0.25 <= first < 1.5, f"the first write took {first:.3f}s; expected about the 300 ms sync timeout"
+            stats = primary.stats()
+            assert stats["replication_state"] == "degraded_async" and int(stats["sync_timeouts"]) >= 1
+            started = time.monotonic()
+            for i in range(20):
+                assert c.store(b"set", b"degraded%d" % i, b"x") == b"STORED"
+            assert time.monotonic() - started < 1.0, "degraded writes must not wait for the frozen backup"
+        poll_until(lambda: primary.stats()["link_state"] == "down", 5, what="the primary to notice the dead link")
+    finally:
+        backup.proc.send_signal(signal.SIGCONT)
+    wait_in_sync(primary, backup)
+    assert primary.stats()["replication_state"] == "sync"
+    with backup.client() as b:
+        assert len(b.get(b"during-freeze", *[b"degraded%d" % i for i in range(20)])) == 21
+    assert "answering writes without waiting" in primary.log()
+    assert "writes wait for its acknowledgement again" in primary.log()
