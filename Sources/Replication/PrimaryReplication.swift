@@ -68,8 +68,12 @@ public final class PrimaryReplication: Sendable {
     /// and, in sync mode, returns a future to hold the replies on until the
     /// backup acknowledged them (or the sync timeout passed). nil: answer now.
     public func afterWrites(on eventLoop: any EventLoop) -> EventLoopFuture<Void>? {
+        let state = shared.withLock { $0.state }
+        // With no backup, the node's periodic pump keeps the backlog fed; a
+        // connected backup gets the writes at once.
+        guard state != .noBackup else { return nil }
         feed.pump()
-        guard configuration.mode == .sync, shared.withLock({ $0.state }) == .sync else { return nil }
+        guard configuration.mode == .sync, state == .sync else { return nil }
         let target = store.lastSequence
         guard target > acknowledgements.reached else { return nil }
         return acknowledgements.wait(for: target, on: eventLoop, timeout: configuration.syncTimeout)
