@@ -63,6 +63,9 @@ public final class ReplicaSession: @unchecked Sendable {
             logger.info("partial resync", metadata: ["from_offset": "\(next)", "to_offset": "\(primary.offset)"])
             send(.partialResync(replicationID: primary.replicationID, offset: request.offset))
             state = .streaming(next: next)
+            // The backup's request states what it has applied: that is an
+            // acknowledgement, and may be all it needs (nothing new to send).
+            primary.acknowledged(request.offset)
             pushPending()
             return
         }

@@ -269,6 +269,12 @@ def test_bad_wire_frames_close_only_that_connection(nodes, tmp_path: Path, bad):
     assert "closing wire connection" in node.log()
 
 
+def process_state(pid: int) -> str:
+    """The state letter of /proc/PID/stat (T: stopped)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0]
+
+
 def test_a_frozen_backup_degrades_sync_after_the_timeout_then_recovers(nodes, tmp_path: Path):
     """SIGSTOP the backup: the next write is answered after --sync-timeout (not
     lost, not refused), the primary runs degraded and stops waiting; the dead
@@ -277,12 +283,13 @@ def test_a_frozen_backup_degrades_sync_after_the_timeout_then_recovers(nodes, tm
     primary, backup = start_pair(nodes, tmp_path, primary_args=("--sync-timeout", "300", "--link-timeout", "1500"),
                                  backup_args=("--link-timeout", "1500"))
     backup.proc.send_signal(signal.SIGSTOP)
+    poll_until(lambda: process_state(backup.proc.pid) == "T", 5, interval=0.005, what="the backup to stop")
     try:
         with primary.client() as c:
             started = time.monotonic()
             assert c.store(b"set", b"during-freeze", b"1") == b"STORED"
             first = time.monotonic() - started
-            assert 0.25 <= first < 1.5, f"the first write took {first:.3f}s; expected about the 300 ms sync timeout"
+            assert 0.25 <= first < 1.5, f"the first write took {first:.3f}s; expected about the 300 ms sync timeout; primary: {primary.stats()}"
             stats = primary.stats()
             assert stats["replication_state"] == "degraded_async" and int(stats["sync_timeouts"]) >= 1
             started = time.monotonic()
