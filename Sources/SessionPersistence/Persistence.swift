@@ -14,12 +14,21 @@ public struct PersistenceConfiguration: Sendable {
     /// Past this many changes waiting for the writer, connections that write
     /// are paused until it catches up (backpressure instead of unbounded memory).
     public var maxPendingChanges: Int
+    /// When the oldest uncommitted change is older than this, connections that
+    /// write are paused until the writer catches up: under a write load SQLite
+    /// cannot keep up with, this (not the flush interval) bounds what a
+    /// `kill -9` can lose. Storage failures are exempt: the node keeps serving.
+    public var maxLagMillis: Int
     /// The writer commits early once this many changes are waiting.
     public var earlyFlushThreshold: Int
 
-    public init(dataDirectory: String, flushIntervalMillis: Int = 50, maxPendingChanges: Int = 200_000, earlyFlushThreshold: Int = 20_000) {
+    public init(
+        dataDirectory: String, flushIntervalMillis: Int = 50, maxPendingChanges: Int = 200_000, earlyFlushThreshold: Int = 20_000,
+        maxLagMillis: Int? = nil
+    ) {
         self.dataDirectory = dataDirectory
         self.flushIntervalMillis = flushIntervalMillis
+        self.maxLagMillis = maxLagMillis ?? max(4 * flushIntervalMillis, 100)
         self.maxPendingChanges = maxPendingChanges
         self.earlyFlushThreshold = earlyFlushThreshold
     }
@@ -168,9 +177,15 @@ public final class Persistence: Sendable {
         writer.wake()
     }
 
-    /// Whether so many changes wait for the writer that writing connections should pause.
+    /// Whether writing connections should pause: the oldest uncommitted
+    /// change is older than the lag bound, or too many changes wait. Never
+    /// while storage is failing: then the node serves from memory.
     public var isBackedUp: Bool {
-        writer.source.pendingChanges > configuration.maxPendingChanges
+        guard !writer.failing.load(ordering: .relaxed) else { return false }
+        let pending = writer.source.pendingChanges
+        guard pending > 0 else { return false }
+        if pending > configuration.maxPendingChanges { return true }
+        return store.now() - writer.lastCommittedTake.load(ordering: .relaxed) > Int64(configuration.maxLagMillis)
     }
 
     /// Whether enough changes wait that the writer should commit early.
@@ -212,6 +227,11 @@ final class Writer: @unchecked Sendable {
     private let finished = DispatchSemaphore(value: 0)
     private let stopping = Atomic<Bool>(false)
     private let started = Atomic<Bool>(false)
+    /// When the batch of the last successful commit was taken (ms since the epoch):
+    /// every change older than that is on disk.
+    let lastCommittedTake: Atomic<Int64>
+    /// Whether the last commit attempt failed (storage fault): no backpressure then.
+    let failing = Atomic<Bool>(false)
 
     /// The newest change per key not yet committed.
     private var carry: [[UInt8]: Change] = [:]
@@ -242,6 +262,7 @@ final class Writer: @unchecked Sendable {
         initial.statistics.recovery = recovery
         initial.lastSuccessfulTake = store.now()
         self.shared = Mutex(initial)
+        self.lastCommittedTake = Atomic(initial.lastSuccessfulTake)
     }
 
     func start() {
@@ -322,6 +343,7 @@ final class Writer: @unchecked Sendable {
         if !meta.isEmpty && meta != lastWrittenMeta { metaDirty = true }
         guard !carry.isEmpty || flushPending || needsRewrite || metaDirty else {
             shared.withLock { $0.lastSuccessfulTake = takenAt }
+            lastCommittedTake.store(takenAt, ordering: .relaxed)
             return true
         }
         let batch = carry.count
@@ -370,6 +392,8 @@ final class Writer: @unchecked Sendable {
             $0.uncommitted = 0
             $0.lastSuccessfulTake = takenAt
         }
+        lastCommittedTake.store(takenAt, ordering: .relaxed)
+        failing.store(false, ordering: .relaxed)
         return true
     }
 
@@ -428,6 +452,7 @@ final class Writer: @unchecked Sendable {
             $0.statistics.errors += 1
             $0.statistics.lastError = message
         }
+        failing.store(true, ordering: .relaxed)
         let now = ContinuousClock.now
         if failingSince == nil { failingSince = now }
         if lastErrorLog.map({ now - $0 >= Self.errorLogInterval }) ?? true {
