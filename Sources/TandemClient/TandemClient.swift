@@ -8,8 +8,9 @@ import WireProtocol
 ///
 /// ```swift
 /// let client = try await TandemClient.connect(host: "127.0.0.1", port: 11311)
-/// let status = try await client.status()
-/// print(status["role"] ?? "?")
+/// for (name, value) in try await client.status() {
+///     print(name, value)
+/// }
 /// try await client.close()
 /// ```
 public final class TandemClient: Sendable {

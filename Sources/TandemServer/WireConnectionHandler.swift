@@ -54,6 +54,7 @@ final class WireConnectionHandler: ChannelInboundHandler {
                 return
             }
             let version = min(hello.maximumVersion, WireVersion.maximum)
+            // Nodes are not promoted or demoted yet, so every node is in epoch 0.
             send(.helloOK(HelloOK(
                 version: version, nodeName: node.nodeName, nodeRole: node.role, epoch: 0,
                 authentication: .none, nonce: []
