@@ -39,6 +39,10 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
     private static let inboundCompactThreshold = 64 * 1024
 
     private var decoder: MemcacheDecoder
+    /// Set once the first byte of the connection was the binary protocol's magic (0x80).
+    private var binaryDecoder: BinaryDecoder?
+    /// Whether the connection's protocol (text or binary) has been decided.
+    private var protocolDecided = false
     private let dispatcher: Dispatcher
     private let counters: CommandCounters
     private let logger: Logger
@@ -128,7 +132,17 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
         }
         let replica = dispatcher.context.replica
         let holdsReplies = dispatcher.context.primary != nil
+        if !protocolDecided, let first = inbound!.getInteger(at: inbound!.readerIndex, as: UInt8.self) {
+            // memcached tells the protocols apart by the first byte, on the same port.
+            protocolDecided = true
+            if first == BinaryDecoder.requestMagic { binaryDecoder = BinaryDecoder(limits: decoder.limits) }
+        }
         while true {
+            if binaryDecoder != nil {
+                let step = processBinary(context: context, wrote: &wrote, holdsReplies: holdsReplies)
+                guard step else { return }
+                break
+            }
             let command: MemcacheCommand?
             do {
                 command = try decoder.next(&inbound!)
@@ -174,6 +188,47 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
         }
     }
 
+    /// The binary protocol's loop: the same shape as the text loop. Returns
+    /// false when the connection is closing (nothing more to do here).
+    private func processBinary(context: ChannelHandlerContext, wrote: inout Bool, holdsReplies: Bool) -> Bool {
+        let replica = dispatcher.context.replica
+        while true {
+            let command: BinaryCommand?
+            do {
+                command = try binaryDecoder!.next(&inbound!)
+            } catch {
+                logger.debug("closing connection", metadata: ["reason": "\(error)", "peer": "\(context.remoteAddress.map { "\($0)" } ?? "?")"])
+                closeAfterReplies(context: context)
+                return false
+            }
+            guard let command else { return true }
+            if command.isWrite {
+                if let replica, case .request(let request) = command {
+                    var raw = context.channel.allocator.buffer(capacity: 256)
+                    raw.writeBinaryRequest(request)
+                    forward(raw: raw, refusedSet: false, to: replica, context: context)
+                    if case .waitingForPrimary = state { return true }
+                    continue
+                }
+                wrote = true
+            }
+            if case .close = dispatcher.execute(command, into: &outbound) {
+                closeAfterReplies(context: context)
+                return false
+            }
+            if outbound.readableBytes >= Self.outboundWriteThreshold {
+                if wrote && holdsReplies { return true }
+                writeOutbound(context: context)
+                if !context.channel.isWritable {
+                    state = .paused
+                    context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
+                    flushOutbound(context: context)
+                    guard case .open = state else { return true }
+                }
+            }
+        }
+    }
+
     // MARK: The pair
 
     /// On a primary in sync mode: holds this burst's replies until the backup
@@ -197,6 +252,12 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
     private func forward(_ command: MemcacheCommand, to replica: ReplicaClient, context: ChannelHandlerContext) {
         var request = context.channel.allocator.buffer(capacity: 256)
         request.writeMemcacheRequest(command)
+        var refusedSet = false
+        if case .refusedSet = command { refusedSet = true }
+        forward(raw: request, refusedSet: refusedSet, to: replica, context: context)
+    }
+
+    private func forward(raw request: ByteBuffer, refusedSet: Bool, to replica: ReplicaClient, context: ChannelHandlerContext) {
         dispatcher.context.countForwardedWrite()
         state = .waitingForPrimary
         context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
@@ -208,10 +269,16 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
             case .success(let reply):
                 handler.outbound.writeImmutableBuffer(reply)
                 // The primary removed the old value; the refusal itself is this node's to send.
-                if case .refusedSet = command { handler.outbound.writeServerError("object too large for cache") }
+                if refusedSet { handler.outbound.writeServerError("object too large for cache") }
             case .failure(let error):
                 handler.logger.debug("forwarded write failed", metadata: ["error": "\(error)"])
-                handler.outbound.writeServerError("primary unavailable")
+                if handler.binaryDecoder != nil, request.readableBytes >= BinaryDecoder.headerSize {
+                    let opcode = request.getInteger(at: request.readerIndex + 1, as: UInt8.self)!
+                    let opaque = request.getInteger(at: request.readerIndex + 12, as: UInt32.self)!
+                    handler.outbound.writeBinaryError(opcode: opcode, status: .temporaryFailure, opaque: opaque)
+                } else {
+                    handler.outbound.writeServerError("primary unavailable")
+                }
             }
             handler.resume(context: context)
         }

@@ -103,14 +103,22 @@ final class WireConnectionHandler: ChannelInboundHandler {
     /// Runs a memcached request the backup received, as if a client had sent it here.
     private func runForwarded(_ request: ByteBuffer, requestID: UInt32, context: ChannelHandlerContext) {
         var input = request
-        var decoder = MemcacheDecoder(limits: node.decoderLimits)
         let dispatcher = node.dispatcher(on: context.eventLoop)
         var reply = context.channel.allocator.buffer(capacity: 256)
         var wrote = false
         do {
-            while let command = try decoder.next(&input) {
-                if command.isWrite { wrote = true }
-                _ = dispatcher.execute(command, into: &reply)
+            if input.getInteger(at: input.readerIndex, as: UInt8.self) == BinaryDecoder.requestMagic {
+                var decoder = BinaryDecoder(limits: node.decoderLimits)
+                while let command = try decoder.next(&input) {
+                    if command.isWrite { wrote = true }
+                    _ = dispatcher.execute(command, into: &reply)
+                }
+            } else {
+                var decoder = MemcacheDecoder(limits: node.decoderLimits)
+                while let command = try decoder.next(&input) {
+                    if command.isWrite { wrote = true }
+                    _ = dispatcher.execute(command, into: &reply)
+                }
             }
         } catch {
             reject(.malformed, "forwarded request: \(error)", requestID: requestID, context: context)

@@ -1,18 +1,21 @@
-"""libmemcached's protocol conformance tool, memccapable, in ASCII mode."""
+"""libmemcached's protocol conformance tool, memccapable, in ASCII and binary mode."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
 
-#: memccapable -a (libmemcached-tools 1.1.4) runs these 27 ASCII tests.
+import pytest
+
+#: memccapable -a and -b (libmemcached-tools 1.1.4) each run 27 tests.
 EXPECTED_PASSES = 27
 
 
-def test_memccapable_ascii(server):
+@pytest.mark.parametrize("mode", ["-a", "-b"], ids=["ascii", "binary"])
+def test_memccapable(server, mode):
     tool = shutil.which("memccapable")
     assert tool, "memccapable not found: install libmemcached-tools (scripts/test does)"
-    cmd = [tool, "-h", server.host, "-p", str(server.port), "-a"]
+    cmd = [tool, "-h", server.host, "-p", str(server.port), mode]
     try:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
     except subprocess.TimeoutExpired as exc:

@@ -306,3 +306,37 @@ def test_a_frozen_backup_degrades_sync_after_the_timeout_then_recovers(nodes, tm
         assert len(b.get(b"during-freeze", *[b"degraded%d" % i for i in range(20)])) == 21
     assert "answering writes without waiting" in primary.log()
     assert "writes wait for its acknowledgement again" in primary.log()
+
+
+def binary_request(opcode: int, key: bytes = b"", extras: bytes = b"", value: bytes = b"", opaque: int = 0) -> bytes:
+    return struct.pack(">BBHBBHIIQ", 0x80, opcode, len(key), len(extras), 0, 0,
+                       len(extras) + len(key) + len(value), opaque, 0) + extras + key + value
+
+
+def binary_response(sock: socket.socket) -> Tuple[int, int, int, bytes]:
+    """(opcode, status, opaque, value) of one binary response."""
+    header = b""
+    while len(header) < 24:
+        chunk = sock.recv(24 - len(header))
+        assert chunk, "connection closed"
+        header += chunk
+    _magic, opcode, key_len, extras_len, _dt, status, body_len, opaque, _cas = struct.unpack(">BBHBBHIIQ", header)
+    body = b""
+    while len(body) < body_len:
+        body += sock.recv(body_len - len(body))
+    return opcode, status, opaque, body[extras_len + key_len:]
+
+
+def test_binary_writes_through_the_backup_land_on_the_primary(nodes, tmp_path: Path):
+    primary, backup = start_pair(nodes, tmp_path)
+    sock = socket.create_connection(("127.0.0.1", backup.port), timeout=10)
+    sock.sendall(binary_request(0x01, b"bin-key", struct.pack(">II", 7, 600), b"binary value", opaque=41))  # SET
+    assert binary_response(sock)[:3] == (0x01, 0, 41)
+    sock.sendall(binary_request(0x00, b"bin-key", opaque=42))  # GET on the backup: its own write
+    assert binary_response(sock) == (0x00, 0, 42, b"binary value")
+    sock.sendall(binary_request(0x02, b"bin-key", struct.pack(">II", 0, 5), b"x", opaque=43))  # ADD on a live key
+    assert binary_response(sock)[:3] == (0x02, 0x0002, 43)  # exists
+    sock.close()
+    with primary.client() as p:
+        got = p.get(b"bin-key")[b"bin-key"]
+        assert got.data == b"binary value" and got.flags == 7

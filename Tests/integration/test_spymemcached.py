@@ -36,8 +36,10 @@ def run_spycheck(classes: Path, server, mode: str) -> subprocess.CompletedProces
         raise AssertionError(f"SpyCheck timed out; stdout so far:\n{exc.stdout!r}\nstderr:\n{exc.stderr!r}") from None
 
 
-def test_spymemcached_text_protocol(spycheck_classes, server):
-    proc = run_spycheck(spycheck_classes, server, "text")
+@pytest.mark.parametrize("mode", ["text", "binary"])
+def test_spymemcached(spycheck_classes, server, mode):
+    """As msm configures it: the default (text) or the binary connection factory."""
+    proc = run_spycheck(spycheck_classes, server, mode)
     out = proc.stdout.decode(errors="replace")
     report = (f"exit code {proc.returncode}\n--- stdout ---\n{out}\n"
               f"--- stderr (tail) ---\n{proc.stderr.decode(errors='replace')[-4000:]}")
