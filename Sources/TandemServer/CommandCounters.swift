@@ -6,6 +6,7 @@ enum Counter: Int, CaseIterable, Sendable {
     case getHits, getMisses, deleteMisses, deleteHits, incrMisses, incrHits, decrMisses, decrHits
     case casMisses, casHits, casBadval, touchHits, touchMisses
     case storeTooLarge, storeNoMemory, protocolErrors, bytesRead, bytesWritten
+    case authCommands, authErrors
 
     var statName: String {
         switch self {
@@ -32,6 +33,8 @@ enum Counter: Int, CaseIterable, Sendable {
         case .protocolErrors: return "protocol_errors"
         case .bytesRead: return "bytes_read"
         case .bytesWritten: return "bytes_written"
+        case .authCommands: return "auth_cmds"
+        case .authErrors: return "auth_errors"
         }
     }
 }

@@ -4,6 +4,37 @@ import SessionStore
 
 /// The memcached binary protocol, over the same store and counters as text.
 extension Dispatcher {
+    /// SASL for a connection: PLAIN against `--sasl-users`. Returns nil when
+    /// `command` is not for SASL and may go on (already authenticated, or SASL is off).
+    func authenticate(_ command: BinaryCommand, authenticated: inout Bool, into out: inout ByteBuffer) -> Disposition? {
+        guard let users = context.configuration.saslUsers, case .request(let request) = command else { return nil }
+        let code = request.opcode.rawValue
+        switch request.opcode {
+        case .saslListMechs:
+            StaticString("PLAIN").withUTF8Buffer {
+                out.writeBinaryResponse(opcode: code, status: .noError, opaque: request.opaque, value: UnsafeRawBufferPointer($0))
+            }
+        case .saslAuth, .saslStep:
+            let mechanism = String(decoding: request.key.readableBytesView, as: UTF8.self)
+            if request.opcode == .saslAuth, mechanism == "PLAIN", users.authenticatePlain(Array(request.value.readableBytesView)) {
+                authenticated = true
+                StaticString("Authenticated").withUTF8Buffer {
+                    out.writeBinaryResponse(opcode: code, status: .noError, opaque: request.opaque, value: UnsafeRawBufferPointer($0))
+                }
+            } else {
+                authenticated = false
+                counters.increment(.authErrors)
+                out.writeBinaryError(opcode: code, status: .authError, opaque: request.opaque)
+            }
+            counters.increment(.authCommands)
+        default:
+            guard !authenticated else { return nil }
+            counters.increment(.authErrors)
+            out.writeBinaryError(opcode: code, status: .authError, opaque: request.opaque)
+        }
+        return .proceed
+    }
+
     func execute(_ command: BinaryCommand, into out: inout ByteBuffer) -> Disposition {
         switch command {
         case .refused(let opcode, let opaque, let status, let key):
@@ -204,7 +235,7 @@ extension Dispatcher {
             out.writeBinaryResponse(opcode: code, status: .noError, opaque: request.opaque)
 
         case .saslListMechs, .saslAuth, .saslStep:
-            // Without --sasl-users there is nothing to authenticate against.
+            // Handled by the connection, which holds the authentication state.
             out.writeBinaryError(opcode: code, status: .unknownCommand, opaque: request.opaque)
         }
         return .proceed

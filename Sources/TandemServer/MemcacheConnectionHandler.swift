@@ -43,6 +43,8 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
     private var binaryDecoder: BinaryDecoder?
     /// Whether the connection's protocol (text or binary) has been decided.
     private var protocolDecided = false
+    /// With SASL on: whether this connection has authenticated.
+    private var authenticated = false
     private let dispatcher: Dispatcher
     private let counters: CommandCounters
     private let logger: Logger
@@ -135,7 +137,14 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
         if !protocolDecided, let first = inbound!.getInteger(at: inbound!.readerIndex, as: UInt8.self) {
             // memcached tells the protocols apart by the first byte, on the same port.
             protocolDecided = true
-            if first == BinaryDecoder.requestMagic { binaryDecoder = BinaryDecoder(limits: decoder.limits) }
+            if first == BinaryDecoder.requestMagic {
+                binaryDecoder = BinaryDecoder(limits: decoder.limits)
+            } else if dispatcher.context.configuration.saslUsers != nil {
+                // With SASL, the text protocol (which cannot authenticate) is refused, as memcached does.
+                outbound.writeClientError("unauthenticated: this server requires SASL over the binary protocol")
+                closeAfterReplies(context: context)
+                return
+            }
         }
         while true {
             if binaryDecoder != nil {
@@ -202,6 +211,7 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
                 return false
             }
             guard let command else { return true }
+            if case .proceed? = dispatcher.authenticate(command, authenticated: &authenticated, into: &outbound) { continue }
             if command.isWrite {
                 if let replica, case .request(let request) = command {
                     var raw = context.channel.allocator.buffer(capacity: 256)

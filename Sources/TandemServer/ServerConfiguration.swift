@@ -25,6 +25,9 @@ public struct ServerConfiguration: Sendable {
     public var persistence: PersistenceConfiguration?
     /// The wire listener and the pair; nil runs a standalone node without a wire port.
     public var pair: PairConfiguration?
+    /// With users, memcached clients must authenticate with SASL PLAIN over the
+    /// binary protocol, and text-protocol connections are refused.
+    public var saslUsers: SASLUsers?
 
     public init(
         host: String = "127.0.0.1", port: Int = 11211, threads: Int = System.coreCount,

@@ -1,3 +1,4 @@
+import Foundation
 import ArgumentParser
 import Logging
 import NIOCore
@@ -82,6 +83,9 @@ struct Tandemd: AsyncParsableCommand {
     @Option(name: .customLong("node-name"), help: "This node's name in logs and status (default: its memcached address).")
     var nodeName: String = ""
 
+    @Option(name: .customLong("sasl-users"), help: "Require SASL PLAIN (binary protocol) with the user:password lines of FILE; text connections are then refused. Keep the file chmod 600.")
+    var saslUsers: String?
+
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be between 0 and 65535, got \(port)") }
         guard memoryLimit > 0 else { throw ValidationError("--memory-limit must be at least 1 (megabytes)") }
@@ -122,7 +126,21 @@ struct Tandemd: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "tandemd")
-        let configuration = ServerConfiguration(
+        var users: SASLUsers?
+        if let saslUsers {
+            do {
+                users = try SASLUsers.load(path: saslUsers)
+            } catch {
+                logger.critical("cannot start: \(error)")
+                throw ExitCode(2)
+            }
+            if let attributes = try? FileManager.default.attributesOfItem(atPath: saslUsers),
+                let mode = attributes[.posixPermissions] as? Int, mode & 0o077 != 0
+            {
+                logger.warning("the SASL users file is readable by other users; chmod 600 it", metadata: ["file": "\(saslUsers)"])
+            }
+        }
+        var configuration = ServerConfiguration(
             host: listen, port: port, threads: threads, maxConnections: maxConnections,
             store: StoreConfiguration(
                 memoryLimit: memoryLimit << 20, evictionsEnabled: !disableEvictions, maxItemSize: maxItemSize.bytes
@@ -138,6 +156,7 @@ struct Tandemd: AsyncParsableCommand {
                 )
             )
         )
+        configuration.saslUsers = users
         let group = ServiceGroup(
             services: [TandemService(configuration: configuration, logger: logger)],
             gracefulShutdownSignals: [.sigterm, .sigint],

@@ -15,6 +15,9 @@ import net.spy.memcached.BinaryConnectionFactory;
 import net.spy.memcached.CASResponse;
 import net.spy.memcached.CASValue;
 import net.spy.memcached.ConnectionFactory;
+import net.spy.memcached.ConnectionFactoryBuilder;
+import net.spy.memcached.auth.AuthDescriptor;
+import net.spy.memcached.auth.PlainCallbackHandler;
 import net.spy.memcached.ConnectionObserver;
 import net.spy.memcached.DefaultConnectionFactory;
 import net.spy.memcached.MemcachedClient;
@@ -24,7 +27,8 @@ import net.spy.memcached.MemcachedClient;
  * memcached-session-manager (msm) uses, doing the operations msm does plus the
  * rest of the common API.
  *
- * Usage: java -cp spymemcached.jar:. SpyCheck HOST PORT [text|binary]
+ * Usage: java -cp spymemcached.jar:. SpyCheck HOST PORT [text|binary [USER PASSWORD]]
+ * (with USER and PASSWORD: the binary protocol authenticated with SASL PLAIN, as msm does)
  *
  * Prints one line per check, "PASS name" or "FAIL name: why", then
  * "SUMMARY passed/total". Exit code 0 only if every check passed.
@@ -213,13 +217,18 @@ public final class SpyCheck {
     }
 
     public static void main(String[] args) throws Exception {
-        if (args.length < 2 || args.length > 3) {
-            System.err.println("usage: SpyCheck HOST PORT [text|binary]");
+        if (args.length < 2 || args.length > 5 || args.length == 4) {
+            System.err.println("usage: SpyCheck HOST PORT [text|binary [USER PASSWORD]]");
             System.exit(2);
         }
-        String mode = args.length == 3 ? args[2] : "text";
+        String mode = args.length >= 3 ? args[2] : "text";
         ConnectionFactory factory;
-        if (mode.equals("text")) {
+        if (args.length == 5 && mode.equals("binary")) {
+            factory = new ConnectionFactoryBuilder()
+                .setProtocol(ConnectionFactoryBuilder.Protocol.BINARY)
+                .setAuthDescriptor(new AuthDescriptor(new String[] {"PLAIN"}, new PlainCallbackHandler(args[3], args[4])))
+                .build();
+        } else if (mode.equals("text")) {
             factory = new DefaultConnectionFactory();
         } else if (mode.equals("binary")) {
             factory = new BinaryConnectionFactory();
