@@ -41,8 +41,11 @@ extension Dispatcher {
             counters.increment(.protocolErrors)
             if status == .valueTooLarge {
                 counters.increment(.storeTooLarge)
-                // As for text: a set refused for its size removes the old value.
-                if opcode == BinaryOpcode.set.rawValue || opcode == BinaryOpcode.setQ.rawValue, key.readableBytes > 0 {
+                // As for text: a set refused for its size removes the old value. Not on
+                // a backup, whose items change only through the primary's stream.
+                if opcode == BinaryOpcode.set.rawValue || opcode == BinaryOpcode.setQ.rawValue, key.readableBytes > 0,
+                    context.replica == nil
+                {
                     _ = key.withUnsafeReadableBytes { store.delete($0) }
                 }
             }
