@@ -6,6 +6,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "tandemd", targets: ["tandemd"]),
+        .executable(name: "tandemctl", targets: ["tandemctl"]),
         .library(name: "SessionStore", targets: ["SessionStore"]),
         .library(name: "MemcacheProtocol", targets: ["MemcacheProtocol"]),
         .library(name: "SessionPersistence", targets: ["SessionPersistence"]),
@@ -103,6 +104,15 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+
+        // The admin CLI: talks to a node over the wire protocol through TandemClient.
+        .executableTarget(
+            name: "tandemctl",
+            dependencies: [
+                "TandemClient",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
 

@@ -1,0 +1,193 @@
+import ArgumentParser
+import Foundation
+import TandemClient
+
+/// `tandemctl`: inspects and operates a Tandem node over its wire port.
+@main
+struct Tandemctl: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tandemctl",
+        abstract: "Inspect and operate a Tandem node over its wire port.",
+        discussion: """
+            Exit codes: 0 ok, 1 usage error, 3 node unreachable, 4 authentication refused,
+            5 the node answered with an error, 6 the pair is not healthy (status).
+
+            Examples:
+              tandemctl status
+              tandemctl status --host 10.0.0.2 --port 11311 --json
+              TANDEM_HOST=127.0.0.1 TANDEM_PORT=11312 tandemctl stats
+            """,
+        subcommands: [Status.self, Stats.self, Ping.self]
+    )
+}
+
+/// Where the node is; flags override the environment.
+struct NodeOptions: ParsableArguments {
+    @Option(help: "The node's wire address (env TANDEM_HOST).")
+    var host: String = ProcessInfo.processInfo.environment["TANDEM_HOST"] ?? "127.0.0.1"
+
+    @Option(help: "The node's wire port (env TANDEM_PORT).")
+    var port: Int = ProcessInfo.processInfo.environment["TANDEM_PORT"].flatMap(Int.init) ?? 11311
+
+    @Flag(help: "Print JSON instead of a table.")
+    var json = false
+
+    func connect() async throws -> TandemClient {
+        do {
+            return try await TandemClient.connect(host: host, port: port, name: "tandemctl", timeout: .seconds(3))
+        } catch let error as TandemClientError {
+            throw Failure(error)
+        }
+    }
+}
+
+/// A failure with its exit code and a one-line message that says what to do.
+struct Failure: Error, CustomStringConvertible {
+    let code: Int32
+    let message: String
+
+    init(code: Int32, message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    init(_ error: TandemClientError) {
+        switch error {
+        case .unreachable(let host, let port, _):
+            self.init(code: 3, message: "cannot reach a Tandem node at \(host):\(port); is tandemd running, and is that its --wire-port?")
+        case .authenticationRequired:
+            self.init(code: 4, message: "the node requires authentication; give its shared secret")
+        case .timedOut, .connectionClosed:
+            self.init(code: 3, message: "the node stopped answering: \(error)")
+        case .server, .unexpectedReply:
+            self.init(code: 5, message: "\(error)")
+        }
+    }
+
+    var description: String { message }
+}
+
+extension AsyncParsableCommand {
+    /// Runs `body`, turning failures into a one-line message on stderr and their exit code.
+    func reporting(_ body: () async throws -> Void) async throws {
+        do {
+            try await body()
+        } catch let failure as Failure {
+            FileHandle.standardError.write(Data("tandemctl: \(failure.message)\n".utf8))
+            throw ExitCode(failure.code)
+        } catch let error as TandemClientError {
+            let failure = Failure(error)
+            FileHandle.standardError.write(Data("tandemctl: \(failure.message)\n".utf8))
+            throw ExitCode(failure.code)
+        }
+    }
+}
+
+/// Prints name/value pairs as an aligned table or a JSON object.
+func printProperties(_ properties: [(name: String, value: String)], json: Bool) throws {
+    if json {
+        var object: [String: String] = [:]
+        for property in properties { object[property.name] = property.value }
+        let data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
+        print(String(decoding: data, as: UTF8.self))
+        return
+    }
+    let width = properties.map(\.name.count).max() ?? 0
+    for property in properties {
+        print(property.name.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + property.value)
+    }
+}
+
+struct Status: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Role, replication position, peer and lag, persistence, items, memory, connections, uptime.",
+        discussion: """
+            The first line is a verdict: healthy (the pair replicates in sync, or the backup \
+            follows the primary), degraded (no backup, async after a timeout, a backup \
+            resyncing or down, storage errors). Exit code 6 unless healthy.
+
+            Example: tandemctl status --json | jq .verdict
+            """
+    )
+
+    @OptionGroup var node: NodeOptions
+
+    /// What `status` shows, in this order.
+    static let fields = [
+        "role", "replication_state", "replication_mode", "link_state", "replication_id", "replication_offset",
+        "peer", "peer_name", "peer_offset", "peer_lag_changes", "peer_lag_ms", "peer_last_contact_ms",
+        "full_resyncs", "partial_resyncs", "sync_timeouts", "forwarded_writes",
+        "persistence", "persistence_pending", "persistence_lag_ms", "persistence_errors", "persistence_last_error",
+        "curr_items", "bytes", "limit_maxbytes", "curr_connections", "uptime", "version",
+    ]
+
+    func run() async throws {
+        try await reporting {
+            let client = try await node.connect()
+            defer { Task { try? await client.close() } }
+            let all = try await client.status()
+            let values = Dictionary(all.map { ($0.name, $0.value) }, uniquingKeysWith: { first, _ in first })
+            let (verdict, reason) = Self.verdict(values)
+            var shown: [(name: String, value: String)] = [("verdict", verdict), ("reason", reason)]
+            for field in Self.fields { if let value = values[field] { shown.append((field, value)) } }
+            try printProperties(shown, json: node.json)
+            if verdict != "healthy" { throw ExitCode(6) }
+        }
+    }
+
+    static func verdict(_ values: [String: String]) -> (String, String) {
+        if let errors = values["persistence_errors"], errors != "0", values["persistence_pending"] != "0" {
+            return ("degraded", "storage is failing; serving from memory (\(values["persistence_last_error"] ?? "?"))")
+        }
+        switch (values["role"], values["replication_state"], values["link_state"]) {
+        case ("primary", "sync", _): return ("healthy", "the backup acknowledges every write")
+        case ("primary", "async", "up"): return ("healthy", "the backup follows asynchronously")
+        case ("primary", "async_no_backup", _): return ("degraded", "no backup is connected")
+        case ("primary", "degraded_async", _): return ("degraded", "the backup fell behind; writes do not wait for it")
+        case ("primary", "resyncing", _): return ("degraded", "the backup is resynchronising")
+        case ("backup", _, "streaming"): return ("healthy", "following the primary")
+        case ("backup", _, let link): return ("degraded", "link to the primary is \(link ?? "unknown")")
+        default: return ("degraded", "a standalone node: nothing replicates it")
+        }
+    }
+}
+
+struct Stats: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Every counter the node keeps.",
+        discussion: "Example: tandemctl stats --json | jq '.get_hits'"
+    )
+
+    @OptionGroup var node: NodeOptions
+
+    func run() async throws {
+        try await reporting {
+            let client = try await node.connect()
+            defer { Task { try? await client.close() } }
+            try printProperties(try await client.stats(), json: node.json)
+        }
+    }
+}
+
+struct Ping: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Round-trip time to the node.",
+        discussion: "Example: tandemctl ping --port 11312"
+    )
+
+    @OptionGroup var node: NodeOptions
+
+    func run() async throws {
+        try await reporting {
+            let client = try await node.connect()
+            defer { Task { try? await client.close() } }
+            let elapsed = try await client.ping()
+            let micros = elapsed.components.seconds * 1_000_000 + elapsed.components.attoseconds / 1_000_000_000_000
+            if node.json {
+                print("{\"role\": \"\(client.server.nodeRole)\", \"node\": \"\(client.server.nodeName)\", \"rtt_us\": \(micros)}")
+            } else {
+                print("\(client.server.nodeName) (\(client.server.nodeRole)): \(micros) µs")
+            }
+        }
+    }
+}
