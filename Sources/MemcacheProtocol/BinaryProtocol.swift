@@ -11,6 +11,30 @@ public enum BinaryOpcode: UInt8, Sendable, CaseIterable {
     case saslListMechs = 0x20, saslAuth = 0x21, saslStep = 0x22
     case gatK = 0x23, gatKQ = 0x24
 
+    /// Whether the request carries a value to store (its body may be swallowed when too large).
+    public static func isStorage(_ raw: UInt8) -> Bool {
+        switch raw {
+        case 0x01, 0x02, 0x03, 0x0E, 0x0F, 0x11, 0x12, 0x13, 0x19, 0x1A: return true
+        default: return false
+        }
+    }
+
+    /// GAT and its forms: a read that also sets a new expiry.
+    public var touches: Bool {
+        switch self {
+        case .gat, .gatQ, .gatK, .gatKQ: return true
+        default: return false
+        }
+    }
+
+    /// The forms whose hit response carries the key.
+    public var returnsKey: Bool {
+        switch self {
+        case .getK, .getKQ, .gatK, .gatKQ: return true
+        default: return false
+        }
+    }
+
     /// Quiet opcodes say nothing on success (and the quiet gets nothing on a miss).
     public var isQuiet: Bool {
         switch self {
@@ -139,7 +163,7 @@ public struct BinaryDecoder: Sendable {
                 let opaque = buffer.getInteger(at: start + 12, as: UInt32.self)!
                 let cas = buffer.getInteger(at: start + 16, as: UInt64.self)!
                 let body = Int(bodyLength)
-                let isStorage = [0x01, 0x02, 0x03, 0x0E, 0x0F, 0x11, 0x12, 0x13, 0x19, 0x1A].contains(opcode)
+                let isStorage = BinaryOpcode.isStorage(opcode)
                 if body > maximumBody {
                     // A storage request's value can be dropped as it arrives; anything else this large is not a client.
                     guard isStorage else { throw .bodyTooLarge(bodyLength) }

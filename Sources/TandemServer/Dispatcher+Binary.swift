@@ -64,7 +64,7 @@ extension Dispatcher {
         case .get, .getQ, .getK, .getKQ, .gat, .gatQ, .gatK, .gatKQ:
             counters.increment(.cmdGet)
             var options = FetchOptions()
-            let touches = [.gat, .gatQ, .gatK, .gatKQ].contains(opcode)
+            let touches = opcode.touches
             if touches {
                 counters.increment(.cmdTouch)
                 options.touch = deadline(Int64(request.extras.getInteger(at: request.extras.readerIndex, as: UInt32.self)!))
@@ -77,7 +77,7 @@ extension Dispatcher {
             }
             counters.increment(.getHits)
             if touches { counters.increment(.touchHits) }
-            let withKey = [.getK, .getKQ, .gatK, .gatKQ].contains(opcode)
+            let withKey = opcode.returnsKey
             var flags = result.item.flags.bigEndian
             withUnsafeBytes(of: &flags) { extras in
                 result.item.withValueBytes { value in

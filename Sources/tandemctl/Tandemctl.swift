@@ -124,8 +124,8 @@ struct Status: AsyncParsableCommand {
     func run() async throws {
         try await reporting {
             let client = try await node.connect()
-            defer { Task { try? await client.close() } }
             let all = try await client.status()
+            try? await client.close()
             let values = Dictionary(all.map { ($0.name, $0.value) }, uniquingKeysWith: { first, _ in first })
             let (verdict, reason) = Self.verdict(values)
             var shown: [(name: String, value: String)] = [("verdict", verdict), ("reason", reason)]
@@ -163,8 +163,9 @@ struct Stats: AsyncParsableCommand {
     func run() async throws {
         try await reporting {
             let client = try await node.connect()
-            defer { Task { try? await client.close() } }
-            try printProperties(try await client.stats(), json: node.json)
+            let stats = try await client.stats()
+            try? await client.close()
+            try printProperties(stats, json: node.json)
         }
     }
 }
@@ -180,8 +181,8 @@ struct Ping: AsyncParsableCommand {
     func run() async throws {
         try await reporting {
             let client = try await node.connect()
-            defer { Task { try? await client.close() } }
             let elapsed = try await client.ping()
+            try? await client.close()
             let micros = elapsed.components.seconds * 1_000_000 + elapsed.components.attoseconds / 1_000_000_000_000
             if node.json {
                 print("{\"role\": \"\(client.server.nodeRole)\", \"node\": \"\(client.server.nodeName)\", \"rtt_us\": \(micros)}")
