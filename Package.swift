@@ -77,6 +77,7 @@ let package = Package(
                 "MemcacheProtocol",
                 "WireProtocol",
                 "Replication",
+                "TandemClient",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

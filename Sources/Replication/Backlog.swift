@@ -60,8 +60,10 @@ public final class Backlog: Sendable {
                     }
                 case .remove:
                     bodyBytes += change.withKeyBytes { buffer.writeChangeRemove(offset: change.sequence, key: $0) }
+                case .delete:
+                    bodyBytes += change.withKeyBytes { buffer.writeChangeDelete(offset: change.sequence, key: $0, stamp: change.cas) }
                 case .flushAll:
-                    bodyBytes += buffer.writeChangeFlush(offset: change.sequence)
+                    bodyBytes += buffer.writeChangeFlush(offset: change.sequence, stamp: change.cas)
                 }
                 count += 1
                 index += 1

@@ -42,8 +42,23 @@ public final class PrimaryReplication: Sendable {
     /// The backup's acknowledged offsets; sync writes wait here.
     let acknowledgements = OffsetWaiters()
     private let shared: Mutex<Shared>
+    /// The history this node's data came from before it led (the primary it
+    /// followed, or its own before a restart) and the highest stamp it held
+    /// then: a node that comes back from that history has to send only what
+    /// is stamped above it.
+    public let inherited: (replicationID: ReplicationID, stamp: UInt64)?
+    private let feedToken: Mutex<Int?> = Mutex(nil)
 
-    public init(store: SessionStore, feed: ChangeFeed, configuration: ReplicationConfiguration, logger: Logger) {
+    /// Stamps of one history are handed out by several shards, so one
+    /// written after another may be this much lower (a shard's counter runs
+    /// ahead of the clock only in bursts over 1,024 writes per millisecond).
+    public static let stampMargin = HybridTimestamp.floor(millis: 2_000)
+
+    public init(
+        store: SessionStore, feed: ChangeFeed, configuration: ReplicationConfiguration, logger: Logger,
+        inherited: (replicationID: ReplicationID, stamp: UInt64)? = nil
+    ) {
+        self.inherited = inherited
         self.replicationID = ReplicationID.random()
         self.configuration = configuration
         self.store = store
@@ -53,11 +68,43 @@ public final class PrimaryReplication: Sendable {
         self.shared = Mutex(Shared(state: .noBackup, caughtUpAt: store.now()))
         backlog.reset(end: feed.lastReleased)
         let backlog = self.backlog
-        feed.subscribe { [weak self] batch in
+        let token = feed.subscribe { [weak self] batch in
             backlog.append(batch)
             self?.streamAdvanced()
         }
+        feedToken.withLock { $0 = token }
     }
+
+    /// Ends this node's time as primary: the backup's session is closed,
+    /// waiting writes are answered, and the stream no longer fills the backlog.
+    public func shutdown(reason: String) {
+        if let token = feedToken.withLock({ $0.take() }) { feed.unsubscribe(token) }
+        let session = shared.withLock { shared -> ReplicaSession? in
+            let session = shared.session
+            shared.session = nil
+            shared.state = .noBackup
+            return session
+        }
+        session?.close(reason: reason)
+        acknowledgements.releaseAll(failing: false)
+    }
+
+    /// Which of its versions a node coming back from `position` must send for
+    /// merging: those stamped above the returned watermark (`.max`: none).
+    public func reconcileWatermark(for position: Replicate) -> UInt64 {
+        if position.replicationID == replicationID, position.offset <= offset {
+            // A prefix of this node's own history: everything it has is here.
+            return .max
+        }
+        if let inherited, inherited.replicationID == position.replicationID {
+            return inherited.stamp > Self.stampMargin ? inherited.stamp - Self.stampMargin : 0
+        }
+        // Unrelated histories (or a node mid-snapshot): everything it holds may be news.
+        return 0
+    }
+
+    /// Whether a backup is connected.
+    public var hasBackup: Bool { shared.withLock { $0.session != nil } }
 
     /// The offset of the newest released change.
     public var offset: UInt64 { feed.lastReleased }
@@ -187,6 +234,7 @@ public final class PrimaryReplication: Sendable {
             ("partial_resyncs", "\(shared.partialResyncs)"),
             ("sync_timeouts", "\(shared.syncTimeouts)"),
             ("sync_degradations", "\(shared.degradations)"),
+            ("history_inherited", inherited.map { "\($0.replicationID)" } ?? "none"),
             ("backlog_first_offset", "\(extent.first)"),
             ("backlog_bytes", "\(extent.bytes)"),
             ("backlog_capacity", "\(backlog.capacity)"),

@@ -44,6 +44,25 @@ public final class ReplicaClient: Sendable {
         var lastContact: Int64 = 0
         var nextRequestID: UInt32 = 1
         var pendingForwards: [UInt32: EventLoopPromise<(UInt64, ByteBuffer)>] = [:]
+        /// Writes that arrived while the link was down, sent once it is up
+        /// again, or run here if this node is promoted first.
+        var parkedForwards: [ParkedForward] = []
+        /// When anything was last heard from the primary (monotonic).
+        var lastHeard: NIODeadline
+        /// The primary's epoch, from its `helloOK`.
+        var primaryEpoch: UInt64 = 0
+        /// Whether versions this node may hold that the primary lacks must be
+        /// merged into it before the resync (every new link does this once).
+        var reconciled = false
+        var reconcileSummary: ReconcileSummary?
+        /// Stopped for a promotion: writes still park until it is decided.
+        var parking = false
+    }
+
+    struct ParkedForward {
+        var request: ByteBuffer
+        var promise: EventLoopPromise<(UInt64, ByteBuffer)>
+        var timeout: Scheduled<Void>?
     }
 
     public let configuration: ReplicationConfiguration
@@ -57,13 +76,20 @@ public final class ReplicaClient: Sendable {
     private let shared: Mutex<Shared>
 
     /// Back-off between connection attempts: doubles from the first to the last.
-    static let reconnectDelays: (first: TimeAmount, last: TimeAmount) = (.milliseconds(50), .seconds(2))
+    /// Short enough that a backup notices a returning primary well within a failover timeout.
+    static let reconnectDelays: (first: TimeAmount, last: TimeAmount) = (.milliseconds(50), .milliseconds(500))
     /// How long a forwarded write may take before the client is told the primary is unavailable.
     static let forwardTimeout = TimeAmount.seconds(3)
+    /// How long a write that arrived while the link was down waits for it
+    /// (or for this node's promotion): under msm's 1,000 ms operation timeout.
+    static let parkTimeout = TimeAmount.milliseconds(900)
+
+    /// This node's epoch, sent in `hello` and `replicate`.
+    let epoch: @Sendable () -> UInt64
 
     public init(
         peerHost: String, peerPort: Int, store: SessionStore, position: Position, configuration: ReplicationConfiguration,
-        group: any EventLoopGroup, logger: Logger
+        group: any EventLoopGroup, logger: Logger, epoch: @escaping @Sendable () -> UInt64 = { 0 }
     ) {
         self.peerHost = peerHost
         self.peerPort = peerPort
@@ -71,7 +97,8 @@ public final class ReplicaClient: Sendable {
         self.configuration = configuration
         self.group = group
         self.logger = logger
-        self.shared = Mutex(Shared(position: position))
+        self.epoch = epoch
+        self.shared = Mutex(Shared(position: position, lastHeard: .now()))
         applied.reset(to: position.offset)
     }
 
@@ -85,14 +112,57 @@ public final class ReplicaClient: Sendable {
         connect()
     }
 
-    public func stop() {
+    /// Stops replicating. Writes parked while the link was down fail with
+    /// `parkedFailure` (`.roleChanged` when this node was promoted: they are
+    /// then run here); writes already sent fail as unavailable.
+    /// With `parkedFailure` nil, writes keep parking until `failParked(_:)`.
+    public func stop(parkedFailure: ForwardError? = .primaryUnavailable) {
         let channel = shared.withLock { shared -> (any Channel)? in
             shared.stopped = true
             shared.linkState = .stopped
+            shared.parking = parkedFailure == nil
             return shared.channel
         }
         channel?.close(promise: nil)
         failForwards()
+        if let parkedFailure { failParked(parkedFailure) }
+    }
+
+    /// Fails every parked write with `error` and parks no more.
+    public func failParked(_ error: ForwardError) {
+        let parked = shared.withLock { shared -> [ParkedForward] in
+            shared.parking = false
+            let parked = shared.parkedForwards
+            shared.parkedForwards = []
+            return parked
+        }
+        for forward in parked {
+            forward.timeout?.cancel()
+            forward.promise.fail(error)
+        }
+    }
+
+    /// Milliseconds since anything was heard from the primary.
+    public var silenceMillis: Int64 {
+        let heard = shared.withLock { $0.lastHeard }
+        return (NIODeadline.now() - heard).nanoseconds / 1_000_000
+    }
+
+    /// The primary's epoch, as its last `helloOK` said.
+    public var primaryEpoch: UInt64 { shared.withLock { $0.primaryEpoch } }
+
+    /// What the last reconciliation with the primary did.
+    public var reconcileSummary: ReconcileSummary? { shared.withLock { $0.reconcileSummary } }
+
+    /// Connects at once if the link is down and waiting for its next attempt:
+    /// the failover timer wants a fresh try before it gives up on the primary.
+    public func probe() {
+        let retry = shared.withLock { shared -> Bool in
+            guard !shared.stopped, shared.linkState == .down else { return false }
+            shared.attempts = 0
+            return true
+        }
+        if retry { connect() }
     }
 
     // MARK: Connection
@@ -156,13 +226,20 @@ public final class ReplicaClient: Sendable {
 
     // MARK: Events from the connection handler (on its event loop)
 
-    func handshakeDone(channel: any Channel, primaryName: String) {
-        let position = shared.withLock { shared -> Position in
+    func handshakeDone(channel: any Channel, primaryName: String, primaryEpoch: UInt64) {
+        let (position, parked) = shared.withLock { shared -> (Position, [ParkedForward]) in
             shared.channel = channel
             shared.linkState = .resyncing
             shared.attempts = 0
             shared.primaryName = primaryName
-            return shared.position
+            shared.primaryEpoch = primaryEpoch
+            let parked = shared.parkedForwards
+            shared.parkedForwards = []
+            return (shared.position, parked)
+        }
+        for forward in parked {
+            forward.timeout?.cancel()
+            send(forward.request, promise: forward.promise, on: channel)
         }
         logger.info("connected to the primary", metadata: [
             "peer": "\(peerHost):\(peerPort)", "primary": "\(primaryName)",
@@ -172,7 +249,22 @@ public final class ReplicaClient: Sendable {
 
     func contact() {
         let now = store.now()
-        shared.withLock { $0.lastContact = now }
+        shared.withLock {
+            $0.lastContact = now
+            $0.lastHeard = .now()
+        }
+    }
+
+    /// The position to reconcile from, once per link; nil when done already.
+    func positionToReconcile() -> Position? {
+        shared.withLock { $0.reconciled ? nil : $0.position }
+    }
+
+    func reconciled(_ summary: ReconcileSummary?) {
+        shared.withLock {
+            $0.reconciled = true
+            if let summary { $0.reconcileSummary = summary }
+        }
     }
 
     func fullResyncStarted(_ resync: FullResync) {
@@ -222,8 +314,10 @@ public final class ReplicaClient: Sendable {
                 }
             case .remove:
                 change.key.withUnsafeReadableBytes { _ = store.applyRemove($0) }
+            case .delete:
+                change.key.withUnsafeReadableBytes { _ = store.applyDelete($0, stamp: change.cas) }
             case .flushAll:
-                store.flushAll()
+                store.flushAll(stamp: change.cas)
             }
             offset = change.offset
         }
@@ -254,11 +348,14 @@ public final class ReplicaClient: Sendable {
     public enum ForwardError: Error, CustomStringConvertible {
         case primaryUnavailable
         case rejected(WireError)
+        /// This node became the primary before the write could be sent: run it here.
+        case roleChanged
 
         public var description: String {
             switch self {
             case .primaryUnavailable: return "primary unavailable"
             case .rejected(let error): return "primary refused: \(error.message)"
+            case .roleChanged: return "this node is now the primary"
             }
         }
     }
@@ -267,36 +364,67 @@ public final class ReplicaClient: Sendable {
     /// this backup has applied the stream up to the write.
     public func forward(_ request: ByteBuffer, on eventLoop: any EventLoop) -> EventLoopFuture<ByteBuffer> {
         let promise = eventLoop.makePromise(of: (UInt64, ByteBuffer).self)
-        let target = shared.withLock { shared -> ((any Channel), UInt32)? in
-            guard let channel = shared.channel, shared.linkState == .streaming || shared.linkState == .resyncing else {
-                return nil
-            }
-            let id = shared.nextRequestID
-            shared.nextRequestID = shared.nextRequestID &+ 1 == 0 ? 1 : shared.nextRequestID &+ 1
-            shared.pendingForwards[id] = promise
-            return (channel, id)
+        enum Route {
+            case send(any Channel)
+            case parked
+            case refused
         }
-        guard let (channel, requestID) = target else {
+        let route = shared.withLock { shared -> Route in
+            if shared.stopped && !shared.parking { return .refused }
+            if !shared.stopped, let channel = shared.channel, shared.linkState == .streaming || shared.linkState == .resyncing {
+                return .send(channel)
+            }
+            // The link is down: the primary may be back in a moment, or this
+            // node promoted; either way the write need not fail yet.
+            let timeout = eventLoop.scheduleTask(in: Self.parkTimeout) { [weak self] () -> Void in
+                self?.expireParked(promise)
+            }
+            shared.parkedForwards.append(ParkedForward(request: request, promise: promise, timeout: timeout))
+            return .parked
+        }
+        switch route {
+        case .send(let channel):
+            send(request, promise: promise, on: channel)
+        case .parked:
+            break
+        case .refused:
             promise.fail(ForwardError.primaryUnavailable)
-            return promise.futureResult.map { $0.1 }
+        }
+        let applied = self.applied
+        return promise.futureResult.flatMap { offset, reply in
+            // Answer only once a read on this backup sees the write.
+            applied.wait(for: offset, on: eventLoop, timeout: Self.forwardTimeout).map { reply }
+        }
+    }
+
+    private func send(_ request: ByteBuffer, promise: EventLoopPromise<(UInt64, ByteBuffer)>, on channel: any Channel) {
+        let requestID = shared.withLock { shared -> UInt32 in
+            let id = shared.nextRequestID
+            shared.nextRequestID = shared.nextRequestID >= ReplicaConnectionHandler.reconcileRequestID - 1 ? 1 : shared.nextRequestID + 1
+            shared.pendingForwards[id] = promise
+            return id
         }
         var frame = channel.allocator.buffer(capacity: request.readableBytes + 32)
         do {
             try frame.writeWireMessage(.forward(request: request), requestID: requestID)
         } catch {
             completeForward(requestID: requestID, result: .failure(error))
-            return promise.futureResult.map { $0.1 }
+            return
         }
         channel.writeAndFlush(frame, promise: nil)
-        let timeout = eventLoop.scheduleTask(in: Self.forwardTimeout) {
+        let timeout = promise.futureResult.eventLoop.scheduleTask(in: Self.forwardTimeout) {
             self.completeForward(requestID: requestID, result: .failure(ForwardError.primaryUnavailable))
         }
-        let applied = self.applied
-        return promise.futureResult.flatMap { offset, reply in
-            timeout.cancel()
-            // Answer only once a read on this backup sees the write.
-            return applied.wait(for: offset, on: eventLoop, timeout: Self.forwardTimeout).map { reply }
+        promise.futureResult.whenComplete { _ in timeout.cancel() }
+    }
+
+    private func expireParked(_ promise: EventLoopPromise<(UInt64, ByteBuffer)>) {
+        let expired = shared.withLock { shared -> Bool in
+            guard let index = shared.parkedForwards.firstIndex(where: { $0.promise.futureResult === promise.futureResult }) else { return false }
+            shared.parkedForwards.remove(at: index)
+            return true
         }
+        if expired { promise.fail(ForwardError.primaryUnavailable) }
     }
 
     // MARK: Statistics
@@ -312,6 +440,7 @@ public final class ReplicaClient: Sendable {
             ("peer", "\(peerHost):\(peerPort)"),
             ("peer_name", shared.primaryName.isEmpty ? "none" : shared.primaryName),
             ("peer_last_contact_ms", shared.lastContact == 0 ? "-1" : "\(max(0, now - shared.lastContact))"),
+            ("peer_epoch", "\(shared.primaryEpoch)"),
             ("full_resyncs", "\(shared.fullResyncs)"),
             ("partial_resyncs", "\(shared.partialResyncs)"),
         ]
@@ -329,6 +458,10 @@ final class ReplicaConnectionHandler: ChannelInboundHandler, @unchecked Sendable
     enum State {
         /// `hello` sent, waiting for `helloOK`.
         case awaitingHelloOK
+        /// `reconcile` sent, waiting for the watermark.
+        case awaitingReconcileFrom
+        /// Sending the versions above the watermark, then waiting for `reconcileDone`.
+        case reconciling
         /// `replicate` sent, waiting for `fullResync` or `partialResync`.
         case awaitingResync
         /// Receiving a snapshot; progress is logged about once a second.
@@ -352,7 +485,7 @@ final class ReplicaConnectionHandler: ChannelInboundHandler, @unchecked Sendable
         let nonce = (0..<16).map { _ in UInt8.random(in: .min ... .max) }
         send(.hello(Hello(
             minimumVersion: WireVersion.minimum, maximumVersion: WireVersion.maximum, role: .peer,
-            nodeName: client.configuration.nodeName, nonce: nonce
+            nodeName: client.configuration.nodeName, nonce: nonce, epoch: client.epoch()
         )), context: context)
         let interval = client.configuration.heartbeatInterval
         let timeout = client.configuration.linkTimeout
@@ -379,7 +512,8 @@ final class ReplicaConnectionHandler: ChannelInboundHandler, @unchecked Sendable
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
         lastReceived = .now()
-        client.contact()
+        // Only a primary's messages keep the failover timer at bay.
+        if case .awaitingHelloOK = state {} else { client.contact() }
         let message: WireMessage
         do {
             message = try frame.message()
@@ -397,10 +531,32 @@ final class ReplicaConnectionHandler: ChannelInboundHandler, @unchecked Sendable
                 fail("the primary requires authentication, which this node is not configured for (--secret-file)", context: context)
                 return
             }
-            client.handshakeDone(channel: context.channel, primaryName: ok.nodeName)
-            let position = client.position
-            send(.replicate(Replicate(replicationID: position.replicationID, offset: position.offset, epoch: ok.epoch)), context: context)
-            state = .awaitingResync
+            client.contact()
+            client.handshakeDone(channel: context.channel, primaryName: ok.nodeName, primaryEpoch: ok.epoch)
+            if let position = client.positionToReconcile() {
+                send(.reconcile(Replicate(replicationID: position.replicationID, offset: position.offset, epoch: client.epoch())), requestID: Self.reconcileRequestID, context: context)
+                state = .awaitingReconcileFrom
+            } else {
+                sendReplicate(context: context)
+            }
+
+        case (.awaitingReconcileFrom, .reconcileFrom(let watermark)):
+            guard watermark != .max else {
+                client.reconciled(nil)
+                sendReplicate(context: context)
+                return
+            }
+            state = .reconciling
+            let channel = context.channel
+            let client = self.client
+            Task { await Self.sendVersions(newerThan: watermark, of: client, on: channel) }
+
+        case (.reconciling, .reconcileDone(let summary)):
+            client.reconciled(summary)
+            client.logger.info("reconciled with the primary", metadata: [
+                "sent": "\(summary.received)", "applied": "\(summary.applied)", "conflicts": "\(summary.conflicts)",
+            ])
+            sendReplicate(context: context)
 
         case (.awaitingResync, .fullResync(let resync)):
             client.fullResyncStarted(resync)
@@ -444,6 +600,9 @@ final class ReplicaConnectionHandler: ChannelInboundHandler, @unchecked Sendable
         case (_, .forwardReply(let offset, let reply)) where frame.isResponse:
             client.completeForward(requestID: frame.requestID, result: .success((offset, reply)))
 
+        case (_, .error(let error)) where frame.requestID == Self.reconcileRequestID:
+            fail("the primary refused reconciliation: \(error)", context: context)
+
         case (_, .error(let error)) where frame.isResponse && frame.requestID != 0:
             client.completeForward(requestID: frame.requestID, result: .failure(ReplicaClient.ForwardError.rejected(error)))
 
@@ -458,6 +617,64 @@ final class ReplicaConnectionHandler: ChannelInboundHandler, @unchecked Sendable
 
         default:
             fail("unexpected \(message.type) while \(state)", context: context)
+        }
+    }
+
+    /// The request id of `reconcile` and `reconcileEnd`, apart from the forwards' ids.
+    static let reconcileRequestID = UInt32.max
+
+    private func sendReplicate(context: ChannelHandlerContext) {
+        let position = client.position
+        send(.replicate(Replicate(replicationID: position.replicationID, offset: position.offset, epoch: client.epoch())), context: context)
+        state = .awaitingResync
+    }
+
+    /// Sends every item and tombstone stamped above `watermark`, in chunks of
+    /// about 1 MiB, each written before the next is built; then `reconcileEnd`.
+    static func sendVersions(newerThan watermark: UInt64, of client: ReplicaClient, on channel: any Channel) async {
+        let store = client.store
+        var chunk: [ReplicatedChange] = []
+        var chunkBytes = 0
+        var sent: UInt64 = 0
+        func flush() async throws {
+            guard !chunk.isEmpty else { return }
+            var buffer = channel.allocator.buffer(capacity: chunkBytes + 64)
+            try buffer.writeWireMessage(.reconcileChunk(chunk))
+            try await channel.writeAndFlush(buffer)
+            sent += UInt64(chunk.count)
+            chunk.removeAll(keepingCapacity: true)
+            chunkBytes = 0
+        }
+        do {
+            for shard in 0..<store.shardCount {
+                var cursor: Int? = 0
+                while let from = cursor {
+                    let page = store.versions(inShard: shard, newerThan: watermark, from: from, limit: 256)
+                    cursor = page.next
+                    for item in page.items {
+                        let key = ByteBuffer(bytes: item.storage[..<item.keyLength])
+                        let value = ByteBuffer(bytes: item.storage[item.keyLength...])
+                        chunk.append(ReplicatedChange(
+                            offset: 0, kind: .upsert, key: key, value: value, flags: item.flags,
+                            deadlineMillis: item.deadline.millis, cas: item.cas
+                        ))
+                        chunkBytes += item.storage.count + 40
+                        if chunkBytes >= 1 << 20 { try await flush() }
+                    }
+                }
+                for tombstone in store.tombstones(inShard: shard, newerThan: watermark) {
+                    chunk.append(ReplicatedChange(offset: 0, kind: .delete, key: ByteBuffer(bytes: tombstone.key), cas: tombstone.stamp))
+                    chunkBytes += tombstone.key.count + 24
+                    if chunkBytes >= 1 << 20 { try await flush() }
+                }
+            }
+            try await flush()
+            var end = channel.allocator.buffer(capacity: 32)
+            try end.writeWireMessage(.reconcileEnd(count: sent), requestID: reconcileRequestID)
+            try await channel.writeAndFlush(end)
+        } catch {
+            client.logger.warning("reconciliation with the primary failed; retrying with the next link", metadata: ["error": "\(error)"])
+            channel.close(promise: nil)
         }
     }
 

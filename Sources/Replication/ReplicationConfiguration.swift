@@ -21,6 +21,11 @@ public struct ReplicationConfiguration: Sendable {
     public var backlogSize: Int
     /// The node's name, sent in `hello`.
     public var nodeName: String
+    /// A backup that has heard nothing from its primary for this long (and
+    /// could not reach it afresh) promotes itself; 0 never. The default leaves
+    /// a write parked on the backup meanwhile time to be answered within
+    /// msm's 1,000 ms operation timeout.
+    public var failoverAfter: TimeAmount = .milliseconds(600)
 
     public init(
         mode: Mode = .sync, syncTimeout: TimeAmount = .milliseconds(1000), heartbeatInterval: TimeAmount = .milliseconds(100),
@@ -45,4 +50,8 @@ public enum WireVersion {
 public enum ReplicationMetaKey {
     public static let replicationID = "replication_id"
     public static let offset = "replication_offset"
+    /// The node's epoch: raised by every promotion and stored before the node takes writes.
+    public static let epoch = "epoch"
+    /// The role the node had at its last commit: 1 primary, 2 backup.
+    public static let role = "role"
 }

@@ -198,6 +198,13 @@ public final class Persistence: Sendable {
     }
 
     public var dataDirectory: String { directory.path }
+
+    /// Commits now (with the meta provider's current values) and returns
+    /// whether that commit succeeded: a promotion's epoch must be on disk
+    /// before the node takes writes.
+    public func commitNow() async -> Bool {
+        await writer.commitNow()
+    }
 }
 
 /// The writer thread and the state only it touches.
@@ -227,6 +234,10 @@ final class Writer: @unchecked Sendable {
     private let finished = DispatchSemaphore(value: 0)
     private let stopping = Atomic<Bool>(false)
     private let started = Atomic<Bool>(false)
+    /// Commits asked for by `commitNow()`, numbered; a flush that began after
+    /// request N answers every waiter up to N.
+    private let requestedCommits = Atomic<UInt64>(0)
+    private let commitWaiters = Mutex<[(generation: UInt64, continuation: CheckedContinuation<Bool, Never>)]>([])
     /// When the batch of the last successful commit was taken (ms since the epoch):
     /// every change older than that is on disk.
     let lastCommittedTake: Atomic<Int64>
@@ -276,6 +287,27 @@ final class Writer: @unchecked Sendable {
         wakeSignal.signal()
     }
 
+    func commitNow() async -> Bool {
+        guard started.load(ordering: .relaxed), !stopping.load(ordering: .relaxed) else { return false }
+        return await withCheckedContinuation { continuation in
+            commitWaiters.withLock { waiters in
+                let generation = requestedCommits.wrappingAdd(1, ordering: .relaxed).newValue
+                waiters.append((generation, continuation))
+            }
+            wakeSignal.signal()
+        }
+    }
+
+    /// Answers the `commitNow()` callers a flush that began at `generation` covers.
+    private func answerCommitWaiters(upTo generation: UInt64, committed: Bool) {
+        let answered = commitWaiters.withLock { waiters -> [CheckedContinuation<Bool, Never>] in
+            let due = waiters.filter { $0.generation <= generation }.map(\.continuation)
+            waiters.removeAll { $0.generation <= generation }
+            return due
+        }
+        for continuation in answered { continuation.resume(returning: committed) }
+    }
+
     func setMetaProvider(_ provider: @escaping @Sendable () -> [String: MetaValue]) {
         metaProvider.withLock { $0 = provider }
     }
@@ -303,9 +335,12 @@ final class Writer: @unchecked Sendable {
         let interval = DispatchTimeInterval.milliseconds(configuration.flushIntervalMillis)
         while !stopping.load(ordering: .relaxed) {
             _ = wakeSignal.wait(timeout: .now() + interval)
-            flush()
+            let generation = commitWaiters.withLock { _ in requestedCommits.load(ordering: .relaxed) }
+            let committed = flush()
+            answerCommitWaiters(upTo: generation, committed: committed)
         }
         drainForStop()
+        answerCommitWaiters(upTo: .max, committed: false)
         database.close()
         finished.signal()
     }
@@ -358,7 +393,7 @@ final class Writer: @unchecked Sendable {
                 for change in carry.values {
                     switch change.kind {
                     case .upsert: try database.upsert(change)
-                    case .remove: try database.delete(key: change.key)
+                    case .remove, .delete: try database.delete(key: change.key)
                     case .flushAll: break
                     }
                 }
@@ -408,7 +443,7 @@ final class Writer: @unchecked Sendable {
                 flushedThrough = change.sequence
                 carry.removeAll(keepingCapacity: true)
                 flushPending = true
-            case .upsert, .remove:
+            case .upsert, .remove, .delete:
                 guard change.sequence > flushedThrough else { continue }
                 carry[change.key] = change
             }

@@ -10,9 +10,13 @@ public struct Change: Sendable {
         /// The key now holds this value, flags, deadline and CAS (set, add, append,
         /// incr, touch, …: every write leaves a complete item).
         case upsert
-        /// The key is gone (delete, expiry, eviction).
+        /// The key is gone through expiry or eviction: the other node expires it
+        /// too (deadlines are absolute), so no tombstone is kept.
         case remove
-        /// Every item is gone (`flush_all`); recorded once per shard with one sequence number.
+        /// A client deleted the key; `cas` is the delete's stamp, kept as a tombstone.
+        case delete
+        /// Every item is gone (`flush_all`), as of the stamp in `cas`; recorded
+        /// once per shard with one sequence number.
         case flushAll
     }
 

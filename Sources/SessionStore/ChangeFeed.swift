@@ -53,7 +53,8 @@ public final class ChangeFeed: Sendable {
         /// Released changes not yet pulled, one queue per pull subscription.
         var queues: [[Change]] = []
         /// Called with every released batch, in order, under the feed's lock.
-        var pushSubscribers: [@Sendable ([Change]) -> Void] = []
+        var pushSubscribers: [Int: @Sendable ([Change]) -> Void] = [:]
+        var nextToken = 0
     }
 
     let store: SessionStore
@@ -75,8 +76,19 @@ public final class ChangeFeed: Sendable {
 
     /// Calls `handler` with every batch released from now on, in order. It runs
     /// under the feed's lock: it must only hand the batch on, not block.
-    public func subscribe(push handler: @escaping @Sendable ([Change]) -> Void) {
-        state.withLock { $0.pushSubscribers.append(handler) }
+    /// Returns a token for `unsubscribe(_:)`.
+    @discardableResult
+    public func subscribe(push handler: @escaping @Sendable ([Change]) -> Void) -> Int {
+        state.withLock { state in
+            state.nextToken += 1
+            state.pushSubscribers[state.nextToken] = handler
+            return state.nextToken
+        }
+    }
+
+    /// Stops calling a push subscriber.
+    public func unsubscribe(_ token: Int) {
+        _ = state.withLock { $0.pushSubscribers.removeValue(forKey: token) }
     }
 
     /// The sequence number of the last change released to consumers.
@@ -117,7 +129,7 @@ public final class ChangeFeed: Sendable {
             guard !released.isEmpty else { return 0 }
             state.lastReleased = next - 1
             for queue in state.queues.indices { state.queues[queue] += released }
-            for subscriber in state.pushSubscribers { subscriber(released) }
+            for subscriber in state.pushSubscribers.values { subscriber(released) }
             return released.count
         }
     }

@@ -14,6 +14,9 @@ public struct StoreConfiguration: Sendable {
     /// Whether mutations are recorded as a change stream (`takeChanges()`), for
     /// persistence and replication. Off, the store does no bookkeeping for it.
     public var recordsChanges: Bool
+    /// Added to the clock when stamping writes (CAS tokens are hybrid logical
+    /// clock stamps). Only tests set it, to play machines whose clocks disagree.
+    public var stampSkewMillis: Int64 = 0
 
     public init(memoryLimit: Int = 1024 << 20, evictionsEnabled: Bool = true, maxItemSize: Int = 1 << 20, shardCount: Int = 64, recordsChanges: Bool = false) {
         self.memoryLimit = memoryLimit
@@ -210,10 +213,15 @@ final class Shard: Sendable {
 public final class SessionStore: Sendable {
     public let configuration: StoreConfiguration
     public let clock: any StoreClock
-    private let shards: [Shard]
+    let shards: [Shard]
     private let shardMask: Int
     private let hasher: KeyHasher
     private let recorder: ChangeRecorder?
+    /// No stamp handed out is below this: raised to what the peer's stamps
+    /// reached, so this node's later writes order after everything it applied.
+    private let stampFloor = Atomic<UInt64>(0)
+    /// The stamp of the last `flush_all`: it stands for a delete of every item written before it.
+    private let flushStampValue = Atomic<UInt64>(0)
 
     public init(configuration: StoreConfiguration = .init(), clock: any StoreClock = SystemClock()) {
         // A shard must hold at least a couple of the largest items, so small
@@ -242,7 +250,7 @@ public final class SessionStore: Sendable {
     }
 
     @inline(__always)
-    private func locate(_ key: UnsafeRawBufferPointer) -> (Shard, UInt64) {
+    func locate(_ key: UnsafeRawBufferPointer) -> (Shard, UInt64) {
         let hash = hasher.hash(key)
         // High bits choose the shard, low bits the bucket, so the two stay independent.
         return (shards[Int(truncatingIfNeeded: hash >> 40) & shardMask], hash)
@@ -250,6 +258,23 @@ public final class SessionStore: Sendable {
 
     /// The current time in milliseconds, from the store's clock.
     public func now() -> Int64 { clock.nowMillis() }
+
+    /// The least stamp a write made at `now` may take.
+    @inline(__always)
+    func stampBase(_ now: Int64) -> UInt64 {
+        max(HybridTimestamp.floor(millis: now &+ configuration.stampSkewMillis), stampFloor.load(ordering: .relaxed))
+    }
+
+    /// Raises the floor of future stamps to above `stamp`.
+    @inline(__always)
+    func raiseStampFloor(above stamp: UInt64) {
+        var current = stampFloor.load(ordering: .relaxed)
+        while current <= stamp {
+            let (exchanged, original) = stampFloor.compareExchange(expected: current, desired: stamp &+ 1, ordering: .relaxed)
+            if exchanged { return }
+            current = original
+        }
+    }
 
     // MARK: Reads
 
@@ -264,7 +289,7 @@ public final class SessionStore: Sendable {
                 guard state.makeRoom(for: cost, now: now) else { return nil }
                 let created = state.insert(
                     bytes: Array(key), keyLength: key.count, hash: hash, flags: 0,
-                    deadline: vivify.millis, cas: state.takeCas(), now: now, marks: [.winTokenSent]
+                    deadline: vivify.millis, cas: state.takeCas(stampBase(now)), now: now, marks: [.winTokenSent]
                 )
                 state.record(.upsert, created)
                 return FetchResult(
@@ -390,8 +415,14 @@ public final class SessionStore: Sendable {
 
             // A deadline already in the past stores nothing visible: drop the old item.
             if deadline.hasPassed(at: now) {
-                if let slot = existing { state.remove(slot) }
-                return .stored(cas: request.explicitCas ?? state.takeCas(), size: bytes.count - key.count)
+                // Like a delete: the removal is stamped and remembered.
+                let stamp = state.takeCas(stampBase(now))
+                if let slot = existing {
+                    state.setCas(slot, stamp)
+                    state.tombstones.insert(Array(key), stamp: stamp, olderThanDropped: tombstoneCutoff(now))
+                    state.remove(slot, recordedAs: .delete)
+                }
+                return .stored(cas: request.explicitCas ?? stamp, size: bytes.count - key.count)
             }
 
             let cas: UInt64
@@ -399,7 +430,7 @@ public final class SessionStore: Sendable {
                 cas = explicit
                 state.raiseCas(above: explicit)
             } else {
-                cas = state.takeCas()
+                cas = state.takeCas(stampBase(now))
             }
             let size = bytes.count - key.count
             if let slot = existing {
@@ -436,7 +467,11 @@ public final class SessionStore: Sendable {
             guard let slot = state.findLive(key, hash: hash, now: now) else { return .notFound }
             if let expected = request.compareCas, state.item(slot).cas != expected { return .exists }
             guard request.invalidate || request.removeValueOnly else {
-                state.remove(slot)
+                // The delete gets a stamp of its own; the tombstone keeps it.
+                let stamp = state.takeCas(stampBase(now))
+                state.setCas(slot, stamp)
+                state.tombstones.insert(Array(key), stamp: stamp, olderThanDropped: tombstoneCutoff(now))
+                state.remove(slot, recordedAs: .delete)
                 return .deleted
             }
             if request.removeValueOnly {
@@ -451,7 +486,7 @@ public final class SessionStore: Sendable {
                 state.setCas(slot, explicit)
                 state.raiseCas(above: explicit)
             } else {
-                state.setCas(slot, state.takeCas())
+                state.setCas(slot, state.takeCas(stampBase(now)))
             }
             state.record(.upsert, slot)
             return .deleted
@@ -466,13 +501,13 @@ public final class SessionStore: Sendable {
             guard let slot = state.findLive(key, hash: hash, now: now) else {
                 guard let vivify = request.vivify else { return .notFound }
                 if vivify.deadline.hasPassed(at: now) {
-                    return .value(vivify.initial, cas: state.takeCas(), deadline: vivify.deadline)
+                    return .value(vivify.initial, cas: state.takeCas(stampBase(now)), deadline: vivify.deadline)
                 }
                 let bytes = Self.join(key, decimal: vivify.initial)
                 guard state.makeRoom(for: ShardState.cost(keyLength: key.count, valueCount: bytes.count - key.count), now: now) else {
                     return .outOfMemory
                 }
-                let cas = request.explicitCas ?? state.takeCas()
+                let cas = request.explicitCas ?? state.takeCas(stampBase(now))
                 if request.explicitCas != nil { state.raiseCas(above: cas) }
                 let created = state.insert(bytes: bytes, keyLength: key.count, hash: hash, flags: 0, deadline: vivify.deadline.millis, cas: cas, now: now)
                 state.record(.upsert, created)
@@ -493,7 +528,7 @@ public final class SessionStore: Sendable {
                 return .outOfMemory
             }
             state.replaceBytes(slot, with: bytes)
-            let cas = request.explicitCas ?? state.takeCas()
+            let cas = request.explicitCas ?? state.takeCas(stampBase(now))
             if request.explicitCas != nil { state.raiseCas(above: cas) }
             state.setCas(slot, cas)
             state.setLastAccess(slot, now)
@@ -507,20 +542,59 @@ public final class SessionStore: Sendable {
     /// flush has one place in the change stream: every change is either before
     /// it or after it.
     public func flushAll() {
-        flushShards(from: 0)
+        flushAll(stamp: nil)
+    }
+
+    /// A flush with a given stamp (one received from the peer), or a new one.
+    public func flushAll(stamp given: UInt64?) {
+        let now = clock.nowMillis()
+        let stamp: UInt64
+        if let given {
+            stamp = given
+            raiseStampFloor(above: given)
+        } else {
+            // Above every token any shard handed out, so it covers every item it removes.
+            stamp = max(stampBase(now), stampCeiling())
+            raiseStampFloor(above: stamp)
+        }
+        var current = flushStampValue.load(ordering: .relaxed)
+        while current < stamp {
+            let (exchanged, original) = flushStampValue.compareExchange(expected: current, desired: stamp, ordering: .relaxed)
+            if exchanged { break }
+            current = original
+        }
+        flushShards(from: 0, stamp: stamp)
     }
 
     /// Locks shard `index`, then the rest, takes the flush's sequence number
     /// while every lock is held, and clears each shard as the locks unwind.
     @discardableResult
-    private func flushShards(from index: Int) -> UInt64 {
+    private func flushShards(from index: Int, stamp: UInt64) -> UInt64 {
         guard index < shards.count else { return recorder?.nextSequence() ?? 0 }
         return shards[index].state.withLock { state in
-            let sequence = flushShards(from: index + 1)
+            let sequence = flushShards(from: index + 1, stamp: stamp)
             state.removeAll()
-            state.recordFlush(sequence: sequence)
+            state.recordFlush(sequence: sequence, stamp: stamp)
             return sequence
         }
+    }
+
+    /// The stamp of the last `flush_all` (0: none since start).
+    public var flushStamp: UInt64 { flushStampValue.load(ordering: .relaxed) }
+
+    /// Above every stamp the store holds or handed out.
+    public func stampCeiling() -> UInt64 {
+        var ceiling = stampFloor.load(ordering: .relaxed)
+        for shard in shards { ceiling = max(ceiling, shard.state.withLock { $0.casCeiling }) }
+        return ceiling
+    }
+
+    /// Tombstones are kept for this long (and at most `ShardState.tombstoneBudget`).
+    public static let tombstoneRetentionMillis: Int64 = 3_600_000
+
+    @inline(__always)
+    func tombstoneCutoff(_ now: Int64) -> UInt64 {
+        HybridTimestamp.floor(millis: now &+ configuration.stampSkewMillis &- Self.tombstoneRetentionMillis)
     }
 
     // MARK: Change stream
@@ -572,34 +646,45 @@ public final class SessionStore: Sendable {
         let (shard, hash) = locate(key)
         let now = clock.nowMillis()
         let bytes = Self.join(key, value)
-        return shard.state.withLock { state in
-            let existing = state.find(key, hash: hash)
-            if deadline.hasPassed(at: now) {
-                if let slot = existing { state.remove(slot) }
+        let stored = shard.state.withLock { state in
+            Self.put(&state, key: key, bytes: bytes, hash: hash, flags: flags, deadline: deadline, cas: cas, now: now)
+        }
+        raiseStampFloor(above: cas)
+        return stored
+    }
+
+    /// Replaces or inserts a complete item with a given CAS, recorded as an
+    /// upsert; an item already expired removes the key instead.
+    static func put(
+        _ state: inout ShardState, key: UnsafeRawBufferPointer, bytes: [UInt8], hash: UInt64,
+        flags: UInt32, deadline: Deadline, cas: UInt64, now: Int64
+    ) -> Bool {
+        let existing = state.find(key, hash: hash)
+        defer { state.raiseCas(above: cas) }
+        if deadline.hasPassed(at: now) {
+            if let slot = existing { state.remove(slot) }
+            return false
+        }
+        if let slot = existing {
+            let old = state.item(slot)
+            state.bump(slot)
+            guard state.makeRoom(for: bytes.count - old.bytes.count, now: now, protecting: slot) else {
+                state.remove(slot)
                 return false
             }
-            if let slot = existing {
-                let old = state.item(slot)
-                state.bump(slot)
-                guard state.makeRoom(for: bytes.count - old.bytes.count, now: now, protecting: slot) else {
-                    state.remove(slot)
-                    return false
-                }
-                state.replaceBytes(slot, with: bytes)
-                state.setFlags(slot, flags)
-                state.setDeadline(slot, deadline)
-                state.setCas(slot, cas)
-                state.setLastAccess(slot, now)
-                state.removeMarks(slot, [.fetched, .stale, .winTokenSent])
-                state.record(.upsert, slot)
-            } else {
-                guard state.makeRoom(for: ShardState.cost(keyLength: key.count, valueCount: value.count), now: now) else { return false }
-                let slot = state.insert(bytes: bytes, keyLength: key.count, hash: hash, flags: flags, deadline: deadline.millis, cas: cas, now: now)
-                state.record(.upsert, slot)
-            }
-            state.raiseCas(above: cas)
-            return true
+            state.replaceBytes(slot, with: bytes)
+            state.setFlags(slot, flags)
+            state.setDeadline(slot, deadline)
+            state.setCas(slot, cas)
+            state.setLastAccess(slot, now)
+            state.removeMarks(slot, [.fetched, .stale, .winTokenSent])
+            state.record(.upsert, slot)
+        } else {
+            guard state.makeRoom(for: ShardState.cost(keyLength: key.count, valueCount: bytes.count - key.count), now: now) else { return false }
+            let slot = state.insert(bytes: bytes, keyLength: key.count, hash: hash, flags: flags, deadline: deadline.millis, cas: cas, now: now)
+            state.record(.upsert, slot)
         }
+        return true
     }
 
     /// Applies a removal received from the primary (recorded, like `applyUpsert`).
@@ -613,8 +698,26 @@ public final class SessionStore: Sendable {
         }
     }
 
+    /// Applies a client's delete received from the primary: removes the key and
+    /// keeps the delete's stamp as a tombstone (recorded, like `applyUpsert`).
+    @discardableResult
+    public func applyDelete(_ key: UnsafeRawBufferPointer, stamp: UInt64) -> Bool {
+        let (shard, hash) = locate(key)
+        let now = clock.nowMillis()
+        raiseStampFloor(above: stamp)
+        return shard.state.withLock { state in
+            state.raiseCas(above: stamp)
+            state.tombstones.insert(Array(key), stamp: stamp, olderThanDropped: tombstoneCutoff(now))
+            guard let slot = state.find(key, hash: hash) else { return false }
+            state.setCas(slot, stamp)
+            state.remove(slot, recordedAs: .delete)
+            return true
+        }
+    }
+
     /// Makes every future CAS larger than `cas` in every shard.
     public func raiseCas(above cas: UInt64) {
+        raiseStampFloor(above: cas)
         for shard in shards { shard.state.withLock { $0.raiseCas(above: cas) } }
     }
 
@@ -661,7 +764,7 @@ public final class SessionStore: Sendable {
 
     // MARK: Helpers
 
-    private static func join(_ key: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) -> [UInt8] {
+    static func join(_ key: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) -> [UInt8] {
         [UInt8](unsafeUninitializedCapacity: key.count + value.count) { buffer, initialized in
             let raw = UnsafeMutableRawBufferPointer(buffer)
             raw.copyMemory(from: key)

@@ -54,6 +54,8 @@ struct ShardState {
     let recorder: ChangeRecorder?
     /// Changes made since the consumer last took them, in sequence order.
     private(set) var changes: [Change] = []
+    /// Recent deletes, for reconciliation between the nodes of a pair.
+    var tombstones: Tombstones
 
     /// Bytes charged per item beyond its key and value: the slot, the array
     /// header and allocator overhead, and the index entries.
@@ -65,7 +67,11 @@ struct ShardState {
         self.evictionsEnabled = evictionsEnabled
         self.nextCas = UInt64(index + 1)
         self.casStride = UInt64(shardCount)
+        self.tombstones = Tombstones(capacity: max(1024, Self.tombstoneBudget / shardCount))
     }
+
+    /// Deletes the store remembers in all (spread over the shards).
+    static let tombstoneBudget = 262_144
 
     static func cost(keyLength: Int, valueCount: Int) -> Int {
         keyLength + valueCount + itemOverhead
@@ -73,11 +79,18 @@ struct ShardState {
 
     // MARK: CAS
 
-    mutating func takeCas() -> UInt64 {
+    /// The next CAS token: a hybrid logical clock stamp at least `base` (the
+    /// physical time as a stamp, or the highest stamp seen from the peer).
+    @inline(__always)
+    mutating func takeCas(_ base: UInt64) -> UInt64 {
+        if base > nextCas { raiseCas(above: base &- 1) }
         let cas = nextCas
         nextCas &+= casStride
         return cas
     }
+
+    /// The next token this shard would hand out: above every stamp it holds.
+    var casCeiling: UInt64 { nextCas }
 
     /// Makes every future CAS of this shard larger than `cas` (after recovery or an explicit `E` token).
     mutating func raiseCas(above cas: UInt64) {
@@ -216,8 +229,8 @@ struct ShardState {
 
     /// Removes an item from the index, the LRU list and the memory account,
     /// and records the removal in the change stream.
-    mutating func remove(_ slot: Int32) {
-        if recorder != nil { record(.remove, slot) }
+    mutating func remove(_ slot: Int32, recordedAs kind: Change.Kind = .remove) {
+        if recorder != nil { record(kind, slot) }
         removeQuietly(slot)
     }
 
@@ -237,12 +250,14 @@ struct ShardState {
     }
 
     /// Live items from slot `cursor` on, at most `limit`.
-    func liveItems(from cursor: Int, limit: Int, now: Int64) -> (items: [ItemSnapshot], next: Int?) {
+    func liveItems(from cursor: Int, limit: Int, now: Int64, newerThan stamp: UInt64 = 0) -> (items: [ItemSnapshot], next: Int?) {
         var items: [ItemSnapshot] = []
         var index = cursor
-        while index < slots.count, items.count < limit {
+        // Bounds the slots examined per call as well, so a sparse filter keeps lock holds short.
+        let examineLimit = cursor + max(limit, 1) * 16
+        while index < slots.count, items.count < limit, index < examineLimit {
             let item = slots[index]
-            if !item.bytes.isEmpty, item.deadline == 0 || item.deadline > now {
+            if !item.bytes.isEmpty, item.deadline == 0 || item.deadline > now, item.cas > stamp {
                 items.append(snapshot(Int32(index)))
             }
             index += 1
@@ -260,6 +275,8 @@ struct ShardState {
         tail = -1
         bytesUsed = 0
         reclaimCursor = 0
+        // The flush's own stamp now stands for every delete before it.
+        tombstones.removeAll()
     }
 
     /// Linear probing deletion by backward shift: no tombstones, so probe
@@ -309,9 +326,9 @@ struct ShardState {
     }
 
     /// Records a flush of every shard under one sequence number.
-    mutating func recordFlush(sequence: UInt64) {
+    mutating func recordFlush(sequence: UInt64, stamp: UInt64) {
         guard let recorder else { return }
-        changes.append(Change(kind: .flushAll, sequence: sequence, storage: [], keyLength: 0, flags: 0, cas: 0, deadline: .never))
+        changes.append(Change(kind: .flushAll, sequence: sequence, storage: [], keyLength: 0, flags: 0, cas: stamp, deadline: .never))
         recorder.pending.wrappingAdd(1, ordering: .relaxed)
     }
 

@@ -28,7 +28,8 @@ public final class TandemClient: Sendable {
     /// Connects and runs the handshake.
     public static func connect(
         host: String, port: Int, name: String = "tandem-client",
-        timeout: TimeAmount = .seconds(5), group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+        timeout: TimeAmount = .seconds(5), group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        role: ConnectionRole = .client, epoch: UInt64 = 0
     ) async throws -> TandemClient {
         let handler = ClientHandler()
         let channel: any Channel
@@ -47,7 +48,7 @@ public final class TandemClient: Sendable {
         }
         let nonce = (0..<16).map { _ in UInt8.random(in: .min ... .max) }
         let hello = WireMessage.hello(Hello(
-            minimumVersion: 1, maximumVersion: 1, role: .client, nodeName: name, nonce: nonce
+            minimumVersion: 1, maximumVersion: 1, role: role, nodeName: name, nonce: nonce, epoch: epoch
         ))
         let reply: WireMessage
         do {
@@ -83,6 +84,24 @@ public final class TandemClient: Sendable {
         let reply = try await handler.request(.ping(timestampMillis: 0), on: channel, timeout: .seconds(5))
         guard case .pong = reply else { throw TandemClientError.unexpectedReply("\(reply.type) to ping") }
         return started.duration(to: .now)
+    }
+
+    /// Asks the node to become the primary; returns its epoch then.
+    public func promote(reason: String) async throws -> UInt64 {
+        try await roleChange(.promote(reason: reason))
+    }
+
+    /// Asks a primary to hand over to its peer and become its backup; returns its epoch then.
+    public func demote(reason: String) async throws -> UInt64 {
+        try await roleChange(.demote(reason: reason))
+    }
+
+    private func roleChange(_ request: WireMessage) async throws -> UInt64 {
+        let reply = try await handler.request(request, on: channel, timeout: .seconds(10))
+        guard case .roleChanged(_, let epoch) = reply else {
+            throw TandemClientError.unexpectedReply("\(reply.type) to \(request.type)")
+        }
+        return epoch
     }
 
     public func close() async throws {

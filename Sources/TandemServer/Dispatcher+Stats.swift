@@ -125,10 +125,16 @@ extension ServerContext {
         } else {
             stats.append(("persistence", "disabled"))
         }
-        if let primary {
-            stats += primary.statistics()
-        } else if let replica {
-            stats += replica.statistics()
+        if let pair {
+            if let primary = pair.primary {
+                stats += primary.statistics()
+            } else if let replica = pair.replica {
+                stats += replica.statistics()
+            } else {
+                stats.append(("role", "joining"))
+            }
+            stats += pair.statistics()
+            stats.append(("tombstones", "\(store.tombstoneCount)"))
         } else {
             stats.append(("role", "standalone"))
         }

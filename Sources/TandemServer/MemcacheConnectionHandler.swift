@@ -216,7 +216,10 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
                 if let replica, case .request(let request) = command {
                     var raw = context.channel.allocator.buffer(capacity: 256)
                     raw.writeBinaryRequest(request)
-                    forward(raw: raw, refusedSet: false, to: replica, context: context)
+                    let dispatcher = self.dispatcher
+                    forward(raw: raw, refusedSet: false, to: replica, context: context) { outbound in
+                        _ = dispatcher.execute(command, into: &outbound)
+                    }
                     if case .waitingForPrimary = state { return true }
                     continue
                 }
@@ -264,10 +267,18 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
         request.writeMemcacheRequest(command)
         var refusedSet = false
         if case .refusedSet = command { refusedSet = true }
-        forward(raw: request, refusedSet: refusedSet, to: replica, context: context)
+        let dispatcher = self.dispatcher
+        forward(raw: request, refusedSet: refusedSet, to: replica, context: context) { outbound in
+            _ = dispatcher.execute(command, into: &outbound)
+        }
     }
 
-    private func forward(raw request: ByteBuffer, refusedSet: Bool, to replica: ReplicaClient, context: ChannelHandlerContext) {
+    /// `runHere` runs the write on this node, for when it became the primary
+    /// before the write could be sent (a failover while it waited).
+    private func forward(
+        raw request: ByteBuffer, refusedSet: Bool, to replica: ReplicaClient, context: ChannelHandlerContext,
+        runHere: @escaping (inout ByteBuffer) -> Void
+    ) {
         dispatcher.context.countForwardedWrite()
         state = .waitingForPrimary
         context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
@@ -280,6 +291,8 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
                 handler.outbound.writeImmutableBuffer(reply)
                 // The primary removed the old value; the refusal itself is this node's to send.
                 if refusedSet { handler.outbound.writeServerError("object too large for cache") }
+            case .failure(ReplicaClient.ForwardError.roleChanged) where handler.dispatcher.context.primary != nil:
+                runHere(&handler.outbound)
             case .failure(let error):
                 handler.logger.debug("forwarded write failed", metadata: ["error": "\(error)"])
                 if handler.binaryDecoder != nil, request.readableBytes >= BinaryDecoder.headerSize {

@@ -7,6 +7,7 @@ import Replication
 import ServiceLifecycle
 import SessionPersistence
 import SessionStore
+import Synchronization
 import WireProtocol
 
 /// A running node: the memcached listener over one store.
@@ -29,6 +30,8 @@ public final class MemcacheServer: Sendable {
     private let wireChannel: (any Channel)?
     /// Releases the change stream to replication between the writer's commits.
     private let pump: RepeatedTask?
+
+    private let stopped = Synchronization.Atomic<Bool>(false)
 
     /// The wire port actually bound, when there is a wire listener.
     public var wirePort: Int? { wireChannel?.localAddress?.port }
@@ -72,28 +75,15 @@ public final class MemcacheServer: Sendable {
             persistence = try Persistence.open(configuration: persistenceConfiguration, store: store, source: feed?.subscribe(), logger: logger)
         }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.threads))
-        var primary: PrimaryReplication?
-        var replica: ReplicaClient?
-        if let pair = configuration.pair, let feed {
-            switch pair.role {
-            case .primary:
-                let started = PrimaryReplication(store: store, feed: feed, configuration: pair.replication, logger: logger)
-                persistence?.setMetaProvider {
-                    [ReplicationMetaKey.replicationID: .blob(started.replicationID.bytes), ReplicationMetaKey.offset: .integer(Int64(bitPattern: started.offset))]
-                }
-                primary = started
-            case .backup:
-                guard let peer = pair.peer else { throw ServerError.backupWithoutPeer }
-                let client = ReplicaClient(
-                    peerHost: peer.host, peerPort: peer.port, store: store,
-                    position: Self.recoveredPosition(persistence), configuration: pair.replication, group: group, logger: logger
-                )
-                persistence?.setMetaProvider {
-                    let position = client.position
-                    return [ReplicationMetaKey.replicationID: .blob(position.replicationID.bytes), ReplicationMetaKey.offset: .integer(Int64(bitPattern: position.offset))]
-                }
-                replica = client
-            }
+        var pair: PairRole?
+        if let pairConfiguration = configuration.pair, let feed {
+            if pairConfiguration.role == .backup, pairConfiguration.peer == nil { throw ServerError.backupWithoutPeer }
+            let role = PairRole(
+                configuration: pairConfiguration, store: store, feed: feed, persistence: persistence,
+                group: group, logger: logger
+            )
+            persistence?.setMetaProvider { role.meta() }
+            pair = role
         }
         persistence?.start()
         var countersByLoop: [ObjectIdentifier: CommandCounters] = [:]
@@ -102,7 +92,7 @@ public final class MemcacheServer: Sendable {
         }
         let context = ServerContext(
             configuration: configuration, store: store, persistence: persistence,
-            primary: primary, replica: replica, countersByLoop: countersByLoop, logger: logger
+            pair: pair, countersByLoop: countersByLoop, logger: logger
         )
         let connections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
         let limits = MemcacheDecoderLimits(maxItemSize: configuration.store.maxItemSize)
@@ -134,10 +124,33 @@ public final class MemcacheServer: Sendable {
                 }
             }
 
+        // The wire port comes first: a node compares its data with its peer's
+        // (over the wire) before its memcached port serves anything.
+        var wireChannel: (any Channel)?
+        var pump: RepeatedTask?
+        if let pairConfiguration = configuration.pair, let feed, let pair {
+            do {
+                wireChannel = try await Self.bindWire(pairConfiguration, group: group, context: context, logger: logger)
+                // Unless named, a node is known by its wire address: stable across restarts on the same port.
+                let configured = pairConfiguration.replication.nodeName
+                pair.setName(configured.isEmpty ? "\(pairConfiguration.wireHost):\(wireChannel?.localAddress?.port ?? 0)" : configured)
+            } catch {
+                try? await group.shutdownGracefully()
+                persistence?.stop()
+                throw error
+            }
+            pump = group.next().scheduleRepeatedTask(initialDelay: pumpInterval, delay: pumpInterval) { _ in feed.pump() }
+            await pair.join()
+            pair.startTimers()
+        }
         let serverChannel: any Channel
         do {
             serverChannel = try await bootstrap.bind(host: configuration.host, port: configuration.port).get()
         } catch {
+            pair?.stopTimers()
+            pair?.replica?.stop()
+            pump?.cancel()
+            try? await wireChannel?.close()
             try? await group.shutdownGracefully()
             persistence?.stop()
             throw error
@@ -150,21 +163,6 @@ public final class MemcacheServer: Sendable {
         context.boundPort.store(localAddress.port ?? 0, ordering: .relaxed)
         let reclaimer = group.next().scheduleRepeatedTask(initialDelay: reclaimInterval, delay: reclaimInterval) { _ in
             store.reclaimExpired(budgetPerShard: reclaimBudgetPerShard)
-        }
-        var wireChannel: (any Channel)?
-        var pump: RepeatedTask?
-        if let pair = configuration.pair, let feed {
-            do {
-                wireChannel = try await Self.bindWire(pair, group: group, context: context, logger: logger)
-            } catch {
-                reclaimer.cancel()
-                try? await serverChannel.close()
-                try? await group.shutdownGracefully()
-                persistence?.stop()
-                throw error
-            }
-            pump = group.next().scheduleRepeatedTask(initialDelay: pumpInterval, delay: pumpInterval) { _ in feed.pump() }
-            replica?.start()
         }
         logger.info(
             "listening on \(configuration.host):\(localAddress.port ?? 0)",
@@ -204,22 +202,14 @@ public final class MemcacheServer: Sendable {
         return channel
     }
 
-    /// The replication position a backup's own database recorded.
-    private static func recoveredPosition(_ persistence: Persistence?) -> ReplicaClient.Position {
-        guard let meta = persistence?.recoveredMeta,
-            case .blob(let id)? = meta[ReplicationMetaKey.replicationID], id.count == 16,
-            case .integer(let offset)? = meta[ReplicationMetaKey.offset]
-        else {
-            return ReplicaClient.Position(replicationID: .none, offset: 0)
-        }
-        return ReplicaClient.Position(replicationID: ReplicationID(bytes: id), offset: UInt64(bitPattern: offset))
-    }
-
     /// Stops accepting, drains open connections (bounded by the drain timeout), and stops the event loops.
     public func shutdown() async {
+        // A second call (an embedder's, after a test's) has nothing left to do.
+        guard !stopped.exchange(true, ordering: .relaxed) else { return }
         context.logger.info("stopping: no longer accepting connections")
         try? await serverChannel.close()
         reclaimer.cancel()
+        context.pair?.stopTimers()
         context.replica?.stop()
         try? await wireChannel?.close()
         context.cancelPendingFlush()

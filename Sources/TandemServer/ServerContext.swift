@@ -21,12 +21,8 @@ final class ServerContext: Sendable {
     let store: SessionStore
     /// The write-behind, when the node persists.
     let persistence: Persistence?
-    /// The node's role in its pair.
-    let role: NodeRole
-    /// Set on a primary: its history, backlog and connected backup.
-    let primary: PrimaryReplication?
-    /// Set on a backup: its link to the primary.
-    let replica: ReplicaClient?
+    /// The node's role in its pair over time; nil for a standalone node.
+    let pair: PairRole?
     /// Writes this node forwarded to the primary (backup) or ran for the backup (primary).
     let forwardedWrites = Synchronization.Atomic<UInt64>(0)
     /// Each event loop's counters, for dispatchers created outside a memcached connection.
@@ -47,14 +43,12 @@ final class ServerContext: Sendable {
 
     init(
         configuration: ServerConfiguration, store: SessionStore, persistence: Persistence?,
-        primary: PrimaryReplication?, replica: ReplicaClient?, countersByLoop: [ObjectIdentifier: CommandCounters], logger: Logger
+        pair: PairRole?, countersByLoop: [ObjectIdentifier: CommandCounters], logger: Logger
     ) {
         self.configuration = configuration
         self.store = store
         self.persistence = persistence
-        self.role = configuration.pair?.role ?? .primary
-        self.primary = primary
-        self.replica = replica
+        self.pair = pair
         self.countersByLoop = countersByLoop
         self.counters = CounterSet(perLoop: Array(countersByLoop.values))
         self.logger = logger
@@ -88,10 +82,19 @@ final class ServerContext: Sendable {
 }
 
 extension ServerContext {
+    /// Set while this node is the primary: its history, backlog and connected backup.
+    var primary: PrimaryReplication? { pair?.primary }
+
+    /// Set while this node is a backup: its link to the primary.
+    var replica: ReplicaClient? { pair?.replica }
+
+    /// The node's role now (a standalone node is a primary of its own).
+    var role: NodeRole { pair?.nodeRole ?? .primary }
+
     /// The node's name in the pair (`--node-name`, or the memcached address).
     var nodeName: String {
-        let configured = configuration.pair?.replication.nodeName ?? ""
-        return configured.isEmpty ? "\(configuration.host):\(boundPort.load(ordering: .relaxed))" : configured
+        if let pair { return pair.nodeName() }
+        return "\(configuration.host):\(boundPort.load(ordering: .relaxed))"
     }
 
     var decoderLimits: MemcacheDecoderLimits {

@@ -2,6 +2,7 @@ import Logging
 import MemcacheProtocol
 import NIOCore
 import Replication
+import SessionStore
 import WireProtocol
 
 /// One connection to the wire port: the handshake, then requests from a
@@ -17,6 +18,8 @@ final class WireConnectionHandler: ChannelInboundHandler {
         case awaitingHello
         /// Handshake done: requests are served.
         case ready(role: ConnectionRole, name: String)
+        /// A node about to follow this primary sends its versions for merging.
+        case reconciling(role: ConnectionRole, name: String, watermark: UInt64, merge: MergeTally)
         /// The backup's replication connection, run by its session.
         case replicating(ReplicaSession)
         /// Closing after a protocol error.
@@ -54,15 +57,35 @@ final class WireConnectionHandler: ChannelInboundHandler {
                 return
             }
             let version = min(hello.maximumVersion, WireVersion.maximum)
-            // Nodes are not promoted or demoted yet, so every node is in epoch 0.
+            if hello.role == .peer { node.pair?.peerSaidHello(epoch: hello.epoch, name: hello.nodeName) }
             send(.helloOK(HelloOK(
-                version: version, nodeName: node.nodeName, nodeRole: node.role, epoch: 0,
+                version: version, nodeName: node.nodeName, nodeRole: node.role, epoch: node.pair?.epoch ?? 0,
                 authentication: .none, nonce: []
             )), requestID: frame.requestID, context: context)
             state = .ready(role: hello.role, name: hello.nodeName)
 
         case .ready(let role, let name):
             serve(message, frame: frame, role: role, name: name, context: context)
+
+        case .reconciling(let role, let name, let watermark, var merge):
+            switch message {
+            case .reconcileChunk(let changes):
+                merge.merge(changes, into: node.store, watermark: watermark, from: name, logger: logger)
+                state = .reconciling(role: role, name: name, watermark: watermark, merge: merge)
+            case .reconcileEnd(let count):
+                guard count == merge.received else {
+                    reject(.protocolViolation, "reconcileEnd announced \(count) versions but \(merge.received) arrived", requestID: frame.requestID, context: context)
+                    return
+                }
+                node.pair?.countReconciliation(applied: merge.applied, conflicts: merge.conflicts)
+                logger.info("reconciled with \(name)", metadata: [
+                    "received": "\(merge.received)", "applied": "\(merge.applied)", "conflicts": "\(merge.conflicts)",
+                ])
+                state = .ready(role: role, name: name)
+                send(.reconcileDone(ReconcileSummary(received: merge.received, applied: merge.applied, conflicts: merge.conflicts)), requestID: frame.requestID, context: context)
+            default:
+                serve(message, frame: frame, role: role, name: name, context: context)
+            }
 
         case .replicating(let session):
             // The backup forwards its clients' writes over its replication connection.
@@ -95,8 +118,58 @@ final class WireConnectionHandler: ChannelInboundHandler {
                 return
             }
             runForwarded(request, requestID: frame.requestID, context: context)
+        case .reconcile(let position):
+            guard role == .peer, let primary = node.primary else {
+                reject(.notPrimary, "this node is a \(node.role); reconcile with the primary", requestID: frame.requestID, context: context)
+                return
+            }
+            let watermark = primary.reconcileWatermark(for: position)
+            if watermark != .max {
+                logger.info("reconciling with \(name)", metadata: [
+                    "its_replication_id": "\(position.replicationID)", "its_offset": "\(position.offset)",
+                    "watermark": "\(watermark)",
+                ])
+                state = .reconciling(role: role, name: name, watermark: watermark, merge: MergeTally())
+            }
+            send(.reconcileFrom(watermark: watermark), requestID: frame.requestID, context: context)
+        case .promote(let reason):
+            changeRole(requestID: frame.requestID, context: context) { pair in
+                try await pair.becomePrimary(reason: "requested by \(name): \(reason)", automatic: false)
+            }
+        case .demote(let reason):
+            changeRole(requestID: frame.requestID, context: context) { pair in
+                try await pair.demote(reason: "requested by \(name): \(reason)")
+            }
         default:
             reject(.protocolViolation, "unexpected \(message.type)", requestID: frame.requestID, context: context)
+        }
+    }
+
+    /// Runs a role change and answers with the role and epoch it led to.
+    private func changeRole(requestID: UInt32, context: ChannelHandlerContext, _ change: @escaping @Sendable (PairRole) async throws -> UInt64) {
+        guard let pair = node.pair else {
+            reject(.unavailable, "a standalone node has no pair to change roles in", requestID: requestID, context: context)
+            return
+        }
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let eventLoop = context.eventLoop
+        Task {
+            let result: Result<UInt64, any Error>
+            do {
+                result = .success(try await change(pair))
+            } catch {
+                result = .failure(error)
+            }
+            eventLoop.execute {
+                let (handler, context) = bound.value
+                switch result {
+                case .success(let epoch):
+                    handler.send(.roleChanged(role: pair.nodeRole, epoch: epoch), requestID: requestID, context: context)
+                case .failure(let error):
+                    // The connection stays usable: the request was valid, the change was not possible.
+                    handler.send(.error(WireError(.unavailable, "\(error)")), requestID: requestID, context: context)
+                }
+            }
         }
     }
 
@@ -180,5 +253,53 @@ final class WireConnectionHandler: ChannelInboundHandler {
             return
         }
         context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+    }
+}
+
+/// What merging one node's versions did so far (counted per reconciliation).
+struct MergeTally {
+    var received: UInt64 = 0
+    var applied: UInt64 = 0
+    var conflicts: UInt64 = 0
+
+    /// Merges versions into the store; a conflict (both nodes changed the key
+    /// after the point they last agreed on) is counted and logged with its key.
+    mutating func merge(_ changes: [ReplicatedChange], into store: SessionStore, watermark: UInt64, from name: String, logger: Logger) {
+        for change in changes {
+            received += 1
+            let outcome: MergeOutcome
+            switch change.kind {
+            case .upsert:
+                outcome = change.key.withUnsafeReadableBytes { key in
+                    change.value.withUnsafeReadableBytes { value in
+                        store.merge(key, value: value, flags: change.flags, deadline: Deadline(millis: change.deadlineMillis), stamp: change.cas)
+                    }
+                }
+            case .delete:
+                outcome = change.key.withUnsafeReadableBytes { store.merge($0, value: nil, flags: 0, deadline: .never, stamp: change.cas) }
+            case .remove, .flushAll:
+                continue
+            }
+            let conflict: (local: UInt64, winner: String)?
+            switch outcome {
+            case .applied(let replaced):
+                applied += 1
+                conflict = replaced.map { ($0, name) }
+            case .kept(let local):
+                conflict = (local, "this node")
+            case .same, .expired:
+                conflict = nil
+            }
+            // Versions at or below the watermark may be ones both nodes saw; only
+            // a change made after it, meeting another version, is a conflict.
+            if let conflict, change.cas > watermark {
+                conflicts += 1
+                logger.warning("reconcile conflict", metadata: [
+                    "key": "\(String(decoding: change.key.readableBytesView, as: UTF8.self))",
+                    "kind": "\(change.kind == .delete ? "delete" : "write")",
+                    "incoming_stamp": "\(change.cas)", "local_stamp": "\(conflict.local)", "winner": "\(conflict.winner)",
+                ])
+            }
+        }
     }
 }

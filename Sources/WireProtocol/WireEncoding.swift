@@ -27,6 +27,11 @@ public enum WireEncodedSize {
         changeRemove + keyCount
     }
 
+    /// Encoded size of a `changes` delete (or flush_all) with a key of this size: a remove plus its stamp.
+    @inlinable public static func changeDelete(keyCount: Int) -> Int {
+        changeRemove + keyCount + 8
+    }
+
     /// Encoded size of a `snapshotChunk` item with a key and a value of these sizes.
     @inlinable public static func snapshotItem(keyCount: Int, valueCount: Int) -> Int {
         snapshotItem + keyCount + valueCount
@@ -71,12 +76,26 @@ extension ByteBuffer {
     /// Appends one `flush_all` element of a `changes` body (its key is empty); returns the bytes written.
     @inlinable
     @discardableResult
-    public mutating func writeChangeFlush(offset: UInt64) -> Int {
-        let size = WireEncodedSize.changeRemove
+    public mutating func writeChangeFlush(offset: UInt64, stamp: UInt64) -> Int {
+        let size = WireEncodedSize.changeDelete(keyCount: 0)
         reserveCapacity(minimumWritableBytes: size)
         writeInteger(offset)
         writeInteger(ReplicatedChange.Kind.flushAll.rawValue)
         writeInteger(UInt32(0))
+        writeInteger(stamp)
+        return size
+    }
+
+    /// Appends one `delete` element of a `changes` body; returns the bytes written.
+    @inlinable
+    @discardableResult
+    public mutating func writeChangeDelete(offset: UInt64, key: UnsafeRawBufferPointer, stamp: UInt64) -> Int {
+        let size = WireEncodedSize.changeDelete(keyCount: key.count)
+        reserveCapacity(minimumWritableBytes: size)
+        writeInteger(offset)
+        writeInteger(ReplicatedChange.Kind.delete.rawValue)
+        writeWireBytes(key)
+        writeInteger(stamp)
         return size
     }
 

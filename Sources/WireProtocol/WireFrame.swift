@@ -88,11 +88,19 @@ public enum WireMessageType: UInt16, Sendable, Hashable, CaseIterable, CustomStr
     case partialResync = 0x0024
     case changes = 0x0025
     case ack = 0x0026
+    case reconcile = 0x0027
+    case reconcileFrom = 0x0028
+    case reconcileChunk = 0x0029
+    case reconcileEnd = 0x002A
+    case reconcileDone = 0x002B
     case forward = 0x0030
     case forwardReply = 0x0031
     case statusRequest = 0x0040
     case statsRequest = 0x0041
     case properties = 0x0042
+    case promote = 0x0050
+    case demote = 0x0051
+    case roleChanged = 0x0052
 
     /// The name Protocol.md uses, e.g. `helloOK`.
     public var name: String {
@@ -111,9 +119,17 @@ public enum WireMessageType: UInt16, Sendable, Hashable, CaseIterable, CustomStr
         case .partialResync: return "partialResync"
         case .changes: return "changes"
         case .ack: return "ack"
+        case .reconcile: return "reconcile"
+        case .reconcileFrom: return "reconcileFrom"
+        case .reconcileChunk: return "reconcileChunk"
+        case .reconcileEnd: return "reconcileEnd"
+        case .reconcileDone: return "reconcileDone"
         case .forward: return "forward"
         case .forwardReply: return "forwardReply"
         case .statusRequest: return "statusRequest"
+        case .promote: return "promote"
+        case .demote: return "demote"
+        case .roleChanged: return "roleChanged"
         case .statsRequest: return "statsRequest"
         case .properties: return "properties"
         }

@@ -21,6 +21,14 @@ extension WireMessage {
         case .partialResync: return .partialResync
         case .changes: return .changes
         case .ack: return .ack
+        case .reconcile: return .reconcile
+        case .reconcileFrom: return .reconcileFrom
+        case .reconcileChunk: return .reconcileChunk
+        case .reconcileEnd: return .reconcileEnd
+        case .reconcileDone: return .reconcileDone
+        case .promote: return .promote
+        case .demote: return .demote
+        case .roleChanged: return .roleChanged
         case .forward: return .forward
         case .forwardReply: return .forwardReply
         case .statusRequest: return .statusRequest
@@ -33,17 +41,23 @@ extension WireMessage {
     public var encodedBodySize: Int {
         switch self {
         case .hello(let hello):
-            return 4 + 2 + 2 + 1 + 4 + hello.nodeName.utf8.count + 4 + hello.nonce.count
+            return 4 + 2 + 2 + 1 + 4 + hello.nodeName.utf8.count + 4 + hello.nonce.count + 8
         case .helloOK(let ok):
             return 2 + 4 + ok.nodeName.utf8.count + 1 + 8 + 1 + 4 + ok.nonce.count
         case .auth(let proof), .authOK(let proof):
             return 4 + proof.count
         case .error(let error):
             return 2 + 4 + error.message.utf8.count
-        case .ping, .pong, .snapshotEnd, .ack:
+        case .ping, .pong, .snapshotEnd, .ack, .reconcileFrom, .reconcileEnd:
             return 8
-        case .replicate:
+        case .replicate, .reconcile:
             return 16 + 8 + 8
+        case .reconcileDone:
+            return 24
+        case .promote(let reason), .demote(let reason):
+            return 4 + reason.utf8.count
+        case .roleChanged:
+            return 1 + 8
         case .fullResync:
             return 16 + 8 + 8 + 8
         case .snapshotChunk(let items):
@@ -54,14 +68,16 @@ extension WireMessage {
             return size
         case .partialResync:
             return 16 + 8
-        case .changes(let changes):
+        case .changes(let changes), .reconcileChunk(let changes):
             var size = 4
             for change in changes {
                 switch change.kind {
                 case .upsert:
                     size += WireEncodedSize.changeUpsert(keyCount: change.key.readableBytes, valueCount: change.value.readableBytes)
-                case .remove, .flushAll:
+                case .remove:
                     size += WireEncodedSize.changeRemove(keyCount: change.key.readableBytes)
+                case .flushAll, .delete:
+                    size += WireEncodedSize.changeDelete(keyCount: change.key.readableBytes)
                 }
             }
             return size
@@ -96,6 +112,7 @@ extension WireMessage {
             buffer.writeInteger(hello.role.rawValue)
             buffer.writeWireString(hello.nodeName)
             buffer.writeWireBytes(hello.nonce)
+            buffer.writeInteger(hello.epoch)
         case .helloOK(let ok):
             buffer.writeInteger(ok.version)
             buffer.writeWireString(ok.nodeName)
@@ -133,7 +150,7 @@ extension WireMessage {
         case .partialResync(let replicationID, let offset):
             buffer.writeReplicationID(replicationID)
             buffer.writeInteger(offset)
-        case .changes(let changes):
+        case .changes(let changes), .reconcileChunk(let changes):
             buffer.writeInteger(UInt32(changes.count))
             for change in changes {
                 buffer.writeInteger(change.offset)
@@ -144,10 +161,25 @@ extension WireMessage {
                     buffer.writeInteger(change.flags)
                     buffer.writeInteger(change.deadlineMillis)
                     buffer.writeInteger(change.cas)
+                } else if change.kind.carriesStampOnly {
+                    buffer.writeInteger(change.cas)
                 }
             }
-        case .ack(let offset):
+        case .ack(let offset), .reconcileFrom(let offset), .reconcileEnd(let offset):
             buffer.writeInteger(offset)
+        case .reconcile(let request):
+            buffer.writeReplicationID(request.replicationID)
+            buffer.writeInteger(request.offset)
+            buffer.writeInteger(request.epoch)
+        case .reconcileDone(let summary):
+            buffer.writeInteger(summary.received)
+            buffer.writeInteger(summary.applied)
+            buffer.writeInteger(summary.conflicts)
+        case .promote(let reason), .demote(let reason):
+            buffer.writeWireString(reason)
+        case .roleChanged(let role, let epoch):
+            buffer.writeInteger(role.rawValue)
+            buffer.writeInteger(epoch)
         case .forward(let request):
             buffer.writeWireBytes(request)
         case .forwardReply(let offset, let reply):
@@ -190,7 +222,8 @@ extension WireMessage {
             let role = try reader.enumeration("role", as: ConnectionRole.self)
             let nodeName = try reader.string("node_name")
             let nonce = try reader.byteArray("nonce")
-            var hello = Hello(minimumVersion: minimumVersion, maximumVersion: maximumVersion, role: role, nodeName: nodeName, nonce: nonce)
+            let epoch = try reader.integer("epoch", as: UInt64.self)
+            var hello = Hello(minimumVersion: minimumVersion, maximumVersion: maximumVersion, role: role, nodeName: nodeName, nonce: nonce, epoch: epoch)
             hello.magic = magic
             self = .hello(hello)
         case .helloOK:
@@ -250,7 +283,7 @@ extension WireMessage {
             let replicationID = try reader.replicationID("replication_id")
             let offset = try reader.integer("offset", as: UInt64.self)
             self = .partialResync(replicationID: replicationID, offset: offset)
-        case .changes:
+        case .changes, .reconcileChunk:
             let count = try reader.count("count", minimumElementSize: WireEncodedSize.changeRemove)
             var changes: [ReplicatedChange] = []
             changes.reserveCapacity(count)
@@ -265,14 +298,39 @@ extension WireMessage {
                     let deadline = try reader.integer("deadline", as: Int64.self)
                     let cas = try reader.integer("cas", as: UInt64.self)
                     changes.append(ReplicatedChange(offset: offset, kind: kind, key: key, value: value, flags: flags, deadlineMillis: deadline, cas: cas))
+                } else if kind.carriesStampOnly {
+                    let stamp = try reader.integer("stamp", as: UInt64.self)
+                    changes.append(ReplicatedChange(offset: offset, kind: kind, key: key, cas: stamp))
                 } else {
                     changes.append(ReplicatedChange(offset: offset, kind: kind, key: key))
                 }
             }
             reader.element = nil
-            self = .changes(changes)
+            self = messageType == .changes ? .changes(changes) : .reconcileChunk(changes)
         case .ack:
             self = .ack(offset: try reader.integer("offset", as: UInt64.self))
+        case .reconcile:
+            let replicationID = try reader.replicationID("replication_id")
+            let offset = try reader.integer("offset", as: UInt64.self)
+            let epoch = try reader.integer("epoch", as: UInt64.self)
+            self = .reconcile(Replicate(replicationID: replicationID, offset: offset, epoch: epoch))
+        case .reconcileFrom:
+            self = .reconcileFrom(watermark: try reader.integer("watermark", as: UInt64.self))
+        case .reconcileEnd:
+            self = .reconcileEnd(count: try reader.integer("count", as: UInt64.self))
+        case .reconcileDone:
+            let received = try reader.integer("received", as: UInt64.self)
+            let applied = try reader.integer("applied", as: UInt64.self)
+            let conflicts = try reader.integer("conflicts", as: UInt64.self)
+            self = .reconcileDone(ReconcileSummary(received: received, applied: applied, conflicts: conflicts))
+        case .promote:
+            self = .promote(reason: try reader.string("reason"))
+        case .demote:
+            self = .demote(reason: try reader.string("reason"))
+        case .roleChanged:
+            let role = try reader.enumeration("role", as: NodeRole.self)
+            let epoch = try reader.integer("epoch", as: UInt64.self)
+            self = .roleChanged(role: role, epoch: epoch)
         case .forward:
             self = .forward(request: try reader.bytes("request"))
         case .forwardReply:

@@ -35,6 +35,18 @@ public enum WireMessage: Sendable, Equatable {
     case changes([ReplicatedChange])
     /// From a backup: every change up to `offset` is applied.
     case ack(offset: UInt64)
+    /// A node about to become the backup asks which of its versions the primary
+    /// may lack: `position` is where its data comes from.
+    case reconcile(Replicate)
+    /// Response to `reconcile`: send every version stamped above `watermark`
+    /// (`UInt64.max`: none is needed).
+    case reconcileFrom(watermark: UInt64)
+    /// Versions for the primary to merge: upserts and deletes, `offset` 0.
+    case reconcileChunk([ReplicatedChange])
+    /// The last chunk was sent; `count` versions in all.
+    case reconcileEnd(count: UInt64)
+    /// Response to `reconcileEnd`: what the merge did.
+    case reconcileDone(ReconcileSummary)
 
     // MARK: Forwarded memcached writes
 
@@ -51,6 +63,13 @@ public enum WireMessage: Sendable, Equatable {
     case statsRequest
     /// Name/value pairs answering `statusRequest` or `statsRequest`.
     case properties([Property])
+    /// Asks a node to become the primary (`tandemctl promote`, or the peer when
+    /// this node holds the newer data).
+    case promote(reason: String)
+    /// Asks a primary to step down and become its peer's backup.
+    case demote(reason: String)
+    /// Response to `promote`/`demote`: the node's role and epoch now.
+    case roleChanged(role: NodeRole, epoch: UInt64)
 }
 
 /// The first frame's content.
@@ -64,11 +83,14 @@ public struct Hello: Sendable, Equatable {
     public var nodeName: String
     /// 16 random bytes the sender chose, bound into the authentication proofs.
     public var nonce: [UInt8]
+    /// The sender's epoch (0 for clients): a primary that meets a higher one steps down.
+    public var epoch: UInt64
 
     /// "TNDM".
     public static let magic: UInt32 = 0x544E_444D
 
-    public init(minimumVersion: UInt16, maximumVersion: UInt16, role: ConnectionRole, nodeName: String, nonce: [UInt8]) {
+    public init(minimumVersion: UInt16, maximumVersion: UInt16, role: ConnectionRole, nodeName: String, nonce: [UInt8], epoch: UInt64 = 0) {
+        self.epoch = epoch
         self.magic = Self.magic
         self.minimumVersion = minimumVersion
         self.maximumVersion = maximumVersion
@@ -112,11 +134,14 @@ public struct HelloOK: Sendable, Equatable {
 public enum NodeRole: UInt8, Sendable, Equatable, CustomStringConvertible {
     case primary = 1
     case backup = 2
+    /// Started, and comparing its data with its peer's before it serves.
+    case joining = 3
 
     public var description: String {
         switch self {
         case .primary: return "primary"
         case .backup: return "backup"
+        case .joining: return "joining"
         }
     }
 }
@@ -261,8 +286,15 @@ public struct ReplicatedChange: Sendable, Equatable {
     /// What happened.
     public enum Kind: UInt8, Sendable, Equatable {
         case upsert = 1
+        /// Expiry or eviction: no tombstone.
         case remove = 2
+        /// Carries the flush's stamp in `cas`.
         case flushAll = 3
+        /// A client's delete; carries its stamp in `cas`.
+        case delete = 4
+
+        /// Whether the element carries a stamp after its key (and nothing else).
+        public var carriesStampOnly: Bool { self == .flushAll || self == .delete }
     }
 
     public var offset: UInt64
@@ -283,6 +315,22 @@ public struct ReplicatedChange: Sendable, Equatable {
         self.flags = flags
         self.deadlineMillis = deadlineMillis
         self.cas = cas
+    }
+}
+
+/// What merging a node's versions into the primary did.
+public struct ReconcileSummary: Sendable, Equatable {
+    /// Versions received.
+    public var received: UInt64
+    /// Versions that were newer and now stand on the primary.
+    public var applied: UInt64
+    /// Keys whose two versions differed (whichever won).
+    public var conflicts: UInt64
+
+    public init(received: UInt64, applied: UInt64, conflicts: UInt64) {
+        self.received = received
+        self.applied = applied
+        self.conflicts = conflicts
     }
 }
 

@@ -80,7 +80,13 @@ struct Tandemd: AsyncParsableCommand {
     @Option(name: .customLong("backlog-size"), help: "Bytes of recent changes the primary keeps so a returning backup resumes without a full copy (k/m/g suffixes).")
     var backlogSize: ByteSize = ByteSize(bytes: 256 << 20)
 
-    @Option(name: .customLong("node-name"), help: "This node's name in logs and status (default: its memcached address).")
+    @Option(name: .customLong("failover-after"), help: "Milliseconds without word from the primary after which a backup promotes itself (0: never; promote with tandemctl). The default leaves writes parked on the backup time to be answered within msm's 1,000 ms timeout.")
+    var failoverAfter: Int = 600
+
+    @Option(name: .customLong("stamp-skew"), help: ArgumentHelp("Testing only: milliseconds added to the clock that stamps writes, to play a machine whose clock is off.", visibility: .hidden))
+    var stampSkew: Int64 = 0
+
+    @Option(name: .customLong("node-name"), help: "This node's name in logs and status (default: its wire address).")
     var nodeName: String = ""
 
     @Option(name: .customLong("sasl-users"), help: "Require SASL PLAIN (binary protocol) with the user:password lines of FILE; text connections are then refused. Keep the file chmod 600.")
@@ -109,6 +115,10 @@ struct Tandemd: AsyncParsableCommand {
         guard (1...60_000).contains(heartbeatInterval) else { throw ValidationError("--heartbeat-interval must be between 1 and 60000 ms") }
         guard linkTimeout > heartbeatInterval else {
             throw ValidationError("--link-timeout (\(linkTimeout) ms) must be longer than --heartbeat-interval (\(heartbeatInterval) ms)")
+        }
+        guard (0...600_000).contains(failoverAfter) else { throw ValidationError("--failover-after must be between 0 and 600000 ms") }
+        if failoverAfter > 0, failoverAfter <= heartbeatInterval * 2 {
+            throw ValidationError("--failover-after (\(failoverAfter) ms) must be more than twice --heartbeat-interval (\(heartbeatInterval) ms), or 0")
         }
         guard backlogSize.bytes >= 1 << 20 else { throw ValidationError("--backlog-size must be at least 1m") }
         // A replicated item must fit one wire frame (16 MiB) with room to spare.
@@ -144,7 +154,7 @@ struct Tandemd: AsyncParsableCommand {
             host: listen, port: port, threads: threads, maxConnections: maxConnections,
             store: StoreConfiguration(
                 memoryLimit: memoryLimit << 20, evictionsEnabled: !disableEvictions, maxItemSize: maxItemSize.bytes
-            ),
+            ).skewed(by: stampSkew),
             verbosity: verbose,
             persistence: noPersistence ? nil : PersistenceConfiguration(dataDirectory: dataDir, flushIntervalMillis: flushInterval),
             pair: PairConfiguration(
@@ -153,7 +163,7 @@ struct Tandemd: AsyncParsableCommand {
                     mode: replication, syncTimeout: .milliseconds(Int64(syncTimeout)),
                     heartbeatInterval: .milliseconds(Int64(heartbeatInterval)), linkTimeout: .milliseconds(Int64(linkTimeout)),
                     backlogSize: backlogSize.bytes, nodeName: nodeName
-                )
+                ).failingOver(after: failoverAfter)
             )
         )
         configuration.saslUsers = users
@@ -169,6 +179,22 @@ struct Tandemd: AsyncParsableCommand {
             logger.critical("cannot start: \(error)")
             throw ExitCode(2)
         }
+    }
+}
+
+extension StoreConfiguration {
+    func skewed(by millis: Int64) -> StoreConfiguration {
+        var configuration = self
+        configuration.stampSkewMillis = millis
+        return configuration
+    }
+}
+
+extension ReplicationConfiguration {
+    func failingOver(after millis: Int) -> ReplicationConfiguration {
+        var configuration = self
+        configuration.failoverAfter = .milliseconds(Int64(millis))
+        return configuration
     }
 }
 

@@ -17,6 +17,7 @@ struct ChangeStreamTests {
             switch change.kind {
             case .upsert: return "upsert \(String(decoding: change.key, as: UTF8.self))=\(String(decoding: change.withValueBytes { Array($0) }, as: UTF8.self))"
             case .remove: return "remove \(String(decoding: change.key, as: UTF8.self))"
+            case .delete: return "delete \(String(decoding: change.key, as: UTF8.self))"
             case .flushAll: return "flush"
             }
         }
@@ -36,7 +37,7 @@ struct ChangeStreamTests {
         _ = store.delete("a")
         _ = store.delete("a")  // miss: no change
         let changes = store.takeChanges()
-        #expect(summary(changes) == ["upsert a=1", "upsert a=1x", "upsert n=5", "upsert n=7", "upsert a=1x", "remove a"])
+        #expect(summary(changes) == ["upsert a=1", "upsert a=1x", "upsert n=5", "upsert n=7", "upsert a=1x", "delete a"])
         #expect(changes.map(\.sequence) == changes.map(\.sequence).sorted())
         #expect(changes[4].deadline.millis == clock.nowMillis() + 100_000)
         #expect(store.pendingChanges == 0)

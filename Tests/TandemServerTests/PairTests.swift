@@ -1,4 +1,5 @@
 import Logging
+import NIOCore
 import Replication
 import SessionStore
 import TandemClient
@@ -9,11 +10,15 @@ import WireProtocol
 /// A primary and a backup in this test process, on ephemeral ports.
 @Suite("A pair in one process", .serialized)
 struct PairTests {
-    func pairConfiguration(role: NodeRole, peerPort: Int? = nil, mode: ReplicationConfiguration.Mode = .sync) -> ServerConfiguration {
+    func pairConfiguration(
+        role: NodeRole, peerPort: Int? = nil, mode: ReplicationConfiguration.Mode = .sync, failoverAfter: TimeAmount = .milliseconds(600)
+    ) -> ServerConfiguration {
         var configuration = testConfiguration()
+        var replication = ReplicationConfiguration(mode: mode, nodeName: role == .primary ? "P" : "B")
+        replication.failoverAfter = failoverAfter
         configuration.pair = PairConfiguration(
             wireHost: "127.0.0.1", wirePort: 0, role: role, peer: peerPort.map { ("127.0.0.1", $0) },
-            replication: ReplicationConfiguration(mode: mode, nodeName: role == .primary ? "P" : "B")
+            replication: replication
         )
         return configuration
     }
@@ -95,17 +100,61 @@ struct PairTests {
         }
     }
 
-    @Test("a backup with no reachable primary answers writes with a clear server error and keeps serving reads")
+    @Test("without failover, a backup with no reachable primary answers writes with a clear server error and keeps serving reads")
     func primaryUnavailable() async throws {
         // A port nobody listens on: take one from a server and stop it.
         let gone = try await MemcacheServer.start(configuration: pairConfiguration(role: .primary), logger: quietLogger)
         let deadPort = gone.wirePort!
         await gone.shutdown()
-        let backup = try await MemcacheServer.start(configuration: pairConfiguration(role: .backup, peerPort: deadPort), logger: quietLogger)
+        let backup = try await MemcacheServer.start(
+            configuration: pairConfiguration(role: .backup, peerPort: deadPort, failoverAfter: .zero), logger: quietLogger
+        )
         let client = try TestClient(port: backup.port)
         #expect(try await client.exchange("set k 0 0 1\r\nv\r\n") == "SERVER_ERROR primary unavailable\r\n")
         #expect(try await client.exchange("get k\r\n") == "END\r\n")
         client.close()
         await backup.shutdown()
+    }
+
+    @Test("when the primary stops, the backup promotes itself in a higher epoch, and a write it held meanwhile is stored there")
+    func failover() async throws {
+        try await withPair { primary, backup in
+            let p = try TestClient(port: primary.port)
+            #expect(try await p.exchange("set before 0 0 1\r\n1\r\n") == "STORED\r\n")
+            p.close()
+            let b = try TestClient(port: backup.port)
+            defer { b.close() }
+            await primary.shutdown()
+            // Sent while the backup has no primary: held, then run once it leads.
+            let started = ContinuousClock.now
+            #expect(try await b.exchange("set during 0 0 1\r\n2\r\n") == "STORED\r\n")
+            #expect(started.duration(to: .now) < .milliseconds(1000), "a held write must be answered within msm's timeout")
+            #expect(try await b.exchange("get before during\r\n") == "VALUE before 0 1\r\n1\r\nVALUE during 0 1\r\n2\r\nEND\r\n")
+            let client = try await TandemClient.connect(host: "127.0.0.1", port: backup.wirePort!)
+            let status = Dictionary(try await client.status().map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a })
+            try await client.close()
+            #expect(status["role"] == "primary")
+            #expect(status["failovers"] == "1")
+            #expect(client.server.epoch == 1)
+        }
+    }
+
+    @Test("promote over the wire: the backup leads in epoch 1 and the old primary steps down to follow it")
+    func manualPromotion() async throws {
+        try await withPair { primary, backup in
+            let p = try TestClient(port: primary.port)
+            defer { p.close() }
+            #expect(try await p.exchange("set k 0 0 1\r\n1\r\n") == "STORED\r\n")
+            let control = try await TandemClient.connect(host: "127.0.0.1", port: backup.wirePort!)
+            let epoch = try await control.promote(reason: "test")
+            try await control.close()
+            #expect(epoch == 1)
+            // The old primary has no --peer here, so it learns of the new epoch
+            // when the new primary cannot reach it: it keeps serving as before.
+            let b = try TestClient(port: backup.port)
+            defer { b.close() }
+            #expect(try await b.exchange("set k 0 0 1\r\n2\r\n") == "STORED\r\n")
+            #expect(try await b.exchange("get k\r\n") == "VALUE k 0 1\r\n2\r\nEND\r\n")
+        }
     }
 }

@@ -176,7 +176,9 @@ struct HotPathTests {
                 case .remove:
                     return buffer.writeChangeRemove(offset: change.offset, key: key)
                 case .flushAll:
-                    return buffer.writeChangeFlush(offset: change.offset)
+                    return buffer.writeChangeFlush(offset: change.offset, stamp: change.cas)
+                case .delete:
+                    return buffer.writeChangeDelete(offset: change.offset, key: key, stamp: change.cas)
                 }
             }
         }

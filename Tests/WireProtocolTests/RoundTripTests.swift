@@ -68,7 +68,8 @@ let samples: [Sample] = {
         Sample("changes one of each", .changes([
             ReplicatedChange(offset: 1, kind: .upsert, key: bb("k"), value: bb("hi"), flags: 0, deadlineMillis: 0, cas: 7),
             ReplicatedChange(offset: 2, kind: .remove, key: bb("k")),
-            ReplicatedChange(offset: 3, kind: .flushAll, key: ByteBuffer()),
+            ReplicatedChange(offset: 3, kind: .flushAll, key: ByteBuffer(), cas: 99),
+            ReplicatedChange(offset: 4, kind: .delete, key: bb("gone"), cas: .max),
             ReplicatedChange(offset: .max, kind: .upsert, key: ByteBuffer(), value: ByteBuffer(), flags: .max, deadlineMillis: .min, cas: .max),
             ReplicatedChange(offset: 0, kind: .remove, key: ByteBuffer()),
         ])),
@@ -92,6 +93,20 @@ let samples: [Sample] = {
         Sample("properties empty", .properties([])),
         Sample("properties", .properties([Property("role", "primary"), Property("", ""), Property("name", "名前 🚀"), Property("replication_id", id16.description)])),
         Sample("properties many", .properties((0..<1000).map { Property("stat_\($0)", "\($0 * 7)") })),
+        Sample("hello with epoch", .hello(Hello(minimumVersion: 1, maximumVersion: 1, role: .peer, nodeName: "a", nonce: Array(1...16), epoch: 12))),
+        Sample("helloOK joining", .helloOK(HelloOK(version: 1, nodeName: "j", nodeRole: .joining, epoch: 3, authentication: .none, nonce: []))),
+        Sample("reconcile", .reconcile(Replicate(replicationID: id16, offset: 55, epoch: 2))),
+        Sample("reconcileFrom", .reconcileFrom(watermark: 123_456_789)),
+        Sample("reconcileFrom none needed", .reconcileFrom(watermark: .max)),
+        Sample("reconcileChunk", .reconcileChunk([
+            ReplicatedChange(offset: 0, kind: .upsert, key: bb("k"), value: bb("v"), flags: 1, deadlineMillis: 2, cas: 3),
+            ReplicatedChange(offset: 0, kind: .delete, key: bb("d"), cas: 4),
+        ])),
+        Sample("reconcileEnd", .reconcileEnd(count: 2)),
+        Sample("reconcileDone", .reconcileDone(ReconcileSummary(received: 10, applied: 4, conflicts: 1))),
+        Sample("promote", .promote(reason: "maintenance of node a")),
+        Sample("demote empty", .demote(reason: "")),
+        Sample("roleChanged", .roleChanged(role: .primary, epoch: 8)),
     ]
     for code: UInt16 in 1...11 {
         samples.append(Sample("error code \(code)", .error(WireError(WireErrorCode(rawValue: code)!, "code \(code)"))))
@@ -105,7 +120,7 @@ struct RoundTripTests {
     func coverage() {
         let covered = Set(samples.map(\.message.type))
         #expect(covered == Set(WireMessageType.allCases))
-        #expect(WireMessageType.allCases.count == 19)
+        #expect(WireMessageType.allCases.count == 27)
     }
 
     @Test("encode, frame, decode gives the message back", arguments: samples)
@@ -138,14 +153,15 @@ struct RoundTripTests {
         #expect(encodedBody(decoded) == frame.body)
     }
 
-    @Test("remove and flushAll carry only offset, kind and key")
+    @Test("remove carries only offset, kind and key; flushAll adds its stamp")
     func removeDropsUpsertFields() throws {
         let sent = ReplicatedChange(offset: 9, kind: .remove, key: bb("gone"), value: bb("ignored"), flags: 5, deadlineMillis: 6, cas: 7)
         let flush = ReplicatedChange(offset: 10, kind: .flushAll, key: ByteBuffer(), value: bb("ignored"), flags: 5, deadlineMillis: 6, cas: 7)
         let body = encodedBody(.changes([sent, flush]))
-        #expect(body.readableBytes == 4 + (8 + 1 + 4 + 4) + (8 + 1 + 4))
+        // A flush_all carries its stamp (cas) as well.
+        #expect(body.readableBytes == 4 + (8 + 1 + 4 + 4) + (8 + 1 + 4 + 8))
         let decoded = try WireMessage(type: WireMessageType.changes.rawValue, body: body)
-        #expect(decoded == .changes([ReplicatedChange(offset: 9, kind: .remove, key: bb("gone")), ReplicatedChange(offset: 10, kind: .flushAll, key: ByteBuffer())]))
+        #expect(decoded == .changes([ReplicatedChange(offset: 9, kind: .remove, key: bb("gone")), ReplicatedChange(offset: 10, kind: .flushAll, key: ByteBuffer(), cas: 7)]))
     }
 
     @Test("keys, values and forwarded bytes are slices of the received body")
@@ -206,8 +222,11 @@ struct RoundTripTests {
             (0x0010, "ping"), (0x0011, "pong"),
             (0x0020, "replicate"), (0x0021, "fullResync"), (0x0022, "snapshotChunk"), (0x0023, "snapshotEnd"),
             (0x0024, "partialResync"), (0x0025, "changes"), (0x0026, "ack"),
+            (0x0027, "reconcile"), (0x0028, "reconcileFrom"), (0x0029, "reconcileChunk"), (0x002A, "reconcileEnd"),
+            (0x002B, "reconcileDone"),
             (0x0030, "forward"), (0x0031, "forwardReply"),
             (0x0040, "statusRequest"), (0x0041, "statsRequest"), (0x0042, "properties"),
+            (0x0050, "promote"), (0x0051, "demote"), (0x0052, "roleChanged"),
         ]
         #expect(WireMessageType.allCases.map { ($0.rawValue) } == expected.map(\.0))
         #expect(WireMessageType.allCases.map(\.name) == expected.map(\.1))

@@ -168,9 +168,10 @@ struct MessageGenerator<R: RandomNumberGenerator> {
     }
 
     mutating func change() -> ReplicatedChange {
-        switch rng.int(0...5) {
+        switch rng.int(0...6) {
         case 0: return ReplicatedChange(offset: rng.u64(), kind: .remove, key: buffer())
-        case 1: return ReplicatedChange(offset: rng.u64(), kind: .flushAll, key: ByteBuffer())
+        case 1: return ReplicatedChange(offset: rng.u64(), kind: .flushAll, key: ByteBuffer(), cas: rng.u64())
+        case 2: return ReplicatedChange(offset: rng.u64(), kind: .delete, key: buffer(), cas: rng.u64())
         default:
             return ReplicatedChange(offset: rng.u64(), kind: .upsert, key: buffer(), value: buffer(), flags: rng.u32(), deadlineMillis: rng.i64(), cas: rng.u64())
         }
@@ -183,11 +184,11 @@ struct MessageGenerator<R: RandomNumberGenerator> {
     mutating func message(of type: WireMessageType) -> WireMessage {
         switch type {
         case .hello:
-            var hello = Hello(minimumVersion: rng.u16(), maximumVersion: rng.u16(), role: rng.pick([.client, .peer]), nodeName: string(), nonce: rng.bytes(rng.pick([0, 16, size()])))
+            var hello = Hello(minimumVersion: rng.u16(), maximumVersion: rng.u16(), role: rng.pick([.client, .peer]), nodeName: string(), nonce: rng.bytes(rng.pick([0, 16, size()])), epoch: rng.u64())
             if rng.chance(10) { hello.magic = rng.u32() }
             return .hello(hello)
         case .helloOK:
-            return .helloOK(HelloOK(version: rng.u16(), nodeName: string(), nodeRole: rng.pick([.primary, .backup]), epoch: rng.u64(), authentication: rng.pick([.none, .hmacSHA256]), nonce: rng.bytes(rng.pick([0, 32, size()]))))
+            return .helloOK(HelloOK(version: rng.u16(), nodeName: string(), nodeRole: rng.pick([.primary, .backup, .joining]), epoch: rng.u64(), authentication: rng.pick([.none, .hmacSHA256]), nonce: rng.bytes(rng.pick([0, 32, size()]))))
         case .auth: return .auth(proof: rng.bytes(rng.pick([32, size()])))
         case .authOK: return .authOK(proof: rng.bytes(rng.pick([32, size()])))
         case .error:
@@ -207,6 +208,14 @@ struct MessageGenerator<R: RandomNumberGenerator> {
         case .statusRequest: return .statusRequest
         case .statsRequest: return .statsRequest
         case .properties: return .properties((0..<rng.int(0...5)).map { _ in Property(string(), string()) })
+        case .reconcile: return .reconcile(Replicate(replicationID: replicationID(), offset: rng.u64(), epoch: rng.u64()))
+        case .reconcileFrom: return .reconcileFrom(watermark: rng.u64())
+        case .reconcileChunk: return .reconcileChunk((0..<rng.int(0...6)).map { _ in var change = change(); change.offset = 0; return change })
+        case .reconcileEnd: return .reconcileEnd(count: rng.u64())
+        case .reconcileDone: return .reconcileDone(ReconcileSummary(received: rng.u64(), applied: rng.u64(), conflicts: rng.u64()))
+        case .promote: return .promote(reason: string())
+        case .demote: return .demote(reason: string())
+        case .roleChanged: return .roleChanged(role: rng.pick([.primary, .backup, .joining]), epoch: rng.u64())
         }
     }
 

@@ -1,0 +1,83 @@
+/// What merging one version of a key from the other node did.
+public enum MergeOutcome: Sendable, Equatable {
+    /// The incoming version is newer and now stands; `replaced` is the stamp of
+    /// the local version (item or tombstone) it won over, nil when there was none.
+    case applied(replaced: UInt64?)
+    /// The local version (an item, a later delete or a later flush) is newer; the incoming one is dropped.
+    case kept(local: UInt64)
+    /// Both nodes hold this very version.
+    case same
+    /// The incoming item has expired: there is nothing to merge.
+    case expired
+}
+
+extension SessionStore {
+    /// Merges a version of `key` that the other node of a pair holds and this
+    /// one may not (reconciliation after a failover): the version with the
+    /// newer stamp wins, deletes (tombstones) and `flush_all` included. A
+    /// winning version is recorded like any write, so it is persisted and
+    /// replicated. `value` nil merges a delete stamped `stamp`.
+    public func merge(_ key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer?, flags: UInt32, deadline: Deadline, stamp: UInt64) -> MergeOutcome {
+        let (shard, hash) = locate(key)
+        let now = clock.nowMillis()
+        if value != nil, deadline.hasPassed(at: now) { return .expired }
+        let bytes = value.map { Self.join(key, $0) }
+        let flushed = flushStamp
+        let outcome = shard.state.withLock { state -> MergeOutcome in
+            let local: UInt64?
+            let slot = state.findLive(key, hash: hash, now: now)
+            if let slot {
+                local = state.item(slot).cas
+            } else {
+                let tombstone = state.tombstones.stamp(of: key)
+                if tombstone == stamp, bytes == nil { return .same }
+                let barrier = max(tombstone ?? 0, flushed)
+                if barrier >= stamp { return .kept(local: barrier) }
+                local = tombstone
+            }
+            if let slot, let local {
+                if local == stamp { return .same }
+                if local > stamp { return .kept(local: local) }
+                guard let bytes else {
+                    state.setCas(slot, stamp)
+                    state.tombstones.insert(Array(key), stamp: stamp, olderThanDropped: tombstoneCutoff(now))
+                    state.remove(slot, recordedAs: .delete)
+                    state.raiseCas(above: stamp)
+                    return .applied(replaced: local)
+                }
+                _ = Self.put(&state, key: key, bytes: bytes, hash: hash, flags: flags, deadline: deadline, cas: stamp, now: now)
+                return .applied(replaced: local)
+            }
+            guard let bytes else {
+                // Nothing here to remove: remembering the delete is all there is to do.
+                state.tombstones.insert(Array(key), stamp: stamp, olderThanDropped: tombstoneCutoff(now))
+                state.raiseCas(above: stamp)
+                return .applied(replaced: local)
+            }
+            _ = Self.put(&state, key: key, bytes: bytes, hash: hash, flags: flags, deadline: deadline, cas: stamp, now: now)
+            return .applied(replaced: local)
+        }
+        raiseStampFloor(above: stamp)
+        return outcome
+    }
+
+    /// The live items and tombstones of one shard stamped above `stamp`:
+    /// what this node may hold that a peer which has everything up to
+    /// `stamp` lacks.
+    public func versions(inShard shardIndex: Int, newerThan stamp: UInt64, from cursor: Int, limit: Int) -> (items: [ItemSnapshot], next: Int?) {
+        let now = clock.nowMillis()
+        return shards[shardIndex].state.withLock { state in
+            state.liveItems(from: cursor, limit: limit, now: now, newerThan: stamp)
+        }
+    }
+
+    /// The tombstones of one shard stamped above `stamp`.
+    public func tombstones(inShard shardIndex: Int, newerThan stamp: UInt64) -> [(key: [UInt8], stamp: UInt64)] {
+        shards[shardIndex].state.withLock { $0.tombstones.newer(than: stamp) }
+    }
+
+    /// Tombstones held, for `stats`.
+    public var tombstoneCount: Int {
+        shards.reduce(0) { total, shard in total + shard.state.withLock { $0.tombstones.count } }
+    }
+}

@@ -1,0 +1,516 @@
+import Logging
+import NIOCore
+import Replication
+import SessionPersistence
+import SessionStore
+import Synchronization
+import TandemClient
+import WireProtocol
+
+/// A node's role in its pair over time, and the epoch that orders the
+/// primaries: promotion (manual, automatic after `--failover-after`, or at
+/// start when this node holds the newer data), stepping down when a peer
+/// with a higher epoch shows up, and the comparison with the peer at start.
+///
+/// The rules (Protocol.md 2.6):
+/// - Becoming primary raises the epoch above every epoch seen, and the epoch
+///   is committed to SQLite before the node takes a write.
+/// - A primary that meets a primary with a higher epoch (or the same epoch
+///   and a greater name) steps down and becomes its backup; before the
+///   resync it sends what it holds that the other may lack, to be merged
+///   per key by stamp (`reconcile`).
+/// - A node that starts with a peer does not serve until it has compared
+///   its data with the peer's: the node with the newer data leads.
+final class PairRole: Sendable {
+    /// What the node is now.
+    enum Role {
+        /// Started; comparing positions with the peer before serving.
+        case joining
+        /// Takes writes and streams them to the backup.
+        case primary(PrimaryReplication)
+        /// Follows the primary, serves reads, forwards writes.
+        case backup(ReplicaClient)
+    }
+
+    /// Where the node's data came from when it started.
+    struct Recovered {
+        var replicationID: ReplicationID
+        var offset: UInt64
+        var role: NodeRole?
+    }
+
+    struct State {
+        var role: Role = .joining
+        var epoch: UInt64
+        /// The highest epoch any peer was seen with.
+        var peerEpoch: UInt64 = 0
+        /// A role change is under way (they are serialised).
+        var changing = false
+        var failovers: UInt64 = 0
+        var promotions: UInt64 = 0
+        var lastPromotion: (millis: Int64, reason: String)?
+        var reconciledChanges: UInt64 = 0
+        var reconcileConflicts: UInt64 = 0
+    }
+
+    /// Why a role change did not happen.
+    enum ChangeError: Error, CustomStringConvertible {
+        case inProgress
+        case epochNotPersisted
+        case noPeer
+        case peerRefused(String)
+
+        var description: String {
+            switch self {
+            case .inProgress: return "a role change is already under way; retry in a moment"
+            case .epochNotPersisted: return "the new epoch could not be written to storage, so this node does not take writes; check the data directory"
+            case .noPeer: return "this node has no --peer to hand over to"
+            case .peerRefused(let reason): return "the peer did not take over: \(reason)"
+            }
+        }
+    }
+
+    let configuration: PairConfiguration
+    let store: SessionStore
+    let feed: ChangeFeed
+    let persistence: Persistence?
+    let group: any EventLoopGroup
+    let logger: Logger
+    let recovered: Recovered
+    private let name = Mutex("")
+    private let state: Mutex<State>
+    private let timers = Mutex<[RepeatedTask]>([])
+
+    init(
+        configuration: PairConfiguration, store: SessionStore, feed: ChangeFeed, persistence: Persistence?,
+        group: any EventLoopGroup, logger: Logger
+    ) {
+        self.configuration = configuration
+        self.store = store
+        self.feed = feed
+        self.persistence = persistence
+        self.group = group
+        self.logger = logger
+        let meta = persistence?.recoveredMeta ?? [:]
+        var recovered = Recovered(replicationID: .none, offset: 0, role: nil)
+        if case .blob(let id)? = meta[ReplicationMetaKey.replicationID], id.count == 16,
+            case .integer(let offset)? = meta[ReplicationMetaKey.offset]
+        {
+            recovered.replicationID = ReplicationID(bytes: id)
+            recovered.offset = UInt64(bitPattern: offset)
+        }
+        if case .integer(let role)? = meta[ReplicationMetaKey.role] { recovered.role = NodeRole(rawValue: UInt8(truncatingIfNeeded: role)) }
+        var epoch: UInt64 = 0
+        if case .integer(let stored)? = meta[ReplicationMetaKey.epoch] { epoch = UInt64(bitPattern: stored) }
+        self.recovered = recovered
+        self.state = Mutex(State(epoch: epoch))
+    }
+
+    /// The node's name as its peer sees it (set once the wire port is bound).
+    func nodeName() -> String { name.withLock { $0 } }
+
+    func setName(_ value: String) { name.withLock { $0 = value } }
+
+    // MARK: Reading the role
+
+    var primary: PrimaryReplication? {
+        state.withLock { state in
+            if case .primary(let primary) = state.role { return primary }
+            return nil
+        }
+    }
+
+    var replica: ReplicaClient? {
+        state.withLock { state in
+            if case .backup(let client) = state.role { return client }
+            return nil
+        }
+    }
+
+    var nodeRole: NodeRole {
+        state.withLock { state in
+            switch state.role {
+            case .joining: return .joining
+            case .primary: return .primary
+            case .backup: return .backup
+            }
+        }
+    }
+
+    var epoch: UInt64 { state.withLock { $0.epoch } }
+
+    /// What every commit stores in the meta table: the position of the data
+    /// in its history, the epoch and the role.
+    func meta() -> [String: MetaValue] {
+        let (role, epoch) = state.withLock { ($0.role, $0.epoch) }
+        var position = (recovered.replicationID, recovered.offset)
+        var roleCode = recovered.role?.rawValue ?? NodeRole.joining.rawValue
+        switch role {
+        case .joining:
+            break
+        case .primary(let primary):
+            position = (primary.replicationID, primary.offset)
+            roleCode = NodeRole.primary.rawValue
+        case .backup(let client):
+            let followed = client.position
+            position = (followed.replicationID, followed.offset)
+            roleCode = NodeRole.backup.rawValue
+        }
+        return [
+            ReplicationMetaKey.replicationID: .blob(position.0.bytes),
+            ReplicationMetaKey.offset: .integer(Int64(bitPattern: position.1)),
+            ReplicationMetaKey.epoch: .integer(Int64(bitPattern: epoch)),
+            ReplicationMetaKey.role: .integer(Int64(roleCode)),
+        ]
+    }
+
+    // MARK: Changing roles
+
+    /// Makes this node the primary (nothing happens if it is one already).
+    /// Returns the epoch it leads in.
+    @discardableResult
+    func becomePrimary(reason: String, automatic: Bool) async throws -> UInt64 {
+        let previous = try state.withLock { state -> Role? in
+            if case .primary = state.role { return nil }
+            guard !state.changing else { throw ChangeError.inProgress }
+            state.changing = true
+            return state.role
+        }
+        guard let previous else { return epoch }
+        var inherited: (replicationID: ReplicationID, stamp: UInt64)
+        var silence: Int64 = 0
+        switch previous {
+        case .backup(let client):
+            // No more changes from the old primary; writes parked meanwhile wait for the outcome.
+            client.stop(parkedFailure: nil)
+            silence = client.silenceMillis
+            inherited = (client.position.replicationID, store.stampCeiling())
+        case .joining:
+            inherited = (recovered.replicationID, store.stampCeiling())
+        case .primary:
+            preconditionFailure("handled above")
+        }
+        // The old primary may have written until it went silent; its clock runs
+        // as fast as ours, so its stamps stayed below what it sent last plus the
+        // silence. Writes from here on order after every one of them.
+        store.raiseCas(above: store.stampCeiling() &+ HybridTimestamp.floor(millis: silence))
+        let (oldEpoch, newEpoch) = state.withLock { state -> (UInt64, UInt64) in
+            let old = state.epoch
+            state.epoch = max(state.epoch, state.peerEpoch) + 1
+            return (old, state.epoch)
+        }
+        if let persistence, await !persistence.commitNow() {
+            state.withLock {
+                $0.epoch = oldEpoch
+                $0.changing = false
+            }
+            logger.error("promotion abandoned: the new epoch could not be stored", metadata: ["epoch": "\(newEpoch)", "reason": "\(reason)"])
+            if case .backup = previous {
+                state.withLock { $0.changing = true }
+                follow(from: previous, reason: "promotion failed")
+            }
+            throw ChangeError.epochNotPersisted
+        }
+        let primary = PrimaryReplication(store: store, feed: feed, configuration: configuration.replication, logger: logger, inherited: inherited)
+        let now = store.now()
+        state.withLock { state in
+            state.role = .primary(primary)
+            state.changing = false
+            state.promotions += 1
+            if automatic { state.failovers += 1 }
+            state.lastPromotion = (now, reason)
+        }
+        if case .backup(let client) = previous {
+            // Writes that waited for a primary run here now.
+            client.failParked(.roleChanged)
+        }
+        logger.notice("this node is now the primary", metadata: [
+            "epoch": "\(newEpoch)", "reason": "\(reason)", "replication_id": "\(primary.replicationID)",
+        ])
+        return newEpoch
+    }
+
+    /// Steps down (or, while joining, settles) as the backup of the peer.
+    func becomeBackup(reason: String, peerEpoch: UInt64) {
+        state.withLock { $0.peerEpoch = max($0.peerEpoch, peerEpoch) }
+        becomeBackupNow(reason: reason)
+    }
+
+    private func becomeBackupNow(reason: String) {
+        let previous = state.withLock { state -> Role? in
+            if case .backup = state.role { return nil }
+            guard !state.changing else { return nil }
+            state.changing = true
+            state.epoch = max(state.epoch, state.peerEpoch)
+            return state.role
+        }
+        guard let previous else { return }
+        follow(from: previous, reason: reason)
+    }
+
+    /// Starts following the peer; ends the role change begun by the caller.
+    private func follow(from previous: Role, reason: String) {
+        guard let peer = configuration.peer else {
+            state.withLock { $0.changing = false }
+            logger.error("cannot become a backup without --peer", metadata: ["reason": "\(reason)"])
+            return
+        }
+        var position = ReplicaClient.Position(replicationID: recovered.replicationID, offset: recovered.offset)
+        switch previous {
+        case .primary(let primary):
+            position = ReplicaClient.Position(replicationID: primary.replicationID, offset: primary.offset)
+            primary.shutdown(reason: "this node steps down: \(reason)")
+        case .backup(let client):
+            position = client.position
+        case .joining:
+            break
+        }
+        let client = ReplicaClient(
+            peerHost: peer.host, peerPort: peer.port, store: store, position: position,
+            configuration: configuration.replication, group: group, logger: logger,
+            epoch: { [weak self] in self?.epoch ?? 0 }
+        )
+        state.withLock { state in
+            state.role = .backup(client)
+            state.changing = false
+        }
+        if case .backup(let old) = previous { old.failParked(.primaryUnavailable) }
+        if case .primary = previous {
+            logger.warning("this node steps down and follows its peer", metadata: ["reason": "\(reason)", "epoch": "\(epoch)"])
+        } else {
+            logger.info("following the primary", metadata: ["peer": "\(peer.host):\(peer.port)", "reason": "\(reason)"])
+        }
+        client.start()
+    }
+
+    /// A peer said hello with its epoch: a primary meeting a higher one steps down.
+    func peerSaidHello(epoch peerEpoch: UInt64, name: String) {
+        let stepDown = state.withLock { state -> Bool in
+            state.peerEpoch = max(state.peerEpoch, peerEpoch)
+            guard case .primary = state.role, !state.changing else { return false }
+            return peerEpoch > state.epoch
+        }
+        if stepDown {
+            becomeBackup(reason: "peer \(name) leads in epoch \(peerEpoch)", peerEpoch: peerEpoch)
+        }
+    }
+
+    /// Hands over to the peer: asks it to promote itself, then follows it.
+    func demote(reason: String) async throws -> UInt64 {
+        guard let peer = configuration.peer else { throw ChangeError.noPeer }
+        guard case .primary = nodeRole else { return epoch }
+        let peerEpoch: UInt64
+        do {
+            let client = try await TandemClient.connect(
+                host: peer.host, port: peer.port, name: nodeName(), timeout: .seconds(2), group: group, role: .peer, epoch: epoch
+            )
+            defer { Task { try? await client.close() } }
+            peerEpoch = try await client.promote(reason: "handed over by \(nodeName()): \(reason)")
+        } catch {
+            throw ChangeError.peerRefused("\(error)")
+        }
+        becomeBackup(reason: "handed over: \(reason)", peerEpoch: peerEpoch)
+        return epoch
+    }
+
+    func countReconciliation(applied: UInt64, conflicts: UInt64) {
+        state.withLock {
+            $0.reconciledChanges += applied
+            $0.reconcileConflicts += conflicts
+        }
+    }
+
+    // MARK: Start
+
+    /// Settles the role at start: with a peer, compares data with it first
+    /// (the node with the newer data leads); without one, leads.
+    func join() async {
+        guard let peer = configuration.peer else {
+            // Nobody to compare with or to fence: a node without --peer leads in
+            // its stored epoch (a backup without one is refused earlier).
+            let primary = PrimaryReplication(
+                store: store, feed: feed, configuration: configuration.replication, logger: logger,
+                inherited: (recovered.replicationID, store.stampCeiling())
+            )
+            state.withLock { $0.role = .primary(primary) }
+            return
+        }
+        let deadline = ContinuousClock.now + .milliseconds(max(Int64(1000), configuration.replication.failoverAfter.nanoseconds / 1_000_000))
+        while ContinuousClock.now < deadline {
+            if let status = await peerStatus(peer) {
+                if await settle(against: status, peer: peer) { return }
+            }
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        logger.warning("the peer did not answer at start; taking the configured role", metadata: [
+            "peer": "\(peer.host):\(peer.port)", "role": "\(configuration.role)",
+        ])
+        switch configuration.role {
+        case .primary, .joining:
+            _ = try? await becomePrimary(reason: "start: peer unreachable", automatic: false)
+        case .backup:
+            becomeBackupNow(reason: "start: configured as backup")
+        }
+    }
+
+    private struct PeerStatus {
+        var role: String
+        var epoch: UInt64
+        var replicationID: ReplicationID
+        var offset: UInt64
+        var name: String
+    }
+
+    private func peerStatus(_ peer: (host: String, port: Int)) async -> PeerStatus? {
+        do {
+            let client = try await TandemClient.connect(
+                host: peer.host, port: peer.port, name: nodeName(), timeout: .milliseconds(500), group: group, role: .peer, epoch: epoch
+            )
+            let properties = try await client.status()
+            try? await client.close()
+            let table = Dictionary(properties.map { ($0.name, $0.value) }, uniquingKeysWith: { first, _ in first })
+            return PeerStatus(
+                role: table["role"] ?? "", epoch: table["epoch"].flatMap { UInt64($0) } ?? 0,
+                replicationID: table["data_replication_id"].flatMap { ReplicationID(hex: $0) } ?? .none,
+                offset: table["data_offset"].flatMap { UInt64($0) } ?? 0, name: client.server.nodeName
+            )
+        } catch {
+            return nil
+        }
+    }
+
+    /// Decides the role against the peer's status; false to ask again.
+    private func settle(against peer: PeerStatus, peer address: (host: String, port: Int)) async -> Bool {
+        state.withLock { $0.peerEpoch = max($0.peerEpoch, peer.epoch) }
+        switch peer.role {
+        case "primary":
+            becomeBackupNow(reason: "start: \(peer.name) is the primary")
+            return true
+        case "backup", "joining":
+            if peerHoldsNewerData(peer) {
+                logger.notice("the peer holds newer data than this node's storage; it leads", metadata: [
+                    "peer": "\(peer.name)", "peer_offset": "\(peer.offset)", "offset": "\(recovered.offset)",
+                ])
+                if let client = try? await TandemClient.connect(
+                    host: address.host, port: address.port, name: nodeName(), timeout: .seconds(1), group: group, role: .peer, epoch: epoch
+                ) {
+                    _ = try? await client.promote(reason: "\(nodeName()) restarted with older data")
+                    try? await client.close()
+                }
+                becomeBackupNow(reason: "start: the peer holds newer data")
+                return true
+            }
+            do {
+                try await becomePrimary(reason: "start: this node holds the newest data", automatic: false)
+                return true
+            } catch {
+                return false
+            }
+        default:
+            return false
+        }
+    }
+
+    /// Whether the peer's data is newer than what this node recovered: the
+    /// same history further on, or another history in a higher epoch (ties:
+    /// the configured primary, then the greater name, leads).
+    private func peerHoldsNewerData(_ peer: PeerStatus) -> Bool {
+        if peer.replicationID == recovered.replicationID, peer.replicationID != .none {
+            if peer.offset != recovered.offset { return peer.offset > recovered.offset }
+        } else if peer.epoch != epoch {
+            return peer.epoch > epoch
+        }
+        if configuration.role == .primary { return false }
+        if configuration.role == .backup && peer.role != "joining" { return true }
+        return peer.name > nodeName()
+    }
+
+    // MARK: Timers
+
+    /// Starts the failover timer (on a backup) and the peer check (on a primary).
+    func startTimers() {
+        let interval = configuration.replication.heartbeatInterval
+        let failoverAfter = configuration.replication.failoverAfter
+        let loop = group.next()
+        var tasks: [RepeatedTask] = []
+        if failoverAfter.nanoseconds > 0 {
+            tasks.append(loop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { [weak self] _ in
+                self?.checkPrimary(failoverAfter: failoverAfter)
+            })
+        }
+        if configuration.peer != nil {
+            let every = max(interval * 2, .milliseconds(200))
+            tasks.append(loop.scheduleRepeatedTask(initialDelay: every, delay: every) { [weak self] _ in
+                guard let self, let primary = self.primary, !primary.hasBackup else { return }
+                Task { await self.checkPeer() }
+            })
+        }
+        timers.withLock { $0 = tasks }
+    }
+
+    func stopTimers() {
+        for task in timers.withLock({ $0 }) { task.cancel() }
+    }
+
+    /// On a backup: promotes this node once the primary has been silent for
+    /// `failoverAfter`, having tried a fresh connection first.
+    private func checkPrimary(failoverAfter: TimeAmount) {
+        guard let client = replica else { return }
+        let silence = client.silenceMillis
+        let limit = failoverAfter.nanoseconds / 1_000_000
+        let probeAt = max(limit / 2, limit - 300)
+        if silence >= probeAt { client.probe() }
+        guard silence >= limit else { return }
+        Task {
+            do {
+                try await becomePrimary(reason: "failover: no word from the primary for \(silence) ms", automatic: true)
+            } catch ChangeError.inProgress {
+            } catch {
+                logger.error("failover failed", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
+    /// On a primary without a backup: looks at the peer, and steps down if it
+    /// leads in a higher epoch (or the same epoch with a greater name). Saying
+    /// hello also tells a stale primary there of this node's epoch.
+    private func checkPeer() async {
+        guard let peer = configuration.peer else { return }
+        let epoch = self.epoch
+        guard let client = try? await TandemClient.connect(
+            host: peer.host, port: peer.port, name: nodeName(), timeout: .milliseconds(500), group: group, role: .peer, epoch: epoch
+        ) else { return }
+        let server = client.server
+        try? await client.close()
+        guard server.nodeRole == .primary else { return }
+        if server.epoch > epoch || (server.epoch == epoch && server.nodeName > nodeName()) {
+            becomeBackup(reason: "peer \(server.nodeName) is primary in epoch \(server.epoch)", peerEpoch: server.epoch)
+        }
+    }
+
+    // MARK: Statistics
+
+    func statistics() -> [(String, String)] {
+        let state = self.state.withLock { $0 }
+        var stats: [(String, String)] = [
+            ("epoch", "\(state.epoch)"),
+            ("failovers", "\(state.failovers)"),
+            ("promotions", "\(state.promotions)"),
+            ("last_promotion_time", state.lastPromotion.map { "\($0.millis / 1000)" } ?? "0"),
+            ("last_promotion_reason", state.lastPromotion?.reason ?? "none"),
+            ("reconciled_changes", "\(state.reconciledChanges)"),
+            ("reconcile_conflicts", "\(state.reconcileConflicts)"),
+            ("failover_after_ms", "\(configuration.replication.failoverAfter.nanoseconds / 1_000_000)"),
+        ]
+        // The history the node's data belongs to, for the comparison at start.
+        let meta = meta()
+        if case .blob(let id)? = meta[ReplicationMetaKey.replicationID], case .integer(let offset)? = meta[ReplicationMetaKey.offset] {
+            stats.append(("data_replication_id", ReplicationID(bytes: id).description))
+            stats.append(("data_offset", "\(UInt64(bitPattern: offset))"))
+        }
+        if case .backup(let client) = state.role, let summary = client.reconcileSummary {
+            stats.append(("last_reconcile_sent", "\(summary.received)"))
+        }
+        return stats
+    }
+}
