@@ -329,6 +329,8 @@ final class ReplicaConnectionHandler: ChannelInboundHandler, @unchecked Sendable
     enum State {
         /// `hello` sent, waiting for `helloOK`.
         case awaitingHelloOK
+        /// `auth` sent, waiting for the primary's `authOK` and its proof.
+        case awaitingAuthOK(HelloOK)
         /// `replicate` sent, waiting for `fullResync` or `partialResync`.
         case awaitingResync
         /// Receiving a snapshot; progress is logged about once a second.
@@ -343,13 +345,15 @@ final class ReplicaConnectionHandler: ChannelInboundHandler, @unchecked Sendable
     private var lastReceived = NIODeadline.now()
     private var ackOwed: UInt64?
     private var heartbeat: RepeatedTask?
+    /// The nonce of this connection's `hello`, bound into both proofs.
+    private var nonce: [UInt8] = []
 
     init(client: ReplicaClient) {
         self.client = client
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        let nonce = (0..<16).map { _ in UInt8.random(in: .min ... .max) }
+        nonce = WireSecret.randomNonce(count: WireSecret.clientNonceLength)
         send(.hello(Hello(
             minimumVersion: WireVersion.minimum, maximumVersion: WireVersion.maximum, role: .peer,
             nodeName: client.configuration.nodeName, nonce: nonce
@@ -393,14 +397,35 @@ final class ReplicaConnectionHandler: ChannelInboundHandler, @unchecked Sendable
                 fail("the peer is a \(ok.nodeRole), not a primary", context: context)
                 return
             }
-            guard ok.authentication == .none else {
-                fail("the primary requires authentication, which this node is not configured for (--secret-file)", context: context)
+            switch (ok.authentication, client.configuration.secret) {
+            case (.none, nil):
+                startReplicating(after: ok, context: context)
+            case (.none, .some):
+                // Replicating from a node that cannot prove it knows the secret
+                // would let anyone who can pose as the primary feed this node data.
+                fail("the primary does not require authentication but this node has a secret: start the primary with the same --secret-file", context: context)
+            case (.hmacSHA256, nil):
+                fail("the primary requires authentication; start this node with --secret-file", context: context)
+            case (.hmacSHA256, let secret?):
+                guard ok.nonce.count == WireSecret.serverNonceLength else {
+                    fail("the primary's nonce is \(ok.nonce.count) bytes, not \(WireSecret.serverNonceLength)", context: context)
+                    return
+                }
+                send(.auth(proof: secret.clientProof(clientNonce: nonce, serverNonce: ok.nonce, role: .peer)), context: context)
+                state = .awaitingAuthOK(ok)
+            }
+
+        case (.awaitingAuthOK(let ok), .authOK(let proof)):
+            guard let secret = client.configuration.secret,
+                secret.isValidServerProof(proof, clientNonce: nonce, serverNonce: ok.nonce)
+            else {
+                fail("the primary's proof is wrong: is the secret the same on both nodes?", context: context)
                 return
             }
-            client.handshakeDone(channel: context.channel, primaryName: ok.nodeName)
-            let position = client.position
-            send(.replicate(Replicate(replicationID: position.replicationID, offset: position.offset, epoch: ok.epoch)), context: context)
-            state = .awaitingResync
+            startReplicating(after: ok, context: context)
+
+        case (.awaitingAuthOK, .error(let error)) where error.code == .authenticationFailed:
+            fail("the primary refused this node's proof: is the secret the same on both nodes?", context: context)
 
         case (.awaitingResync, .fullResync(let resync)):
             client.fullResyncStarted(resync)
@@ -459,6 +484,14 @@ final class ReplicaConnectionHandler: ChannelInboundHandler, @unchecked Sendable
         default:
             fail("unexpected \(message.type) while \(state)", context: context)
         }
+    }
+
+    /// The handshake (and authentication, if any) is done: ask for the stream.
+    private func startReplicating(after ok: HelloOK, context: ChannelHandlerContext) {
+        client.handshakeDone(channel: context.channel, primaryName: ok.nodeName)
+        let position = client.position
+        send(.replicate(Replicate(replicationID: position.replicationID, offset: position.offset, epoch: ok.epoch)), context: context)
+        state = .awaitingResync
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
