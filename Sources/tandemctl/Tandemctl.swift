@@ -32,7 +32,10 @@ struct NodeOptions: ParsableArguments {
     @Option(help: "The node's wire port (env TANDEM_PORT).")
     var port: Int = ProcessInfo.processInfo.environment["TANDEM_PORT"].flatMap(Int.init) ?? 11311
 
-    @Option(name: .customLong("secret-file"), help: "The node's shared secret, as given to tandemd --secret-file (env TANDEM_SECRET_FILE).")
+    @Option(
+        name: .customLong("secret-file"),
+        help: ArgumentHelp("The node's shared secret, as given to tandemd --secret-file (env TANDEM_SECRET_FILE).", valueName: "path")
+    )
     var secretFile: String?
 
     @Flag(help: "Print JSON instead of a table.")

@@ -20,7 +20,8 @@ struct Tandemd: AsyncParsableCommand {
               tandemd                          # 127.0.0.1:11211, 1024 MB
               tandemd -p 11311 -m 4096 -t 4
               tandemd -l 0.0.0.0 -c 10000 -I 2m --secret-file /etc/tandem/secret
-              tandemd -l 10.0.0.2 --role backup --peer 10.0.0.1:11311 --secret-file /etc/tandem/secret
+              tandemd -l 10.0.0.2 --secret-file /etc/tandem/secret \\
+                      --role backup --peer 10.0.0.1:11311
 
             Listening on an address other than loopback needs --secret-file (the same
             file on both nodes of a pair; make one with: openssl rand -hex 32 > secret;
@@ -92,7 +93,13 @@ struct Tandemd: AsyncParsableCommand {
     @Option(name: .customLong("sasl-users"), help: "Require SASL PLAIN (binary protocol) with the user:password lines of FILE; text connections are then refused. Keep the file chmod 600.")
     var saslUsers: String?
 
-    @Option(name: .customLong("secret-file"), help: "The pair's shared secret (at least 16 bytes, the same file on both nodes, chmod 600): every wire connection, the other node's and tandemctl's, must prove it knows it.")
+    @Option(
+        name: .customLong("secret-file"),
+        help: ArgumentHelp(
+            "The pair's shared secret (at least 16 bytes, the same file on both nodes, chmod 600): every wire connection, the other node's and tandemctl's, must prove it knows it.",
+            valueName: "path"
+        )
+    )
     var secretFile: String?
 
     @Flag(name: .customLong("insecure"), help: "Allow a non-loopback --listen address without --secret-file.")
@@ -165,6 +172,9 @@ struct Tandemd: AsyncParsableCommand {
                 logger.critical("cannot start: \(error)")
                 throw ExitCode(2)
             }
+        }
+        if secret == nil, !Self.isLoopback(listen) {
+            logger.warning("the wire port takes anyone who reaches it (--insecure, no --secret-file)", metadata: ["listen": "\(listen)"])
         }
         var configuration = ServerConfiguration(
             host: listen, port: port, threads: threads, maxConnections: maxConnections,
