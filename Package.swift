@@ -19,6 +19,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
     ],
     targets: [
         // The in-memory session store: sharded map, expiry, LRU, memory limit.
@@ -49,10 +50,14 @@ let package = Package(
         ),
 
         // Tandem's own length-prefixed binary protocol: frame codec and typed messages.
-        // Shared by the server, replication and TandemClient.
+        // Shared by the server, replication and TandemClient; also the
+        // shared-secret authentication of its handshake (HMAC-SHA256).
         .target(
             name: "WireProtocol",
-            dependencies: [.product(name: "NIOCore", package: "swift-nio")]
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
         ),
 
         // The pair: the primary's backlog and per-backup sessions, the backup's
@@ -113,6 +118,7 @@ let package = Package(
             name: "tandemctl",
             dependencies: [
                 "TandemClient",
+                "WireProtocol",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -134,6 +140,7 @@ let package = Package(
             name: "WireProtocolTests",
             dependencies: [
                 "WireProtocol",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),

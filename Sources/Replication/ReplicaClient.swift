@@ -458,6 +458,8 @@ final class ReplicaConnectionHandler: ChannelInboundHandler, @unchecked Sendable
     enum State {
         /// `hello` sent, waiting for `helloOK`.
         case awaitingHelloOK
+        /// `auth` sent, waiting for the primary's `authOK` and its proof.
+        case awaitingAuthOK(HelloOK)
         /// `reconcile` sent, waiting for the watermark.
         case awaitingReconcileFrom
         /// Sending the versions above the watermark, then waiting for `reconcileDone`.
@@ -476,13 +478,15 @@ final class ReplicaConnectionHandler: ChannelInboundHandler, @unchecked Sendable
     private var lastReceived = NIODeadline.now()
     private var ackOwed: UInt64?
     private var heartbeat: RepeatedTask?
+    /// The nonce of this connection's `hello`, bound into both proofs.
+    private var nonce: [UInt8] = []
 
     init(client: ReplicaClient) {
         self.client = client
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        let nonce = (0..<16).map { _ in UInt8.random(in: .min ... .max) }
+        nonce = WireSecret.randomNonce(count: WireSecret.clientNonceLength)
         send(.hello(Hello(
             minimumVersion: WireVersion.minimum, maximumVersion: WireVersion.maximum, role: .peer,
             nodeName: client.configuration.nodeName, nonce: nonce, epoch: client.epoch()
@@ -512,8 +516,11 @@ final class ReplicaConnectionHandler: ChannelInboundHandler, @unchecked Sendable
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
         lastReceived = .now()
-        // Only a primary's messages keep the failover timer at bay.
-        if case .awaitingHelloOK = state {} else { client.contact() }
+        // Only an authenticated primary's messages keep the failover timer at bay.
+        switch state {
+        case .awaitingHelloOK, .awaitingAuthOK: break
+        default: client.contact()
+        }
         let message: WireMessage
         do {
             message = try frame.message()
@@ -527,18 +534,35 @@ final class ReplicaConnectionHandler: ChannelInboundHandler, @unchecked Sendable
                 fail("the peer is a \(ok.nodeRole), not a primary", context: context)
                 return
             }
-            guard ok.authentication == .none else {
-                fail("the primary requires authentication, which this node is not configured for (--secret-file)", context: context)
+            switch (ok.authentication, client.configuration.secret) {
+            case (.none, nil):
+                startReplicating(after: ok, context: context)
+            case (.none, .some):
+                // Replicating from a node that cannot prove it knows the secret
+                // would let anyone who can pose as the primary feed this node data.
+                fail("the primary does not require authentication but this node has a secret: start the primary with the same --secret-file", context: context)
+            case (.hmacSHA256, nil):
+                fail("the primary requires authentication; start this node with --secret-file", context: context)
+            case (.hmacSHA256, let secret?):
+                guard ok.nonce.count == WireSecret.serverNonceLength else {
+                    fail("the primary's nonce is \(ok.nonce.count) bytes, not \(WireSecret.serverNonceLength)", context: context)
+                    return
+                }
+                send(.auth(proof: secret.clientProof(clientNonce: nonce, serverNonce: ok.nonce, role: .peer)), context: context)
+                state = .awaitingAuthOK(ok)
+            }
+
+        case (.awaitingAuthOK(let ok), .authOK(let proof)):
+            guard let secret = client.configuration.secret,
+                secret.isValidServerProof(proof, clientNonce: nonce, serverNonce: ok.nonce)
+            else {
+                fail("the primary's proof is wrong: is the secret the same on both nodes?", context: context)
                 return
             }
-            client.contact()
-            client.handshakeDone(channel: context.channel, primaryName: ok.nodeName, primaryEpoch: ok.epoch)
-            if let position = client.positionToReconcile() {
-                send(.reconcile(Replicate(replicationID: position.replicationID, offset: position.offset, epoch: client.epoch())), requestID: Self.reconcileRequestID, context: context)
-                state = .awaitingReconcileFrom
-            } else {
-                sendReplicate(context: context)
-            }
+            startReplicating(after: ok, context: context)
+
+        case (.awaitingAuthOK, .error(let error)) where error.code == .authenticationFailed:
+            fail("the primary refused this node's proof: is the secret the same on both nodes?", context: context)
 
         case (.awaitingReconcileFrom, .reconcileFrom(let watermark)):
             guard watermark != .max else {
@@ -675,6 +699,19 @@ final class ReplicaConnectionHandler: ChannelInboundHandler, @unchecked Sendable
         } catch {
             client.logger.warning("reconciliation with the primary failed; retrying with the next link", metadata: ["error": "\(error)"])
             channel.close(promise: nil)
+        }
+    }
+
+    /// The handshake (and authentication, if any) is done: merge what this
+    /// node may hold that the primary lacks (once per link), then ask for the stream.
+    private func startReplicating(after ok: HelloOK, context: ChannelHandlerContext) {
+        client.contact()
+        client.handshakeDone(channel: context.channel, primaryName: ok.nodeName, primaryEpoch: ok.epoch)
+        if let position = client.positionToReconcile() {
+            send(.reconcile(Replicate(replicationID: position.replicationID, offset: position.offset, epoch: client.epoch())), requestID: Self.reconcileRequestID, context: context)
+            state = .awaitingReconcileFrom
+        } else {
+            sendReplicate(context: context)
         }
     }
 

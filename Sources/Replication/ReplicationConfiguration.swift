@@ -1,4 +1,5 @@
 import NIOCore
+import WireProtocol
 
 /// How the two nodes of a pair replicate.
 public struct ReplicationConfiguration: Sendable {
@@ -26,10 +27,14 @@ public struct ReplicationConfiguration: Sendable {
     /// a write parked on the backup meanwhile time to be answered within
     /// msm's 1,000 ms operation timeout.
     public var failoverAfter: TimeAmount = .milliseconds(600)
+    /// The pair's shared secret, with which a backup authenticates to its
+    /// primary (and checks that the primary knows it too).
+    public var secret: WireSecret?
 
     public init(
         mode: Mode = .sync, syncTimeout: TimeAmount = .milliseconds(1000), heartbeatInterval: TimeAmount = .milliseconds(100),
-        linkTimeout: TimeAmount = .milliseconds(1000), backlogSize: Int = 256 << 20, nodeName: String = ""
+        linkTimeout: TimeAmount = .milliseconds(1000), backlogSize: Int = 256 << 20, nodeName: String = "",
+        secret: WireSecret? = nil
     ) {
         self.mode = mode
         self.syncTimeout = syncTimeout
@@ -37,6 +42,7 @@ public struct ReplicationConfiguration: Sendable {
         self.linkTimeout = linkTimeout
         self.backlogSize = backlogSize
         self.nodeName = nodeName
+        self.secret = secret
     }
 }
 

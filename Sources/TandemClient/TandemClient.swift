@@ -26,8 +26,13 @@ public final class TandemClient: Sendable {
     }
 
     /// Connects and runs the handshake.
+    ///
+    /// With a `secret`, the client proves it knows the node's shared secret
+    /// and checks the node's proof that it knows it too (Protocol.md 1.3); a
+    /// node that does not ask for the secret is refused, as it cannot prove
+    /// it is the node the secret belongs to.
     public static func connect(
-        host: String, port: Int, name: String = "tandem-client",
+        host: String, port: Int, name: String = "tandem-client", secret: WireSecret? = nil,
         timeout: TimeAmount = .seconds(5), group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         role: ConnectionRole = .client, epoch: UInt64 = 0
     ) async throws -> TandemClient {
@@ -46,7 +51,7 @@ public final class TandemClient: Sendable {
         } catch {
             throw TandemClientError.unreachable(host: host, port: port, reason: "\(error)")
         }
-        let nonce = (0..<16).map { _ in UInt8.random(in: .min ... .max) }
+        let nonce = WireSecret.randomNonce(count: WireSecret.clientNonceLength)
         let hello = WireMessage.hello(Hello(
             minimumVersion: 1, maximumVersion: 1, role: role, nodeName: name, nonce: nonce, epoch: epoch
         ))
@@ -61,11 +66,46 @@ public final class TandemClient: Sendable {
             try? await channel.close()
             throw TandemClientError.unexpectedReply("\(reply.type) to hello")
         }
-        guard ok.authentication == .none else {
+        do {
+            try await authenticate(ok, clientNonce: nonce, secret: secret, handler: handler, channel: channel, timeout: timeout)
+        } catch {
             try? await channel.close()
-            throw TandemClientError.authenticationRequired
+            throw error
         }
         return TandemClient(channel: channel, handler: handler, server: ok)
+    }
+
+    /// Runs the `auth`/`authOK` exchange when the node asks for it (and a secret was given).
+    private static func authenticate(
+        _ ok: HelloOK, clientNonce: [UInt8], secret: WireSecret?, handler: ClientHandler, channel: any Channel, timeout: TimeAmount
+    ) async throws {
+        switch (ok.authentication, secret) {
+        case (.none, nil):
+            return
+        case (.none, .some):
+            throw TandemClientError.authenticationFailed(
+                reason: "the node does not require authentication, so it cannot prove it knows the secret"
+            )
+        case (.hmacSHA256, nil):
+            throw TandemClientError.authenticationRequired
+        case (.hmacSHA256, let secret?):
+            guard ok.nonce.count == WireSecret.serverNonceLength else {
+                throw TandemClientError.unexpectedReply("a \(ok.nonce.count)-byte nonce in helloOK")
+            }
+            let proof = secret.clientProof(clientNonce: clientNonce, serverNonce: ok.nonce, role: .client)
+            let reply: WireMessage
+            do {
+                reply = try await handler.request(.auth(proof: proof), on: channel, timeout: timeout)
+            } catch TandemClientError.server(let error) where error.code == .authenticationFailed {
+                throw TandemClientError.authenticationFailed(reason: "the node refused the secret; it is not the node's")
+            }
+            guard case .authOK(let serverProof) = reply else {
+                throw TandemClientError.unexpectedReply("\(reply.type) to auth")
+            }
+            guard secret.isValidServerProof(serverProof, clientNonce: clientNonce, serverNonce: ok.nonce) else {
+                throw TandemClientError.authenticationFailed(reason: "the node's proof is wrong; it does not know the secret")
+            }
+        }
     }
 
     /// The node's status: role, epoch, replication position, peer and lag, persistence, items, …
@@ -121,8 +161,10 @@ public final class TandemClient: Sendable {
 public enum TandemClientError: Error, CustomStringConvertible, Sendable {
     /// No connection could be made.
     case unreachable(host: String, port: Int, reason: String)
-    /// The node requires authentication (a shared secret).
+    /// The node requires authentication (a shared secret) and none was given.
     case authenticationRequired
+    /// The node and this client do not share the secret given (either side's proof was wrong).
+    case authenticationFailed(reason: String)
     /// The node answered with an error.
     case server(WireError)
     /// The node answered something that does not fit the request.
@@ -136,6 +178,7 @@ public enum TandemClientError: Error, CustomStringConvertible, Sendable {
         switch self {
         case .unreachable(let host, let port, let reason): return "cannot reach \(host):\(port): \(reason)"
         case .authenticationRequired: return "the node requires authentication; give its shared secret"
+        case .authenticationFailed(let reason): return "authentication failed: \(reason)"
         case .server(let error): return "the node answered: \(error.message) (\(error.code))"
         case .unexpectedReply(let what): return "unexpected reply: \(what)"
         case .timedOut: return "the node did not answer in time"

@@ -302,7 +302,7 @@ final class PairRole: Sendable {
         let peerEpoch: UInt64
         do {
             let client = try await TandemClient.connect(
-                host: peer.host, port: peer.port, name: nodeName(), timeout: .seconds(2), group: group, role: .peer, epoch: epoch
+                host: peer.host, port: peer.port, name: nodeName(), secret: configuration.secret, timeout: .seconds(2), group: group, role: .peer, epoch: epoch
             )
             defer { Task { try? await client.close() } }
             peerEpoch = try await client.promote(reason: "handed over by \(nodeName()): \(reason)")
@@ -364,7 +364,7 @@ final class PairRole: Sendable {
     private func peerStatus(_ peer: (host: String, port: Int)) async -> PeerStatus? {
         do {
             let client = try await TandemClient.connect(
-                host: peer.host, port: peer.port, name: nodeName(), timeout: .milliseconds(500), group: group, role: .peer, epoch: epoch
+                host: peer.host, port: peer.port, name: nodeName(), secret: configuration.secret, timeout: .milliseconds(500), group: group, role: .peer, epoch: epoch
             )
             let properties = try await client.status()
             try? await client.close()
@@ -392,7 +392,7 @@ final class PairRole: Sendable {
                     "peer": "\(peer.name)", "peer_offset": "\(peer.offset)", "offset": "\(recovered.offset)",
                 ])
                 if let client = try? await TandemClient.connect(
-                    host: address.host, port: address.port, name: nodeName(), timeout: .seconds(1), group: group, role: .peer, epoch: epoch
+                    host: address.host, port: address.port, name: nodeName(), secret: configuration.secret, timeout: .seconds(1), group: group, role: .peer, epoch: epoch
                 ) {
                     _ = try? await client.promote(reason: "\(nodeName()) restarted with older data")
                     try? await client.close()
@@ -478,7 +478,7 @@ final class PairRole: Sendable {
         guard let peer = configuration.peer else { return }
         let epoch = self.epoch
         guard let client = try? await TandemClient.connect(
-            host: peer.host, port: peer.port, name: nodeName(), timeout: .milliseconds(500), group: group, role: .peer, epoch: epoch
+            host: peer.host, port: peer.port, name: nodeName(), secret: configuration.secret, timeout: .milliseconds(500), group: group, role: .peer, epoch: epoch
         ) else { return }
         let server = client.server
         try? await client.close()

@@ -57,12 +57,21 @@ public struct PairConfiguration: Sendable {
     /// The other node's wire address (a backup connects to it).
     public var peer: (host: String, port: Int)?
     public var replication: ReplicationConfiguration
+    /// With a secret, every wire connection must prove it knows it before
+    /// anything else (Protocol.md 1.3); without, anyone who reaches the wire
+    /// port may replicate and administer the node. A backup's own connection
+    /// to its primary uses `replication.secret`.
+    public var secret: WireSecret?
 
-    public init(wireHost: String = "127.0.0.1", wirePort: Int = 11311, role: NodeRole = .primary, peer: (host: String, port: Int)? = nil, replication: ReplicationConfiguration = ReplicationConfiguration()) {
+    public init(
+        wireHost: String = "127.0.0.1", wirePort: Int = 11311, role: NodeRole = .primary, peer: (host: String, port: Int)? = nil,
+        replication: ReplicationConfiguration = ReplicationConfiguration(), secret: WireSecret? = nil
+    ) {
         self.wireHost = wireHost
         self.wirePort = wirePort
         self.role = role
         self.peer = peer
         self.replication = replication
+        self.secret = secret
     }
 }

@@ -16,6 +16,8 @@ final class WireConnectionHandler: ChannelInboundHandler {
     enum State {
         /// Nothing received yet: the first frame must be `hello`.
         case awaitingHello
+        /// `helloOK` sent with a challenge: only `auth` may come next.
+        case awaitingAuth(role: ConnectionRole, name: String, epoch: UInt64, clientNonce: [UInt8], serverNonce: [UInt8])
         /// Handshake done: requests are served.
         case ready(role: ConnectionRole, name: String)
         /// A node about to follow this primary sends its versions for merging.
@@ -57,12 +59,44 @@ final class WireConnectionHandler: ChannelInboundHandler {
                 return
             }
             let version = min(hello.maximumVersion, WireVersion.maximum)
-            if hello.role == .peer { node.pair?.peerSaidHello(epoch: hello.epoch, name: hello.nodeName) }
+            let secret = node.configuration.pair?.secret
+            if secret != nil, hello.nonce.count != WireSecret.clientNonceLength {
+                reject(.malformed, "hello.nonce must be \(WireSecret.clientNonceLength) bytes", requestID: frame.requestID, context: context)
+                return
+            }
+            // A fresh nonce for every connection, so a proof recorded on one answers no other.
+            let serverNonce = secret == nil ? [] : WireSecret.randomNonce(count: WireSecret.serverNonceLength)
+            // Only a peer that proved it knows the secret may make this node step down.
+            if secret == nil, hello.role == .peer { node.pair?.peerSaidHello(epoch: hello.epoch, name: hello.nodeName) }
             send(.helloOK(HelloOK(
                 version: version, nodeName: node.nodeName, nodeRole: node.role, epoch: node.pair?.epoch ?? 0,
-                authentication: .none, nonce: []
+                authentication: secret == nil ? .none : .hmacSHA256, nonce: serverNonce
             )), requestID: frame.requestID, context: context)
-            state = .ready(role: hello.role, name: hello.nodeName)
+            if secret == nil {
+                state = .ready(role: hello.role, name: hello.nodeName)
+            } else {
+                state = .awaitingAuth(role: hello.role, name: hello.nodeName, epoch: hello.epoch, clientNonce: hello.nonce, serverNonce: serverNonce)
+            }
+
+        case .awaitingAuth(let role, let name, let epoch, let clientNonce, let serverNonce):
+            guard case .auth(let proof) = message else {
+                reject(.authenticationRequired, "this node requires authentication: send auth after helloOK", requestID: frame.requestID, context: context)
+                return
+            }
+            guard proof.count == WireSecret.proofLength else {
+                reject(.malformed, "auth.proof must be \(WireSecret.proofLength) bytes", requestID: frame.requestID, context: context)
+                return
+            }
+            // The state is entered only with a secret configured, and the configuration does not change.
+            guard let secret = node.configuration.pair?.secret,
+                secret.isValidClientProof(proof, clientNonce: clientNonce, serverNonce: serverNonce, role: role)
+            else {
+                reject(.authenticationFailed, "wrong proof: the shared secret differs", requestID: frame.requestID, context: context)
+                return
+            }
+            send(.authOK(proof: secret.serverProof(clientNonce: clientNonce, serverNonce: serverNonce)), requestID: frame.requestID, context: context)
+            state = .ready(role: role, name: name)
+            if role == .peer { node.pair?.peerSaidHello(epoch: epoch, name: name) }
 
         case .ready(let role, let name):
             serve(message, frame: frame, role: role, name: name, context: context)

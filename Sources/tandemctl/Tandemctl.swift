@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import TandemClient
+import WireProtocol
 
 /// `tandemctl`: inspects and operates a Tandem node over its wire port.
 @main
@@ -9,13 +10,15 @@ struct Tandemctl: AsyncParsableCommand {
         commandName: "tandemctl",
         abstract: "Inspect and operate a Tandem node over its wire port.",
         discussion: """
-            Exit codes: 0 ok, 1 usage error, 3 node unreachable, 4 authentication refused,
-            5 the node answered with an error, 6 the pair is not healthy (status).
+            Exit codes: 0 ok, 1 usage error (or an unusable secret file), 3 node unreachable,
+            4 authentication required or refused, 5 the node answered with an error,
+            6 the pair is not healthy (status).
 
             Examples:
               tandemctl status
-              tandemctl status --host 10.0.0.2 --port 11311 --json
+              tandemctl status --host 10.0.0.2 --port 11311 --secret-file /etc/tandem/secret --json
               TANDEM_HOST=127.0.0.1 TANDEM_PORT=11312 tandemctl stats
+              TANDEM_SECRET_FILE=/etc/tandem/secret tandemctl ping
             """,
         subcommands: [Status.self, Stats.self, Ping.self]
     )
@@ -29,12 +32,31 @@ struct NodeOptions: ParsableArguments {
     @Option(help: "The node's wire port (env TANDEM_PORT).")
     var port: Int = ProcessInfo.processInfo.environment["TANDEM_PORT"].flatMap(Int.init) ?? 11311
 
+    @Option(
+        name: .customLong("secret-file"),
+        help: ArgumentHelp("The node's shared secret, as given to tandemd --secret-file (env TANDEM_SECRET_FILE).", valueName: "path")
+    )
+    var secretFile: String?
+
     @Flag(help: "Print JSON instead of a table.")
     var json = false
 
     func connect() async throws -> TandemClient {
+        // An Optional option cannot default to the environment, so the fallback is here.
+        let secretFile = secretFile ?? ProcessInfo.processInfo.environment["TANDEM_SECRET_FILE"].flatMap { $0.isEmpty ? nil : $0 }
+        var secret: WireSecret?
+        if let secretFile {
+            do {
+                secret = try WireSecret(contentsOfFile: secretFile)
+            } catch {
+                throw Failure(code: 1, message: "\(error)")
+            }
+        }
         do {
-            return try await TandemClient.connect(host: host, port: port, name: "tandemctl", timeout: .seconds(3))
+            return try await TandemClient.connect(host: host, port: port, name: "tandemctl", secret: secret, timeout: .seconds(3))
+        } catch TandemClientError.authenticationFailed(let reason) {
+            // Name the file: the usual cause is a secret file of another pair, or an old one.
+            throw Failure(code: 4, message: "authentication failed with the secret in \(secretFile ?? "?"): \(reason)")
         } catch let error as TandemClientError {
             throw Failure(error)
         }
@@ -56,7 +78,9 @@ struct Failure: Error, CustomStringConvertible {
         case .unreachable(let host, let port, _):
             self.init(code: 3, message: "cannot reach a Tandem node at \(host):\(port); is tandemd running, and is that its --wire-port?")
         case .authenticationRequired:
-            self.init(code: 4, message: "the node requires authentication; give its shared secret")
+            self.init(code: 4, message: "authentication required: the node has a shared secret; give it with --secret-file PATH (or TANDEM_SECRET_FILE)")
+        case .authenticationFailed(let reason):
+            self.init(code: 4, message: "authentication failed: \(reason)")
         case .timedOut, .connectionClosed:
             self.init(code: 3, message: "the node stopped answering: \(error)")
         case .server, .unexpectedReply:

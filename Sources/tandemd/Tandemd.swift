@@ -19,14 +19,21 @@ struct Tandemd: AsyncParsableCommand {
             Flags follow memcached's where memcached has one. Examples:
               tandemd                          # 127.0.0.1:11211, 1024 MB
               tandemd -p 11311 -m 4096 -t 4
-              tandemd -l 0.0.0.0 -c 10000 -I 2m
+              tandemd -l 0.0.0.0 -c 10000 -I 2m --secret-file /etc/tandem/secret
+              tandemd -l 10.0.0.2 --secret-file /etc/tandem/secret \\
+                      --role backup --peer 10.0.0.1:11311
+
+            Listening on an address other than loopback needs --secret-file (the same
+            file on both nodes of a pair; make one with: openssl rand -hex 32 > secret;
+            chmod 600 secret), or --insecure to accept that anyone who reaches the
+            wire port can replicate from and administer the node.
             """
     )
 
     @Option(name: [.customShort("p"), .long], help: "TCP port of the memcached listener (0 picks a free port).")
     var port: Int = 11211
 
-    @Option(name: [.customShort("l"), .long], help: "Address to listen on.")
+    @Option(name: [.customShort("l"), .long], help: "Address the memcached and wire ports listen on. Anything but loopback needs --secret-file or --insecure.")
     var listen: String = "127.0.0.1"
 
     @Option(name: [.customShort("m"), .customLong("memory-limit")], help: "Memory for items, in megabytes.")
@@ -92,6 +99,18 @@ struct Tandemd: AsyncParsableCommand {
     @Option(name: .customLong("sasl-users"), help: "Require SASL PLAIN (binary protocol) with the user:password lines of FILE; text connections are then refused. Keep the file chmod 600.")
     var saslUsers: String?
 
+    @Option(
+        name: .customLong("secret-file"),
+        help: ArgumentHelp(
+            "The pair's shared secret (at least 16 bytes, the same file on both nodes, chmod 600): every wire connection, the other node's and tandemctl's, must prove it knows it.",
+            valueName: "path"
+        )
+    )
+    var secretFile: String?
+
+    @Flag(name: .customLong("insecure"), help: "Allow a non-loopback --listen address without --secret-file.")
+    var insecure = false
+
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be between 0 and 65535, got \(port)") }
         guard memoryLimit > 0 else { throw ValidationError("--memory-limit must be at least 1 (megabytes)") }
@@ -105,6 +124,11 @@ struct Tandemd: AsyncParsableCommand {
         }
         guard !dataDir.isEmpty else { throw ValidationError("--data-dir must not be empty") }
         guard (0...65535).contains(wirePort) else { throw ValidationError("--wire-port must be between 0 and 65535, got \(wirePort)") }
+        if secretFile == nil, !insecure, !Self.isLoopback(listen) {
+            throw ValidationError(
+                "refusing to listen on \(listen) without --secret-file: anyone who reaches the wire port could take over replication; give --secret-file PATH, or --insecure to accept the risk"
+            )
+        }
         if role == .backup, peer == nil {
             throw ValidationError("a backup needs --peer HOST:PORT: the primary's wire address")
         }
@@ -150,6 +174,18 @@ struct Tandemd: AsyncParsableCommand {
                 logger.warning("the SASL users file is readable by other users; chmod 600 it", metadata: ["file": "\(saslUsers)"])
             }
         }
+        var secret: WireSecret?
+        if let secretFile {
+            do {
+                secret = try WireSecret(contentsOfFile: secretFile)
+            } catch {
+                logger.critical("cannot start: \(error)")
+                throw ExitCode(2)
+            }
+        }
+        if secret == nil, !Self.isLoopback(listen) {
+            logger.warning("the wire port takes anyone who reaches it (--insecure, no --secret-file)", metadata: ["listen": "\(listen)"])
+        }
         var configuration = ServerConfiguration(
             host: listen, port: port, threads: threads, maxConnections: maxConnections,
             store: StoreConfiguration(
@@ -162,8 +198,9 @@ struct Tandemd: AsyncParsableCommand {
                 replication: ReplicationConfiguration(
                     mode: replication, syncTimeout: .milliseconds(Int64(syncTimeout)),
                     heartbeatInterval: .milliseconds(Int64(heartbeatInterval)), linkTimeout: .milliseconds(Int64(linkTimeout)),
-                    backlogSize: backlogSize.bytes, nodeName: nodeName
-                ).failingOver(after: failoverAfter)
+                    backlogSize: backlogSize.bytes, nodeName: nodeName, secret: secret
+                ).failingOver(after: failoverAfter),
+                secret: secret
             )
         )
         configuration.saslUsers = users
@@ -199,6 +236,29 @@ extension ReplicationConfiguration {
 }
 
 extension Tandemd {
+    /// Whether `host` is a loopback address (127.0.0.0/8, ::1, `localhost`),
+    /// which only this machine can reach. Other host names count as not
+    /// loopback: what they resolve to can change.
+    static func isLoopback(_ host: String) -> Bool {
+        var address = host
+        if address.hasPrefix("["), address.hasSuffix("]") { address = String(address.dropFirst().dropLast()) }
+        if address.lowercased() == "localhost" { return true }
+        var v4 = in_addr()
+        if inet_pton(AF_INET, address, &v4) == 1 {
+            // s_addr is in network order: its first byte is the first octet.
+            return withUnsafeBytes(of: &v4) { $0.first } == 127
+        }
+        var v6 = in6_addr()
+        if inet_pton(AF_INET6, address, &v6) == 1 {
+            let bytes = withUnsafeBytes(of: &v6) { Array($0) }
+            let loopback: [UInt8] = Array(repeating: 0, count: 15) + [1]
+            // ::ffff:127.x.x.x is IPv4 loopback written as IPv6.
+            let mappedPrefix: [UInt8] = Array(repeating: 0, count: 10) + [0xFF, 0xFF]
+            return bytes == loopback || (Array(bytes.prefix(12)) == mappedPrefix && bytes[12] == 127)
+        }
+        return false
+    }
+
     /// Splits `HOST:PORT` (`[v6]:PORT` too).
     static func parsePeer(_ text: String) -> (host: String, port: Int)? {
         guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port) else {
