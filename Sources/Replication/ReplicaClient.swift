@@ -534,6 +534,9 @@ final class ReplicaConnectionHandler: ChannelInboundHandler, @unchecked Sendable
                 fail("the peer is a \(ok.nodeRole), not a primary", context: context)
                 return
             }
+            // The primary is alive, even if this node cannot authenticate to it
+            // (a wrong secret): that must not start a failover.
+            client.contact()
             switch (ok.authentication, client.configuration.secret) {
             case (.none, nil):
                 startReplicating(after: ok, context: context)

@@ -209,9 +209,18 @@ final class ClientHandler: ChannelInboundHandler, Sendable {
             state.promises[id] = promise
             return id
         }
-        guard let id else { throw TandemClientError.connectionClosed }
+        guard let id else {
+            // Every promise must be completed, even one never sent.
+            promise.fail(TandemClientError.connectionClosed)
+            throw TandemClientError.connectionClosed
+        }
         var buffer = channel.allocator.buffer(capacity: 64)
-        try buffer.writeWireMessage(message, requestID: id)
+        do {
+            try buffer.writeWireMessage(message, requestID: id)
+        } catch {
+            pending.withLockedValue { $0.promises.removeValue(forKey: id) }?.fail(error)
+            throw error
+        }
         channel.writeAndFlush(buffer, promise: nil)
         let timer = channel.eventLoop.scheduleTask(in: timeout) { [pending] in
             pending.withLockedValue { $0.promises.removeValue(forKey: id) }?.fail(TandemClientError.timedOut)

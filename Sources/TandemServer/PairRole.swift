@@ -80,6 +80,8 @@ final class PairRole: Sendable {
     private let name = Mutex("")
     private let state: Mutex<State>
     private let timers = Mutex<[RepeatedTask]>([])
+    /// When the failover timer first found the primary silent for long.
+    private let suspectSince = Mutex<NIODeadline?>(nil)
 
     init(
         configuration: PairConfiguration, store: SessionStore, feed: ChangeFeed, persistence: Persistence?,
@@ -453,14 +455,29 @@ final class PairRole: Sendable {
     }
 
     /// On a backup: promotes this node once the primary has been silent for
-    /// `failoverAfter`, having tried a fresh connection first.
+    /// `failoverAfter`, the last part of it spent trying a fresh connection.
+    /// A node that was itself paused sees a long silence when it resumes; the
+    /// fresh try (and whatever was buffered) answers before it would promote.
     private func checkPrimary(failoverAfter: TimeAmount) {
-        guard let client = replica else { return }
+        guard let client = replica else {
+            suspectSince.withLock { $0 = nil }
+            return
+        }
         let silence = client.silenceMillis
         let limit = failoverAfter.nanoseconds / 1_000_000
-        let probeAt = max(limit / 2, limit - 300)
-        if silence >= probeAt { client.probe() }
-        guard silence >= limit else { return }
+        let window = min(300, limit / 2)
+        guard silence >= limit - window else {
+            suspectSince.withLock { $0 = nil }
+            return
+        }
+        let now = NIODeadline.now()
+        let since = suspectSince.withLock { since -> NIODeadline in
+            if since == nil { since = now }
+            return since!
+        }
+        client.probe()
+        guard silence >= limit, (now - since).nanoseconds / 1_000_000 >= window else { return }
+        suspectSince.withLock { $0 = nil }
         Task {
             do {
                 try await becomePrimary(reason: "failover: no word from the primary for \(silence) ms", automatic: true)

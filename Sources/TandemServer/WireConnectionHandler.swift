@@ -20,7 +20,8 @@ final class WireConnectionHandler: ChannelInboundHandler {
         case awaitingAuth(role: ConnectionRole, name: String, epoch: UInt64, clientNonce: [UInt8], serverNonce: [UInt8])
         /// Handshake done: requests are served.
         case ready(role: ConnectionRole, name: String)
-        /// A node about to follow this primary sends its versions for merging.
+        /// A node about to follow this primary sends its versions for merging;
+        /// `watermark`: a version stamped above it is one this node never saw.
         case reconciling(role: ConnectionRole, name: String, watermark: UInt64, merge: MergeTally)
         /// The backup's replication connection, run by its session.
         case replicating(ReplicaSession)
@@ -163,7 +164,11 @@ final class WireConnectionHandler: ChannelInboundHandler {
                     "its_replication_id": "\(position.replicationID)", "its_offset": "\(position.offset)",
                     "watermark": "\(watermark)",
                 ])
-                state = .reconciling(role: role, name: name, watermark: watermark, merge: MergeTally())
+                // Versions up to the watermark plus its margin are ones this node's
+                // history saw: meeting another version of the key there is no conflict.
+                let (seenUpTo, overflow) = watermark.addingReportingOverflow(PrimaryReplication.stampMargin)
+                let conflictsAbove = watermark == 0 ? 0 : (overflow ? .max : seenUpTo)
+                state = .reconciling(role: role, name: name, watermark: conflictsAbove, merge: MergeTally())
             }
             send(.reconcileFrom(watermark: watermark), requestID: frame.requestID, context: context)
         case .promote(let reason):

@@ -198,7 +198,7 @@ def hello(version_min: int = 1, version_max: int = 1, magic: int = 0x544E444D) -
     name = b"test"
     nonce = bytes(16)
     body = struct.pack(">IHHB", magic, version_min, version_max, 1) + struct.pack(">I", len(name)) + name \
-        + struct.pack(">I", len(nonce)) + nonce
+        + struct.pack(">I", len(nonce)) + nonce + struct.pack(">Q", 0)  # epoch: a client's is 0
     return frame(0x0001, body)
 
 
