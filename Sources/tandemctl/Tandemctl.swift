@@ -20,7 +20,7 @@ struct Tandemctl: AsyncParsableCommand {
               TANDEM_HOST=127.0.0.1 TANDEM_PORT=11312 tandemctl stats
               TANDEM_SECRET_FILE=/etc/tandem/secret tandemctl ping
             """,
-        subcommands: [Status.self, Stats.self, Ping.self]
+        subcommands: [Status.self, Stats.self, Ping.self, Promote.self, Demote.self]
     )
 }
 
@@ -138,9 +138,11 @@ struct Status: AsyncParsableCommand {
 
     /// What `status` shows, in this order.
     static let fields = [
-        "role", "replication_state", "replication_mode", "link_state", "replication_id", "replication_offset",
+        "role", "epoch", "replication_state", "replication_mode", "link_state", "replication_id", "replication_offset",
         "peer", "peer_name", "peer_offset", "peer_lag_changes", "peer_lag_ms", "peer_last_contact_ms",
         "full_resyncs", "partial_resyncs", "sync_timeouts", "forwarded_writes",
+        "failovers", "failover_after_ms", "last_promotion_time", "last_promotion_reason",
+        "reconciled_changes", "reconcile_conflicts",
         "persistence", "persistence_pending", "persistence_lag_ms", "persistence_errors", "persistence_last_error",
         "curr_items", "bytes", "limit_maxbytes", "curr_connections", "uptime", "version",
     ]
@@ -171,6 +173,7 @@ struct Status: AsyncParsableCommand {
         case ("primary", "resyncing", _): return ("degraded", "the backup is resynchronising")
         case ("backup", _, "streaming"): return ("healthy", "following the primary")
         case ("backup", _, let link): return ("degraded", "link to the primary is \(link ?? "unknown")")
+        case ("joining", _, _): return ("degraded", "starting: comparing its data with its peer's")
         default: return ("degraded", "a standalone node: nothing replicates it")
         }
     }
@@ -214,5 +217,66 @@ struct Ping: AsyncParsableCommand {
                 print("\(client.server.nodeName) (\(client.server.nodeRole)): \(micros) µs")
             }
         }
+    }
+}
+
+struct Promote: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Make this node the primary, in a new epoch.",
+        discussion: """
+            The node stops following its primary, raises its epoch, stores it, and takes \
+            writes. The old primary steps down when it meets the higher epoch, sends what \
+            only it had for merging, and follows. Prints the new epoch.
+
+            Example: tandemctl promote --port 11312 --reason "maintenance of node a"
+            """
+    )
+
+    @OptionGroup var node: NodeOptions
+
+    @Option(help: "Why, for the logs and status (last_promotion_reason).")
+    var reason: String = "tandemctl promote"
+
+    func run() async throws {
+        try await reporting {
+            let client = try await node.connect()
+            let epoch = try await client.promote(reason: reason)
+            try? await client.close()
+            try printRoleChange(node: client.server.nodeName, role: "primary", epoch: epoch, json: node.json)
+        }
+    }
+}
+
+struct Demote: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Hand over to the peer: it becomes the primary, this node follows it.",
+        discussion: """
+            Refused (exit 5) when the node has no --peer or the peer cannot take over: a pair \
+            is never left without a primary by this command.
+
+            Example: tandemctl demote --port 11311
+            """
+    )
+
+    @OptionGroup var node: NodeOptions
+
+    @Option(help: "Why, for the logs and status.")
+    var reason: String = "tandemctl demote"
+
+    func run() async throws {
+        try await reporting {
+            let client = try await node.connect()
+            let epoch = try await client.demote(reason: reason)
+            try? await client.close()
+            try printRoleChange(node: client.server.nodeName, role: "backup", epoch: epoch, json: node.json)
+        }
+    }
+}
+
+func printRoleChange(node: String, role: String, epoch: UInt64, json: Bool) throws {
+    if json {
+        print("{\"node\": \"\(node)\", \"role\": \"\(role)\", \"epoch\": \(epoch)}")
+    } else {
+        print("\(node) is now \(role == "primary" ? "the primary" : "a backup") in epoch \(epoch)")
     }
 }

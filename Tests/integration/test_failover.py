@@ -335,3 +335,51 @@ def soak_kill_and_rejoin_cycles(pair_factory):
 if SOAK_CYCLES > 0:
     # Only collected when asked for: CI runs the bounded scenarios above.
     test_soak_kill_and_rejoin_cycles = soak_kill_and_rejoin_cycles
+
+
+def test_tandemctl_promote_and_demote_move_the_primary_and_keep_the_data(pair_factory, nodes, tmp_path: Path):
+    from test_tandemctl import tandemctl
+    import json
+
+    pair = pair_factory()
+    with pair.node["A"].client() as c:
+        assert c.store(b"set", b"kept", b"through-every-change") == b"STORED"
+
+    start_epoch = int(pair.stats("A")["epoch"])
+    promoted = tandemctl("promote", "--port", str(pair.node["B"].wire_port), "--reason", "test handover", "--json")
+    assert promoted.returncode == 0, promoted.stderr
+    assert json.loads(promoted.stdout) == {"node": "B", "role": "primary", "epoch": start_epoch + 1}
+    # The old primary meets epoch 1 and follows.
+    wait_role(pair, "A", "backup")
+    pair.settle()
+    status = json.loads(tandemctl("status", "--port", str(pair.node["B"].wire_port), "--json").stdout)
+    assert status["role"] == "primary" and status["epoch"] == str(start_epoch + 1) and status["verdict"] == "healthy"
+    assert "test handover" in status["last_promotion_reason"] and status["failovers"] == "0"
+
+    demoted = tandemctl("demote", "--port", str(pair.node["B"].wire_port))
+    assert demoted.returncode == 0, demoted.stderr
+    assert demoted.stdout.decode().strip() == f"B is now a backup in epoch {start_epoch + 2}"
+    pair.settle()
+    assert pair.roles() == {"A": "primary", "B": "backup"}
+    assert pair.stats("A")["epoch"] == str(start_epoch + 2)
+    for name in ("A", "B"):
+        with pair.node[name].client() as c:
+            assert c.get(b"kept")[b"kept"].data == b"through-every-change"
+
+    # A node with no peer has nobody to hand over to: refused, one line, exit 5.
+    solo = nodes(tmp_path / "solo")
+    refused = tandemctl("demote", "--port", str(solo.wire_port))
+    assert refused.returncode == 5
+    assert "no --peer" in refused.stderr.decode() and len(refused.stderr.decode().strip().splitlines()) == 1
+
+
+def test_the_epoch_is_stored_before_the_node_takes_writes_and_survives_kill_9(nodes, tmp_path: Path):
+    # The peer never answers, so the node leads on its own after the start-up wait: a promotion.
+    with FaultProxy() as nowhere:
+        node = nodes(tmp_path / "n", "--peer", nowhere.endpoint)
+        first = int(node.stats()["epoch"])
+        assert first >= 1
+        node.kill()
+        node = nodes(tmp_path / "n", "--peer", nowhere.endpoint)
+        # Recovered from SQLite and raised again: an epoch is never reused.
+        assert int(node.stats()["epoch"]) == first + 1
