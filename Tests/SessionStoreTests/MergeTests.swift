@@ -1,0 +1,164 @@
+import SessionStore
+import Testing
+
+extension SessionStore {
+    func merge(_ key: String, _ value: String?, stamp: UInt64, deadline: Deadline = .never) -> MergeOutcome {
+        let keyBytes = Array(key.utf8)
+        return keyBytes.withUnsafeBytes { k in
+            if let value {
+                return Array(value.utf8).withUnsafeBytes { merge(k, value: $0, flags: 0, deadline: deadline, stamp: stamp) }
+            }
+            return merge(k, value: nil, flags: 0, deadline: deadline, stamp: stamp)
+        }
+    }
+
+    func cas(_ key: String) -> UInt64? { get(key)?.item.cas }
+}
+
+@Suite("Stamps, tombstones and merging")
+struct MergeTests {
+    @Test("CAS tokens are hybrid logical clock stamps: the clock's milliseconds, ever increasing, unique")
+    func stampsFollowTheClock() {
+        let (store, clock) = makeStore()
+        _ = store.set("a", "1")
+        let first = store.cas("a")!
+        #expect(HybridTimestamp.millis(first) == clock.nowMillis())
+        clock.advance(millis: 5)
+        _ = store.set("b", "1")
+        #expect(HybridTimestamp.millis(store.cas("b")!) == clock.nowMillis())
+        // Many writes in one millisecond stay unique and increasing per key.
+        var seen = Set<UInt64>()
+        var last: UInt64 = 0
+        for index in 0..<2000 {
+            _ = store.set("k\(index % 7)", "\(index)")
+            let cas = store.cas("k\(index % 7)")!
+            #expect(!seen.contains(cas))
+            seen.insert(cas)
+            if index % 7 == 0 {
+                #expect(cas > last)
+                last = cas
+            }
+        }
+    }
+
+    @Test("a clock that goes backwards, or a stamp applied from a peer ahead, never yields a smaller stamp")
+    func stampsNeverGoBack() {
+        let (store, clock) = makeStore()
+        _ = store.set("a", "1")
+        let before = store.cas("a")!
+        clock.advance(millis: -60_000)
+        _ = store.set("a", "2")
+        #expect(store.cas("a")! > before)
+        // A peer five minutes ahead: after applying its write, local writes order after it.
+        let ahead = HybridTimestamp.floor(millis: clock.nowMillis() + 300_000)
+        _ = Array("p".utf8).withUnsafeBytes { k in Array("x".utf8).withUnsafeBytes { store.applyUpsert(k, value: $0, flags: 0, deadline: .never, cas: ahead) } }
+        _ = store.set("other-shard-key", "3")
+        #expect(store.cas("other-shard-key")! > ahead)
+    }
+
+    @Test("a skewed stamp clock shifts stamps, not deadlines")
+    func skew() {
+        let clock = ManualClock()
+        var configuration = StoreConfiguration(shardCount: 4)
+        configuration.stampSkewMillis = 300_000
+        let store = SessionStore(configuration: configuration, clock: clock)
+        _ = store.set("a", "1", deadline: .memcached(exptime: 60, now: clock.nowMillis()))
+        let item = store.get("a")!.item
+        #expect(HybridTimestamp.millis(item.cas) == clock.nowMillis() + 300_000)
+        #expect(item.deadline.millis == clock.nowMillis() + 60_000)
+    }
+
+    @Test("the newer stamp wins, whichever side it is on")
+    func newerWins() {
+        let (store, _) = makeStore()
+        _ = store.set("k", "local")
+        let local = store.cas("k")!
+        #expect(store.merge("k", "older", stamp: local - 1) == .kept(local: local))
+        #expect(store.value("k") == "local")
+        #expect(store.merge("k", "local", stamp: local) == .same)
+        #expect(store.merge("k", "newer", stamp: local + 1000) == .applied(replaced: local))
+        #expect(store.value("k") == "newer")
+        #expect(store.cas("k") == local + 1000)
+        // A later local write orders after the merged stamp.
+        _ = store.set("k", "after")
+        #expect(store.cas("k")! > local + 1000)
+    }
+
+    @Test("deletes take part as tombstones: an older write does not bring a deleted key back")
+    func tombstones() {
+        let (store, clock) = makeStore()
+        _ = store.set("k", "v")
+        let written = store.cas("k")!
+        clock.advance(millis: 10)
+        #expect(store.delete("k") == .deleted)
+        #expect(store.tombstoneCount == 1)
+        guard case .kept(let tombstone) = store.merge("k", "stale", stamp: written) else {
+            Issue.record("an older write must lose to the delete")
+            return
+        }
+        #expect(tombstone > written)
+        #expect(store.value("k") == nil)
+        // A write newer than the delete wins.
+        #expect(store.merge("k", "fresh", stamp: tombstone + 1) == .applied(replaced: tombstone))
+        #expect(store.value("k") == "fresh")
+        // A merged delete newer than the item removes it.
+        #expect(store.merge("k", nil, stamp: tombstone + 2) == .applied(replaced: tombstone + 1))
+        #expect(store.value("k") == nil)
+        // And the same delete again is no news.
+        #expect(store.merge("k", nil, stamp: tombstone + 2) == .same)
+    }
+
+    @Test("flush_all stands for a delete of everything written before it")
+    func flushStamp() {
+        let (store, clock) = makeStore()
+        _ = store.set("k", "v")
+        let written = store.cas("k")!
+        clock.advance(millis: 10)
+        store.flushAll()
+        #expect(store.flushStamp > written)
+        #expect(store.merge("k", "from before the flush", stamp: written) == .kept(local: store.flushStamp))
+        #expect(store.merge("k", "after", stamp: store.flushStamp + 1) == .applied(replaced: nil))
+    }
+
+    @Test("an expired incoming item merges to nothing")
+    func expired() {
+        let (store, clock) = makeStore()
+        #expect(store.merge("k", "v", stamp: 1, deadline: Deadline(millis: clock.nowMillis() - 1)) == .expired)
+        #expect(store.value("k") == nil)
+    }
+
+    @Test("versions above a stamp: the items and tombstones a peer that has everything up to it lacks")
+    func versionsAbove() {
+        let (store, clock) = makeStore(shards: 4)
+        for index in 0..<20 { _ = store.set("old\(index)", "v") }
+        let watermark = store.stampCeiling()
+        clock.advance(millis: 1)
+        for index in 0..<5 { _ = store.set("new\(index)", "v") }
+        _ = store.delete("old3")
+        var keys: [String] = []
+        var tombstones: [String] = []
+        for shard in 0..<store.shardCount {
+            var cursor: Int? = 0
+            while let from = cursor {
+                let page = store.versions(inShard: shard, newerThan: watermark, from: from, limit: 2)
+                keys += page.items.map { String(decoding: $0.key, as: UTF8.self) }
+                cursor = page.next
+            }
+            tombstones += store.tombstones(inShard: shard, newerThan: watermark).map { String(decoding: $0.key, as: UTF8.self) }
+        }
+        #expect(keys.sorted() == (0..<5).map { "new\($0)" })
+        #expect(tombstones == ["old3"])
+    }
+
+    @Test("tombstones are bounded: the oldest go first")
+    func tombstonesBounded() {
+        let (store, _) = makeStore(shards: 1)
+        for index in 0..<300_000 {
+            _ = store.set("k\(index)", "v")
+            _ = store.delete("k\(index)")
+        }
+        #expect(store.tombstoneCount == 262_144)
+        // The newest delete is still remembered.
+        #expect(store.merge("k299999", "stale", stamp: 1) != .applied(replaced: nil))
+    }
+}
