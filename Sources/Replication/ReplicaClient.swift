@@ -274,7 +274,8 @@ public final class ReplicaClient: Sendable {
             shared.fullResyncs += 1
         }
         applied.reset(to: 0)
-        store.flushAll()
+        // Not a client's flush_all: the snapshot replaces the data, and no stamp says "deleted".
+        store.flushAll(stamp: 0)
         logger.info("full resync: receiving a snapshot", metadata: [
             "replication_id": "\(resync.replicationID)", "offset": "\(resync.offset)",
             "items": "\(resync.estimatedItems)", "bytes": "\(resync.estimatedBytes)",

@@ -5,7 +5,8 @@ import SessionStore
 /// few prepared statements the writer and recovery use.
 final class ItemDatabase {
     /// The schema this build writes; `PRAGMA user_version` records it.
-    static let schemaVersion: Int64 = 1
+    /// 1: items and meta. 2: tombstones (the stamps of recent deletes).
+    static let schemaVersion: Int64 = 2
 
     let path: String
     private let connection: SQLiteConnection
@@ -13,6 +14,7 @@ final class ItemDatabase {
     private var upsertStatement: Statement!
     private var deleteStatement: Statement!
     private var setMetaStatement: Statement!
+    private var tombstoneStatement: Statement!
     /// The inode the database file had when opened, to notice it being removed or replaced.
     let inode: UInt64?
 
@@ -38,6 +40,9 @@ final class ItemDatabase {
                 try Self.createSchema(connection)
             } else if try connection.integer("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('items', 'meta')") != 2 {
                 throw PersistenceError.foreignDatabase(path: path)
+            } else if version < 2 {
+                // The file is Tandem's: adding what version 2 has changes nothing it held.
+                try connection.execute("BEGIN; \(Self.tombstoneSchema) PRAGMA user_version = 2; COMMIT;")
             }
             // WAL: readers never block the writer, and a commit is one append.
             // synchronous=NORMAL: a commit survives a process crash (kill -9);
@@ -49,6 +54,9 @@ final class ItemDatabase {
                     + "ON CONFLICT (key) DO UPDATE SET value = ?2, flags = ?3, deadline = ?4, cas = ?5"
             )
             deleteStatement = try connection.prepare("DELETE FROM items WHERE key = ?1")
+            tombstoneStatement = try connection.prepare(
+                "INSERT INTO tombstones (key, stamp) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET stamp = max(stamp, ?2)"
+            )
             setMetaStatement = try connection.prepare(
                 "INSERT INTO meta (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = ?2"
             )
@@ -81,10 +89,18 @@ final class ItemDatabase {
                 cas INTEGER NOT NULL
             );
             CREATE TABLE meta (name TEXT PRIMARY KEY, value ANY) WITHOUT ROWID;
+            \(tombstoneSchema)
             PRAGMA user_version = \(schemaVersion);
             COMMIT;
             """)
     }
+
+    /// Recent deletes, so that a restarted node still knows a key it deleted
+    /// is gone when its peer offers an older version (reconciliation).
+    static let tombstoneSchema = """
+        CREATE TABLE tombstones (key BLOB PRIMARY KEY, stamp INTEGER NOT NULL) WITHOUT ROWID;
+        CREATE INDEX tombstones_by_stamp ON tombstones (stamp);
+        """
 
     static func inode(of path: String) -> UInt64? {
         var info = stat()
@@ -127,7 +143,33 @@ final class ItemDatabase {
     }
 
     func deleteAll() throws(SQLiteError) {
-        try connection.execute("DELETE FROM items")
+        try connection.execute("DELETE FROM items; DELETE FROM tombstones")
+    }
+
+    /// Records a delete's stamp (a newer one for the key is kept).
+    func insertTombstone(key: [UInt8], stamp: UInt64) throws(SQLiteError) {
+        let statement: Statement = tombstoneStatement
+        let failure: SQLiteError? = key.withUnsafeBytes { bytes in
+            statement.bind(1, blob: bytes)
+            statement.bind(2, Int64(bitPattern: stamp))
+            do throws(SQLiteError) { try statement.run() } catch { return error }
+            return nil
+        }
+        if let failure { throw failure }
+    }
+
+    /// Drops tombstones stamped below `stamp` (older than the retention).
+    func deleteTombstones(below stamp: UInt64) throws(SQLiteError) {
+        try connection.execute("DELETE FROM tombstones WHERE stamp < \(Int64(bitPattern: min(stamp, UInt64(Int64.max))))")
+    }
+
+    /// Streams the tombstones stamped at or above `stamp`.
+    func forEachTombstone(from stamp: UInt64, _ body: (UnsafeRawBufferPointer, UInt64) -> Void) throws(SQLiteError) {
+        let statement = try connection.prepare("SELECT key, stamp FROM tombstones WHERE stamp >= ?1")
+        statement.bind(1, Int64(bitPattern: min(stamp, UInt64(Int64.max))))
+        while try statement.step() {
+            body(statement.blob(0), UInt64(bitPattern: statement.int64(1)))
+        }
     }
 
     func setMeta(_ name: String, _ value: Int64) throws(SQLiteError) {
@@ -197,6 +239,7 @@ final class ItemDatabase {
         upsertStatement = nil
         deleteStatement = nil
         setMetaStatement = nil
+        tombstoneStatement = nil
         connection.close()
     }
 }

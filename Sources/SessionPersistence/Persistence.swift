@@ -142,6 +142,18 @@ public final class Persistence: Sendable {
                     ])
                 }
             }
+            // Deletes the node remembers, and the last flush_all's stamp: a
+            // peer's older versions of those keys must not come back.
+            let cutoff = HybridTimestamp.floor(millis: now - SessionStore.tombstoneRetentionMillis)
+            try database.deleteTombstones(below: cutoff)
+            try database.forEachTombstone(from: cutoff) { key, stamp in
+                store.restoreTombstone(key, stamp: stamp)
+                highestCas = max(highestCas, stamp)
+            }
+            if case .integer(let flushStamp)? = try database.allMeta()["flush_stamp"] {
+                store.restoreFlushStamp(UInt64(bitPattern: flushStamp))
+                highestCas = max(highestCas, UInt64(bitPattern: flushStamp))
+            }
             // Every shard's next CAS must be above every recovered one, not only its own.
             store.raiseCas(above: highestCas)
             let seconds = Self.seconds(ContinuousClock.now - started)
@@ -361,6 +373,17 @@ final class Writer: @unchecked Sendable {
         }
     }
 
+    /// When tombstones past the retention were last dropped from the file.
+    private var lastPrune = ContinuousClock.now
+
+    /// Drops tombstones past the retention, about once a minute (inside the open transaction).
+    private func pruneTombstones() {
+        guard ContinuousClock.now - lastPrune >= .seconds(60) else { return }
+        lastPrune = ContinuousClock.now
+        let cutoff = HybridTimestamp.floor(millis: store.now() - SessionStore.tombstoneRetentionMillis)
+        try? database.deleteTombstones(below: cutoff)
+    }
+
     /// Takes the store's new changes and commits everything pending. Returns
     /// whether the commit succeeded (or there was nothing to commit).
     @discardableResult
@@ -393,11 +416,16 @@ final class Writer: @unchecked Sendable {
                 for change in carry.values {
                     switch change.kind {
                     case .upsert: try database.upsert(change)
-                    case .remove, .delete: try database.delete(key: change.key)
+                    case .remove: try database.delete(key: change.key)
+                    case .delete:
+                        try database.delete(key: change.key)
+                        try database.insertTombstone(key: change.key, stamp: change.cas)
                     case .flushAll: break
                     }
                 }
                 try database.setMeta("last_sequence", Int64(bitPattern: store.lastSequence))
+                try database.setMeta("flush_stamp", Int64(bitPattern: store.flushStamp))
+                pruneTombstones()
                 for (name, value) in meta { try database.setMeta(name, value) }
                 try database.commit()
             } catch {

@@ -76,6 +76,23 @@ extension SessionStore {
         shards[shardIndex].state.withLock { $0.tombstones.newer(than: stamp) }
     }
 
+    /// Loads a tombstone recovered from storage.
+    public func restoreTombstone(_ key: UnsafeRawBufferPointer, stamp: UInt64) {
+        let (shard, _) = locate(key)
+        let now = clock.nowMillis()
+        shard.state.withLock { $0.tombstones.insert(Array(key), stamp: stamp, olderThanDropped: tombstoneCutoff(now)) }
+    }
+
+    /// Restores the stamp of the last `flush_all` recovered from storage.
+    public func restoreFlushStamp(_ stamp: UInt64) {
+        var current = flushStampValue.load(ordering: .relaxed)
+        while current < stamp {
+            let (exchanged, original) = flushStampValue.compareExchange(expected: current, desired: stamp, ordering: .relaxed)
+            if exchanged { break }
+            current = original
+        }
+    }
+
     /// Tombstones held, for `stats`.
     public var tombstoneCount: Int {
         shards.reduce(0) { total, shard in total + shard.state.withLock { $0.tombstones.count } }

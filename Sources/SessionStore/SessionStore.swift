@@ -221,7 +221,7 @@ public final class SessionStore: Sendable {
     /// reached, so this node's later writes order after everything it applied.
     private let stampFloor = Atomic<UInt64>(0)
     /// The stamp of the last `flush_all`: it stands for a delete of every item written before it.
-    private let flushStampValue = Atomic<UInt64>(0)
+    let flushStampValue = Atomic<UInt64>(0)
 
     public init(configuration: StoreConfiguration = .init(), clock: any StoreClock = SystemClock()) {
         // A shard must hold at least a couple of the largest items, so small
