@@ -101,6 +101,17 @@ public enum WireMessageType: UInt16, Sendable, Hashable, CaseIterable, CustomStr
     case promote = 0x0050
     case demote = 0x0051
     case roleChanged = 0x0052
+    case scan = 0x0060
+    case scanPage = 0x0061
+    case inspect = 0x0062
+    case deleteKeys = 0x0063
+    case deleteResult = 0x0064
+    case importItems = 0x0065
+    case importResult = 0x0066
+    case backup = 0x0070
+    case backupDone = 0x0071
+    case watch = 0x0080
+    case watchEvent = 0x0081
 
     /// The name Protocol.md uses, e.g. `helloOK`.
     public var name: String {
@@ -130,6 +141,17 @@ public enum WireMessageType: UInt16, Sendable, Hashable, CaseIterable, CustomStr
         case .promote: return "promote"
         case .demote: return "demote"
         case .roleChanged: return "roleChanged"
+        case .scan: return "scan"
+        case .scanPage: return "scanPage"
+        case .inspect: return "inspect"
+        case .deleteKeys: return "deleteKeys"
+        case .deleteResult: return "deleteResult"
+        case .importItems: return "importItems"
+        case .importResult: return "importResult"
+        case .backup: return "backup"
+        case .backupDone: return "backupDone"
+        case .watch: return "watch"
+        case .watchEvent: return "watchEvent"
         case .statsRequest: return "statsRequest"
         case .properties: return "properties"
         }

@@ -29,6 +29,17 @@ extension WireMessage {
         case .promote: return .promote
         case .demote: return .demote
         case .roleChanged: return .roleChanged
+        case .scan: return .scan
+        case .scanPage: return .scanPage
+        case .inspect: return .inspect
+        case .deleteKeys: return .deleteKeys
+        case .deleteResult: return .deleteResult
+        case .importItems: return .importItems
+        case .importResult: return .importResult
+        case .backup: return .backup
+        case .backupDone: return .backupDone
+        case .watch: return .watch
+        case .watchEvent: return .watchEvent
         case .forward: return .forward
         case .forwardReply: return .forwardReply
         case .statusRequest: return .statusRequest
@@ -58,6 +69,26 @@ extension WireMessage {
             return 4 + reason.utf8.count
         case .roleChanged:
             return 1 + 8
+        case .scan(let request):
+            return 4 + request.cursor.count + 4 + 4 + request.prefix.count + 4 + request.match.utf8.count + 4 + 8 + 1
+        case .scanPage(let page):
+            return 4 + page.cursor.count + 4 + 4 + 4 + page.records.reduce(0) { $0 + WireEncodedSize.sessionRecord + $1.key.count + $1.value.count }
+        case .inspect(let key), .watch(let key):
+            return 4 + key.count
+        case .deleteKeys(let keys):
+            return 4 + keys.reduce(0) { $0 + 4 + $1.count }
+        case .deleteResult:
+            return 16
+        case .importItems(let records):
+            return 4 + records.reduce(0) { $0 + WireEncodedSize.sessionRecord + $1.key.count + $1.value.count }
+        case .importResult:
+            return 24
+        case .backup(let path):
+            return 4 + path.utf8.count
+        case .backupDone(let summary):
+            return 4 + summary.path.utf8.count + 16
+        case .watchEvent(let event):
+            return WireEncodedSize.watchEvent + event.key.count
         case .fullResync:
             return 16 + 8 + 8 + 8
         case .snapshotChunk(let items):
@@ -180,6 +211,47 @@ extension WireMessage {
         case .roleChanged(let role, let epoch):
             buffer.writeInteger(role.rawValue)
             buffer.writeInteger(epoch)
+        case .scan(let request):
+            buffer.writeWireBytes(request.cursor)
+            buffer.writeInteger(request.limit)
+            buffer.writeWireBytes(request.prefix)
+            buffer.writeWireString(request.match)
+            buffer.writeInteger(request.minimumSize)
+            buffer.writeInteger(request.expiringWithinMillis)
+            buffer.writeInteger(request.options.rawValue)
+        case .scanPage(let page):
+            buffer.writeWireBytes(page.cursor)
+            buffer.writeInteger(page.scanned)
+            buffer.writeInteger(page.matched)
+            buffer.writeInteger(UInt32(page.records.count))
+            for record in page.records { buffer.writeSessionRecord(record) }
+        case .inspect(let key), .watch(let key):
+            buffer.writeWireBytes(key)
+        case .deleteKeys(let keys):
+            buffer.writeInteger(UInt32(keys.count))
+            for key in keys { buffer.writeWireBytes(key) }
+        case .deleteResult(let deleted, let missing):
+            buffer.writeInteger(deleted)
+            buffer.writeInteger(missing)
+        case .importItems(let records):
+            buffer.writeInteger(UInt32(records.count))
+            for record in records { buffer.writeSessionRecord(record) }
+        case .importResult(let summary):
+            buffer.writeInteger(summary.stored)
+            buffer.writeInteger(summary.unchanged)
+            buffer.writeInteger(summary.expired)
+        case .backup(let path):
+            buffer.writeWireString(path)
+        case .backupDone(let summary):
+            buffer.writeWireString(summary.path)
+            buffer.writeInteger(summary.bytes)
+            buffer.writeInteger(summary.items)
+        case .watchEvent(let event):
+            buffer.writeInteger(event.kind.rawValue)
+            buffer.writeWireBytes(event.key)
+            buffer.writeInteger(event.size)
+            buffer.writeInteger(event.deadlineMillis)
+            buffer.writeInteger(event.timeMillis)
         case .forward(let request):
             buffer.writeWireBytes(request)
         case .forwardReply(let offset, let reply):
@@ -331,6 +403,75 @@ extension WireMessage {
             let role = try reader.enumeration("role", as: NodeRole.self)
             let epoch = try reader.integer("epoch", as: UInt64.self)
             self = .roleChanged(role: role, epoch: epoch)
+        case .scan:
+            let cursor = try reader.byteArray("cursor")
+            let limit = try reader.integer("limit", as: UInt32.self)
+            let prefix = try reader.byteArray("prefix")
+            let match = try reader.string("match")
+            let minimumSize = try reader.integer("min_size", as: UInt32.self)
+            let expiring = try reader.integer("expiring_within_ms", as: Int64.self)
+            let options = ScanRequest.Options(rawValue: try reader.integer("options", as: UInt8.self))
+            self = .scan(ScanRequest(cursor: cursor, limit: limit, prefix: prefix, match: match, minimumSize: minimumSize, expiringWithinMillis: expiring, options: options))
+        case .scanPage:
+            let cursor = try reader.byteArray("cursor")
+            let scanned = try reader.integer("scanned", as: UInt32.self)
+            let matched = try reader.integer("matched", as: UInt32.self)
+            let count = try reader.count("count", minimumElementSize: WireEncodedSize.sessionRecord)
+            var records: [SessionRecord] = []
+            records.reserveCapacity(count)
+            for index in 0..<count {
+                reader.element = index
+                records.append(try reader.sessionRecord())
+            }
+            reader.element = nil
+            self = .scanPage(ScanPage(cursor: cursor, scanned: scanned, matched: matched, records: records))
+        case .inspect:
+            self = .inspect(key: try reader.byteArray("key"))
+        case .watch:
+            self = .watch(prefix: try reader.byteArray("prefix"))
+        case .deleteKeys:
+            let count = try reader.count("count", minimumElementSize: 4)
+            var keys: [[UInt8]] = []
+            keys.reserveCapacity(count)
+            for index in 0..<count {
+                reader.element = index
+                keys.append(try reader.byteArray("key"))
+            }
+            reader.element = nil
+            self = .deleteKeys(keys)
+        case .deleteResult:
+            let deleted = try reader.integer("deleted", as: UInt64.self)
+            let missing = try reader.integer("missing", as: UInt64.self)
+            self = .deleteResult(deleted: deleted, missing: missing)
+        case .importItems:
+            let count = try reader.count("count", minimumElementSize: WireEncodedSize.sessionRecord)
+            var records: [SessionRecord] = []
+            records.reserveCapacity(count)
+            for index in 0..<count {
+                reader.element = index
+                records.append(try reader.sessionRecord())
+            }
+            reader.element = nil
+            self = .importItems(records)
+        case .importResult:
+            let stored = try reader.integer("stored", as: UInt64.self)
+            let unchanged = try reader.integer("unchanged", as: UInt64.self)
+            let expired = try reader.integer("expired", as: UInt64.self)
+            self = .importResult(ImportSummary(stored: stored, unchanged: unchanged, expired: expired))
+        case .backup:
+            self = .backup(path: try reader.string("path"))
+        case .backupDone:
+            let path = try reader.string("path")
+            let bytes = try reader.integer("bytes", as: UInt64.self)
+            let items = try reader.integer("items", as: UInt64.self)
+            self = .backupDone(BackupSummary(path: path, bytes: bytes, items: items))
+        case .watchEvent:
+            let kind = try reader.enumeration("kind", as: WatchEvent.Kind.self)
+            let key = try reader.byteArray("key")
+            let size = try reader.integer("size", as: UInt32.self)
+            let deadline = try reader.integer("deadline", as: Int64.self)
+            let time = try reader.integer("time", as: Int64.self)
+            self = .watchEvent(WatchEvent(kind: kind, key: key, size: size, deadlineMillis: deadline, timeMillis: time))
         case .forward:
             self = .forward(request: try reader.bytes("request"))
         case .forwardReply:

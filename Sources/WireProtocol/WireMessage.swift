@@ -70,6 +70,28 @@ public enum WireMessage: Sendable, Equatable {
     case demote(reason: String)
     /// Response to `promote`/`demote`: the node's role and epoch now.
     case roleChanged(role: NodeRole, epoch: UInt64)
+    /// One page of the items matching a filter, walked in short lock holds.
+    case scan(ScanRequest)
+    /// Response to `scan` and `inspect`.
+    case scanPage(ScanPage)
+    /// One item, with its value (answered `notFound` when absent).
+    case inspect(key: [UInt8])
+    /// Deletes these keys (on the primary).
+    case deleteKeys([[UInt8]])
+    /// Response to `deleteKeys`.
+    case deleteResult(deleted: UInt64, missing: UInt64)
+    /// Stores these items as they are (on the primary); `cas` is ignored.
+    case importItems([SessionRecord])
+    /// Response to `importItems`.
+    case importResult(ImportSummary)
+    /// Writes a consistent copy of the node's database into a new directory on the node's machine.
+    case backup(path: String)
+    /// Response to `backup`.
+    case backupDone(BackupSummary)
+    /// Streams the changes to keys with this prefix as `watchEvent`s until the connection closes.
+    case watch(prefix: [UInt8])
+    /// One change, sent as a response to `watch` (same request id).
+    case watchEvent(WatchEvent)
 }
 
 /// The first frame's content.

@@ -107,6 +107,23 @@ let samples: [Sample] = {
         Sample("promote", .promote(reason: "maintenance of node a")),
         Sample("demote empty", .demote(reason: "")),
         Sample("roleChanged", .roleChanged(role: .primary, epoch: 8)),
+        Sample("scan default", .scan(ScanRequest())),
+        Sample("scan all filters", .scan(ScanRequest(cursor: [0, 0, 0, 3, 0, 0, 1, 0], limit: 50, prefix: Array("validity:".utf8), match: "*-n1", minimumSize: 100, expiringWithinMillis: 60_000, options: [.values, .countOnly]))),
+        Sample("scanPage empty", .scanPage(ScanPage(cursor: [], scanned: 0, matched: 0, records: []))),
+        Sample("scanPage", .scanPage(ScanPage(cursor: [1, 2], scanned: 4096, matched: 2, records: [
+            SessionRecord(key: Array("a".utf8), value: [], flags: 1, deadlineMillis: 0, cas: 9, size: 2000, lastAccessMillis: 1_795_323_600_000, writer: .thisNode),
+            SessionRecord(key: Array("validity:x".utf8), value: [0, 1, 2], flags: .max, deadlineMillis: .max, cas: .max, size: 3, lastAccessMillis: -1, writer: .peer),
+        ]))),
+        Sample("inspect", .inspect(key: Array("ABC-n1".utf8))),
+        Sample("deleteKeys", .deleteKeys([Array("a".utf8), [], Array("lock:x".utf8)])),
+        Sample("deleteResult", .deleteResult(deleted: 2, missing: 1)),
+        Sample("importItems", .importItems([SessionRecord(key: Array("k".utf8), value: Array("v".utf8), flags: 3, deadlineMillis: 1_795_323_600_000, cas: 0, size: 1, lastAccessMillis: 0, writer: .thisNode)])),
+        Sample("importResult", .importResult(ImportSummary(stored: 5, unchanged: 6, expired: 7))),
+        Sample("backup", .backup(path: "/var/backups/tandem-2026-11-22")),
+        Sample("backupDone", .backupDone(BackupSummary(path: "/var/backups/x", bytes: 1 << 30, items: 1_000_000))),
+        Sample("watch", .watch(prefix: [])),
+        Sample("watchEvent", .watchEvent(WatchEvent(kind: .delete, key: Array("k".utf8), size: 0, deadlineMillis: 0, timeMillis: 1_795_323_600_000))),
+        Sample("watchEvent dropped", .watchEvent(WatchEvent(kind: .dropped, key: [], size: 1234, deadlineMillis: 0, timeMillis: 1))),
     ]
     for code: UInt16 in 1...11 {
         samples.append(Sample("error code \(code)", .error(WireError(WireErrorCode(rawValue: code)!, "code \(code)"))))
@@ -120,7 +137,7 @@ struct RoundTripTests {
     func coverage() {
         let covered = Set(samples.map(\.message.type))
         #expect(covered == Set(WireMessageType.allCases))
-        #expect(WireMessageType.allCases.count == 27)
+        #expect(WireMessageType.allCases.count == 38)
     }
 
     @Test("encode, frame, decode gives the message back", arguments: samples)
@@ -227,6 +244,9 @@ struct RoundTripTests {
             (0x0030, "forward"), (0x0031, "forwardReply"),
             (0x0040, "statusRequest"), (0x0041, "statsRequest"), (0x0042, "properties"),
             (0x0050, "promote"), (0x0051, "demote"), (0x0052, "roleChanged"),
+            (0x0060, "scan"), (0x0061, "scanPage"), (0x0062, "inspect"), (0x0063, "deleteKeys"), (0x0064, "deleteResult"),
+            (0x0065, "importItems"), (0x0066, "importResult"), (0x0070, "backup"), (0x0071, "backupDone"),
+            (0x0080, "watch"), (0x0081, "watchEvent"),
         ]
         #expect(WireMessageType.allCases.map { ($0.rawValue) } == expected.map(\.0))
         #expect(WireMessageType.allCases.map(\.name) == expected.map(\.1))

@@ -216,7 +216,25 @@ struct MessageGenerator<R: RandomNumberGenerator> {
         case .promote: return .promote(reason: string())
         case .demote: return .demote(reason: string())
         case .roleChanged: return .roleChanged(role: rng.pick([.primary, .backup, .joining]), epoch: rng.u64())
+        case .scan:
+            return .scan(ScanRequest(cursor: rng.bytes(size()), limit: rng.u32(), prefix: rng.bytes(size()), match: string(), minimumSize: rng.u32(), expiringWithinMillis: rng.i64(), options: ScanRequest.Options(rawValue: UInt8(truncatingIfNeeded: rng.u32()))))
+        case .scanPage:
+            return .scanPage(ScanPage(cursor: rng.bytes(size()), scanned: rng.u32(), matched: rng.u32(), records: (0..<rng.int(0...4)).map { _ in record() }))
+        case .inspect: return .inspect(key: rng.bytes(size()))
+        case .deleteKeys: return .deleteKeys((0..<rng.int(0...5)).map { _ in rng.bytes(size()) })
+        case .deleteResult: return .deleteResult(deleted: rng.u64(), missing: rng.u64())
+        case .importItems: return .importItems((0..<rng.int(0...4)).map { _ in record() })
+        case .importResult: return .importResult(ImportSummary(stored: rng.u64(), unchanged: rng.u64(), expired: rng.u64()))
+        case .backup: return .backup(path: string())
+        case .backupDone: return .backupDone(BackupSummary(path: string(), bytes: rng.u64(), items: rng.u64()))
+        case .watch: return .watch(prefix: rng.bytes(size()))
+        case .watchEvent:
+            return .watchEvent(WatchEvent(kind: rng.pick([.upsert, .remove, .flushAll, .delete, .dropped]), key: rng.bytes(size()), size: rng.u32(), deadlineMillis: rng.i64(), timeMillis: rng.i64()))
         }
+    }
+
+    mutating func record() -> SessionRecord {
+        SessionRecord(key: rng.bytes(size()), value: rng.bytes(size()), flags: rng.u32(), deadlineMillis: rng.i64(), cas: rng.u64(), size: rng.u32(), lastAccessMillis: rng.i64(), writer: rng.pick([.thisNode, .peer]))
     }
 
     mutating func message() -> WireMessage {
