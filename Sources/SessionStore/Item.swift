@@ -34,6 +34,9 @@ struct ItemMarks: OptionSet {
     static let stale = ItemMarks(rawValue: 1 << 1)
     /// One client has been told it won the right to recache (`W`/`Z` flags).
     static let winTokenSent = ItemMarks(rawValue: 1 << 2)
+    /// The current version came from the other node of a pair (replicated or
+    /// reconciled), not from a client of this one.
+    static let fromPeer = ItemMarks(rawValue: 1 << 3)
 }
 
 /// A read-only copy of an item's metadata plus a reference to its bytes,
@@ -49,6 +52,10 @@ public struct ItemSnapshot: Sendable {
     public let cas: UInt64
     /// The absolute expiry.
     public let deadline: Deadline
+    /// When the item was last read or written on this node, ms since the epoch.
+    public var lastAccess: Int64 = 0
+    /// Whether the current version came from the other node of a pair.
+    public var fromPeer = false
 
     /// Number of value bytes.
     public var valueCount: Int { storage.count - keyLength }

@@ -443,7 +443,7 @@ public final class SessionStore: Sendable {
                 state.setCas(slot, cas)
                 state.setDeadline(slot, deadline)
                 state.setLastAccess(slot, now)
-                state.removeMarks(slot, [.fetched, .stale, .winTokenSent])
+                state.removeMarks(slot, [.fetched, .stale, .winTokenSent, .fromPeer])
                 if markStale { state.insertMarks(slot, .stale) }
                 state.setFlags(slot, flags)
                 state.counters.totalItems += 1
@@ -678,10 +678,11 @@ public final class SessionStore: Sendable {
             state.setCas(slot, cas)
             state.setLastAccess(slot, now)
             state.removeMarks(slot, [.fetched, .stale, .winTokenSent])
+            state.insertMarks(slot, .fromPeer)
             state.record(.upsert, slot)
         } else {
             guard state.makeRoom(for: ShardState.cost(keyLength: key.count, valueCount: bytes.count - key.count), now: now) else { return false }
-            let slot = state.insert(bytes: bytes, keyLength: key.count, hash: hash, flags: flags, deadline: deadline.millis, cas: cas, now: now)
+            let slot = state.insert(bytes: bytes, keyLength: key.count, hash: hash, flags: flags, deadline: deadline.millis, cas: cas, now: now, marks: .fromPeer)
             state.record(.upsert, slot)
         }
         return true

@@ -135,13 +135,16 @@ struct ShardState {
 
     func snapshot(_ slot: Int32) -> ItemSnapshot {
         let item = slots[Int(slot)]
-        return ItemSnapshot(
+        var snapshot = ItemSnapshot(
             storage: item.bytes,
             keyLength: Int(item.keyLength),
             flags: item.flags,
             cas: item.cas,
             deadline: Deadline(millis: item.deadline)
         )
+        snapshot.lastAccess = item.lastAccess
+        snapshot.fromPeer = item.marks.contains(.fromPeer)
+        return snapshot
     }
 
     // MARK: Item fields

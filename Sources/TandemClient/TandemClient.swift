@@ -16,8 +16,8 @@ import WireProtocol
 public final class TandemClient: Sendable {
     /// What the node said about itself in the handshake.
     public let server: HelloOK
-    private let channel: any Channel
-    private let handler: ClientHandler
+    let channel: any Channel
+    let handler: ClientHandler
 
     private init(channel: any Channel, handler: ClientHandler, server: HelloOK) {
         self.channel = channel

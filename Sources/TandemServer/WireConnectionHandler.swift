@@ -29,8 +29,8 @@ final class WireConnectionHandler: ChannelInboundHandler {
         case closed
     }
 
-    private let node: ServerContext
-    private let logger: Logger
+    let node: ServerContext
+    let logger: Logger
     private var state: State = .awaitingHello
 
     init(node: ServerContext, logger: Logger) {
@@ -179,6 +179,14 @@ final class WireConnectionHandler: ChannelInboundHandler {
             changeRole(requestID: frame.requestID, context: context) { pair in
                 try await pair.demote(reason: "requested by \(name): \(reason)")
             }
+        case .scan(let request):
+            serveScan(request, requestID: frame.requestID, context: context)
+        case .inspect(let key):
+            serveInspect(key, requestID: frame.requestID, context: context)
+        case .deleteKeys(let keys):
+            serveDelete(keys, requestID: frame.requestID, context: context)
+        case .importItems(let records):
+            serveImport(records, requestID: frame.requestID, context: context)
         default:
             reject(.protocolViolation, "unexpected \(message.type)", requestID: frame.requestID, context: context)
         }
@@ -267,7 +275,7 @@ final class WireConnectionHandler: ChannelInboundHandler {
     }
 
     /// Answers with an error and closes: the stream cannot be trusted any more.
-    private func reject(_ code: WireErrorCode, _ message: String, requestID: UInt32, context: ChannelHandlerContext) {
+    func reject(_ code: WireErrorCode, _ message: String, requestID: UInt32, context: ChannelHandlerContext) {
         if case .closed = state { return }
         if case .replicating(let session) = state { session.closed() }
         state = .closed
@@ -283,7 +291,7 @@ final class WireConnectionHandler: ChannelInboundHandler {
         }
     }
 
-    private func send(_ message: WireMessage, requestID: UInt32, context: ChannelHandlerContext) {
+    func send(_ message: WireMessage, requestID: UInt32, context: ChannelHandlerContext) {
         var buffer = context.channel.allocator.buffer(capacity: 64)
         do {
             try buffer.writeWireMessage(message, flags: requestID == 0 ? 0 : WireFrame.Flags.response, requestID: requestID)
