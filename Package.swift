@@ -13,6 +13,7 @@ let package = Package(
         .library(name: "WireProtocol", targets: ["WireProtocol"]),
         .library(name: "TandemServer", targets: ["TandemServer"]),
         .library(name: "TandemClient", targets: ["TandemClient"]),
+        .library(name: "SessionInspection", targets: ["SessionInspection"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -93,6 +94,10 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
+
+        // Decodes what memcached-session-manager stores (sessions, validity records,
+        // locks) for display; its own Java serialization reader, standard library only.
+        .target(name: "SessionInspection"),
 
         // @main: argument parsing and start-up, nothing else.
         .executableTarget(
