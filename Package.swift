@@ -122,6 +122,8 @@ let package = Package(
         ),
 
         .testTarget(name: "SessionStoreTests", dependencies: ["SessionStore"]),
+        // Decodes the msm fixtures in ../shared/fixtures/msm and fuzzes the decoder.
+        .testTarget(name: "SessionInspectionTests", dependencies: ["SessionInspection"]),
         .testTarget(
             name: "SessionPersistenceTests",
             dependencies: ["SessionPersistence", "SessionStore", .product(name: "Logging", package: "swift-log")]
