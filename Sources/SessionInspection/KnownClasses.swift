@@ -35,7 +35,6 @@ enum KnownClasses {
         "java.util.HashSet": .elements,
         "java.util.PriorityQueue": .elements,
         "java.util.concurrent.CopyOnWriteArrayList": .elements,
-        "java.util.concurrent.PriorityBlockingQueue": .elements,
         "java.util.concurrent.ConcurrentLinkedQueue": .elementsEndingInNull,
         "java.util.concurrent.ConcurrentLinkedDeque": .elementsEndingInNull,
         "java.util.TreeSet": .comparatorThenElements,
