@@ -13,6 +13,7 @@ let package = Package(
         .library(name: "WireProtocol", targets: ["WireProtocol"]),
         .library(name: "TandemServer", targets: ["TandemServer"]),
         .library(name: "TandemClient", targets: ["TandemClient"]),
+        .library(name: "SessionInspection", targets: ["SessionInspection"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -100,6 +101,10 @@ let package = Package(
             ]
         ),
 
+        // Decodes what memcached-session-manager stores (sessions, validity records,
+        // locks) for display; its own Java serialization reader, standard library only.
+        .target(name: "SessionInspection"),
+
         // @main: argument parsing and start-up, nothing else.
         .executableTarget(
             name: "tandemd",
@@ -124,6 +129,8 @@ let package = Package(
         ),
 
         .testTarget(name: "SessionStoreTests", dependencies: ["SessionStore"]),
+        // Decodes the msm fixtures in ../shared/fixtures/msm and fuzzes the decoder.
+        .testTarget(name: "SessionInspectionTests", dependencies: ["SessionInspection"]),
         .testTarget(
             name: "SessionPersistenceTests",
             dependencies: ["SessionPersistence", "SessionStore", .product(name: "Logging", package: "swift-log")]
