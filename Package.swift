@@ -124,6 +124,7 @@ let package = Package(
             dependencies: [
                 "TandemClient",
                 "WireProtocol",
+                "SessionInspection",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

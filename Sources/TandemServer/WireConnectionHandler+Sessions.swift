@@ -54,7 +54,9 @@ extension WireConnectionHandler {
         var budget = Self.scanBudget
         var cursor: (shard: Int, slot: Int)? = shard < store.shardCount ? (shard, slot) : nil
         while let position = cursor, budget > 0, matched < limit {
-            let page = store.scan(shard: position.shard, from: position.slot, budget: min(budget, 256), include: include)
+            // Never more live items than the page may still return: the cursor
+            // then points exactly after the last item sent.
+            let page = store.scan(shard: position.shard, from: position.slot, budget: min(budget, 256, limit - matched), include: include)
             budget -= max(page.examined, 1)
             scanned += page.examined
             for item in page.items {

@@ -200,10 +200,13 @@ extension Sessions {
                 }
                 var records: [SessionRecord] = []
                 var next: [UInt8] = []
-                try await scanAll(client, request) { page in
+                while true {
+                    if sort == nil { request.limit = UInt32(min(limit - records.count, 10_000)) }
+                    let page = try await client.scan(request)
                     records += page.records
                     next = page.cursor
-                    return sort != nil || records.count < limit
+                    guard !next.isEmpty, sort != nil || records.count < limit else { break }
+                    request.cursor = next
                 }
                 let now = Render.nowMillis()
                 switch sort {
@@ -351,7 +354,7 @@ extension Sessions {
                     return
                 }
                 let ttl = Render.ttl(record, now: now)
-                printProperties([
+                try printProperties([
                     ("key", Render.key(record.key)),
                     ("size", "\(record.size) bytes"),
                     ("flags", "\(record.flags)"),

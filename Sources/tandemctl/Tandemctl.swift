@@ -10,9 +10,9 @@ struct Tandemctl: AsyncParsableCommand {
         commandName: "tandemctl",
         abstract: "Inspect and operate a Tandem node over its wire port.",
         discussion: """
-            Exit codes: 0 ok, 1 usage error (or an unusable secret file), 3 node unreachable,
-            4 authentication required or refused, 5 the node answered with an error,
-            6 the pair is not healthy (status).
+            Exit codes: 0 ok, 1 usage error (or an unusable secret file, or a bad input file),
+            3 node unreachable, 4 authentication required or refused, 5 the node answered
+            with an error, 6 the pair is not healthy (status), 7 no such session.
 
             Examples:
               tandemctl status
@@ -20,7 +20,7 @@ struct Tandemctl: AsyncParsableCommand {
               TANDEM_HOST=127.0.0.1 TANDEM_PORT=11312 tandemctl stats
               TANDEM_SECRET_FILE=/etc/tandem/secret tandemctl ping
             """,
-        subcommands: [Status.self, Stats.self, Ping.self, Promote.self, Demote.self]
+        subcommands: [Status.self, Stats.self, Ping.self, Sessions.self, Promote.self, Demote.self]
     )
 }
 
