@@ -518,6 +518,7 @@ final class PairRole: Sendable {
             ("reconciled_changes", "\(state.reconciledChanges)"),
             ("reconcile_conflicts", "\(state.reconcileConflicts)"),
             ("failover_after_ms", "\(configuration.replication.failoverAfter.nanoseconds / 1_000_000)"),
+            ("peer_address", configuration.peer.map { "\($0.host):\($0.port)" } ?? "none"),
         ]
         // The history the node's data belongs to, for the comparison at start.
         let meta = meta()

@@ -41,17 +41,24 @@ struct NodeOptions: ParsableArguments {
     @Flag(help: "Print JSON instead of a table.")
     var json = false
 
-    func connect() async throws -> TandemClient {
-        // An Optional option cannot default to the environment, so the fallback is here.
-        let secretFile = secretFile ?? ProcessInfo.processInfo.environment["TANDEM_SECRET_FILE"].flatMap { $0.isEmpty ? nil : $0 }
-        var secret: WireSecret?
-        if let secretFile {
-            do {
-                secret = try WireSecret(contentsOfFile: secretFile)
-            } catch {
-                throw Failure(code: 1, message: "\(error)")
-            }
+    /// An Optional option cannot default to the environment, so the fallback is here.
+    var secretFilePath: String? {
+        secretFile ?? ProcessInfo.processInfo.environment["TANDEM_SECRET_FILE"].flatMap { $0.isEmpty ? nil : $0 }
+    }
+
+    /// The shared secret, if one was given (the same for both nodes of a pair).
+    func loadSecret() throws -> WireSecret? {
+        guard let secretFile = secretFilePath else { return nil }
+        do {
+            return try WireSecret(contentsOfFile: secretFile)
+        } catch {
+            throw Failure(code: 1, message: "\(error)")
         }
+    }
+
+    func connect() async throws -> TandemClient {
+        let secretFile = secretFilePath
+        let secret = try loadSecret()
         do {
             return try await TandemClient.connect(host: host, port: port, name: "tandemctl", secret: secret, timeout: .seconds(3))
         } catch TandemClientError.authenticationFailed(let reason) {
@@ -141,7 +148,7 @@ struct Status: AsyncParsableCommand {
         "role", "epoch", "replication_state", "replication_mode", "link_state", "replication_id", "replication_offset",
         "peer", "peer_name", "peer_offset", "peer_lag_changes", "peer_lag_ms", "peer_last_contact_ms",
         "full_resyncs", "partial_resyncs", "sync_timeouts", "forwarded_writes",
-        "failovers", "failover_after_ms", "last_promotion_time", "last_promotion_reason",
+        "peer_address", "failovers", "failover_after_ms", "last_promotion_time", "last_promotion_reason",
         "reconciled_changes", "reconcile_conflicts",
         "persistence", "persistence_pending", "persistence_lag_ms", "persistence_errors", "persistence_last_error",
         "curr_items", "bytes", "limit_maxbytes", "curr_connections", "uptime", "version",
@@ -153,12 +160,66 @@ struct Status: AsyncParsableCommand {
             let all = try await client.status()
             try? await client.close()
             let values = Dictionary(all.map { ($0.name, $0.value) }, uniquingKeysWith: { first, _ in first })
-            let (verdict, reason) = Self.verdict(values)
+            // The other node too, when this one knows where it is.
+            var peer: [String: String]?
+            var peerError: String?
+            if let address = values["peer_address"], address != "none", let (host, port) = Self.split(address) {
+                do {
+                    let other = try await TandemClient.connect(
+                        host: host, port: port, name: "tandemctl", secret: try node.loadSecret(), timeout: .seconds(2)
+                    )
+                    peer = Dictionary(try await other.status().map { ($0.name, $0.value) }, uniquingKeysWith: { first, _ in first })
+                    try? await other.close()
+                } catch {
+                    peerError = "\(error)"
+                }
+            }
+            var (verdict, reason) = Self.verdict(values)
+            if let peer {
+                (verdict, reason) = Self.pairVerdict(values, peer, own: (verdict, reason))
+            } else if peerError != nil, verdict == "healthy" {
+                (verdict, reason) = ("degraded", "the peer at \(values["peer_address"] ?? "?") does not answer")
+            }
             var shown: [(name: String, value: String)] = [("verdict", verdict), ("reason", reason)]
             for field in Self.fields { if let value = values[field] { shown.append((field, value)) } }
-            try printProperties(shown, json: node.json)
+            if node.json {
+                var object: [String: Any] = Dictionary(shown.map { ($0.name, $0.value as Any) }, uniquingKeysWith: { first, _ in first })
+                if let peer {
+                    object["peer_status"] = Dictionary(Self.fields.compactMap { field in peer[field].map { (field, $0) } }, uniquingKeysWith: { first, _ in first })
+                } else if let peerError {
+                    object["peer_status"] = ["error": peerError]
+                }
+                let data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
+                print(String(decoding: data, as: UTF8.self))
+            } else {
+                try printProperties(shown, json: false)
+                if let peer {
+                    print("")
+                    print("peer \(values["peer_address"] ?? ""):")
+                    try printProperties(Self.fields.compactMap { field in peer[field].map { ("  " + field, $0) } }, json: false)
+                } else if let peerError {
+                    print("")
+                    print("peer \(values["peer_address"] ?? ""): \(peerError)")
+                }
+            }
             if verdict != "healthy" { throw ExitCode(6) }
         }
+    }
+
+    static func split(_ address: String) -> (String, Int)? {
+        guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else { return nil }
+        return (String(address[..<colon]), port)
+    }
+
+    /// Both nodes' view: two primaries is a split; otherwise the pair is as healthy as its less healthy node.
+    static func pairVerdict(_ own: [String: String], _ peer: [String: String], own ownVerdict: (String, String)) -> (String, String) {
+        if own["role"] == "primary", peer["role"] == "primary" {
+            return ("split", "both nodes are primary (epochs \(own["epoch"] ?? "?") and \(peer["epoch"] ?? "?")); the lower epoch steps down when they reach each other")
+        }
+        let peerVerdict = verdict(peer)
+        if ownVerdict.0 != "healthy" { return ownVerdict }
+        if peerVerdict.0 != "healthy" { return ("degraded", "peer: \(peerVerdict.1)") }
+        return ownVerdict
     }
 
     static func verdict(_ values: [String: String]) -> (String, String) {

@@ -418,3 +418,27 @@ def test_a_restarted_node_remembers_its_deletes_and_its_flush(nodes, tmp_path: P
     node = nodes(tmp_path / "n")
     # Loaded back: an older version of these keys offered by a peer will not resurrect them.
     assert node.stats()["tombstones"] == "5"
+
+
+def test_status_reports_both_nodes_of_the_pair(pair_factory):
+    from test_tandemctl import tandemctl
+    import json
+
+    pair = pair_factory()
+    healthy = tandemctl("status", "--port", str(pair.node["A"].wire_port), "--json")
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    status = json.loads(healthy.stdout)
+    assert status["verdict"] == "healthy" and status["role"] == "primary"
+    assert status["peer_status"]["role"] == "backup" and status["peer_status"]["link_state"] == "streaming"
+    table = tandemctl("status", "--port", str(pair.node["B"].wire_port)).stdout.decode()
+    assert f"peer {pair.to_a.endpoint}:" in table and "  role" in table
+
+    pair.to_a.cut()
+    pair.to_b.cut()
+    wait_role(pair, "B", "primary")
+    cut_off = tandemctl("status", "--port", str(pair.node["A"].wire_port), "--json")
+    assert cut_off.returncode == 6
+    status = json.loads(cut_off.stdout)
+    assert status["verdict"] == "degraded" and "error" in status["peer_status"]
+    pair.heal()
+    pair.settle()
