@@ -178,6 +178,19 @@ extension ByteBuffer {
 }
 
 extension WireBodyReader {
+    /// `count u32`, then that many records.
+    mutating func sessionRecords() throws(WireProtocolError) -> [SessionRecord] {
+        let count = try count("count", minimumElementSize: WireEncodedSize.sessionRecord)
+        var records: [SessionRecord] = []
+        records.reserveCapacity(count)
+        for index in 0..<count {
+            element = index
+            records.append(try sessionRecord())
+        }
+        element = nil
+        return records
+    }
+
     mutating func sessionRecord() throws(WireProtocolError) -> SessionRecord {
         let key = try byteArray("key")
         let value = try byteArray("value")

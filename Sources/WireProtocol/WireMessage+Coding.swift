@@ -416,15 +416,7 @@ extension WireMessage {
             let cursor = try reader.byteArray("cursor")
             let scanned = try reader.integer("scanned", as: UInt32.self)
             let matched = try reader.integer("matched", as: UInt32.self)
-            let count = try reader.count("count", minimumElementSize: WireEncodedSize.sessionRecord)
-            var records: [SessionRecord] = []
-            records.reserveCapacity(count)
-            for index in 0..<count {
-                reader.element = index
-                records.append(try reader.sessionRecord())
-            }
-            reader.element = nil
-            self = .scanPage(ScanPage(cursor: cursor, scanned: scanned, matched: matched, records: records))
+            self = .scanPage(ScanPage(cursor: cursor, scanned: scanned, matched: matched, records: try reader.sessionRecords()))
         case .inspect:
             self = .inspect(key: try reader.byteArray("key"))
         case .watch:
@@ -444,15 +436,7 @@ extension WireMessage {
             let missing = try reader.integer("missing", as: UInt64.self)
             self = .deleteResult(deleted: deleted, missing: missing)
         case .importItems:
-            let count = try reader.count("count", minimumElementSize: WireEncodedSize.sessionRecord)
-            var records: [SessionRecord] = []
-            records.reserveCapacity(count)
-            for index in 0..<count {
-                reader.element = index
-                records.append(try reader.sessionRecord())
-            }
-            reader.element = nil
-            self = .importItems(records)
+            self = .importItems(try reader.sessionRecords())
         case .importResult:
             let stored = try reader.integer("stored", as: UInt64.self)
             let unchanged = try reader.integer("unchanged", as: UInt64.self)
