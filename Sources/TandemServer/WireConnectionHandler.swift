@@ -179,6 +179,10 @@ final class WireConnectionHandler: ChannelInboundHandler {
             changeRole(requestID: frame.requestID, context: context) { pair in
                 try await pair.demote(reason: "requested by \(name): \(reason)")
             }
+        case .backup(let path):
+            Self.backUp(to: path, persistence: node.persistence, eventLoop: context.eventLoop, logger: logger) { [self] answer in
+                send(answer, requestID: frame.requestID, context: context)
+            }
         default:
             reject(.protocolViolation, "unexpected \(message.type)", requestID: frame.requestID, context: context)
         }
