@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import NIOCore
 import SessionPersistence
@@ -29,7 +30,7 @@ extension WireConnectionHandler {
                 let report = try await persistence.backupInBackground(to: path)
                 logger.info("backup written", metadata: [
                     "directory": "\(report.directory)", "items": "\(report.items)", "bytes": "\(report.bytes)",
-                    "seconds": "\(report.seconds)", "committed_first": "\(committed)",
+                    "seconds": "\(String(format: "%.3f", report.seconds))", "committed_first": "\(committed)",
                 ])
                 message = .backupDone(BackupSummary(path: report.directory, bytes: report.bytes, items: report.items))
             } catch {
