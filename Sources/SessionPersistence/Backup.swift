@@ -49,6 +49,12 @@ enum DatabaseBackup {
         let final = directory + "/" + DataDirectory.databaseFileName
         do throws(PersistenceError) {
             try claim(partial)
+        } catch {
+            // Not ours to remove: another backup into the same directory may be writing it.
+            if created { rmdir(directory) }
+            throw error
+        }
+        do throws(PersistenceError) {
             try copy(from: source, to: partial, directory: directory)
             let items = try seal(partial, directory: directory, now: now)
             guard rename(partial, final) == 0 else {
