@@ -10,8 +10,11 @@ public final class DataDirectory: Sendable {
     /// The held lock file's descriptor (-1 once released); closing it releases the lock.
     private let lockDescriptor: Atomic<Int32>
 
+    /// The database file's name inside a data directory (also the name a backup writes).
+    public static let databaseFileName = "tandem.sqlite3"
+
     /// The database file inside the directory.
-    public var databasePath: String { path + "/tandem.sqlite3" }
+    public var databasePath: String { path + "/" + Self.databaseFileName }
 
     public init(path: String) throws(PersistenceError) {
         let path = path.count > 1 && path.hasSuffix("/") ? String(path.dropLast()) : path

@@ -217,6 +217,33 @@ public final class Persistence: Sendable {
     public func commitNow() async -> Bool {
         await writer.commitNow()
     }
+
+    /// Writes a consistent copy of the database, as committed when the copy
+    /// begins, into `directory` (created; it must not exist or be empty, and
+    /// its parent must exist; a relative path is relative to this process's
+    /// working directory). The copy is one self-contained file, usable as
+    /// `--data-dir`. Changes not yet committed by the writer are not in it.
+    ///
+    /// Blocks for as long as the copy takes: call it from a thread that may
+    /// block (see `backupInBackground(to:)`), never from an event loop. It uses
+    /// its own read connection and never stops the writer (SQLite's WAL lets
+    /// both go on at once).
+    public func backup(to directory: String) throws(PersistenceError) -> BackupReport {
+        try DatabaseBackup.run(from: self.directory.databasePath, into: directory, now: store.now())
+    }
+
+    /// `backup(to:)` on a thread of its own, so that neither an event loop
+    /// nor Swift's cooperative pool is blocked for the minutes a large copy takes.
+    public func backupInBackground(to directory: String) async throws(PersistenceError) -> BackupReport {
+        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<BackupReport, PersistenceError>, Never>) in
+            let thread = Thread { [self] in
+                continuation.resume(returning: Result { () throws(PersistenceError) in try backup(to: directory) })
+            }
+            thread.name = "tandem-backup"
+            thread.start()
+        }
+        return try result.get()
+    }
 }
 
 /// The writer thread and the state only it touches.

@@ -12,6 +12,11 @@ public enum PersistenceError: Error, CustomStringConvertible, Sendable {
     case newerSchema(path: String, found: Int64, supported: Int64)
     /// SQLite reports the file damaged, or another SQLite failure at start.
     case unreadable(path: String, error: SQLiteError)
+    /// A backup's target cannot be used: no path, a parent that does not exist,
+    /// something there that is not an empty directory, no permission.
+    case backupTargetUnusable(path: String, reason: String)
+    /// Copying the database into a backup failed; nothing usable was left in the target.
+    case backupFailed(path: String, reason: String)
 
     public var description: String {
         switch self {
@@ -27,6 +32,10 @@ public enum PersistenceError: Error, CustomStringConvertible, Sendable {
             return "\(path) has schema version \(found), newer than this tandemd supports (\(supported)); run a newer tandemd. The file was left untouched"
         case .unreadable(let path, let error):
             return "\(path) cannot be read: \(error.message) (SQLite code \(error.code)); the file was left untouched. Restore it from a backup or move it away"
+        case .backupTargetUnusable(let path, let reason):
+            return "cannot back up into \(path.isEmpty ? "\"\"" : path): \(reason)"
+        case .backupFailed(let path, let reason):
+            return "backup into \(path) failed: \(reason); the partial copy was removed"
         }
     }
 }

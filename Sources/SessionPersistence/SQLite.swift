@@ -20,10 +20,12 @@ final class SQLiteConnection {
     private(set) var handle: OpaquePointer?
     let path: String
 
-    init(path: String) throws(SQLiteError) {
+    /// Opens (or creates) the database; with `readOnly`, opens an existing one
+    /// for reading only (a backup's source: it must never write the live file).
+    init(path: String, readOnly: Bool = false) throws(SQLiteError) {
         self.path = path
         var db: OpaquePointer?
-        let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX
+        let flags = (readOnly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE) | SQLITE_OPEN_NOMUTEX
         let rc = sqlite3_open_v2(path, &db, flags, nil)
         guard rc == SQLITE_OK else {
             let message = db.map { String(cString: sqlite3_errmsg($0)) } ?? "cannot open"
@@ -67,6 +69,13 @@ final class SQLiteConnection {
         let rc = sqlite3_prepare_v3(handle, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &statement, nil)
         guard rc == SQLITE_OK, let statement else { throw lastError }
         return Statement(statement, connection: self)
+    }
+
+    /// The single text a query such as `PRAGMA journal_mode` returns.
+    func text(_ sql: String) throws(SQLiteError) -> String? {
+        let statement = try prepare(sql)
+        guard try statement.step() else { return nil }
+        return statement.text(0)
     }
 
     /// The single integer a query such as `PRAGMA user_version` returns.

@@ -148,6 +148,12 @@ public final class TandemClient: Sendable {
         try await channel.close()
     }
 
+    /// Sends one request and returns the node's answer; an `error` answer is
+    /// thrown as `TandemClientError.server`. For the requests of other files.
+    func request(_ message: WireMessage, timeout: TimeAmount) async throws -> WireMessage {
+        try await handler.request(message, on: channel, timeout: timeout)
+    }
+
     private func properties(_ request: WireMessage) async throws -> [(name: String, value: String)] {
         let reply = try await handler.request(request, on: channel, timeout: .seconds(10))
         guard case .properties(let properties) = reply else {

@@ -187,6 +187,10 @@ final class WireConnectionHandler: ChannelInboundHandler {
             serveDelete(keys, requestID: frame.requestID, context: context)
         case .importItems(let records):
             serveImport(records, requestID: frame.requestID, context: context)
+        case .backup(let path):
+            Self.backUp(to: path, persistence: node.persistence, eventLoop: context.eventLoop, logger: logger) { [self] answer in
+                send(answer, requestID: frame.requestID, context: context)
+            }
         default:
             reject(.protocolViolation, "unexpected \(message.type)", requestID: frame.requestID, context: context)
         }
