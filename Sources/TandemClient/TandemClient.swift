@@ -16,6 +16,7 @@ import WireProtocol
 public final class TandemClient: Sendable {
     /// What the node said about itself in the handshake.
     public let server: HelloOK
+    // Internal, not private: the requests in the TandemClient+… files use them.
     let channel: any Channel
     let handler: ClientHandler
 
@@ -198,13 +199,15 @@ final class ClientHandler: ChannelInboundHandler, Sendable {
     typealias InboundIn = WireFrame
     typealias OutboundOut = ByteBuffer
 
-    private struct Pending {
+    struct Pending {
         var nextID: UInt32 = 1
         var promises: [UInt32: EventLoopPromise<WireMessage>] = [:]
+        /// Requests answered by any number of frames (`watch`), until the connection closes.
+        var streams: [UInt32: ResponseStream] = [:]
         var closed = false
     }
 
-    private let pending = NIOLockedValueBox(Pending())
+    let pending = NIOLockedValueBox(Pending())
 
     func request(_ message: WireMessage, on channel: any Channel, timeout: TimeAmount) async throws -> WireMessage {
         let promise = channel.eventLoop.makePromise(of: WireMessage.self)
@@ -237,7 +240,8 @@ final class ClientHandler: ChannelInboundHandler, Sendable {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
-        let promise = pending.withLockedValue { $0.promises.removeValue(forKey: frame.requestID) }
+        let (promise, stream) = pending.withLockedValue { ($0.promises.removeValue(forKey: frame.requestID), $0.streams[frame.requestID]) }
+        if let stream { return stream.receive(frame) }
         guard let promise else { return }  // unsolicited frames (pings) are not for a request
         do {
             let message = try frame.message()
@@ -252,13 +256,15 @@ final class ClientHandler: ChannelInboundHandler, Sendable {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        let promises = pending.withLockedValue { state -> [EventLoopPromise<WireMessage>] in
+        let (promises, streams) = pending.withLockedValue { state -> ([EventLoopPromise<WireMessage>], [ResponseStream]) in
             state.closed = true
-            let all = Array(state.promises.values)
+            let all = (Array(state.promises.values), Array(state.streams.values))
             state.promises = [:]
+            state.streams = [:]
             return all
         }
         for promise in promises { promise.fail(TandemClientError.connectionClosed) }
+        for stream in streams { stream.finish(TandemClientError.connectionClosed) }
         context.fireChannelInactive()
     }
 

@@ -135,6 +135,7 @@ extension ServerContext {
             }
             stats += pair.statistics()
             stats.append(("tombstones", "\(store.tombstoneCount)"))
+            stats.append(("watchers", "\(watchers.load(ordering: .relaxed))"))
         } else {
             stats.append(("role", "standalone"))
         }

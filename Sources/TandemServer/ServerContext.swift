@@ -34,6 +34,8 @@ final class ServerContext: Sendable {
     let currentConnections = Synchronization.Atomic<Int>(0)
     let totalConnections = Synchronization.Atomic<UInt64>(0)
     let rejectedConnections = Synchronization.Atomic<UInt64>(0)
+    /// Wire connections streaming changes (`tandemctl watch`).
+    let watchers = Synchronization.Atomic<Int>(0)
     /// The port actually bound (the configured one may be 0).
     let boundPort = Synchronization.Atomic<Int>(0)
     /// memcached's `verbosity`, settable at run time.

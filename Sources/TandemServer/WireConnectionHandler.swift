@@ -25,6 +25,8 @@ final class WireConnectionHandler: ChannelInboundHandler {
         case reconciling(role: ConnectionRole, name: String, watermark: UInt64, merge: MergeTally)
         /// The backup's replication connection, run by its session.
         case replicating(ReplicaSession)
+        /// Streaming changes for a `watch` (Protocol.md 1.4): only `ping` is served besides.
+        case watching(Watcher)
         /// Closing after a protocol error.
         case closed
     }
@@ -130,6 +132,13 @@ final class WireConnectionHandler: ChannelInboundHandler {
                 session.received(message, requestID: frame.requestID)
             }
 
+        case .watching:
+            guard case .ping(let timestamp) = message else {
+                reject(.protocolViolation, "this connection is watching: only ping may be sent on it", requestID: frame.requestID, context: context)
+                return
+            }
+            send(.pong(timestampMillis: timestamp), requestID: frame.requestID, context: context)
+
         case .closed:
             break
         }
@@ -191,6 +200,13 @@ final class WireConnectionHandler: ChannelInboundHandler {
             Self.backUp(to: path, persistence: node.persistence, eventLoop: context.eventLoop, logger: logger) { [self] answer in
                 send(answer, requestID: frame.requestID, context: context)
             }
+        case .watch(let prefix):
+            // The watcher unsubscribes itself when the connection closes.
+            guard let watcher = Watcher.start(prefix: prefix, requestID: frame.requestID, channel: context.channel, node: node) else {
+                send(.error(WireError(.unavailable, Watcher.noFeedMessage)), requestID: frame.requestID, context: context)
+                return
+            }
+            state = .watching(watcher)
         default:
             reject(.protocolViolation, "unexpected \(message.type)", requestID: frame.requestID, context: context)
         }

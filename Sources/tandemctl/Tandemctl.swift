@@ -20,7 +20,7 @@ struct Tandemctl: AsyncParsableCommand {
               TANDEM_HOST=127.0.0.1 TANDEM_PORT=11312 tandemctl stats
               TANDEM_SECRET_FILE=/etc/tandem/secret tandemctl ping
             """,
-        subcommands: [Status.self, Stats.self, Ping.self, Sessions.self, Promote.self, Demote.self, Backup.self]
+        subcommands: [Status.self, Stats.self, Ping.self, Sessions.self, Watch.self, Backup.self, Promote.self, Demote.self]
     )
 }
 
