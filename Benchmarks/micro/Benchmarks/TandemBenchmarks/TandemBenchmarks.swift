@@ -100,24 +100,23 @@ let benchmarks: @Sendable () -> Void = {
     // MARK: The persistence batcher
 
     Benchmark("persistence: commit 10,000 sets of 2 KB", configuration: .init(maxIterations: 20)) { benchmark in
-        for _ in benchmark.scaledIterations {
-            benchmark.stopMeasurement()
-            let directory = NSTemporaryDirectory() + "tandem-bench-\(UUID().uuidString)"
-            let store = SessionStore(configuration: StoreConfiguration(memoryLimit: 512 << 20, recordsChanges: true))
-            let persistence = try Persistence.open(
-                configuration: PersistenceConfiguration(dataDirectory: directory, flushIntervalMillis: 1000),
-                store: store, logger: Logger(label: "bench")
-            )
-            persistence.start()
-            for key in keys.prefix(10_000) {
-                key.withUnsafeBytes { k in value.withUnsafeBytes { v in _ = store.store(k, value: v, request: StoreRequest(mode: .set)) } }
-            }
-            benchmark.startMeasurement()
-            // The measured part: the writer takes the batch, coalesces it and commits it.
-            precondition(await persistence.commitNow())
-            benchmark.stopMeasurement()
-            persistence.stop()
-            try? FileManager.default.removeItem(atPath: directory)
+        // One commit per run: the store is filled outside the measurement.
+        let directory = NSTemporaryDirectory() + "tandem-bench-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = SessionStore(configuration: StoreConfiguration(memoryLimit: 512 << 20, recordsChanges: true))
+        let persistence = try Persistence.open(
+            configuration: PersistenceConfiguration(dataDirectory: directory, flushIntervalMillis: 1000),
+            store: store, logger: Logger(label: "bench")
+        )
+        persistence.start()
+        defer { persistence.stop() }
+        for key in keys.prefix(10_000) {
+            key.withUnsafeBytes { k in value.withUnsafeBytes { v in _ = store.store(k, value: v, request: StoreRequest(mode: .set)) } }
         }
+        benchmark.startMeasurement()
+        // The measured part: the writer takes the batch, coalesces it and commits it.
+        let committed = await persistence.commitNow()
+        benchmark.stopMeasurement()
+        precondition(committed)
     }
 }
