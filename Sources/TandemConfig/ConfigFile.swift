@@ -245,7 +245,7 @@ private struct LineScanner {
         if !signless.isEmpty, signless.allSatisfy({ $0 == "_" || ($0.isASCII && $0.isNumber) }) {
             throw error("\"\(key)\" = \(word): not a valid integer (decimal, no leading zeros, _ only between digits, at most \(Int.max))")
         }
-        if word.contains(".") || word.lowercased().contains("e"), word.first?.isNumber == true || word.first == "-" || word.first == "+" {
+        if Double(word) != nil || word == "inf" || word == "nan" {
             throw error("\"\(key)\" = \(word): only whole numbers are supported")
         }
         throw error("\"\(key)\" = \(word): not a value (strings are quoted: \(key) = \"\(word)\")")

@@ -57,6 +57,8 @@ struct ConfigFileParsingTests {
         ("\"port\" = 1", "quoted keys are not supported"),
         ("peers = [\"a\", \"b\"]", "arrays are not supported"),
         ("flush-interval = 0.5", "only whole numbers"),
+        ("flush-interval = 5e3", "only whole numbers"),
+        ("listen = 127.0.0.1", "not a value (strings are quoted: listen = \"127.0.0.1\")"),
         ("insecure = True", "booleans are written in lower case"),
         ("port = 011211", "not a valid integer"),
         ("port = 1__0", "not a valid integer"),
