@@ -143,19 +143,22 @@ public struct JSONLogOutput: Sendable {
     private static let lock = Mutex(())
 
     public static let standardError = JSONLogOutput { line in
-        var bytes = Array(line.utf8)
-        lock.withLock { _ in
-            var offset = 0
-            while offset < bytes.count {
-                let written = bytes.withUnsafeMutableBytes { buffer in
-                    Glibc.write(STDERR_FILENO, buffer.baseAddress?.advanced(by: offset), buffer.count - offset)
-                }
-                if written < 0 {
-                    if errno == EINTR { continue }
-                    return  // Nowhere to report that logging failed.
-                }
-                offset += written
-            }
+        let bytes = Array(line.utf8)
+        lock.withLock { _ in writeAll(bytes, to: STDERR_FILENO) }
+    }
+}
+
+/// Writes every byte, retrying short writes and interruptions.
+private func writeAll(_ bytes: [UInt8], to descriptor: Int32) {
+    var offset = 0
+    while offset < bytes.count {
+        let written = bytes.withUnsafeBytes { buffer in
+            write(descriptor, buffer.baseAddress?.advanced(by: offset), buffer.count - offset)
         }
+        if written < 0 {
+            if errno == EINTR { continue }
+            return  // Nowhere to report that logging failed.
+        }
+        offset += written
     }
 }

@@ -22,6 +22,8 @@ struct Tandemd: AsyncParsableCommand {
               tandemd -l 0.0.0.0 -c 10000 -I 2m --secret-file /etc/tandem/secret
               tandemd -l 10.0.0.2 --secret-file /etc/tandem/secret \\
                       --role backup --peer 10.0.0.1:11311
+              tandemd --config /etc/tandem/tandem.conf   # key = value lines
+              tandemd --config /etc/tandem/tandem.conf --check-config
 
             Listening on an address other than loopback needs --secret-file (the same
             file on both nodes of a pair; make one with: openssl rand -hex 32 > secret;
