@@ -105,10 +105,18 @@ let package = Package(
         // locks) for display; its own Java serialization reader, standard library only.
         .target(name: "SessionInspection"),
 
+        // How tandemd is run: the configuration file format (--config) and the
+        // JSON log format (--log-format json). No networking, no store.
+        .target(
+            name: "TandemConfig",
+            dependencies: [.product(name: "Logging", package: "swift-log")]
+        ),
+
         // @main: argument parsing and start-up, nothing else.
         .executableTarget(
             name: "tandemd",
             dependencies: [
+                "TandemConfig",
                 "TandemServer",
                 "Replication",
                 "WireProtocol",
@@ -130,6 +138,7 @@ let package = Package(
         ),
 
         .testTarget(name: "SessionStoreTests", dependencies: ["SessionStore"]),
+        .testTarget(name: "TandemConfigTests", dependencies: ["TandemConfig", .product(name: "Logging", package: "swift-log")]),
         // Decodes the msm fixtures in ../shared/fixtures/msm and fuzzes the decoder.
         .testTarget(name: "SessionInspectionTests", dependencies: ["SessionInspection"]),
         .testTarget(

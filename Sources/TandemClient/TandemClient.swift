@@ -68,7 +68,7 @@ public final class TandemClient: Sendable {
             throw TandemClientError.unexpectedReply("\(reply.type) to hello")
         }
         do {
-            try await authenticate(ok, clientNonce: nonce, secret: secret, handler: handler, channel: channel, timeout: timeout)
+            try await authenticate(ok, clientNonce: nonce, secret: secret, role: role, handler: handler, channel: channel, timeout: timeout)
         } catch {
             try? await channel.close()
             throw error
@@ -78,7 +78,8 @@ public final class TandemClient: Sendable {
 
     /// Runs the `auth`/`authOK` exchange when the node asks for it (and a secret was given).
     private static func authenticate(
-        _ ok: HelloOK, clientNonce: [UInt8], secret: WireSecret?, handler: ClientHandler, channel: any Channel, timeout: TimeAmount
+        _ ok: HelloOK, clientNonce: [UInt8], secret: WireSecret?, role: ConnectionRole, handler: ClientHandler, channel: any Channel,
+        timeout: TimeAmount
     ) async throws {
         switch (ok.authentication, secret) {
         case (.none, nil):
@@ -93,7 +94,8 @@ public final class TandemClient: Sendable {
             guard ok.nonce.count == WireSecret.serverNonceLength else {
                 throw TandemClientError.unexpectedReply("a \(ok.nonce.count)-byte nonce in helloOK")
             }
-            let proof = secret.clientProof(clientNonce: clientNonce, serverNonce: ok.nonce, role: .client)
+            // The proof binds the role hello announced: the node checks it against that role.
+            let proof = secret.clientProof(clientNonce: clientNonce, serverNonce: ok.nonce, role: role)
             let reply: WireMessage
             do {
                 reply = try await handler.request(.auth(proof: proof), on: channel, timeout: timeout)

@@ -202,7 +202,11 @@ public final class MemcacheServer: Sendable {
         return channel
     }
 
-    /// Stops accepting, drains open connections (bounded by the drain timeout), and stops the event loops.
+    /// How long a stopping primary waits for its backup to acknowledge the rest of the stream.
+    static let backupCatchUpTimeout = TimeAmount.seconds(2)
+
+    /// Stops accepting, drains open connections (bounded by the drain timeout),
+    /// lets a connected backup catch up (bounded too), and stops the event loops.
     public func shutdown() async {
         // A second call (an embedder's, after a test's) has nothing left to do.
         guard !stopped.exchange(true, ordering: .relaxed) else { return }
@@ -223,6 +227,21 @@ public final class MemcacheServer: Sendable {
             let timeout = channel.eventLoop.scheduleTask(deadline: deadline) { channel.close(promise: nil) }
             try? await closed.get()
             timeout.cancel()
+        }
+        if let primary = context.primary {
+            // No client writes arrive any more: let the backup receive what is
+            // still on its way, so that when it takes over it has everything.
+            switch await primary.waitForBackupToCatchUp(timeout: Self.backupCatchUpTimeout, on: group.next()) {
+            case .noBackup:
+                break
+            case .caughtUp(let offset):
+                context.logger.info("backup has every change", metadata: ["offset": "\(offset)"])
+            case .behind(let acknowledged, let end):
+                context.logger.warning("backup did not catch up before the stop", metadata: [
+                    "acknowledged": "\(acknowledged)", "offset": "\(end)",
+                    "waited_ms": "\(Self.backupCatchUpTimeout.nanoseconds / 1_000_000)",
+                ])
+            }
         }
         pump?.cancel()
         try? await group.shutdownGracefully()
@@ -263,7 +282,20 @@ public struct TandemService: Service {
 
     public func run() async throws {
         let server = try await MemcacheServer.start(configuration: configuration, logger: logger)
+        // Started by systemd as Type=notify: units after this one start now.
+        let systemd = SystemdNotifier.fromEnvironment()
+        notify(systemd, "READY=1\nSTATUS=serving memcached on \(configuration.host):\(server.port)")
         try? await gracefulShutdown()
+        notify(systemd, "STOPPING=1\nSTATUS=stopping: draining connections")
         await server.shutdown()
+    }
+
+    private func notify(_ systemd: SystemdNotifier?, _ state: String) {
+        guard let systemd else { return }
+        do {
+            try systemd.notify(state)
+        } catch {
+            logger.warning("cannot notify systemd", metadata: ["error": "\(error)"])
+        }
     }
 }

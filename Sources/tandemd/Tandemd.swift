@@ -22,6 +22,8 @@ struct Tandemd: AsyncParsableCommand {
               tandemd -l 0.0.0.0 -c 10000 -I 2m --secret-file /etc/tandem/secret
               tandemd -l 10.0.0.2 --secret-file /etc/tandem/secret \\
                       --role backup --peer 10.0.0.1:11311
+              tandemd --config /etc/tandem/tandem.conf   # key = value lines
+              tandemd --config /etc/tandem/tandem.conf --check-config
 
             Listening on an address other than loopback needs --secret-file (the same
             file on both nodes of a pair; make one with: openssl rand -hex 32 > secret;
@@ -29,6 +31,12 @@ struct Tandemd: AsyncParsableCommand {
             wire port can replicate from and administer the node.
             """
     )
+
+    @Option(name: .customLong("config"), help: ArgumentHelp("Read settings from FILE (key = value lines, keys named as the long flags); flags given here override it.", valueName: "file"))
+    var config: String?
+
+    @Flag(name: .customLong("check-config"), help: "Check the configuration (flags, --config, the secret and SASL files, the data directory) and exit: 0 and \"configuration ok\", or the problems.")
+    var checkConfig = false
 
     @Option(name: [.customShort("p"), .long], help: "TCP port of the memcached listener (0 picks a free port).")
     var port: Int = 11211
@@ -53,6 +61,12 @@ struct Tandemd: AsyncParsableCommand {
 
     @Flag(name: [.customShort("v"), .long], help: "Verbose logging (repeat for more).")
     var verbose: Int
+
+    @Option(name: .customLong("log-level"), help: "Least severe level logged: trace, debug, info, notice, warning, error or critical (default: info; -v debug, -vv trace).")
+    var logLevel: LogLevelArgument?
+
+    @Option(name: .customLong("log-format"), help: "text: one readable line per event; json: one JSON object per line (time, level, label, message, metadata).")
+    var logFormat: LogFormat = .text
 
     @Option(name: .customLong("data-dir"), help: "Directory for the SQLite database (created if missing).")
     var dataDir: String = "tandem-data"
@@ -153,12 +167,11 @@ struct Tandemd: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let level: Logger.Level = verbose >= 2 ? .trace : (verbose == 1 ? .debug : .info)
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
+        if checkConfig {
+            try checkConfiguration()
+            return
         }
+        Self.bootstrapLogging(format: logFormat, level: effectiveLogLevel)
         let logger = Logger(label: "tandemd")
         var users: SASLUsers?
         if let saslUsers {

@@ -95,6 +95,20 @@ struct WireAuthenticationPairTests {
         }
     }
 
+    /// The other node's own connections (the comparison at start, the peer
+    /// check, promote's hand-over) announce the peer role; their proof must
+    /// be made for that role, or every one is refused as a wrong secret.
+    @Test("a connection in the peer role authenticates with the secret")
+    func peerRoleAuthenticates() async throws {
+        try await withServer(configure: { $0.pair = configuration(role: .primary, secret: secret).pair }) { server, _ in
+            let peer = try await TandemClient.connect(
+                host: "127.0.0.1", port: server.wirePort!, name: "B", secret: secret, role: .peer, epoch: 0
+            )
+            _ = try await peer.ping()
+            try await peer.close()
+        }
+    }
+
     @Test("a backup with a wrong secret does not replicate, and logs why")
     func wrongSecretDoesNotReplicate() async throws {
         let log = LogRecorder()
