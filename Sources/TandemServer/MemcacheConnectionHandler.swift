@@ -282,9 +282,10 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
         dispatcher.context.countForwardedWrite()
         state = .waitingForPrimary
         context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
-        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        // The closure that runs the write here stays on this event loop too.
+        let bound = NIOLoopBound((self, context, runHere), eventLoop: context.eventLoop)
         replica.forward(request, on: context.eventLoop).whenComplete { result in
-            let (handler, context) = bound.value
+            let (handler, context, runHere) = bound.value
             guard case .waitingForPrimary = handler.state else { return }
             switch result {
             case .success(let reply):
