@@ -57,6 +57,9 @@ public final class ReplicaClient: Sendable {
         var reconcileSummary: ReconcileSummary?
         /// Stopped for a promotion: writes still park until it is decided.
         var parking = false
+        /// The highest stamp the primary sent (changes, snapshot items, the
+        /// clock in its pings): where its clock stood at the last contact.
+        var peerStamp: UInt64 = 0
     }
 
     struct ParkedForward {
@@ -146,6 +149,13 @@ public final class ReplicaClient: Sendable {
     public var silenceMillis: Int64 {
         let heard = shared.withLock { $0.lastHeard }
         return (NIODeadline.now() - heard).nanoseconds / 1_000_000
+    }
+
+    /// The highest stamp heard from the primary: its clock at the last contact.
+    public var peerStamp: UInt64 { shared.withLock { $0.peerStamp } }
+
+    func heardStamp(_ stamp: UInt64) {
+        shared.withLock { $0.peerStamp = max($0.peerStamp, stamp) }
     }
 
     /// The primary's epoch, as its last `helloOK` said.
@@ -305,7 +315,9 @@ public final class ReplicaClient: Sendable {
     /// Applies a frame of changes; returns the new applied offset.
     func apply(_ changes: [ReplicatedChange]) -> UInt64 {
         var offset = shared.withLock { $0.position.offset }
+        var highest: UInt64 = 0
         for change in changes where change.offset > offset {
+            highest = max(highest, change.cas)
             switch change.kind {
             case .upsert:
                 change.key.withUnsafeReadableBytes { key in
@@ -322,13 +334,17 @@ public final class ReplicaClient: Sendable {
             }
             offset = change.offset
         }
-        shared.withLock { $0.position.offset = offset }
+        shared.withLock {
+            $0.position.offset = offset
+            $0.peerStamp = max($0.peerStamp, highest)
+        }
         applied.reach(offset)
         return offset
     }
 
     /// Applies snapshot items (the position stays none until the snapshot ends).
     func applySnapshot(_ items: [ReplicatedItem]) {
+        heardStamp(items.reduce(0) { max($0, $1.cas) })
         for item in items {
             item.key.withUnsafeReadableBytes { key in
                 item.value.withUnsafeReadableBytes { value in
@@ -635,6 +651,8 @@ final class ReplicaConnectionHandler: ChannelInboundHandler, @unchecked Sendable
             client.completeForward(requestID: frame.requestID, result: .failure(ReplicaClient.ForwardError.rejected(error)))
 
         case (_, .ping(let timestamp)):
+            // The primary's pings carry its stamp clock (milliseconds).
+            client.heardStamp(HybridTimestamp.floor(millis: timestamp))
             send(.pong(timestampMillis: timestamp), flags: WireFrame.Flags.response, requestID: frame.requestID, context: context)
 
         case (_, .pong):

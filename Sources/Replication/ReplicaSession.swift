@@ -232,7 +232,9 @@ public final class ReplicaSession: @unchecked Sendable {
                 return
             }
             if now - self.lastSent >= interval {
-                self.send(.ping(timestampMillis: self.primary.store.now()))
+                // The stamp clock, not the wall clock: a backup promoted later orders its
+                // writes after everything this node may have stamped meanwhile.
+                self.send(.ping(timestampMillis: HybridTimestamp.millis(self.primary.store.currentStamp())))
             }
         }
     }

@@ -62,6 +62,14 @@ public struct Deadline: Hashable, Sendable, Comparable, CustomStringConvertible 
 public protocol StoreClock: Sendable {
     /// Wall-clock milliseconds since the Unix epoch.
     func nowMillis() -> Int64
+    /// Wall-clock microseconds since the Unix epoch: the resolution writes are
+    /// stamped with, so that a client's consecutive writes through the two
+    /// nodes of a pair order by time even within one millisecond.
+    func nowMicros() -> Int64
+}
+
+extension StoreClock {
+    public func nowMicros() -> Int64 { nowMillis() &* 1000 }
 }
 
 #if canImport(Glibc)
@@ -82,6 +90,13 @@ public struct SystemClock: StoreClock {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
         return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
+    }
+
+    @inlinable
+    public func nowMicros() -> Int64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Int64(ts.tv_sec) * 1_000_000 + Int64(ts.tv_nsec) / 1000
     }
 }
 

@@ -262,7 +262,14 @@ public final class SessionStore: Sendable {
     /// The least stamp a write made at `now` may take.
     @inline(__always)
     func stampBase(_ now: Int64) -> UInt64 {
-        max(HybridTimestamp.floor(millis: now &+ configuration.stampSkewMillis), stampFloor.load(ordering: .relaxed))
+        // `now` (milliseconds) serves deadlines; stamps read the clock finer.
+        max(HybridTimestamp.floor(micros: clock.nowMicros() &+ configuration.stampSkewMillis &* 1000), stampFloor.load(ordering: .relaxed))
+    }
+
+    /// The stamp a write made now would get at least: what a node tells its
+    /// peer its clock reads (pings), including the floor raised by the peer's stamps.
+    public func currentStamp() -> UInt64 {
+        stampBase(clock.nowMillis())
     }
 
     /// Raises the floor of future stamps to above `stamp`.

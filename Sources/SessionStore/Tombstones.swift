@@ -60,23 +60,30 @@ struct Tombstones {
     }
 }
 
-/// Hybrid logical clock stamps: the physical time in milliseconds in the
-/// high 48 bits, a counter in the low 16. A node's CAS tokens are such stamps,
+/// Hybrid logical clock stamps: the physical time in microseconds in the
+/// high 51 bits, a counter in the low 12. A node's CAS tokens are such stamps,
 /// so every version of an item carries the time it was written, ordered
 /// across nodes: a node that applies a stamp from its peer never hands out a
-/// smaller one afterwards, whatever its own clock says.
+/// smaller one afterwards, whatever its own clock says. Stamps stay below
+/// 2^63, so they fit SQLite's signed integers as they are.
 public enum HybridTimestamp {
-    public static let logicalBits: UInt64 = 16
+    public static let logicalBits: UInt64 = 12
 
-    /// The smallest stamp of a physical millisecond.
+    /// The smallest stamp of a physical microsecond.
+    @inline(__always)
+    public static func floor(micros: Int64) -> UInt64 {
+        UInt64(max(0, micros)) << logicalBits
+    }
+
+    /// The smallest stamp of a physical millisecond (also: a duration in stamp units).
     @inline(__always)
     public static func floor(millis: Int64) -> UInt64 {
-        UInt64(max(0, millis)) << logicalBits
+        floor(micros: millis &* 1000)
     }
 
     /// The physical milliseconds of a stamp.
     @inline(__always)
     public static func millis(_ stamp: UInt64) -> Int64 {
-        Int64(stamp >> logicalBits)
+        Int64(stamp >> logicalBits) / 1000
     }
 }

@@ -179,23 +179,24 @@ final class PairRole: Sendable {
             return state.role
         }
         guard let previous else { return epoch }
-        var inherited: (replicationID: ReplicationID, stamp: UInt64)
-        var silence: Int64 = 0
+        let inherited: (replicationID: ReplicationID, stamp: UInt64)
         switch previous {
         case .backup(let client):
             // No more changes from the old primary; writes parked meanwhile wait for the outcome.
             client.stop(parkedFailure: nil)
-            silence = client.silenceMillis
             inherited = (client.position.replicationID, store.stampCeiling())
+            // The old primary may have written until it went silent; its clock
+            // runs as fast as ours, so its stamps stayed below where its clock
+            // stood at the last contact plus the silence. Writes from here on
+            // order after every one of them, however far its clock is ahead.
+            // (From the peer's clock, not ours: bumps do not pile up when
+            // the nodes change roles again and again.)
+            store.raiseCas(above: client.peerStamp &+ HybridTimestamp.floor(millis: client.silenceMillis))
         case .joining:
             inherited = (recovered.replicationID, store.stampCeiling())
         case .primary:
             preconditionFailure("handled above")
         }
-        // The old primary may have written until it went silent; its clock runs
-        // as fast as ours, so its stamps stayed below what it sent last plus the
-        // silence. Writes from here on order after every one of them.
-        store.raiseCas(above: store.stampCeiling() &+ HybridTimestamp.floor(millis: silence))
         let (oldEpoch, newEpoch) = state.withLock { state -> (UInt64, UInt64) in
             let old = state.epoch
             state.epoch = max(state.epoch, state.peerEpoch) + 1
