@@ -8,6 +8,7 @@ import math
 import re
 import signal
 import socket
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -16,7 +17,7 @@ from typing import Dict, FrozenSet, List, Optional, Tuple
 
 import pytest
 
-from conftest import RawClient, poll_until
+from conftest import RawClient, poll_until, tandemd_binary
 from nodes import Node, nodes  # noqa: F401  (nodes is a fixture)
 
 pytestmark = pytest.mark.tandemd_only
@@ -299,3 +300,31 @@ def test_health_of_a_backup_without_failover_follows_its_primary(nodes, tmp_path
     assert health(metrics_port(primary.log_path))[0] == 200
     assert backup.terminate() == 0
     assert primary.terminate() == 0
+
+
+def test_health_while_joining_then_failing_over(tmp_path: Path):
+    """A backup whose peer never answers: 503 while it compares (joining), 200
+    while it waits to fail over, then 200 as the primary it became."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]
+    log_path = tmp_path / "joining.log"
+    args = [str(tandemd_binary()), "-p", "0", "--wire-port", "0", "--no-persistence", "--metrics-port", "0",
+            "--role", "backup", "--peer", f"127.0.0.1:{dead_port}", "--failover-after", "3000"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    try:
+        port = metrics_port(log_path)
+        # The memcached port is not open yet: the node is still looking for its peer.
+        status, _, body = http(port, "/health")
+        if b"listening on" not in log_path.read_bytes():
+            assert status == 503 and body.startswith("joining"), (status, body)
+        poll_until(lambda: b"listening on" in log_path.read_bytes(), 30, what="the memcached port to open")
+        poll_until(lambda: http(port, "/health")[2].startswith("ok primary epoch "), 30,
+                   what="the backup to fail over and say so")
+        _, samples = scrape(port)
+        assert value(samples, "tandem_role", role="primary") == 1
+        assert value(samples, "tandem_failovers_total") == 1 or value(samples, "tandem_promotions_total") >= 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0, log_path.read_text(errors="replace")[-3000:]
