@@ -84,7 +84,7 @@ struct NodeMetrics {
         }
         out.histogram(
             "tandem_request_duration_seconds",
-            "memcached requests from the read that completed them to the flush of their reply, including waits for the backup (sync writes), the primary (writes on a backup) and storage backpressure; kind=write when the request's read burst wrote.",
+            "memcached requests from the first read of the burst that brought them to the flush of their reply, including waits for the backup (sync writes), the primary (writes on a backup) and storage backpressure; kind=write when the request's read burst wrote.",
             bounds: RequestLatency.boundsNanos.map { Double($0) / 1e9 }, series: series
         )
     }

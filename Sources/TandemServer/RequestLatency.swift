@@ -8,9 +8,13 @@ import Musl
 import Darwin
 #endif
 
-/// How long memcached requests take inside the node, from the read that
-/// completed a command to the flush of its reply, in fixed buckets: the
-/// `tandem_request_duration_seconds` histogram.
+/// How long memcached requests take inside the node, in fixed buckets: the
+/// `tandem_request_duration_seconds` histogram. A connection stamps the clock
+/// at a read when nothing is held or waiting to be flushed, and at each flush
+/// records every request answered since with the time elapsed: two clock
+/// readings per read burst, however many requests it carries (measured: about
+/// 50 ns a burst, against 5 to 25 microseconds of server CPU per request).
+/// A request sent in pieces counts from its last piece.
 ///
 /// One instance per event loop (it lives in that loop's `CommandCounters`),
 /// written only by that loop's connections: every update is a relaxed load
