@@ -60,6 +60,10 @@ public struct PersistenceStatistics: Sendable {
     public var lastBatch: Int = 0
     /// Upper bound on the age of the oldest uncommitted change, in milliseconds.
     public var lagMillis: Int64 = 0
+    /// Whether the last commit attempt failed (the node then serves from memory and retries).
+    public var failing = false
+    /// How long the successful commits took.
+    public var flushDurations = FlushDurations()
     public var recovery = RecoveryReport(items: 0, seconds: 0)
 }
 
@@ -366,6 +370,7 @@ final class Writer: @unchecked Sendable {
             // batch is always counted once: in the store or as uncommitted.
             statistics.pending = source.pendingChanges + shared.uncommitted
             statistics.lagMillis = statistics.pending > 0 ? max(0, now - shared.lastSuccessfulTake) : 0
+            statistics.failing = failing.load(ordering: .relaxed)
             return statistics
         }
     }
@@ -432,6 +437,7 @@ final class Writer: @unchecked Sendable {
             return true
         }
         let batch = carry.count
+        let commitStarted = ContinuousClock.now
         do {
             try database.begin()
             do {
@@ -463,6 +469,7 @@ final class Writer: @unchecked Sendable {
             recordFailure(error, pending: batch)
             return false
         }
+        let commitDuration = ContinuousClock.now - commitStarted
         carry.removeAll(keepingCapacity: true)
         flushPending = false
         needsRewrite = false
@@ -479,6 +486,7 @@ final class Writer: @unchecked Sendable {
         shared.withLock {
             $0.statistics.flushes += 1
             $0.statistics.lastBatch = batch
+            $0.statistics.flushDurations.record(commitDuration)
             $0.uncommitted = 0
             $0.lastSuccessfulTake = takenAt
         }

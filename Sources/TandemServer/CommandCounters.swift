@@ -7,6 +7,8 @@ enum Counter: Int, CaseIterable, Sendable {
     case casMisses, casHits, casBadval, touchHits, touchMisses
     case storeTooLarge, storeNoMemory, protocolErrors, bytesRead, bytesWritten
     case authCommands, authErrors
+    // Tandem's own: what storage commands (text, meta, binary) came to, for /metrics.
+    case storeStored, storeNotStored, storeExists, storeNotFound
 
     var statName: String {
         switch self {
@@ -35,6 +37,10 @@ enum Counter: Int, CaseIterable, Sendable {
         case .bytesWritten: return "bytes_written"
         case .authCommands: return "auth_cmds"
         case .authErrors: return "auth_errors"
+        case .storeStored: return "store_stored"
+        case .storeNotStored: return "store_not_stored"
+        case .storeExists: return "store_exists"
+        case .storeNotFound: return "store_not_found"
         }
     }
 }
@@ -45,6 +51,8 @@ final class CommandCounters: @unchecked Sendable {
     // @unchecked: `storage` is only touched through `Atomic`, allocated once in
     // init and freed in deinit; the pointer itself never changes.
     private let storage: UnsafeMutablePointer<Atomic<UInt64>>
+    /// This loop's request latency histogram (for /metrics).
+    let latency = RequestLatency()
 
     init() {
         storage = .allocate(capacity: Counter.allCases.count)

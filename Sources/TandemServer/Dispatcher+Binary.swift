@@ -111,6 +111,7 @@ extension Dispatcher {
             let outcome = request.key.withUnsafeReadableBytes { key in
                 request.value.withUnsafeReadableBytes { store.store(key, value: $0, request: storeRequest) }
             }
+            countOutcome(outcome)
             switch outcome {
             case .stored(let cas, _):
                 if !quiet { out.writeBinaryResponse(opcode: code, status: .noError, opaque: request.opaque, cas: cas) }

@@ -89,6 +89,7 @@ extension Dispatcher {
         let outcome = command.key.withUnsafeReadableBytes { key in
             value.withUnsafeReadableBytes { store.store(key, value: $0, request: request) }
         }
+        countOutcome(outcome)
         switch outcome {
         case .stored(let cas, let size):
             if flags.compareCas != nil { counters.increment(.casHits) }

@@ -131,6 +131,7 @@ struct Dispatcher {
                 store.store(key, value: value, request: request)
             }
         }
+        countOutcome(outcome)
         if command.verb == .cas {
             switch outcome {
             case .stored: counters.increment(.casHits)

@@ -60,6 +60,12 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
     /// Inside `processInbound`: events that fire synchronously during a flush
     /// must not start a second, nested processing loop.
     private var processing = false
+    /// Request latency (`RequestLatency`): when the commands being answered
+    /// were read (stamped by a read while nothing is held or unflushed),
+    /// how many were answered since the last flush, and whether one wrote.
+    private var burstStart = RequestLatency.now()
+    private var burstAnswered = 0
+    private var burstWrote = false
 
     init(decoder: MemcacheDecoder, dispatcher: Dispatcher, counters: CommandCounters, logger: Logger) {
         self.decoder = decoder
@@ -81,6 +87,7 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
             inputWhileClosing = true
             return
         }
+        if burstAnswered == 0, case .open = state { burstStart = RequestLatency.now() }
         if inbound == nil || inbound!.readableBytes == 0 {
             inbound = incoming
         } else {
@@ -169,7 +176,9 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
                     continue
                 }
                 wrote = true
+                burstWrote = true
             }
+            burstAnswered &+= 1
             if case .close = dispatcher.execute(command, into: &outbound) {
                 closeAfterReplies(context: context)
                 return
@@ -224,7 +233,9 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
                     continue
                 }
                 wrote = true
+                burstWrote = true
             }
+            burstAnswered &+= 1
             if case .close = dispatcher.execute(command, into: &outbound) {
                 closeAfterReplies(context: context)
                 return false
@@ -304,6 +315,8 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
                     handler.outbound.writeServerError("primary unavailable")
                 }
             }
+            handler.burstAnswered &+= 1
+            handler.burstWrote = true
             handler.resume(context: context)
         }
     }
@@ -365,6 +378,14 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
 
     private func flushOutbound(context: ChannelHandlerContext) {
         writeOutbound(context: context)
+        if burstAnswered > 0 {
+            // Every command answered since the last flush waited since its burst was read.
+            counters.latency.record(
+                nanos: RequestLatency.now() &- burstStart, requests: burstAnswered, kind: burstWrote ? .write : .read
+            )
+            burstAnswered = 0
+            burstWrote = false
+        }
         guard unflushed else { return }
         unflushed = false
         context.flush()

@@ -30,11 +30,16 @@ public final class MemcacheServer: Sendable {
     private let wireChannel: (any Channel)?
     /// Releases the change stream to replication between the writer's commits.
     private let pump: RepeatedTask?
+    /// The /metrics and /health listener (`--metrics-port`).
+    private let metrics: MetricsServer?
 
     private let stopped = Synchronization.Atomic<Bool>(false)
 
     /// The wire port actually bound, when there is a wire listener.
     public var wirePort: Int? { wireChannel?.localAddress?.port }
+
+    /// The metrics port actually bound, when there is a metrics listener.
+    public var metricsPort: Int? { metrics?.port }
 
     /// How often expired items nobody reads are swept, and how many slots per shard a sweep examines.
     static let reclaimInterval = TimeAmount.milliseconds(250)
@@ -46,8 +51,9 @@ public final class MemcacheServer: Sendable {
     private init(
         localAddress: SocketAddress, store: SessionStore, group: MultiThreadedEventLoopGroup, serverChannel: any Channel,
         context: ServerContext, connections: NIOLockedValueBox<[ObjectIdentifier: any Channel]>, reclaimer: RepeatedTask,
-        wireChannel: (any Channel)?, pump: RepeatedTask?
+        wireChannel: (any Channel)?, pump: RepeatedTask?, metrics: MetricsServer?
     ) {
+        self.metrics = metrics
         self.wireChannel = wireChannel
         self.pump = pump
         self.localAddress = localAddress
@@ -124,6 +130,19 @@ public final class MemcacheServer: Sendable {
                 }
             }
 
+        // The metrics port comes up before the node settles its role, so that
+        // /health can tell it is still joining (503) until the memcached port opens.
+        var metrics: MetricsServer?
+        if let metricsPort = configuration.metricsPort {
+            do {
+                metrics = try await MetricsServer.start(host: configuration.host, port: metricsPort, context: context, logger: logger)
+            } catch {
+                try? await group.shutdownGracefully()
+                persistence?.stop()
+                throw error
+            }
+        }
+
         // The wire port comes first: a node compares its data with its peer's
         // (over the wire) before its memcached port serves anything.
         var wireChannel: (any Channel)?
@@ -135,6 +154,7 @@ public final class MemcacheServer: Sendable {
                 let configured = pairConfiguration.replication.nodeName
                 pair.setName(configured.isEmpty ? "\(pairConfiguration.wireHost):\(wireChannel?.localAddress?.port ?? 0)" : configured)
             } catch {
+                await metrics?.stop()
                 try? await group.shutdownGracefully()
                 persistence?.stop()
                 throw error
@@ -151,12 +171,14 @@ public final class MemcacheServer: Sendable {
             pair?.replica?.stop()
             pump?.cancel()
             try? await wireChannel?.close()
+            await metrics?.stop()
             try? await group.shutdownGracefully()
             persistence?.stop()
             throw error
         }
         guard let localAddress = serverChannel.localAddress else {
             try? await serverChannel.close()
+            await metrics?.stop()
             try? await group.shutdownGracefully()
             throw ServerError.noLocalAddress
         }
@@ -169,9 +191,11 @@ public final class MemcacheServer: Sendable {
             metadata: ["threads": "\(configuration.threads)", "memory_limit": "\(configuration.store.memoryLimit)",
                        "shards": "\(store.configuration.shardCount)"]
         )
+        metrics?.markServing()
         return MemcacheServer(
             localAddress: localAddress, store: store, group: group, serverChannel: serverChannel,
-            context: context, connections: connections, reclaimer: reclaimer, wireChannel: wireChannel, pump: pump
+            context: context, connections: connections, reclaimer: reclaimer, wireChannel: wireChannel, pump: pump,
+            metrics: metrics
         )
     }
 
@@ -211,6 +235,8 @@ public final class MemcacheServer: Sendable {
         // A second call (an embedder's, after a test's) has nothing left to do.
         guard !stopped.exchange(true, ordering: .relaxed) else { return }
         context.logger.info("stopping: no longer accepting connections")
+        // /health says so while the node drains; the listener itself closes last.
+        metrics?.markStopping()
         try? await serverChannel.close()
         reclaimer.cancel()
         context.pair?.stopTimers()
@@ -244,6 +270,7 @@ public final class MemcacheServer: Sendable {
             }
         }
         pump?.cancel()
+        await metrics?.stop()
         try? await group.shutdownGracefully()
         if let persistence = context.persistence {
             // Every acknowledged change reaches the file before the process exits.

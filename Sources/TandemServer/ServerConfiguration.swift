@@ -28,6 +28,9 @@ public struct ServerConfiguration: Sendable {
     /// With users, memcached clients must authenticate with SASL PLAIN over the
     /// binary protocol, and text-protocol connections are refused.
     public var saslUsers: SASLUsers?
+    /// With a port, an HTTP listener on `host` serves `GET /metrics` (Prometheus)
+    /// and `GET /health`; 0 picks a free port (logged as `metrics on HOST:PORT`).
+    public var metricsPort: Int?
 
     public init(
         host: String = "127.0.0.1", port: Int = 11211, threads: Int = System.coreCount,

@@ -80,6 +80,9 @@ struct Tandemd: AsyncParsableCommand {
     @Option(name: .customLong("wire-port"), help: "Port of Tandem's wire protocol (replication, tandemctl), bound on --listen.")
     var wirePort: Int = 11311
 
+    @Option(name: .customLong("metrics-port"), help: "Port of an HTTP listener, bound on --listen, serving GET /metrics (Prometheus) and GET /health (0 picks a free port; default: none).")
+    var metricsPort: Int?
+
     @Option(name: .customLong("role"), help: "This node's role in the pair: primary or backup.")
     var role: RoleArgument = .primary
 
@@ -138,6 +141,9 @@ struct Tandemd: AsyncParsableCommand {
         }
         guard !dataDir.isEmpty else { throw ValidationError("--data-dir must not be empty") }
         guard (0...65535).contains(wirePort) else { throw ValidationError("--wire-port must be between 0 and 65535, got \(wirePort)") }
+        if let metricsPort, !(0...65535).contains(metricsPort) {
+            throw ValidationError("--metrics-port must be between 0 and 65535, got \(metricsPort)")
+        }
         if secretFile == nil, !insecure, !Self.isLoopback(listen) {
             throw ValidationError(
                 "refusing to listen on \(listen) without --secret-file: anyone who reaches the wire port could take over replication; give --secret-file PATH, or --insecure to accept the risk"
@@ -217,6 +223,7 @@ struct Tandemd: AsyncParsableCommand {
             )
         )
         configuration.saslUsers = users
+        configuration.metricsPort = metricsPort
         let group = ServiceGroup(
             services: [TandemService(configuration: configuration, logger: logger)],
             gracefulShutdownSignals: [.sigterm, .sigint],
