@@ -44,6 +44,7 @@ extension Tandemd {
         ConfigKey("sasl-users", .string()),
         ConfigKey("secret-file", .string()),
         ConfigKey("insecure", .flag),
+        ConfigKey("metrics-port", .integer),
     ])
 
     /// The configuration file `main` merged into the arguments, for messages
