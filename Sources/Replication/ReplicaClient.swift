@@ -51,9 +51,7 @@ public final class ReplicaClient: Sendable {
         var lastHeard: NIODeadline
         /// The primary's epoch, from its `helloOK`.
         var primaryEpoch: UInt64 = 0
-        /// Whether versions this node may hold that the primary lacks must be
-        /// merged into it before the resync (every new link does this once).
-        var reconciled = false
+        /// What the last reconciliation with the primary did.
         var reconcileSummary: ReconcileSummary?
         /// Stopped for a promotion: writes still park until it is decided.
         var parking = false
@@ -265,16 +263,9 @@ public final class ReplicaClient: Sendable {
         }
     }
 
-    /// The position to reconcile from, once per link; nil when done already.
-    func positionToReconcile() -> Position? {
-        shared.withLock { $0.reconciled ? nil : $0.position }
-    }
-
     func reconciled(_ summary: ReconcileSummary?) {
-        shared.withLock {
-            $0.reconciled = true
-            if let summary { $0.reconcileSummary = summary }
-        }
+        guard let summary else { return }
+        shared.withLock { $0.reconcileSummary = summary }
     }
 
     func fullResyncStarted(_ resync: FullResync) {
@@ -725,16 +716,17 @@ final class ReplicaConnectionHandler: ChannelInboundHandler, @unchecked Sendable
     }
 
     /// The handshake (and authentication, if any) is done: merge what this
-    /// node may hold that the primary lacks (once per link), then ask for the stream.
+    /// node may hold that the primary lacks, then ask for the stream.
     private func startReplicating(after ok: HelloOK, context: ChannelHandlerContext) {
         client.contact()
         client.handshakeDone(channel: context.channel, primaryName: ok.nodeName, primaryEpoch: ok.epoch)
-        if let position = client.positionToReconcile() {
-            send(.reconcile(Replicate(replicationID: position.replicationID, offset: position.offset, epoch: client.epoch())), requestID: Self.reconcileRequestID, context: context)
-            state = .awaitingReconcileFrom
-        } else {
-            sendReplicate(context: context)
-        }
+        // Every new link reconciles before it resyncs, not just the first: the
+        // primary at the other end may have restarted with older data than this
+        // node holds. When this node's data is a prefix of the primary's
+        // history, that costs one round trip.
+        let position = client.position
+        send(.reconcile(Replicate(replicationID: position.replicationID, offset: position.offset, epoch: client.epoch())), requestID: Self.reconcileRequestID, context: context)
+        state = .awaitingReconcileFrom
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {

@@ -38,7 +38,10 @@ FAILOVER_MS = 600
 class Pair:
     """Nodes A (primary at first) and B, each reaching the other through a proxy."""
 
-    def __init__(self, nodes, tmp_path: Path, a_args=(), b_args=()):
+    def __init__(self, nodes, tmp_path: Path, a_args=(), b_args=(), made: Optional[List["Pair"]] = None):
+        if made is not None:
+            # Registered before anything starts, so the proxies stop even if a node does not.
+            made.append(self)
         self.start_node = nodes
         self.tmp_path = tmp_path
         tmp_path.mkdir(parents=True, exist_ok=True)
@@ -113,9 +116,7 @@ def pair_factory(nodes, tmp_path: Path):
     made: List[Pair] = []
 
     def make(a_args=(), b_args=()) -> Pair:
-        pair = Pair(nodes, tmp_path / f"pair{len(made)}", a_args, b_args)
-        made.append(pair)
-        return pair
+        return Pair(nodes, tmp_path / f"pair{len(made)}", a_args, b_args, made=made)
 
     yield make
     for pair in made:
