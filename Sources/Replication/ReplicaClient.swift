@@ -41,14 +41,13 @@ public final class ReplicaClient: Sendable {
         var fullResyncs: UInt64 = 0
         var partialResyncs: UInt64 = 0
         var primaryName = ""
-        var lastContact: Int64 = 0
         var nextRequestID: UInt32 = 1
         var pendingForwards: [UInt32: EventLoopPromise<(UInt64, ByteBuffer)>] = [:]
         /// Writes that arrived while the link was down, sent once it is up
         /// again, or run here if this node is promoted first.
         var parkedForwards: [ParkedForward] = []
-        /// When anything was last heard from the primary (monotonic).
-        var lastHeard: NIODeadline
+        /// When anything was last heard from the primary (monotonic); nil: never.
+        var lastHeard: NIODeadline?
         /// The primary's epoch, from its `helloOK`.
         var primaryEpoch: UInt64 = 0
         /// What the last reconciliation with the primary did.
@@ -70,6 +69,8 @@ public final class ReplicaClient: Sendable {
     public let peerHost: String
     public let peerPort: Int
     let store: SessionStore
+    /// When this client was made: the failover timer counts from here until the primary is first heard.
+    private let started = NIODeadline.now()
     let group: any EventLoopGroup
     let logger: Logger
     /// The stream positions applied; forwarded replies wait here.
@@ -99,7 +100,7 @@ public final class ReplicaClient: Sendable {
         self.group = group
         self.logger = logger
         self.epoch = epoch
-        self.shared = Mutex(Shared(position: position, lastHeard: .now()))
+        self.shared = Mutex(Shared(position: position))
         applied.reset(to: position.offset)
     }
 
@@ -145,7 +146,8 @@ public final class ReplicaClient: Sendable {
 
     /// Milliseconds since anything was heard from the primary.
     public var silenceMillis: Int64 {
-        let heard = shared.withLock { $0.lastHeard }
+        // A client that never heard its primary counts from its own start.
+        let heard = shared.withLock { $0.lastHeard } ?? started
         return (NIODeadline.now() - heard).nanoseconds / 1_000_000
     }
 
@@ -256,11 +258,7 @@ public final class ReplicaClient: Sendable {
     }
 
     func contact() {
-        let now = store.now()
-        shared.withLock {
-            $0.lastContact = now
-            $0.lastHeard = .now()
-        }
+        shared.withLock { $0.lastHeard = .now() }
     }
 
     func reconciled(_ summary: ReconcileSummary?) {
@@ -439,7 +437,7 @@ public final class ReplicaClient: Sendable {
 
     public func statistics() -> [(String, String)] {
         let shared = self.shared.withLock { $0 }
-        let now = store.now()
+        let sinceContact = shared.lastHeard.map { (NIODeadline.now() - $0).nanoseconds / 1_000_000 }
         return [
             ("role", "backup"),
             ("replication_id", shared.position.replicationID.description),
@@ -447,7 +445,7 @@ public final class ReplicaClient: Sendable {
             ("link_state", shared.linkState.rawValue),
             ("peer", "\(peerHost):\(peerPort)"),
             ("peer_name", shared.primaryName.isEmpty ? "none" : shared.primaryName),
-            ("peer_last_contact_ms", shared.lastContact == 0 ? "-1" : "\(max(0, now - shared.lastContact))"),
+            ("peer_last_contact_ms", sinceContact.map { "\(max(0, $0))" } ?? "-1"),
             ("peer_epoch", "\(shared.primaryEpoch)"),
             ("full_resyncs", "\(shared.fullResyncs)"),
             ("partial_resyncs", "\(shared.partialResyncs)"),

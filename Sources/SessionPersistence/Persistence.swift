@@ -107,7 +107,7 @@ public final class Persistence: Sendable {
         } catch {
             throw .unreadable(path: database.path, error: error)
         }
-        let report = try recover(database: database, into: store, logger: logger)
+        let report = try recover(database: database, meta: meta, into: store, logger: logger)
         let writer = Writer(
             database: database, store: store, source: source ?? store, configuration: configuration,
             logger: logger, recovery: report
@@ -123,7 +123,7 @@ public final class Persistence: Sendable {
         writer.setMetaProvider(provider)
     }
 
-    private static func recover(database: ItemDatabase, into store: SessionStore, logger: Logger) throws(PersistenceError) -> RecoveryReport {
+    private static func recover(database: ItemDatabase, meta: [String: MetaValue], into store: SessionStore, logger: Logger) throws(PersistenceError) -> RecoveryReport {
         let started = ContinuousClock.now
         let now = store.now()
         do {
@@ -154,7 +154,7 @@ public final class Persistence: Sendable {
                 store.restoreTombstone(key, stamp: stamp)
                 highestCas = max(highestCas, stamp)
             }
-            if case .integer(let flushStamp)? = try database.allMeta()["flush_stamp"] {
+            if case .integer(let flushStamp)? = meta["flush_stamp"] {
                 store.restoreFlushStamp(UInt64(bitPattern: flushStamp))
                 highestCas = max(highestCas, UInt64(bitPattern: flushStamp))
             }

@@ -159,12 +159,6 @@ extension WireConnectionHandler {
         )
     }
 
-    /// An error answer that leaves the connection open: the request was well
-    /// formed, it just cannot be served (unlike `reject`, which closes).
-    func refuse(_ code: WireErrorCode, _ message: String, requestID: UInt32, context: ChannelHandlerContext) {
-        send(.error(WireError(code, message)), requestID: requestID, context: context)
-    }
-
     private func notPrimaryMessage(_ what: String) -> String {
         let peer = node.configuration.pair?.peer.map { " (its peer is \($0.host):\($0.port))" } ?? ""
         return "this node is a \(node.role): \(what) on the primary\(peer)"

@@ -21,8 +21,8 @@ final class WireConnectionHandler: ChannelInboundHandler {
         /// Handshake done: requests are served.
         case ready(role: ConnectionRole, name: String)
         /// A node about to follow this primary sends its versions for merging;
-        /// `watermark`: a version stamped above it is one this node never saw.
-        case reconciling(role: ConnectionRole, name: String, watermark: UInt64, merge: MergeTally)
+        /// a version stamped above `conflictsAbove` is one this node never saw.
+        case reconciling(role: ConnectionRole, name: String, conflictsAbove: UInt64, merge: MergeTally)
         /// The backup's replication connection, run by its session.
         case replicating(ReplicaSession)
         /// Streaming changes for a `watch` (Protocol.md 1.4): only `ping` is served besides.
@@ -104,11 +104,11 @@ final class WireConnectionHandler: ChannelInboundHandler {
         case .ready(let role, let name):
             serve(message, frame: frame, role: role, name: name, context: context)
 
-        case .reconciling(let role, let name, let watermark, var merge):
+        case .reconciling(let role, let name, let conflictsAbove, var merge):
             switch message {
             case .reconcileChunk(let changes):
-                merge.merge(changes, into: node.store, watermark: watermark, from: name, logger: logger)
-                state = .reconciling(role: role, name: name, watermark: watermark, merge: merge)
+                merge.merge(changes, into: node.store, conflictsAbove: conflictsAbove, from: name, logger: logger)
+                state = .reconciling(role: role, name: name, conflictsAbove: conflictsAbove, merge: merge)
             case .reconcileEnd(let count):
                 guard count == merge.received else {
                     reject(.protocolViolation, "reconcileEnd announced \(count) versions but \(merge.received) arrived", requestID: frame.requestID, context: context)
@@ -177,7 +177,7 @@ final class WireConnectionHandler: ChannelInboundHandler {
                 // history saw: meeting another version of the key there is no conflict.
                 let (seenUpTo, overflow) = watermark.addingReportingOverflow(PrimaryReplication.stampMargin)
                 let conflictsAbove = watermark == 0 ? 0 : (overflow ? .max : seenUpTo)
-                state = .reconciling(role: role, name: name, watermark: conflictsAbove, merge: MergeTally())
+                state = .reconciling(role: role, name: name, conflictsAbove: conflictsAbove, merge: MergeTally())
             }
             send(.reconcileFrom(watermark: watermark), requestID: frame.requestID, context: context)
         case .promote(let reason):
@@ -203,7 +203,7 @@ final class WireConnectionHandler: ChannelInboundHandler {
         case .watch(let prefix):
             // The watcher unsubscribes itself when the connection closes.
             guard let watcher = Watcher.start(prefix: prefix, requestID: frame.requestID, channel: context.channel, node: node) else {
-                send(.error(WireError(.unavailable, Watcher.noFeedMessage)), requestID: frame.requestID, context: context)
+                refuse(.unavailable, Watcher.noFeedMessage, requestID: frame.requestID, context: context)
                 return
             }
             state = .watching(watcher)
@@ -233,8 +233,8 @@ final class WireConnectionHandler: ChannelInboundHandler {
                 case .success(let epoch):
                     handler.send(.roleChanged(role: pair.nodeRole, epoch: epoch), requestID: requestID, context: context)
                 case .failure(let error):
-                    // The connection stays usable: the request was valid, the change was not possible.
-                    handler.send(.error(WireError(.unavailable, "\(error)")), requestID: requestID, context: context)
+                    // The request was valid, the change was not possible.
+                    handler.refuse(.unavailable, "\(error)", requestID: requestID, context: context)
                 }
             }
         }
@@ -294,6 +294,12 @@ final class WireConnectionHandler: ChannelInboundHandler {
         reject(code, "\(error)", requestID: 0, context: context)
     }
 
+    /// An error answer that leaves the connection open: the request was well
+    /// formed, it just cannot be served (unlike `reject`, which closes).
+    func refuse(_ code: WireErrorCode, _ message: String, requestID: UInt32, context: ChannelHandlerContext) {
+        send(.error(WireError(code, message)), requestID: requestID, context: context)
+    }
+
     /// Answers with an error and closes: the stream cannot be trusted any more.
     func reject(_ code: WireErrorCode, _ message: String, requestID: UInt32, context: ChannelHandlerContext) {
         if case .closed = state { return }
@@ -331,7 +337,7 @@ struct MergeTally {
 
     /// Merges versions into the store; a conflict (both nodes changed the key
     /// after the point they last agreed on) is counted and logged with its key.
-    mutating func merge(_ changes: [ReplicatedChange], into store: SessionStore, watermark: UInt64, from name: String, logger: Logger) {
+    mutating func merge(_ changes: [ReplicatedChange], into store: SessionStore, conflictsAbove: UInt64, from name: String, logger: Logger) {
         for change in changes {
             received += 1
             let outcome: MergeOutcome
@@ -357,9 +363,9 @@ struct MergeTally {
             case .same, .expired:
                 conflict = nil
             }
-            // Versions at or below the watermark may be ones both nodes saw; only
-            // a change made after it, meeting another version, is a conflict.
-            if let conflict, change.cas > watermark {
+            // Versions at or below `conflictsAbove` may be ones both nodes saw;
+            // only a change made after it, meeting another version, is a conflict.
+            if let conflict, change.cas > conflictsAbove {
                 conflicts += 1
                 logger.warning("reconcile conflict", metadata: [
                     "key": "\(String(decoding: change.key.readableBytesView, as: UTF8.self))",
