@@ -22,6 +22,11 @@ public final class Backlog: Sendable {
         var bytes = 0
         /// The offset of the newest change appended.
         var end: UInt64 = 0
+        /// Off until a backup first attaches: before that, no backup can ask
+        /// for an offset of this history (its replication ID is new), so
+        /// keeping frames would cost a copy of every write and up to
+        /// `capacity` of memory for nothing.
+        var recording = false
     }
 
     /// Frames are cut at about this many body bytes, far below the frame limit.
@@ -37,6 +42,11 @@ public final class Backlog: Sendable {
     /// Encodes released changes (consecutive offsets) onto the end.
     public func append(_ changes: [Change]) {
         guard !changes.isEmpty else { return }
+        let recording = state.withLock { state in
+            if !state.recording { state.end = changes[changes.count - 1].sequence }
+            return state.recording
+        }
+        guard recording else { return }
         var segments: [Segment] = []
         var buffer = ByteBuffer()
         var index = 0
@@ -107,6 +117,13 @@ public final class Backlog: Sendable {
         }
     }
 
+    /// Keeps every change appended from now on (a backup attached).
+    /// Changes appended before are not kept: a backup attaching for the first
+    /// time takes a full copy, which starts after this point.
+    public func startRecording() {
+        state.withLock { $0.recording = true }
+    }
+
     /// Whether a backup needing `offset` next can be served from here.
     public func covers(_ offset: UInt64) -> Bool {
         frames(from: offset) != nil
@@ -116,8 +133,10 @@ public final class Backlog: Sendable {
     /// starts from recovered data: nothing before it can be served).
     public func reset(end: UInt64) {
         state.withLock { state in
+            let recording = state.recording
             state = State()
             state.end = end
+            state.recording = recording
         }
     }
 

@@ -153,6 +153,9 @@ public final class PrimaryReplication: Sendable {
 
     /// A backup asked to replicate on `channel`: the new session replaces any previous one.
     func attach(_ session: ReplicaSession, backupName: String) {
+        // Before the session decides between a partial and a full resync, so
+        // that every change after its snapshot's offset is kept.
+        backlog.startRecording()
         let previous = shared.withLock { shared -> ReplicaSession? in
             let previous = shared.session
             shared.session = session

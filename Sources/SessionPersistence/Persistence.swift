@@ -127,25 +127,24 @@ public final class Persistence: Sendable {
         let started = ContinuousClock.now
         let now = store.now()
         do {
-            let total = try database.count(now: now)
-            logger.info("recovering items", metadata: ["items": "\(total)", "file": "\(database.path)"])
-            var loaded = 0
-            var highestCas: UInt64 = 0
-            var lastReport = started
-            try database.forEachItem(now: now) { key, value, flags, deadline, cas in
+            let total = try database.rowCount()
+            logger.info("recovering items", metadata: ["rows": "\(total)", "file": "\(database.path)"])
+            let parts = total >= Self.parallelRecoveryRows ? ProcessInfo.processInfo.activeProcessorCount : 1
+            let progress = RecoveryProgress(parts: parts)
+            try database.forEachItemInParallel(now: now, parts: parts) { part, key, value, flags, deadline, cas in
                 store.restore(key, value: value, flags: flags, deadline: deadline, cas: cas)
-                highestCas = max(highestCas, cas)
-                loaded += 1
-                if loaded % 65_536 == 0, ContinuousClock.now - lastReport >= .seconds(1) {
-                    lastReport = ContinuousClock.now
-                    let elapsed = Self.seconds(lastReport - started)
+                if progress.loaded(part: part, cas: cas), progress.reportDue() {
+                    let loaded = progress.totals.loaded
+                    let elapsed = Self.seconds(ContinuousClock.now - started)
                     logger.info("recovery progress", metadata: [
                         "items": "\(loaded)", "of": "\(total)",
-                        "percent": "\(total > 0 ? loaded * 100 / Int(total) : 100)",
+                        "percent": "\(total > 0 ? min(100, loaded * 100 / Int(total)) : 100)",
                         "items_per_second": "\(Int(Double(loaded) / max(elapsed, 0.001)))",
                     ])
                 }
             }
+            let loaded = progress.totals.loaded
+            var highestCas = progress.totals.highestCas
             // Deletes the node remembers, and the last flush_all's stamp: a
             // peer's older versions of those keys must not come back.
             let cutoff = HybridTimestamp.floor(millis: now - SessionStore.tombstoneRetentionMillis)
@@ -170,6 +169,9 @@ public final class Persistence: Sendable {
             throw .unreadable(path: database.path, error: error)
         }
     }
+
+    /// Below this many rows one thread recovers as fast as several start.
+    static let parallelRecoveryRows: Int64 = 50_000
 
     static func seconds(_ duration: Duration) -> Double {
         let (seconds, attoseconds) = duration.components
@@ -558,6 +560,52 @@ final class Writer: @unchecked Sendable {
             logger.error("cannot write to storage; serving from memory and retrying", metadata: [
                 "file": "\(database.path)", "error": "\(message)", "pending": "\(pending)",
             ])
+        }
+    }
+}
+
+/// Counts what each recovery thread loaded, and the highest CAS it saw, in
+/// slots of their own: the threads share nothing on the hot path.
+final class RecoveryProgress: Sendable {
+    private struct Counts {
+        var loaded = 0
+        var highestCas: UInt64 = 0
+    }
+
+    private final class Part: Sendable {
+        let counts = Mutex(Counts())
+    }
+
+    private let parts: [Part]
+    private let lastReport = Mutex(ContinuousClock.now)
+
+    init(parts: Int) {
+        self.parts = (0..<max(1, parts)).map { _ in Part() }
+    }
+
+    /// Counts one item; true at every 65,536th of the part (time to look at the clock).
+    func loaded(part: Int, cas: UInt64) -> Bool {
+        parts[part].counts.withLock { counts in
+            counts.loaded += 1
+            if cas > counts.highestCas { counts.highestCas = cas }
+            return counts.loaded % 65_536 == 0
+        }
+    }
+
+    /// True at most once a second, for one progress line.
+    func reportDue() -> Bool {
+        lastReport.withLock { last in
+            let now = ContinuousClock.now
+            guard now - last >= .seconds(1) else { return false }
+            last = now
+            return true
+        }
+    }
+
+    /// (items loaded, highest CAS) over every part.
+    var totals: (loaded: Int, highestCas: UInt64) {
+        parts.reduce((0, 0)) { sum, part in
+            part.counts.withLock { (sum.0 + $0.loaded, max(sum.1, $0.highestCas)) }
         }
     }
 }

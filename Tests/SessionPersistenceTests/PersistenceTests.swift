@@ -67,12 +67,17 @@ func eventually(within seconds: Double = 5, _ condition: () -> Bool) -> Bool {
 
 @Suite("Write-behind and recovery", .serialized)
 struct RecoveryTests {
-    @Test("a stopped node comes back with every item, its flags, deadline and cas; new cas values are larger")
-    func roundTrip() throws {
+    /// 60,000 items is past `parallelRecoveryRows`: several threads each
+    /// recover a slice of the file, and every slice's items must come back.
+    @Test(
+        "a stopped node comes back with every item, its flags, deadline and cas; new cas values are larger",
+        arguments: [2000, 60_000]
+    )
+    func roundTrip(count: Int) throws {
         let directory = TemporaryDirectory()
         let first = try openNode(directory.path)
         var expected: [String: ItemSnapshot] = [:]
-        for i in 0..<2000 {
+        for i in 0..<count {
             let value = Array("value-\(i)-".utf8) + (0..<(i % 50)).map { UInt8(truncatingIfNeeded: $0 &* 7) }
             _ = first.store.put("k\(i)", value, flags: UInt32(i), exptime: i % 3 == 0 ? 0 : Int64(100 + i))
             expected["k\(i)"] = first.store.item("k\(i)")
@@ -83,7 +88,7 @@ struct RecoveryTests {
 
         let second = try openNode(directory.path, clock: first.clock)
         defer { second.persistence.stop() }
-        #expect(second.persistence.recovery.items == 2000)
+        #expect(second.persistence.recovery.items == count)
         for (key, item) in expected {
             let restored = second.store.item(key)
             #expect(restored?.value == item.value, "value of \(key)")
