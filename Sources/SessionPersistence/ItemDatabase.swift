@@ -95,6 +95,7 @@ final class ItemDatabase {
     static let cacheKibibytes = 65536
     static let checkpointPages = 8192
     static let walSizeLimit = 64 << 20
+    static let recoveryMapBytes: Int64 = 1 << 40
 
     private static func createSchema(_ connection: SQLiteConnection) throws(SQLiteError) {
         // Only takes effect on an empty database, before anything is written.
@@ -263,6 +264,10 @@ final class ItemDatabase {
             let to = min(from + width, high + 1)
             do throws(SQLiteError) {
                 let reader = try SQLiteConnection(path: path, readOnly: true)
+                // Mapped rather than read: the scan then costs no copy of
+                // every page into SQLite's cache. Only these short-lived
+                // start-up readers map the file; the writer never does.
+                try reader.execute("PRAGMA mmap_size = \(Self.recoveryMapBytes)")
                 let statement = try reader.prepare(
                     "SELECT key, value, flags, deadline, cas FROM items WHERE rowid >= ?1 AND rowid < ?2 AND (deadline = 0 OR deadline > ?3)"
                 )

@@ -129,6 +129,7 @@ public final class Persistence: Sendable {
         do {
             let total = try database.rowCount()
             logger.info("recovering items", metadata: ["rows": "\(total)", "file": "\(database.path)"])
+            store.reserve(items: Int(total))
             let parts = total >= Self.parallelRecoveryRows ? ProcessInfo.processInfo.activeProcessorCount : 1
             let progress = RecoveryProgress(parts: parts)
             try database.forEachItemInParallel(now: now, parts: parts) { part, key, value, flags, deadline, cas in

@@ -631,6 +631,15 @@ public final class SessionStore: Sendable {
     /// CAS tokens of its shard are larger than `cas`; call `raiseCas(above:)`
     /// with the highest recovered token once loading is done for the others.
     @discardableResult
+    /// Sizes every shard for `items` in all, ahead of a recovery that is
+    /// about to restore that many (a hint: more or fewer are fine).
+    public func reserve(items: Int) {
+        let perShard = items / shards.count + items / shards.count / 8 + 16
+        for shard in shards {
+            shard.state.withLock { $0.reserve(items: perShard) }
+        }
+    }
+
     public func restore(_ key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer, flags: UInt32, deadline: Deadline, cas: UInt64) -> Bool {
         let (shard, hash) = locate(key)
         let now = clock.nowMillis()

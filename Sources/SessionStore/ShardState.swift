@@ -304,6 +304,13 @@ struct ShardState {
         }
     }
 
+    /// Makes room for `items` in all without growing as they arrive
+    /// (recovery knows how many rows are coming).
+    mutating func reserve(items: Int) {
+        slots.reserveCapacity(items)
+        while items * 2 > table.count { growTable() }
+    }
+
     private mutating func growTable() {
         var grown = [Int32](repeating: 0, count: table.count * 2)
         let mask = grown.count - 1
