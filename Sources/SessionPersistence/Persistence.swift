@@ -273,7 +273,18 @@ final class Writer: @unchecked Sendable {
     /// Where the changes come from: the store, or a feed shared with replication.
     let source: any ChangeSource
     private let configuration: PersistenceConfiguration
-    private let metaProvider = Mutex<(@Sendable () -> [String: MetaValue])?>(nil)
+    /// In a struct, not as a bare closure: `Mutex.withLock` hands its value
+    /// on `inout` through a generic parameter, and a bare function value is
+    /// re-wrapped in two reabstraction thunks on every such access. Read
+    /// once per commit, the provider grew by two thunks per commit until a
+    /// call walked a chain of hundreds of thousands of them (seen as the
+    /// writer burning a core hours after start, and heading for a stack
+    /// overflow).
+    private struct MetaProvider: Sendable {
+        let values: @Sendable () -> [String: MetaValue]
+    }
+
+    private let metaProvider = Mutex<MetaProvider?>(nil)
     private let logger: Logger
     private let shared: Mutex<Shared>
     private let wakeSignal = DispatchSemaphore(value: 0)
@@ -355,7 +366,7 @@ final class Writer: @unchecked Sendable {
     }
 
     func setMetaProvider(_ provider: @escaping @Sendable () -> [String: MetaValue]) {
-        metaProvider.withLock { $0 = provider }
+        metaProvider.withLock { $0 = MetaProvider(values: provider) }
     }
 
     func stop() {
@@ -424,7 +435,7 @@ final class Writer: @unchecked Sendable {
     @discardableResult
     private func flush() -> Bool {
         let takenAt = store.now()
-        let meta = metaProvider.withLock { $0 }?() ?? [:]
+        let meta = metaProvider.withLock { $0 }?.values() ?? [:]
         let taken = shared.withLock { shared in
             let taken = source.takeChanges()
             shared.uncommitted += taken.count
