@@ -24,10 +24,15 @@ public final class ChangeFeed: Sendable {
     public final class Subscription: ChangeSource, Sendable {
         let feed: ChangeFeed
         let index: Int
+        /// The length of this subscription's queue, kept beside it so that
+        /// `pendingChanges` takes no lock: every writing connection asks
+        /// after each burst, and the feed's lock is held through a pump.
+        let queued: QueueLength
 
-        init(feed: ChangeFeed, index: Int) {
+        init(feed: ChangeFeed, index: Int, queued: QueueLength) {
             self.feed = feed
             self.index = index
+            self.queued = queued
         }
 
         public func takeChanges() -> [Change] {
@@ -35,13 +40,15 @@ public final class ChangeFeed: Sendable {
             return feed.state.withLock { state in
                 var taken: [Change] = []
                 swap(&taken, &state.queues[index])
+                queued.value.store(0, ordering: .relaxed)
                 return taken
             }
         }
 
+        /// A momentary figure (changes move between the store, the held-back
+        /// list and the queue while it is read): for pacing, not accounting.
         public var pendingChanges: Int {
-            let inStore = feed.store.pendingChanges
-            return feed.state.withLock { $0.queues[index].count + $0.heldBack.count } + inStore
+            feed.store.pendingChanges + feed.heldBackCount.load(ordering: .relaxed) + queued.value.load(ordering: .relaxed)
         }
     }
 
@@ -52,6 +59,8 @@ public final class ChangeFeed: Sendable {
         var lastReleased: UInt64 = 0
         /// Released changes not yet pulled, one queue per pull subscription.
         var queues: [[Change]] = []
+        /// The length of each queue, shared with its subscription.
+        var queueLengths: [QueueLength] = []
         /// Called with every released batch, in order, under the feed's lock.
         var pushSubscribers: [Int: @Sendable ([Change]) -> Void] = [:]
         var nextToken = 0
@@ -59,6 +68,13 @@ public final class ChangeFeed: Sendable {
 
     let store: SessionStore
     let state = Mutex(State())
+    /// A queue's length, readable without the feed's lock.
+    final class QueueLength: Sendable {
+        let value = Atomic<Int>(0)
+    }
+
+    /// `state.heldBack.count`, readable without the lock.
+    let heldBackCount = Atomic<Int>(0)
 
     public init(store: SessionStore) {
         precondition(store.configuration.recordsChanges, "a change feed needs a store that records changes")
@@ -67,11 +83,12 @@ public final class ChangeFeed: Sendable {
 
     /// A new pull subscription; it receives changes released from now on.
     public func subscribe() -> Subscription {
-        let index = state.withLock { state in
+        state.withLock { state in
+            let queued = QueueLength()
             state.queues.append([])
-            return state.queues.count - 1
+            state.queueLengths.append(queued)
+            return Subscription(feed: self, index: state.queues.count - 1, queued: queued)
         }
-        return Subscription(feed: self, index: index)
     }
 
     /// Calls `handler` with every batch released from now on, in order. It runs
@@ -126,9 +143,13 @@ public final class ChangeFeed: Sendable {
                 index += 1
             }
             state.heldBack = Array(candidates[index...])
+            heldBackCount.store(state.heldBack.count, ordering: .relaxed)
             guard !released.isEmpty else { return 0 }
             state.lastReleased = next - 1
-            for queue in state.queues.indices { state.queues[queue] += released }
+            for queue in state.queues.indices {
+                state.queues[queue] += released
+                state.queueLengths[queue].value.store(state.queues[queue].count, ordering: .relaxed)
+            }
             for subscriber in state.pushSubscribers.values { subscriber(released) }
             return released.count
         }

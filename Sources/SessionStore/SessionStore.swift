@@ -627,10 +627,6 @@ public final class SessionStore: Sendable {
 
     // MARK: Recovery and snapshots
 
-    /// Loads an item recovered from storage, without recording a change. Later
-    /// CAS tokens of its shard are larger than `cas`; call `raiseCas(above:)`
-    /// with the highest recovered token once loading is done for the others.
-    @discardableResult
     /// Sizes every shard for `items` in all, ahead of a recovery that is
     /// about to restore that many (a hint: more or fewer are fine).
     public func reserve(items: Int) {
@@ -640,6 +636,10 @@ public final class SessionStore: Sendable {
         }
     }
 
+    /// Loads an item recovered from storage, without recording a change. Later
+    /// CAS tokens of its shard are larger than `cas`; call `raiseCas(above:)`
+    /// with the highest recovered token once loading is done for the others.
+    @discardableResult
     public func restore(_ key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer, flags: UInt32, deadline: Deadline, cas: UInt64) -> Bool {
         let (shard, hash) = locate(key)
         let now = clock.nowMillis()
