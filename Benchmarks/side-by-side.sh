@@ -10,6 +10,8 @@
 #   memcached           memcached -t 2 -m 1024 -p <free port> -l 127.0.0.1 -U 0 [-u root]
 #   tandem              tandemd -t 2 -m 1024 -p 0 --data-dir <fresh dir>   (SQLite write-behind)
 #   tandem-nopersist    tandemd -t 2 -m 1024 -p 0 --no-persistence
+#   tandem-pair         a primary and a sync-replicated backup (both persisting, both
+#                       -t 2 -m 1024) on this machine; the load goes to the primary
 # Within a round the servers alternate (memcached, tandem, tandem-nopersist,
 # memcached, ...), so slow drifts of a shared machine hit all of them alike.
 # Medians over the rounds are reported as a Markdown table; every run's JSON
@@ -43,7 +45,8 @@ usage: Benchmarks/side-by-side.sh [options]
   --rounds R           rounds; each round runs every server once per workload (default $rounds)
   --warmup S           unmeasured seconds before each measurement (default $warmup)
   --only LIST          workloads to run, e.g. a,b (default $only)
-  --servers LIST       among memcached,tandem,tandem-nopersist (default all three)
+  --servers LIST       among memcached,tandem,tandem-nopersist,tandem-pair
+                       (default memcached,tandem,tandem-nopersist)
   --tandem-args "..."  extra flags for both tandemd variants
   --loadgen-threads N  load generator threads (default $lg_threads)
   --tandemd PATH       use this tandemd binary instead of building one
@@ -88,7 +91,7 @@ for w in "${workloads[@]}"; do
     case "$w" in a|b|c|d|e) ;; *) echo "side-by-side: unknown workload '$w' (a-e)" >&2; exit 2 ;; esac
 done
 for s in "${server_list[@]}"; do
-    case "$s" in memcached|tandem|tandem-nopersist) ;; *) echo "side-by-side: unknown server '$s'" >&2; exit 2 ;; esac
+    case "$s" in memcached|tandem|tandem-nopersist|tandem-pair) ;; *) echo "side-by-side: unknown server '$s'" >&2; exit 2 ;; esac
 done
 
 log() { printf '[side-by-side %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -96,10 +99,11 @@ log() { printf '[side-by-side %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 # ---------------------------------------------------------------- cleanup
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/tandem-bench.XXXXXX")"
 server_pid=""
+backup_pid=""
 loadgen_pid=""
 cleanup() {
     local p
-    for p in $loadgen_pid $server_pid; do
+    for p in $loadgen_pid $server_pid $backup_pid; do
         if kill -0 "$p" 2>/dev/null; then
             kill -TERM "$p" 2>/dev/null
             for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
@@ -187,6 +191,28 @@ start_server() {
                 sleep 0.05
             done
             ;;
+        tandem-pair)
+            # Both nodes name each other; the primary's log is LOGFILE, the backup's LOGFILE.backup.
+            local wa wb blog="$logf.backup"
+            wa="$(free_port)" && wb="$(free_port)" || return 1
+            : >"$blog"
+            # shellcheck disable=SC2086
+            "$tandemd_bin" -t 2 -m 1024 -p 0 --wire-port "$wa" --peer "127.0.0.1:$wb" --node-name a \
+                --data-dir "$tmp/data-a-$RANDOM$RANDOM" $tandem_args >"$logf" 2>&1 &
+            server_pid=$!
+            # shellcheck disable=SC2086
+            "$tandemd_bin" -t 2 -m 1024 -p 0 --wire-port "$wb" --peer "127.0.0.1:$wa" --node-name b --role backup \
+                --data-dir "$tmp/data-b-$RANDOM$RANDOM" $tandem_args >"$blog" 2>&1 &
+            backup_pid=$!
+            deadline=$((SECONDS + 60))
+            # Measured only once the backup has its (empty) copy and follows:
+            # from then on every write waits for its acknowledgement.
+            until server_port="$(sed -n 's/.*listening on [^ ]*:\([0-9][0-9]*\).*/\1/p' "$logf" | head -1)" && [ -n "$server_port" ] \
+                && grep -q "full resync done" "$blog"; do
+                kill -0 "$server_pid" 2>/dev/null && kill -0 "$backup_pid" 2>/dev/null && [ $SECONDS -lt $deadline ] || return 1
+                sleep 0.05
+            done
+            ;;
     esac
 }
 
@@ -203,6 +229,13 @@ stop_server() {
     fi
     server_pid=""
     stop_s="$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')"
+    if [ -n "$backup_pid" ]; then
+        kill -TERM "$backup_pid" 2>/dev/null
+        for _ in $(seq 1200); do kill -0 "$backup_pid" 2>/dev/null || break; sleep 0.05; done
+        kill -KILL "$backup_pid" 2>/dev/null
+        wait "$backup_pid" 2>/dev/null
+        backup_pid=""
+    fi
 }
 
 # ---------------------------------------------------------------- workloads
@@ -230,6 +263,7 @@ server_title() {
         memcached) echo "memcached" ;;
         tandem) echo "Tandem" ;;
         tandem-nopersist) echo "Tandem --no-persistence" ;;
+        tandem-pair) echo "Tandem pair (sync; CPU: primary)" ;;
     esac
 }
 
@@ -260,6 +294,7 @@ for w in "${workloads[@]}"; do
             wait "$loadgen_pid"; lrc=$?
             loadgen_pid=""
             alive=1; kill -0 "$server_pid" 2>/dev/null || alive=0
+            [ -z "$backup_pid" ] || kill -0 "$backup_pid" 2>/dev/null || alive=0
             stop_server
             out="$(head -1 "$tmp/out.json")"
             if [ -z "$out" ]; then

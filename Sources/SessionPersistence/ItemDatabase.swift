@@ -287,18 +287,6 @@ final class ItemDatabase {
         if let failure = failures.withLock({ $0.first }) { throw failure }
     }
 
-    /// Streams every unexpired row to `body`; the buffers are valid only during the call.
-    func forEachItem(now: Int64, _ body: (UnsafeRawBufferPointer, UnsafeRawBufferPointer, UInt32, Deadline, UInt64) -> Void) throws(SQLiteError) {
-        let statement = try connection.prepare("SELECT key, value, flags, deadline, cas FROM items WHERE deadline = 0 OR deadline > ?1")
-        statement.bind(1, now)
-        while try statement.step() {
-            body(
-                statement.blob(0), statement.blob(1), UInt32(truncatingIfNeeded: statement.int64(2)),
-                Deadline(millis: statement.int64(3)), UInt64(bitPattern: statement.int64(4))
-            )
-        }
-    }
-
     /// Closes the file. With `checkpoint`, the WAL is first folded into the
     /// database file, so a cleanly stopped node leaves one self-contained file.
     func close(checkpoint: Bool = true) {

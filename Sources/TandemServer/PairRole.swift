@@ -358,6 +358,8 @@ final class PairRole: Sendable {
 
     private struct PeerStatus {
         var role: String
+        /// The peer's --role ("" from a version that does not say).
+        var configuredRole: String
         var epoch: UInt64
         var replicationID: ReplicationID
         var offset: UInt64
@@ -373,7 +375,7 @@ final class PairRole: Sendable {
             try? await client.close()
             let table = Dictionary(properties.map { ($0.name, $0.value) }, uniquingKeysWith: { first, _ in first })
             return PeerStatus(
-                role: table["role"] ?? "", epoch: table["epoch"].flatMap { UInt64($0) } ?? 0,
+                role: table["role"] ?? "", configuredRole: table["configured_role"] ?? "", epoch: table["epoch"].flatMap { UInt64($0) } ?? 0,
                 replicationID: table["data_replication_id"].flatMap { ReplicationID(hex: $0) } ?? .none,
                 offset: table["data_offset"].flatMap { UInt64($0) } ?? 0, name: client.server.nodeName
             )
@@ -416,7 +418,10 @@ final class PairRole: Sendable {
 
     /// Whether the peer's data is newer than what this node recovered: the
     /// same history further on, or another history in a higher epoch (ties:
-    /// the configured primary, then the greater name, leads).
+    /// the configured primary, then the greater name, leads). Two nodes
+    /// started together both see the other joining: the configured backup
+    /// defers to a peer configured as primary, or the pair would be led by
+    /// whichever name sorts last.
     private func peerHoldsNewerData(_ peer: PeerStatus) -> Bool {
         if peer.replicationID == recovered.replicationID, peer.replicationID != .none {
             if peer.offset != recovered.offset { return peer.offset > recovered.offset }
@@ -424,7 +429,7 @@ final class PairRole: Sendable {
             return peer.epoch > epoch
         }
         if configuration.role == .primary { return false }
-        if configuration.role == .backup && peer.role != "joining" { return true }
+        if configuration.role == .backup && (peer.role != "joining" || peer.configuredRole == "primary") { return true }
         return peer.name > nodeName()
     }
 
@@ -520,6 +525,8 @@ final class PairRole: Sendable {
             ("reconcile_conflicts", "\(state.reconcileConflicts)"),
             ("failover_after_ms", "\(configuration.replication.failoverAfter.nanoseconds / 1_000_000)"),
             ("peer_address", configuration.peer.map { "\($0.host):\($0.port)" } ?? "none"),
+            // --role: which node leads when both start with the same data.
+            ("configured_role", "\(configuration.role)"),
         ]
         // The history the node's data belongs to, for the comparison at start.
         let meta = meta()

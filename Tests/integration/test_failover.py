@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -24,7 +25,7 @@ from typing import Dict, List, Optional, Tuple
 import pytest
 
 from checker import Workload, final_reads, check
-from conftest import poll_until
+from conftest import _free_port, poll_until
 from faultproxy import FaultProxy
 from nodes import Node, nodes  # noqa: F401  (nodes is a fixture)
 
@@ -444,3 +445,39 @@ def test_status_reports_both_nodes_of_the_pair(pair_factory):
     assert status["verdict"] == "degraded" and "error" in status["peer_status"]
     pair.heal()
     pair.settle()
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_nodes_started_together_follow_their_configured_roles(tmp_path: Path, round_):
+    """Both empty, both started at once: each sees the other still joining.
+    The configured primary must lead, though the backup's name sorts last
+    (the name only breaks ties between nodes configured alike)."""
+    wire = {"a": _free_port(), "b": _free_port()}
+    args = {"a": ("--node-name", "a", "--wire-port", str(wire["a"]), "--peer", f"127.0.0.1:{wire['b']}"),
+            "b": ("--node-name", "b", "--role", "backup", "--wire-port", str(wire["b"]),
+                  "--peer", f"127.0.0.1:{wire['a']}")}
+    started: Dict[str, Node] = {}
+    errors: List[BaseException] = []
+
+    def start(name: str) -> None:
+        try:
+            # Node's own "--wire-port 0" comes first; the later one wins.
+            started[name] = Node(tmp_path / name, tmp_path / f"{name}.log", *args[name])
+        except BaseException as error:  # noqa: BLE001  (re-raised below)
+            errors.append(error)
+
+    threads = [threading.Thread(target=start, args=(name,)) for name in ("b", "a")]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not errors, errors
+        a, b = started["a"], started["b"]
+        poll_until(lambda: b.stats()["link_state"] == "streaming", 20, what="b to follow a")
+        assert (a.stats()["role"], b.stats()["role"]) == ("primary", "backup"), (a.log(), b.log())
+        assert a.stats()["configured_role"] == "primary" and b.stats()["configured_role"] == "backup"
+    finally:
+        for node in started.values():
+            if node.proc.poll() is None:
+                node.kill()
