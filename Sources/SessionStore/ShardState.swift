@@ -388,9 +388,12 @@ struct ShardState {
         while examined < budget {
             if reclaimCursor >= slots.count { reclaimCursor = 0 }
             let slot = Int32(reclaimCursor)
-            let item = slots[reclaimCursor]
-            if !item.bytes.isEmpty, item.deadline != 0, item.deadline <= now {
-                if !item.marks.contains(.fetched) { counters.expiredUnfetched += 1 }
+            // Fields read in place: copying the slot would retain and release
+            // its bytes for every one of the thousands examined per sweep,
+            // which runs on an event loop between requests.
+            let deadline = slots[reclaimCursor].deadline
+            if deadline != 0, deadline <= now, !slots[reclaimCursor].bytes.isEmpty {
+                if !slots[reclaimCursor].marks.contains(.fetched) { counters.expiredUnfetched += 1 }
                 remove(slot)
                 counters.reclaimed += 1
                 removed += 1
