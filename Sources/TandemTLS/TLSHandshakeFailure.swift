@@ -1,0 +1,170 @@
+import NIOCore
+import NIOSSL
+import NIOTLS
+
+/// A failed TLS handshake, sorted into the few causes an operator can act on.
+///
+/// BoringSSL reports a failure as a stack of `library:reason` codes; which
+/// side notices what differs (a client whose certificate the server refused
+/// learns it from an alert, the server from its own verification), so both
+/// sides' codes are listed here.
+public struct TLSHandshakeFailure: Error, Sendable, CustomStringConvertible {
+    public enum Cause: Sendable, Equatable {
+        /// This side could not verify the other's certificate (unknown CA, expired, wrong name).
+        case untrustedPeer
+        /// The other side refused this side's certificate.
+        case certificateRefused
+        /// The other side wants a client certificate and none was sent.
+        case certificateRequired
+        /// The client sent no certificate, and this side requires one (mutual TLS).
+        case noClientCertificate
+        /// What came was not TLS: the other side speaks plaintext on that port.
+        case notTLS
+        /// This side spoke plaintext and the other side answered in TLS.
+        case expectsTLS
+        /// The other side closed the connection before the handshake finished.
+        case closed
+        /// No handshake within the time allowed.
+        case timedOut
+        /// Anything else (no shared protocol version or cipher, a bad record, …).
+        case other
+    }
+
+    public let cause: Cause
+    /// What BoringSSL or NIOSSL said.
+    public let detail: String
+
+    public init(cause: Cause, detail: String) {
+        self.cause = cause
+        self.detail = detail
+    }
+
+    /// The failure `error` stands for; nil when it is not about TLS.
+    public init?(_ error: any Error) {
+        if let failure = error as? TLSHandshakeFailure {
+            self = failure
+            return
+        }
+        let detail = "\(error)"
+        switch error {
+        case let error as NIOSSLError:
+            switch error {
+            case .handshakeFailed:
+                self.init(cause: Self.classify(detail), detail: detail)
+            case .uncleanShutdown:
+                self.init(cause: .closed, detail: detail)
+            case .noCertificateToValidate:
+                self.init(cause: .untrustedPeer, detail: detail)
+            default:
+                self.init(cause: .other, detail: detail)
+            }
+        case let error as NIOSSLExtraError where error == .failedToValidateHostname:
+            self.init(cause: .untrustedPeer, detail: detail)
+        case is BoringSSLError:
+            self.init(cause: Self.classify(detail), detail: detail)
+        default:
+            return nil
+        }
+    }
+
+    private static func classify(_ detail: String) -> Cause {
+        func says(_ reasons: String...) -> Bool { reasons.contains { detail.contains($0) } }
+        if says("EOF during") { return .closed }
+        if says("CERTIFICATE_VERIFY_FAILED") { return .untrustedPeer }
+        if says("PEER_DID_NOT_RETURN_A_CERTIFICATE") { return .noClientCertificate }
+        if says("CERTIFICATE_REQUIRED") { return .certificateRequired }
+        if says("ALERT_UNKNOWN_CA", "ALERT_BAD_CERTIFICATE", "ALERT_CERTIFICATE_UNKNOWN", "ALERT_CERTIFICATE_EXPIRED",
+                "ALERT_CERTIFICATE_REVOKED", "ALERT_UNSUPPORTED_CERTIFICATE", "ALERT_ACCESS_DENIED")
+        {
+            return .certificateRefused
+        }
+        if says("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "HTTPS_PROXY_REQUEST", "UNKNOWN_PROTOCOL", "WRONG_SSL_VERSION",
+                "PACKET_LENGTH_TOO_LONG", "RECORD_TOO_LARGE", "UNEXPECTED_RECORD", "ENCRYPTED_LENGTH_TOO_LONG")
+        {
+            return .notTLS
+        }
+        return .other
+    }
+
+    /// The failure in words, from the point of view of the side that saw it.
+    public var description: String {
+        switch cause {
+        case .untrustedPeer: return "the other side's certificate is not trusted (not signed by the CA given, or expired): \(detail)"
+        case .certificateRefused: return "the other side refused this side's certificate (not signed by the CA it trusts, or expired): \(detail)"
+        case .certificateRequired: return "the other side requires a client certificate and none was given: \(detail)"
+        case .noClientCertificate: return "the client sent no certificate, and mutual TLS requires one: \(detail)"
+        case .notTLS: return "the other side does not speak TLS on this port (plaintext?): \(detail)"
+        case .expectsTLS: return "the other side expects TLS on this port, and this side spoke plaintext: \(detail)"
+        case .closed: return "the other side closed the connection during the TLS handshake: \(detail)"
+        case .timedOut: return "no TLS handshake in time: \(detail)"
+        case .other: return "TLS handshake failed: \(detail)"
+        }
+    }
+}
+
+/// Watches the handshake of an accepted TLS connection, right behind the
+/// NIOSSL handler: a handshake that fails (a plaintext client, a client
+/// certificate from another CA) or does not happen in time is reported once
+/// and the connection closed, without the error reaching the protocol
+/// handlers behind, which would log it again as a connection error.
+final class HandshakeWatch: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+
+    /// A client that connects and says nothing must not hold a connection forever.
+    static let timeout = TimeAmount.seconds(10)
+
+    private let onFailure: @Sendable (TLSHandshakeFailure, SocketAddress?) -> Void
+    private var timer: Scheduled<Void>?
+    private var reported = false
+
+    init(onFailure: @escaping @Sendable (TLSHandshakeFailure, SocketAddress?) -> Void) {
+        self.onFailure = onFailure
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { startTimer(context: context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        startTimer(context: context)
+        context.fireChannelActive()
+    }
+
+    private func startTimer(context: ChannelHandlerContext) {
+        guard timer == nil else { return }
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        timer = context.eventLoop.scheduleTask(in: Self.timeout) {
+            let (watch, context) = bound.value
+            watch.fail(TLSHandshakeFailure(cause: .timedOut, detail: "none within \(Self.timeout.nanoseconds / 1_000_000_000) s of connecting"), context: context)
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case .handshakeCompleted = event as? TLSUserEvent {
+            timer?.cancel()
+            timer = nil
+            // From here on, errors are the protocol handlers' business.
+            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        fail(TLSHandshakeFailure(error) ?? TLSHandshakeFailure(cause: .other, detail: "\(error)"), context: context)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
+        context.fireChannelInactive()
+    }
+
+    private func fail(_ failure: TLSHandshakeFailure, context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
+        guard !reported else { return }
+        reported = true
+        onFailure(failure, context.channel.remoteAddress)
+        context.close(promise: nil)
+    }
+}
