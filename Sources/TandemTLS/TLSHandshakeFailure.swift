@@ -45,7 +45,7 @@ public struct TLSHandshakeFailure: Error, Sendable, CustomStringConvertible {
             self = failure
             return
         }
-        let detail = "\(error)"
+        let detail = Self.reasons(in: "\(error)")
         switch error {
         case let error as NIOSSLError:
             switch error {
@@ -65,6 +65,21 @@ public struct TLSHandshakeFailure: Error, Sendable, CustomStringConvertible {
         default:
             return nil
         }
+    }
+
+    /// BoringSSL's reason codes (`WRONG_VERSION_NUMBER`) without the error
+    /// numbers and source file names around them; the text as it is when
+    /// there are none.
+    static func reasons(in text: String) -> String {
+        let marker = "OPENSSL_internal:"
+        var reasons: [Substring] = []
+        var rest = Substring(text)
+        while let range = rest.firstRange(of: marker) {
+            rest = rest[range.upperBound...]
+            let reason = rest.prefix { $0.isLetter || $0.isNumber || $0 == "_" }
+            if !reason.isEmpty, !reasons.contains(reason) { reasons.append(reason) }
+        }
+        return reasons.isEmpty ? text : reasons.joined(separator: ", ")
     }
 
     private static func classify(_ detail: String) -> Cause {
@@ -89,7 +104,7 @@ public struct TLSHandshakeFailure: Error, Sendable, CustomStringConvertible {
     /// The failure in words, from the point of view of the side that saw it.
     public var description: String {
         switch cause {
-        case .untrustedPeer: return "the other side's certificate is not trusted (not signed by the CA given, or expired): \(detail)"
+        case .untrustedPeer: return "the other side's certificate is not trusted (not signed by the CA this side trusts, or expired): \(detail)"
         case .certificateRefused: return "the other side refused this side's certificate (not signed by the CA it trusts, or expired): \(detail)"
         case .certificateRequired: return "the other side requires a client certificate and none was given: \(detail)"
         case .noClientCertificate: return "the client sent no certificate, and mutual TLS requires one: \(detail)"
