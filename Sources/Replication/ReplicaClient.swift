@@ -746,6 +746,9 @@ final class ReplicaConnectionHandler: ChannelInboundHandler, @unchecked Sendable
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if let failure = TLSHandshakeFailure(error) {
+            // As with a wrong secret: a primary that refuses this node's
+            // certificate is alive, and must not be failed over.
+            if failure.peerAnswered { client.contact() }
             fail("TLS with the primary: \(failure)", context: context)
             return
         }

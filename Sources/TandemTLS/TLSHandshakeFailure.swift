@@ -34,6 +34,16 @@ public struct TLSHandshakeFailure: Error, Sendable, CustomStringConvertible {
     /// What BoringSSL or NIOSSL said.
     public let detail: String
 
+    /// Whether the other side answered (refused a certificate, presented one
+    /// that is not trusted, spoke the other protocol): something is up at
+    /// that address, which a backup must not take for a dead primary.
+    public var peerAnswered: Bool {
+        switch cause {
+        case .untrustedPeer, .certificateRefused, .certificateRequired, .noClientCertificate, .notTLS, .expectsTLS: return true
+        case .closed, .timedOut, .other: return false
+        }
+    }
+
     public init(cause: Cause, detail: String) {
         self.cause = cause
         self.detail = detail
