@@ -20,6 +20,7 @@ public struct ClientTLS: Sendable {
     public static func make(ca: TLSTrust?, identity: TLSIdentity?) throws(TLSSetupError) -> ClientTLS {
         var configuration = TLSConfiguration.makeClientConfiguration()
         configuration.minimumTLSVersion = .tlsv12
+        configuration.shutdownTimeout = NodeTLS.closeNotifyTimeout
         if let ca {
             configuration.trustRoots = .certificates(ca.roots)
             configuration.certificateVerification = .noHostnameVerification

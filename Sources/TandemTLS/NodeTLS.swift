@@ -88,6 +88,11 @@ public final class NodeTLS: Sendable {
         return warnings
     }
 
+    /// How long closing a connection waits for the client's TLS close_notify
+    /// (NIOSSL's default is 5 s): many clients just close the socket, and a
+    /// node that drains its connections to stop should not wait for them.
+    static let closeNotifyTimeout = TimeAmount.seconds(1)
+
     private static func build(certificate: String, key: String, ca: String?) throws(TLSSetupError) -> (Contexts, [String]) {
         let identity = try TLSIdentity.load(certificate: certificate, key: key)
         let trust = try ca.map { path throws(TLSSetupError) in try TLSTrust.load(ca: path) }
@@ -96,6 +101,7 @@ public final class NodeTLS: Sendable {
         // (ssl_verify_mode 0): applications authenticate with SASL, if at all.
         var memcached = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(identity.key))
         memcached.minimumTLSVersion = .tlsv12
+        memcached.shutdownTimeout = closeNotifyTimeout
         var wire = memcached
         if let trust {
             // Mutual TLS: a client without a certificate signed by the CA is
@@ -104,6 +110,7 @@ public final class NodeTLS: Sendable {
                 certificateChain: chain, privateKey: .privateKey(identity.key), trustRoots: .certificates(trust.roots)
             )
             wire.minimumTLSVersion = .tlsv12
+            wire.shutdownTimeout = closeNotifyTimeout
             wire.sendCANameList = true
         }
         do {
