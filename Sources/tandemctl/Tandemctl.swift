@@ -244,7 +244,7 @@ struct Status: AsyncParsableCommand {
         "peer_address", "failovers", "failover_after_ms", "last_promotion_time", "last_promotion_reason",
         "reconciled_changes", "reconcile_conflicts",
         "persistence", "persistence_pending", "persistence_lag_ms", "persistence_errors", "persistence_last_error",
-        "curr_items", "bytes", "limit_maxbytes", "curr_connections", "uptime", "version",
+        "curr_items", "bytes", "limit_maxbytes", "curr_connections", "uptime", "version", "tls_ports",
     ]
 
     func run() async throws {

@@ -284,6 +284,7 @@ def test_a_pair_replicates_over_mutual_tls(nodes, tmp_path: Path, pki: PKI):
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
     assert status["verdict"] == "healthy" and status["role"] == "primary" and status["peer_name"] == "B"
+    assert status["tls_ports"] == "wire,memcached"
     result = tandemctl("status", "--port", str(backup.wire_port), *admin, "--json")
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
