@@ -79,7 +79,7 @@ public final class TLSAnswerDetector: ChannelInboundHandler, RemovableChannelHan
             context.close(promise: nil)
             return
         }
-        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
         context.fireChannelRead(data)
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
     }
 }
