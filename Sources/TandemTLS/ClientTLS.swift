@@ -54,7 +54,7 @@ public struct ClientTLS: Sendable {
         let isAddress = (try? SocketAddress(ipAddress: host, port: 0)) != nil
         let name = checksHostname && !isAddress ? host : nil
         let handler = try NIOSSLClientHandler(context: context, serverHostname: name)
-        try channel.pipeline.syncOperations.addHandler(handler, position: .first)
+        try channel.pipeline.syncOperations.addHandlers([handler, UncleanShutdownFilter()], position: .first)
     }
 }
 

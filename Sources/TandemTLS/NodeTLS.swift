@@ -150,6 +150,7 @@ public final class NodeTLS: Sendable {
                     if failure.cause != .closed { failures.withLock { $0[port, default: 0] += 1 } }
                     onFailure(failure, peer)
                 },
+                UncleanShutdownFilter(),
             ],
             position: .first
         )

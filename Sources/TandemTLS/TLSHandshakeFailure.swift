@@ -62,7 +62,8 @@ public struct TLSHandshakeFailure: Error, Sendable, CustomStringConvertible {
             case .handshakeFailed:
                 self.init(cause: Self.classify(detail), detail: detail)
             case .uncleanShutdown:
-                self.init(cause: .closed, detail: detail)
+                // After the handshake: an ordinary close (see UncleanShutdownFilter).
+                return nil
             case .noCertificateToValidate:
                 self.init(cause: .untrustedPeer, detail: detail)
             default:
@@ -191,5 +192,20 @@ final class HandshakeWatch: ChannelInboundHandler, RemovableChannelHandler {
         reported = true
         onFailure(failure, context.channel.remoteAddress)
         context.close(promise: nil)
+    }
+}
+
+/// Takes a TLS connection closed without TLS's close_notify for what it is
+/// in plaintext: a closed connection. NIOSSL reports it as an error, which
+/// the protocol handlers would log as a broken connection each time a
+/// client (a killed `tandemctl watch`, a memcached client that just closes
+/// its socket) or a dead peer goes away. Both protocols frame their own
+/// messages, so a cut-off message is noticed without close_notify.
+final class UncleanShutdownFilter: ChannelInboundHandler {
+    typealias InboundIn = NIOAny
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if case .uncleanShutdown = error as? NIOSSLError { return }
+        context.fireErrorCaught(error)
     }
 }

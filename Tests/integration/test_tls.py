@@ -364,6 +364,19 @@ def test_tandemctl_says_what_is_wrong_with_tls(nodes, tmp_path: Path, pki: PKI):
     fails(1, "--tls-cert needs --tls-key", *ca, "--tls-cert", str(pki.admin.cert))
     fails(1, f"--tls-ca {tmp_path / 'missing.pem'}: cannot read the file", "--tls-ca", str(tmp_path / "missing.pem"))
 
+    # A client that vanishes without closing TLS (a killed watch) is an
+    # ordinary close, not a broken connection in the log.
+    binary = tandemd_binary().parent / "tandemctl"
+    watch = subprocess.Popen([str(binary), "watch", "--port", port, *ca, *admin],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        poll_until(lambda: node.stats()["watchers"] == "1", 10, what="the watch to be subscribed")
+    finally:
+        watch.kill()
+        watch.wait(timeout=10)
+    poll_until(lambda: node.stats()["watchers"] == "0", 10, what="the node to notice the watch is gone")
+    assert "closing wire connection" not in node.log(), node.log()
+
     # TLS towards a plaintext wire port.
     plain = nodes(tmp_path / "plain")
     result = tandemctl("ping", "--port", str(plain.wire_port), *ca, *admin)
