@@ -23,6 +23,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
         // /metrics: the Prometheus text format (each node owns its registry; see MetricsServer.swift).
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        // Optional TLS on the wire and memcached ports (TandemTLS).
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
     ],
     targets: [
         // The in-memory session store: sharded map, expiry, LRU, memory limit.
@@ -63,6 +65,18 @@ let package = Package(
             ]
         ),
 
+        // Optional TLS: loads and checks the PEM files tandemd and tandemctl are
+        // given and builds the server and client contexts from them (mutual TLS
+        // between the nodes). The only target that imports NIOSSL directly.
+        .target(
+            name: "TandemTLS",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ]
+        ),
+
         // The pair: the primary's backlog and per-backup sessions, the backup's
         // replication client, sync acknowledgements.
         .target(
@@ -70,6 +84,7 @@ let package = Package(
             dependencies: [
                 "SessionStore",
                 "WireProtocol",
+                "TandemTLS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -86,6 +101,7 @@ let package = Package(
                 "WireProtocol",
                 "Replication",
                 "TandemClient",
+                "TandemTLS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -100,6 +116,7 @@ let package = Package(
             name: "TandemClient",
             dependencies: [
                 "WireProtocol",
+                "TandemTLS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
@@ -122,6 +139,7 @@ let package = Package(
             dependencies: [
                 "TandemConfig",
                 "TandemServer",
+                "TandemTLS",
                 "Replication",
                 "WireProtocol",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -135,6 +153,7 @@ let package = Package(
             name: "tandemctl",
             dependencies: [
                 "TandemClient",
+                "TandemTLS",
                 "WireProtocol",
                 "SessionInspection",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -142,6 +161,14 @@ let package = Package(
         ),
 
         .testTarget(name: "SessionStoreTests", dependencies: ["SessionStore"]),
+        .testTarget(
+            name: "TandemTLSTests",
+            dependencies: [
+                "TandemTLS",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
         .testTarget(name: "TandemConfigTests", dependencies: ["TandemConfig", .product(name: "Logging", package: "swift-log")]),
         // Decodes the msm fixtures in ../shared/fixtures/msm and fuzzes the decoder.
         .testTarget(name: "SessionInspectionTests", dependencies: ["SessionInspection"]),

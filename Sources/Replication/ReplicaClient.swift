@@ -3,6 +3,7 @@ import NIOCore
 import NIOPosix
 import SessionStore
 import Synchronization
+import TandemTLS
 import WireProtocol
 
 /// A backup's side of replication: a connection to the primary that resyncs,
@@ -184,12 +185,19 @@ public final class ReplicaClient: Sendable {
             return true
         }) else { return }
         let handler = ReplicaConnectionHandler(client: self)
+        let tls = configuration.tls?.peerClient
         ClientBootstrap(group: group)
             .channelOption(.socketOption(.so_reuseaddr), value: 1)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .connectTimeout(configuration.linkTimeout)
-            .channelInitializer { channel in
+            .channelInitializer { [peerHost] channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let tls {
+                        try tls.secure(channel, host: peerHost)
+                    } else {
+                        // A primary that speaks TLS would otherwise look like one that hangs up.
+                        try channel.pipeline.syncOperations.addHandler(TLSAnswerDetector())
+                    }
                     try channel.pipeline.syncOperations.addHandlers(
                         ByteToMessageHandler(WireFrameDecoder()), handler
                     )
@@ -737,6 +745,13 @@ final class ReplicaConnectionHandler: ChannelInboundHandler, @unchecked Sendable
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let failure = TLSHandshakeFailure(error) {
+            // As with a wrong secret: a primary that refuses this node's
+            // certificate is alive, and must not be failed over.
+            if failure.peerAnswered { client.contact() }
+            fail("TLS with the primary: \(failure)", context: context)
+            return
+        }
         fail("\(error)", context: context)
     }
 

@@ -1,4 +1,5 @@
 import NIOCore
+import TandemTLS
 import WireProtocol
 
 /// How the two nodes of a pair replicate.
@@ -30,6 +31,11 @@ public struct ReplicationConfiguration: Sendable {
     /// The pair's shared secret, with which a backup authenticates to its
     /// primary (and checks that the primary knows it too).
     public var secret: WireSecret?
+    /// With TLS on the wire port, a node's connections to its peer are TLS
+    /// too: it presents its certificate and checks the peer's against the
+    /// CA (`NodeTLS.peerClient`, read at each connection so that a reload
+    /// applies to the next one).
+    public var tls: NodeTLS?
 
     public init(
         mode: Mode = .sync, syncTimeout: TimeAmount = .milliseconds(1000), heartbeatInterval: TimeAmount = .milliseconds(100),

@@ -1,6 +1,7 @@
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import TandemTLS
 import WireProtocol
 
 /// A connection to a Tandem node's wire port, for administration tools
@@ -32,8 +33,13 @@ public final class TandemClient: Sendable {
     /// and checks the node's proof that it knows it too (Protocol.md 1.3); a
     /// node that does not ask for the secret is refused, as it cannot prove
     /// it is the node the secret belongs to.
+    ///
+    /// With `tls`, the connection runs inside TLS (the node's wire port must
+    /// use it too); the handshake happens before `hello`, and its failures
+    /// are thrown as `TandemClientError.tls`.
     public static func connect(
         host: String, port: Int, name: String = "tandem-client", secret: WireSecret? = nil,
+        tls: ClientTLS? = nil,
         timeout: TimeAmount = .seconds(5), group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         role: ConnectionRole = .client, epoch: UInt64 = 0
     ) async throws -> TandemClient {
@@ -45,6 +51,12 @@ public final class TandemClient: Sendable {
                 .channelOption(.tcpOption(.tcp_nodelay), value: 1)
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
+                        if let tls {
+                            try tls.secure(channel, host: host)
+                        } else {
+                            // Say "this node speaks TLS" rather than "it hung up".
+                            try channel.pipeline.syncOperations.addHandler(TLSAnswerDetector())
+                        }
                         try channel.pipeline.syncOperations.addHandlers(ByteToMessageHandler(WireFrameDecoder()), handler)
                     }
                 }
@@ -52,6 +64,23 @@ public final class TandemClient: Sendable {
         } catch {
             throw TandemClientError.unreachable(host: host, port: port, reason: "\(error)")
         }
+        do {
+            return try await handshake(
+                channel: channel, handler: handler, name: name, secret: secret, timeout: timeout, role: role, epoch: epoch
+            )
+        } catch let failure as TLSHandshakeFailure {
+            throw TandemClientError.tls(host: host, port: port, failure: failure, usingTLS: tls != nil)
+        } catch TandemClientError.connectionClosed where tls == nil {
+            // A TLS port that closes on plaintext without a word looks like this.
+            throw TandemClientError.closedBeforeHandshake(host: host, port: port)
+        }
+    }
+
+    /// `hello`, `helloOK` and, with a secret, the authentication.
+    private static func handshake(
+        channel: any Channel, handler: ClientHandler, name: String, secret: WireSecret?, timeout: TimeAmount,
+        role: ConnectionRole, epoch: UInt64
+    ) async throws -> TandemClient {
         let nonce = WireSecret.randomNonce(count: WireSecret.clientNonceLength)
         let hello = WireMessage.hello(Hello(
             minimumVersion: 1, maximumVersion: 1, role: role, nodeName: name, nonce: nonce, epoch: epoch
@@ -182,6 +211,11 @@ public enum TandemClientError: Error, CustomStringConvertible, Sendable {
     case timedOut
     /// The connection closed before the answer came.
     case connectionClosed
+    /// The TLS handshake failed (`usingTLS`), or the node answered a
+    /// plaintext connection in TLS; `failure.cause` says which side refused what.
+    case tls(host: String, port: Int, failure: TLSHandshakeFailure, usingTLS: Bool)
+    /// A plaintext connection was closed before the node said `helloOK`.
+    case closedBeforeHandshake(host: String, port: Int)
 
     public var description: String {
         switch self {
@@ -192,6 +226,8 @@ public enum TandemClientError: Error, CustomStringConvertible, Sendable {
         case .unexpectedReply(let what): return "unexpected reply: \(what)"
         case .timedOut: return "the node did not answer in time"
         case .connectionClosed: return "the node closed the connection"
+        case .tls(let host, let port, let failure, _): return "TLS with \(host):\(port): \(failure)"
+        case .closedBeforeHandshake(let host, let port): return "\(host):\(port) closed the connection before the handshake"
         }
     }
 }
@@ -207,6 +243,8 @@ final class ClientHandler: ChannelInboundHandler, Sendable {
         /// Requests answered by any number of frames (`watch`), until the connection closes.
         var streams: [UInt32: ResponseStream] = [:]
         var closed = false
+        /// Why the connection closed, when TLS says: what requests fail with.
+        var tlsFailure: TLSHandshakeFailure?
     }
 
     let pending = NIOLockedValueBox(Pending())
@@ -258,19 +296,25 @@ final class ClientHandler: ChannelInboundHandler, Sendable {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        let (promises, streams) = pending.withLockedValue { state -> ([EventLoopPromise<WireMessage>], [ResponseStream]) in
+        let (promises, streams, failure) = pending.withLockedValue { state -> ([EventLoopPromise<WireMessage>], [ResponseStream], (any Error)?) in
             state.closed = true
-            let all = (Array(state.promises.values), Array(state.streams.values))
+            let all = (Array(state.promises.values), Array(state.streams.values), state.tlsFailure)
             state.promises = [:]
             state.streams = [:]
             return all
         }
-        for promise in promises { promise.fail(TandemClientError.connectionClosed) }
+        let error = failure ?? TandemClientError.connectionClosed
+        for promise in promises { promise.fail(error) }
         for stream in streams { stream.finish(TandemClientError.connectionClosed) }
         context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let failure = TLSHandshakeFailure(error) {
+            pending.withLockedValue { state in
+                if state.tlsFailure == nil { state.tlsFailure = failure }
+            }
+        }
         context.close(promise: nil)
     }
 }

@@ -140,6 +140,7 @@ extension ServerContext {
             stats.append(("role", "standalone"))
         }
         stats.append(("forwarded_writes", "\(forwardedWrites.load(ordering: .relaxed))"))
+        stats += tlsStatistics()
         return stats
     }
 }

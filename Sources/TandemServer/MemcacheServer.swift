@@ -127,6 +127,7 @@ public final class MemcacheServer: Sendable {
                             counters: counters, logger: logger
                         )
                     )
+                    try context.secure(channel, port: .memcached)
                 }
             }
 
@@ -215,6 +216,7 @@ public final class MemcacheServer: Sendable {
                         ByteToMessageHandler(WireFrameDecoder()),
                         WireConnectionHandler(node: context, logger: logger)
                     )
+                    try context.secure(channel, port: .wire)
                 }
             }
             .bind(host: pair.wireHost, port: pair.wirePort).get()

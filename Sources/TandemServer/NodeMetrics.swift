@@ -1,6 +1,7 @@
 import Prometheus
 import Replication
 import SessionPersistence
+import TandemTLS
 
 /// `GET /metrics`: every figure `stats` reports, and the latency histograms,
 /// in the Prometheus text exposition format (version 0.0.4).
@@ -40,6 +41,7 @@ struct NodeMetrics {
         connections(stats, into: &out)
         persistence(stats, into: &out)
         replication(stats, into: &out)
+        tls(into: &out)
         return out.finish()
     }
 
@@ -190,6 +192,19 @@ struct NodeMetrics {
             out.gauge("tandem_peer_epoch", "The primary's epoch, as it last said.", stats.number("peer_epoch"))
         default:
             break
+        }
+    }
+}
+
+extension NodeMetrics {
+    fileprivate func tls(into out: inout Exposition) {
+        let tls = context.configuration.tls
+        for (name, port) in [("wire", TLSPorts.wire), ("memcached", .memcached)] {
+            out.gauge("tandem_tls_enabled", "1 when the port accepts TLS only (--tls-ports), 0 when it is plaintext.", tls?.ports.contains(port) == true ? 1 : 0, labels: [("port", name)])
+        }
+        out.gauge("tandem_tls_mutual", "1 when the wire port requires client certificates signed by --tls-ca (mutual TLS).", tls.map { $0.isMutual && $0.ports.contains(.wire) } == true ? 1 : 0)
+        for (name, port) in [("wire", TLSPorts.wire), ("memcached", .memcached)] {
+            out.counter("tandem_tls_handshake_errors_total", "Accepted connections whose TLS handshake failed (plaintext clients, certificates the CA did not sign, no handshake within 10 s).", tls?.handshakeFailures(on: port) ?? 0, labels: [("port", name)])
         }
     }
 }

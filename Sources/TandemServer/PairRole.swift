@@ -5,6 +5,7 @@ import SessionPersistence
 import SessionStore
 import Synchronization
 import TandemClient
+import TandemTLS
 import WireProtocol
 
 /// A node's role in its pair over time, and the epoch that orders the
@@ -71,6 +72,9 @@ final class PairRole: Sendable {
     }
 
     let configuration: PairConfiguration
+    /// TLS for this node's status checks of its peer, as for replication:
+    /// the current contexts, so that a reload applies to the next check.
+    private var peerTLS: ClientTLS? { configuration.replication.tls?.peerClient }
     let store: SessionStore
     let feed: ChangeFeed
     let persistence: Persistence?
@@ -305,7 +309,7 @@ final class PairRole: Sendable {
         let peerEpoch: UInt64
         do {
             let client = try await TandemClient.connect(
-                host: peer.host, port: peer.port, name: nodeName(), secret: configuration.secret, timeout: .seconds(2), group: group, role: .peer, epoch: epoch
+                host: peer.host, port: peer.port, name: nodeName(), secret: configuration.secret, tls: peerTLS, timeout: .seconds(2), group: group, role: .peer, epoch: epoch
             )
             defer { Task { try? await client.close() } }
             peerEpoch = try await client.promote(reason: "handed over by \(nodeName()): \(reason)")
@@ -369,7 +373,7 @@ final class PairRole: Sendable {
     private func peerStatus(_ peer: (host: String, port: Int)) async -> PeerStatus? {
         do {
             let client = try await TandemClient.connect(
-                host: peer.host, port: peer.port, name: nodeName(), secret: configuration.secret, timeout: .milliseconds(500), group: group, role: .peer, epoch: epoch
+                host: peer.host, port: peer.port, name: nodeName(), secret: configuration.secret, tls: peerTLS, timeout: .milliseconds(500), group: group, role: .peer, epoch: epoch
             )
             let properties = try await client.status()
             try? await client.close()
@@ -397,7 +401,7 @@ final class PairRole: Sendable {
                     "peer": "\(peer.name)", "peer_offset": "\(peer.offset)", "offset": "\(recovered.offset)",
                 ])
                 if let client = try? await TandemClient.connect(
-                    host: address.host, port: address.port, name: nodeName(), secret: configuration.secret, timeout: .seconds(1), group: group, role: .peer, epoch: epoch
+                    host: address.host, port: address.port, name: nodeName(), secret: configuration.secret, tls: peerTLS, timeout: .seconds(1), group: group, role: .peer, epoch: epoch
                 ) {
                     _ = try? await client.promote(reason: "\(nodeName()) restarted with older data")
                     try? await client.close()
@@ -501,7 +505,7 @@ final class PairRole: Sendable {
         guard let peer = configuration.peer else { return }
         let epoch = self.epoch
         guard let client = try? await TandemClient.connect(
-            host: peer.host, port: peer.port, name: nodeName(), secret: configuration.secret, timeout: .milliseconds(500), group: group, role: .peer, epoch: epoch
+            host: peer.host, port: peer.port, name: nodeName(), secret: configuration.secret, tls: peerTLS, timeout: .milliseconds(500), group: group, role: .peer, epoch: epoch
         ) else { return }
         let server = client.server
         try? await client.close()

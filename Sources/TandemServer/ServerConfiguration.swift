@@ -3,6 +3,7 @@ import NIOCore
 import Replication
 import SessionPersistence
 import SessionStore
+import TandemTLS
 import WireProtocol
 
 /// Everything a node needs to start serving.
@@ -31,6 +32,10 @@ public struct ServerConfiguration: Sendable {
     /// With a port, an HTTP listener on `host` serves `GET /metrics` (Prometheus)
     /// and `GET /health`; 0 picks a free port (logged as `metrics on HOST:PORT`).
     public var metricsPort: Int?
+    /// TLS on the ports `tls.ports` names (the metrics port stays plaintext);
+    /// with a CA, the wire port requires client certificates signed by it.
+    /// The node's own connections to its peer use `pair.replication.tls`.
+    public var tls: NodeTLS?
 
     public init(
         host: String = "127.0.0.1", port: Int = 11211, threads: Int = System.coreCount,

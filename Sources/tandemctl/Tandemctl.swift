@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import TandemClient
+import TandemTLS
 import WireProtocol
 
 /// `tandemctl`: inspects and operates a Tandem node over its wire port.
@@ -10,15 +11,18 @@ struct Tandemctl: AsyncParsableCommand {
         commandName: "tandemctl",
         abstract: "Inspect and operate a Tandem node over its wire port.",
         discussion: """
-            Exit codes: 0 ok, 1 usage error (or an unusable secret file, or a bad input file),
-            3 node unreachable, 4 authentication required or refused, 5 the node answered
-            with an error, 6 the pair is not healthy (status), 7 no such session.
+            Exit codes: 0 ok, 1 usage error (or an unusable secret or TLS file, or a bad input
+            file), 3 node unreachable (or it speaks TLS and this did not, or the other way
+            round), 4 authentication required or refused (a TLS certificate too), 5 the node
+            answered with an error, 6 the pair is not healthy (status), 7 no such session.
 
             Examples:
               tandemctl status
               tandemctl status --host 10.0.0.2 --port 11311 --secret-file /etc/tandem/secret --json
               TANDEM_HOST=127.0.0.1 TANDEM_PORT=11312 tandemctl stats
               TANDEM_SECRET_FILE=/etc/tandem/secret tandemctl ping
+              tandemctl status --host 10.0.0.1 --tls-ca /etc/tandem/ca.pem \\
+                        --tls-cert admin.pem --tls-key admin.key   # a node with mutual TLS
             """,
         subcommands: [Status.self, Stats.self, Ping.self, Sessions.self, Watch.self, Backup.self, Promote.self, Demote.self]
     )
@@ -38,12 +42,68 @@ struct NodeOptions: ParsableArguments {
     )
     var secretFile: String?
 
+    @Flag(help: "Connect with TLS, for a node whose wire port uses it (env TANDEM_TLS=1; implied by the other --tls options).")
+    var tls = false
+
+    @Option(
+        name: .customLong("tls-ca"),
+        help: ArgumentHelp("Verify the node's certificate against this PEM CA bundle (the pair's CA; the node's name is not checked). Without it: the system's trust store, and the certificate must name --host (env TANDEM_TLS_CA).", valueName: "path")
+    )
+    var tlsCA: String?
+
+    @Option(
+        name: .customLong("tls-cert"),
+        help: ArgumentHelp("A client certificate (PEM) for a node that requires one (mutual TLS: tandemd --tls-ca); with --tls-key (env TANDEM_TLS_CERT).", valueName: "path")
+    )
+    var tlsCert: String?
+
+    @Option(
+        name: .customLong("tls-key"),
+        help: ArgumentHelp("The private key (PEM) of --tls-cert (env TANDEM_TLS_KEY).", valueName: "path")
+    )
+    var tlsKey: String?
+
     @Flag(help: "Print JSON instead of a table.")
     var json = false
 
+    private static func environment(_ name: String) -> String? {
+        ProcessInfo.processInfo.environment[name].flatMap { $0.isEmpty ? nil : $0 }
+    }
+
     /// An Optional option cannot default to the environment, so the fallback is here.
     var secretFilePath: String? {
-        secretFile ?? ProcessInfo.processInfo.environment["TANDEM_SECRET_FILE"].flatMap { $0.isEmpty ? nil : $0 }
+        secretFile ?? Self.environment("TANDEM_SECRET_FILE")
+    }
+
+    var tlsCAPath: String? { tlsCA ?? Self.environment("TANDEM_TLS_CA") }
+    var tlsCertPath: String? { tlsCert ?? Self.environment("TANDEM_TLS_CERT") }
+    var tlsKeyPath: String? { tlsKey ?? Self.environment("TANDEM_TLS_KEY") }
+
+    var usesTLS: Bool {
+        tls || ["1", "true", "yes"].contains(Self.environment("TANDEM_TLS")?.lowercased() ?? "")
+            || tlsCAPath != nil || tlsCertPath != nil || tlsKeyPath != nil
+    }
+
+    /// The TLS to connect with, if any; an unusable file is a usage error (1).
+    func loadTLS() throws -> ClientTLS? {
+        guard usesTLS else { return nil }
+        switch (tlsCertPath, tlsKeyPath) {
+        case (.some, nil): throw Failure(code: 1, message: "--tls-cert needs --tls-key, the certificate's private key")
+        case (nil, .some): throw Failure(code: 1, message: "--tls-key needs --tls-cert, the certificate it belongs to")
+        default: break
+        }
+        do {
+            return try ClientTLS.load(ca: tlsCAPath, certificate: tlsCertPath, key: tlsKeyPath)
+        } catch {
+            throw Failure(code: 1, message: "\(error)")
+        }
+    }
+
+    /// Connects to another node of the pair (`status` asks the peer too) the same way.
+    func connect(host: String, port: Int, timeoutSeconds: Int64) async throws -> TandemClient {
+        try await TandemClient.connect(
+            host: host, port: port, name: "tandemctl", secret: try loadSecret(), tls: try loadTLS(), timeout: .seconds(timeoutSeconds)
+        )
     }
 
     /// The shared secret, if one was given (the same for both nodes of a pair).
@@ -58,12 +118,13 @@ struct NodeOptions: ParsableArguments {
 
     func connect() async throws -> TandemClient {
         let secretFile = secretFilePath
-        let secret = try loadSecret()
         do {
-            return try await TandemClient.connect(host: host, port: port, name: "tandemctl", secret: secret, timeout: .seconds(3))
+            return try await connect(host: host, port: port, timeoutSeconds: 3)
         } catch TandemClientError.authenticationFailed(let reason) {
             // Name the file: the usual cause is a secret file of another pair, or an old one.
             throw Failure(code: 4, message: "authentication failed with the secret in \(secretFile ?? "?"): \(reason)")
+        } catch TandemClientError.tls(let host, let port, let failure, let usingTLS) {
+            throw Failure(tls: failure, host: host, port: port, usingTLS: usingTLS, options: self)
         } catch let error as TandemClientError {
             throw Failure(error)
         }
@@ -92,6 +153,38 @@ struct Failure: Error, CustomStringConvertible {
             self.init(code: 3, message: "the node stopped answering: \(error)")
         case .server, .unexpectedReply:
             self.init(code: 5, message: "\(error)")
+        case .tls(let host, let port, let failure, let usingTLS):
+            self.init(tls: failure, host: host, port: port, usingTLS: usingTLS, options: nil)
+        case .closedBeforeHandshake(let host, let port):
+            self.init(code: 3, message: "\(host):\(port) closed the connection before the handshake; if the node's wire port uses TLS, add --tls (and --tls-ca FILE)")
+        }
+    }
+
+    /// A TLS problem in words that say what to change: certificates that are
+    /// not trusted are an authentication failure (4); TLS on one side only
+    /// means the node cannot be talked to (3).
+    init(tls failure: TLSHandshakeFailure, host: String, port: Int, usingTLS: Bool, options: NodeOptions?) {
+        let node = "\(host):\(port)"
+        let ca = options?.tlsCAPath.map { "the CA in --tls-ca \($0)" } ?? "a CA of the system's trust store (give the pair's CA with --tls-ca FILE)"
+        let certificate = options?.tlsCertPath.map { "--tls-cert \($0)" } ?? "this client's certificate"
+        switch failure.cause {
+        case .expectsTLS:
+            self.init(code: 3, message: "the node at \(node) speaks TLS on its wire port: add --tls (with --tls-ca FILE, the pair's CA, and --tls-cert/--tls-key if it requires client certificates)")
+        case .notTLS:
+            self.init(code: 3, message: "the node at \(node) does not speak TLS on that port (its wire port is plaintext): leave out --tls and the --tls options")
+        case .untrustedPeer:
+            var reasons = ["it is not signed by \(ca)", "has expired"]
+            // Only the system's trust store comes with a check of the name.
+            if options?.tlsCAPath == nil { reasons.append("does not name \(host)") }
+            self.init(code: 4, message: "the certificate of the node at \(node) is not trusted: \(reasons.joined(separator: ", or ")) (\(failure.detail))")
+        case .certificateRefused:
+            self.init(code: 4, message: "the node at \(node) refused \(certificate): it is not signed by the CA of the node's --tls-ca, or has expired (\(failure.detail))")
+        case .certificateRequired, .noClientCertificate:
+            self.init(code: 4, message: "the node at \(node) requires a client certificate (mutual TLS): give --tls-cert and --tls-key (or TANDEM_TLS_CERT and TANDEM_TLS_KEY), signed by the node's CA")
+        case .closed:
+            self.init(code: 3, message: "the node at \(node) closed the connection during the TLS handshake; does its wire port use TLS, and does it require a client certificate (--tls-cert/--tls-key)?")
+        case .timedOut, .other:
+            self.init(code: 3, message: "TLS handshake with \(node) failed: \(failure)")
         }
     }
 
@@ -151,7 +244,7 @@ struct Status: AsyncParsableCommand {
         "peer_address", "failovers", "failover_after_ms", "last_promotion_time", "last_promotion_reason",
         "reconciled_changes", "reconcile_conflicts",
         "persistence", "persistence_pending", "persistence_lag_ms", "persistence_errors", "persistence_last_error",
-        "curr_items", "bytes", "limit_maxbytes", "curr_connections", "uptime", "version",
+        "curr_items", "bytes", "limit_maxbytes", "curr_connections", "uptime", "version", "tls_ports",
     ]
 
     func run() async throws {
@@ -165,9 +258,7 @@ struct Status: AsyncParsableCommand {
             var peerError: String?
             if let address = values["peer_address"], address != "none", let (host, port) = Self.split(address) {
                 do {
-                    let other = try await TandemClient.connect(
-                        host: host, port: port, name: "tandemctl", secret: try node.loadSecret(), timeout: .seconds(2)
-                    )
+                    let other = try await node.connect(host: host, port: port, timeoutSeconds: 2)
                     peer = Dictionary(try await other.status().map { ($0.name, $0.value) }, uniquingKeysWith: { first, _ in first })
                     try? await other.close()
                 } catch {

@@ -45,6 +45,10 @@ extension Tandemd {
         ConfigKey("secret-file", .string()),
         ConfigKey("insecure", .flag),
         ConfigKey("metrics-port", .integer),
+        ConfigKey("tls-cert", .string()),
+        ConfigKey("tls-key", .string()),
+        ConfigKey("tls-ca", .string()),
+        ConfigKey("tls-ports", .string(choices: ["wire,memcached", "wire", "memcached", "memcached,wire"])),
     ])
 
     /// The configuration file `main` merged into the arguments, for messages
@@ -91,7 +95,7 @@ extension Tandemd {
 
     /// `--check-config`: what `validate()` checked (it ran before this), plus
     /// what `run()` would find only when it starts, without starting: the
-    /// secret and SASL files load, the listen address resolves, the data
+    /// secret, SASL and TLS files load, the listen address resolves, the data
     /// directory could be used (without taking its lock, so a running node's
     /// configuration can be checked before it is restarted).
     func checkConfiguration() throws {
@@ -103,10 +107,11 @@ extension Tandemd {
             } catch {
                 problems.append("--secret-file: \(error)")
             }
-        } else if !Self.isLoopback(listen) {
+        } else if !Self.isLoopback(listen), !wireIsMutualTLS {
             // validate() let this through only with --insecure.
             warnings.append("--insecure: the wire port takes anyone who reaches \(listen)")
         }
+        checkTLS(problems: &problems, warnings: &warnings)
         if let saslUsers {
             do {
                 _ = try SASLUsers.load(path: saslUsers)

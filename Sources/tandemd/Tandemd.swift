@@ -7,6 +7,7 @@ import ServiceLifecycle
 import SessionPersistence
 import SessionStore
 import TandemServer
+import TandemTLS
 import WireProtocol
 
 /// `tandemd`: parses the command line and runs one node until SIGTERM/SIGINT.
@@ -27,8 +28,14 @@ struct Tandemd: AsyncParsableCommand {
 
             Listening on an address other than loopback needs --secret-file (the same
             file on both nodes of a pair; make one with: openssl rand -hex 32 > secret;
-            chmod 600 secret), or --insecure to accept that anyone who reaches the
-            wire port can replicate from and administer the node.
+            chmod 600 secret), or mutual TLS on the wire port (--tls-cert, --tls-key,
+            --tls-ca), or --insecure to accept that anyone who reaches the wire port can
+            replicate from and administer the node.
+
+            TLS (deploy/README.md makes a CA and certificates for a pair):
+              tandemd -l 10.0.0.1 --peer 10.0.0.2:11311 \\
+                      --tls-cert a.pem --tls-key a.key --tls-ca ca.pem
+            SIGHUP reads the TLS files again (for a renewed certificate).
             """
     )
 
@@ -125,8 +132,20 @@ struct Tandemd: AsyncParsableCommand {
     )
     var secretFile: String?
 
-    @Flag(name: .customLong("insecure"), help: "Allow a non-loopback --listen address without --secret-file.")
+    @Flag(name: .customLong("insecure"), help: "Allow a non-loopback --listen address without --secret-file (or mutual TLS on the wire port).")
     var insecure = false
+
+    @Option(name: .customLong("tls-cert"), help: ArgumentHelp("Turn on TLS with this certificate (PEM, the node's certificate first, then any intermediates), on the ports --tls-ports names; needs --tls-key.", valueName: "file"))
+    var tlsCert: String?
+
+    @Option(name: .customLong("tls-key"), help: ArgumentHelp("The private key of --tls-cert (PEM, not encrypted; chmod 600).", valueName: "file"))
+    var tlsKey: String?
+
+    @Option(name: .customLong("tls-ca"), help: ArgumentHelp("Mutual TLS on the wire port: require client certificates signed by this CA (PEM bundle), and check the peer's against it (the chain only: nodes are addressed by IP, names are not checked). Needed with --peer when the wire port uses TLS.", valueName: "file"))
+    var tlsCA: String?
+
+    @Option(name: .customLong("tls-ports"), help: ArgumentHelp("The ports that accept TLS only: wire, memcached, or wire,memcached (default with --tls-cert: both). The metrics port stays plaintext.", valueName: "ports"))
+    var tlsPorts: TLSPorts?
 
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be between 0 and 65535, got \(port)") }
@@ -144,9 +163,10 @@ struct Tandemd: AsyncParsableCommand {
         if let metricsPort, !(0...65535).contains(metricsPort) {
             throw ValidationError("--metrics-port must be between 0 and 65535, got \(metricsPort)")
         }
-        if secretFile == nil, !insecure, !Self.isLoopback(listen) {
+        try validateTLS()
+        if secretFile == nil, !insecure, !wireIsMutualTLS, !Self.isLoopback(listen) {
             throw ValidationError(
-                "refusing to listen on \(listen) without --secret-file: anyone who reaches the wire port could take over replication; give --secret-file PATH, or --insecure to accept the risk"
+                "refusing to listen on \(listen) without --secret-file: anyone who reaches the wire port could take over replication; give --secret-file PATH, or mutual TLS on the wire port (--tls-cert, --tls-key, --tls-ca), or --insecure to accept the risk"
             )
         }
         if role == .backup, peer == nil {
@@ -202,9 +222,10 @@ struct Tandemd: AsyncParsableCommand {
                 throw ExitCode(2)
             }
         }
-        if secret == nil, !Self.isLoopback(listen) {
+        if secret == nil, !wireIsMutualTLS, !Self.isLoopback(listen) {
             logger.warning("the wire port takes anyone who reaches it (--insecure, no --secret-file)", metadata: ["listen": "\(listen)"])
         }
+        let tls = try loadTLS(logger: logger)
         var configuration = ServerConfiguration(
             host: listen, port: port, threads: threads, maxConnections: maxConnections,
             store: StoreConfiguration(
@@ -218,12 +239,15 @@ struct Tandemd: AsyncParsableCommand {
                     mode: replication, syncTimeout: .milliseconds(Int64(syncTimeout)),
                     heartbeatInterval: .milliseconds(Int64(heartbeatInterval)), linkTimeout: .milliseconds(Int64(linkTimeout)),
                     backlogSize: backlogSize.bytes, nodeName: nodeName, secret: secret
-                ).failingOver(after: failoverAfter),
+                ).failingOver(after: failoverAfter).securing(with: tls),
                 secret: secret
             )
         )
         configuration.saslUsers = users
         configuration.metricsPort = metricsPort
+        configuration.tls = tls
+        let hangup = Self.reloadOnHangup(tls, logger: logger)
+        defer { hangup.cancel() }
         let group = ServiceGroup(
             services: [TandemService(configuration: configuration, logger: logger)],
             gracefulShutdownSignals: [.sigterm, .sigint],
@@ -251,6 +275,12 @@ extension ReplicationConfiguration {
     func failingOver(after millis: Int) -> ReplicationConfiguration {
         var configuration = self
         configuration.failoverAfter = .milliseconds(Int64(millis))
+        return configuration
+    }
+
+    func securing(with tls: NodeTLS?) -> ReplicationConfiguration {
+        var configuration = self
+        configuration.tls = tls
         return configuration
     }
 }
