@@ -5,7 +5,8 @@ import NIOPosix
 import Synchronization
 
 /// `--metrics-port`: a small HTTP/1.1 listener for Prometheus (`GET /metrics`)
-/// and load balancers or orchestrators (`GET /health`).
+/// and load balancers or orchestrators (`GET /health`, and `GET /live` for
+/// liveness probes).
 ///
 /// It runs on an event loop of its own, so a scrape (which reads every
 /// counter and takes the store's shard locks briefly, as `stats` does) or a
@@ -88,7 +89,7 @@ final class MetricsServer: Sendable {
             try? await group.shutdownGracefully()
             throw ServerError.noLocalAddress
         }
-        logger.info("metrics on \(host):\(localAddress.port ?? 0)", metadata: ["paths": "/metrics /health"])
+        logger.info("metrics on \(host):\(localAddress.port ?? 0)", metadata: ["paths": "/metrics /health /live"])
         return MetricsServer(localAddress: localAddress, channel: channel, group: group, state: state)
     }
 
@@ -168,8 +169,8 @@ final class RequestSizeLimit: ChannelInboundHandler {
     }
 }
 
-/// Answers one request per connection: `GET /metrics`, `GET /health`
-/// (`HEAD` too); other paths 404, other methods 405, bodies 413.
+/// Answers one request per connection: `GET /metrics`, `GET /health`,
+/// `GET /live` (`HEAD` too); other paths 404, other methods 405, bodies 413.
 final class MetricsHTTPHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
@@ -245,8 +246,14 @@ final class MetricsHTTPHandler: ChannelInboundHandler {
             guard readable else { return .methodNotAllowed }
             let verdict = NodeHealth.evaluate(state.context, phase: state.currentPhase)
             return .text(verdict.canServe ? .ok : .serviceUnavailable, verdict.line + "\n")
+        case "/live":
+            // Liveness, for orchestrators that restart processes: the process
+            // answers. /health may say 503 for reasons a restart would make
+            // worse (a failing storage).
+            guard readable else { return .methodNotAllowed }
+            return .text(.ok, "alive\n")
         default:
-            return .text(.notFound, "not found: try /metrics or /health\n")
+            return .text(.notFound, "not found: try /metrics, /health or /live\n")
         }
     }
 

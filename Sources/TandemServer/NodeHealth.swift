@@ -13,12 +13,12 @@ import WireProtocol
 ///   `tandemctl promote` or the primary returns,
 /// - it is shutting down (draining connections).
 ///
-/// A failing storage (`persistence_errors` rising, `persistence_pending` > 0)
-/// stays 200, with the failure in the line: the node serves every request from
-/// memory and loses nothing while it runs, and keeps retrying. Taking it out
-/// of rotation would not make the data safer, and an orchestrator that
-/// restarts unhealthy processes would throw away exactly the changes that only
-/// its memory holds. Alert on `tandem_persistence_failing` instead.
+/// - its storage fails (`persistence_errors` rising, `persistence_pending` >
+///   0): it still serves every request from memory and retries, but what it
+///   acknowledges would not survive a restart, so it is not healthy. The line
+///   says so, and says not to restart it: the changes only its memory holds
+///   would be lost. Orchestrators that restart processes should probe
+///   `GET /live` (200 while the process answers), not /health.
 ///
 /// A backup whose link is down but that fails over is 200 too: within
 /// `--failover-after` it either hears from the primary again or becomes the
@@ -35,7 +35,10 @@ enum NodeHealth {
         if verdict.canServe, let persistence = context.persistence {
             let figures = persistence.statistics()
             if figures.failing, figures.pending > 0 {
-                verdict.line += "; persistence failing (\(figures.pending) changes pending, kept in memory): \(figures.lastError ?? "unknown error")"
+                verdict = Verdict(
+                    canServe: false,
+                    line: "persistence failing: \(figures.pending) changes kept only in memory, do not restart (\(verdict.line), serving from memory): \(figures.lastError ?? "unknown error")"
+                )
             }
         }
         return verdict

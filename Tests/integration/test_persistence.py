@@ -26,6 +26,7 @@ import pytest
 
 from conftest import RawClient, poll_until, tandemd_binary
 from nodes import FLUSH_INTERVAL_MS, Node, nodes  # noqa: F401  (nodes is a fixture)
+from test_metrics import http, metrics_port
 
 pytestmark = pytest.mark.tandemd_only
 
@@ -339,11 +340,13 @@ def test_read_only_directory_keeps_serving_then_catches_up(nodes, request):
     data = base / "data"
     data.mkdir()
     os.chown(data, NOBODY, NOBODY)
-    node = nodes(data, user=NOBODY)
+    node = nodes(data, "--metrics-port", "0", user=NOBODY)
+    port = metrics_port(node.log_path)
     with node.client() as c:
         for i in range(100):
             assert c.store(b"set", b"before%d" % i, b"v%d" % i) == b"STORED"
     node.wait_flushed()
+    assert http(port, "/health")[0] == 200
     for suffix in ("", "-wal", "-shm"):
         (data / f"tandem.sqlite3{suffix}").unlink(missing_ok=True)
     data.chmod(0o555)
@@ -358,9 +361,15 @@ def test_read_only_directory_keeps_serving_then_catches_up(nodes, request):
         assert stats["persistence_last_error"] != "none"
         with node.client() as c:  # still serving from memory
             assert c.get(b"during499")[b"during499"].data == b"w499"
+        # Not healthy (a restart would lose what only memory holds, and says
+        # so), but alive: liveness probes must not restart it.
+        status, _, body = http(port, "/health")
+        assert status == 503 and "persistence failing" in body and "do not restart" in body, body
+        assert http(port, "/live")[:3:2] == (200, "alive\n")
     finally:
         data.chmod(0o755)
     node.wait_flushed(timeout=20)
+    poll_until(lambda: http(port, "/health")[0] == 200, 10, what="/health to be 200 again once storage works")
     log = node.log()
     assert log.count("cannot write to storage") <= 3, "errors must be logged once per interval, not per change"
     assert "storage works again" in log
