@@ -23,11 +23,15 @@ struct PairTests {
         return configuration
     }
 
-    func withPair(_ body: (MemcacheServer, MemcacheServer) async throws -> Void) async throws {
+    func withPair(
+        failoverAfter: TimeAmount = .milliseconds(600), _ body: (MemcacheServer, MemcacheServer) async throws -> Void
+    ) async throws {
         let primary = try await MemcacheServer.start(configuration: pairConfiguration(role: .primary), logger: quietLogger)
         let backup: MemcacheServer
         do {
-            backup = try await MemcacheServer.start(configuration: pairConfiguration(role: .backup, peerPort: primary.wirePort), logger: quietLogger)
+            backup = try await MemcacheServer.start(
+                configuration: pairConfiguration(role: .backup, peerPort: primary.wirePort, failoverAfter: failoverAfter), logger: quietLogger
+            )
         } catch {
             await primary.shutdown()
             throw error
@@ -118,7 +122,10 @@ struct PairTests {
 
     @Test("when the primary stops, the backup promotes itself in a higher epoch, and a write it held meanwhile is stored there")
     func failover() async throws {
-        try await withPair { primary, backup in
+        // 300 ms rather than the default 600: the write parked meanwhile must
+        // be answered within 900 ms, and the suite runs beside CPU-heavy
+        // tests (debug-build TLS handshakes) that delay timers on two cores.
+        try await withPair(failoverAfter: .milliseconds(300)) { primary, backup in
             let p = try TestClient(port: primary.port)
             #expect(try await p.exchange("set before 0 0 1\r\n1\r\n") == "STORED\r\n")
             p.close()
