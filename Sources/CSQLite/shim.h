@@ -10,3 +10,17 @@ static const sqlite3_destructor_type tandem_sqlite_static = (sqlite3_destructor_
 static inline int tandem_sqlite_disable_checkpoint_on_close(sqlite3 *db) {
     return sqlite3_db_config(db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, (int *)0);
 }
+
+// The WAL hook runs after every commit with the number of frames in the WAL;
+// recording it lets the writer hand checkpoints to another thread. Installing
+// a hook also turns off SQLite's own autocheckpoint, which would otherwise
+// run the checkpoint (and its fdatasync) inside the committing thread.
+static inline int tandem_sqlite_record_wal_frames(void *frames, sqlite3 *db, const char *name, int count) {
+    (void)db; (void)name;
+    *(int *)frames = count;
+    return SQLITE_OK;
+}
+
+static inline void tandem_sqlite_track_wal_frames(sqlite3 *db, int *frames) {
+    sqlite3_wal_hook(db, tandem_sqlite_record_wal_frames, frames);
+}

@@ -27,10 +27,26 @@ public final class Backlog: Sendable {
         /// keeping frames would cost a copy of every write and up to
         /// `capacity` of memory for nothing.
         var recording = false
+
+        /// The index of the oldest live segment holding offsets at or after
+        /// `offset` (at most `end`), or nil when `offset` was dropped.
+        /// Segments hold consecutive, increasing offsets.
+        func firstSegment(holdingFrom offset: UInt64) -> Int? {
+            guard head < segments.count, segments[head].first <= offset else { return nil }
+            var low = head
+            var high = segments.count - 1
+            while low < high {
+                let middle = (low + high) / 2
+                if segments[middle].last >= offset { high = middle } else { low = middle + 1 }
+            }
+            return low
+        }
     }
 
     /// Frames are cut at about this many body bytes, far below the frame limit.
     static let targetFrameBytes = 1 << 20
+    /// More than a change record adds to its key and value (offset, lengths, flags, deadline, CAS).
+    static let changeOverheadBytes = 64
 
     public let capacity: Int
     private let state = Mutex(State())
@@ -51,7 +67,16 @@ public final class Backlog: Sendable {
         var buffer = ByteBuffer()
         var index = 0
         while index < changes.count {
-            buffer.reserveCapacity(minimumWritableBytes: 64 * 1024)
+            // Sized to what this frame will hold: a segment keeps its whole
+            // buffer alive for as long as it stays in the backlog, and a
+            // release is often one small change (a fixed 64 KB buffer per
+            // release held many times the backlog's nominal capacity).
+            var estimate = 64
+            for change in changes[index...] {
+                estimate += change.storage.count + Self.changeOverheadBytes
+                if estimate >= Self.targetFrameBytes { break }
+            }
+            buffer.reserveCapacity(minimumWritableBytes: estimate)
             let start = buffer.beginChangesFrame()
             let first = changes[index].sequence
             var count: UInt32 = 0
@@ -103,17 +128,19 @@ public final class Backlog: Sendable {
     }
 
     /// The frames holding every change from `offset` on (a frame may start
-    /// before it: receivers skip offsets they have). Empty when `offset` is
-    /// past the end; nil when the backlog no longer holds `offset`.
-    public func frames(from offset: UInt64) -> [ByteBuffer]? {
+    /// before it: receivers skip offsets they have), and the offset of the
+    /// newest change they hold. No frames when `offset` is past the end; nil
+    /// when the backlog no longer holds `offset`.
+    ///
+    /// Called for every release while a backup streams, so it must not walk
+    /// the whole backlog (tens of thousands of segments, one per release,
+    /// under the lock every writer takes): a binary search finds the first
+    /// segment needed, and usually it is the last one.
+    public func frames(from offset: UInt64) -> (frames: [ByteBuffer], end: UInt64)? {
         state.withLock { state in
-            if offset > state.end { return offset == state.end + 1 ? [] : nil }
-            guard state.head < state.segments.count, state.segments[state.head].first <= offset else { return nil }
-            var frames: [ByteBuffer] = []
-            for index in state.head..<state.segments.count where state.segments[index].last >= offset {
-                frames.append(state.segments[index].frame)
-            }
-            return frames
+            if offset > state.end { return offset == state.end + 1 ? ([], state.end) : nil }
+            guard let first = state.firstSegment(holdingFrom: offset) else { return nil }
+            return (state.segments[first...].map(\.frame), state.end)
         }
     }
 
@@ -126,7 +153,10 @@ public final class Backlog: Sendable {
 
     /// Whether a backup needing `offset` next can be served from here.
     public func covers(_ offset: UInt64) -> Bool {
-        frames(from: offset) != nil
+        state.withLock { state in
+            if offset > state.end { return offset == state.end + 1 }
+            return state.firstSegment(holdingFrom: offset) != nil
+        }
     }
 
     /// Marks `offset` as the end of the stream without changes (a primary that

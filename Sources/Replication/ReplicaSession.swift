@@ -170,12 +170,11 @@ public final class ReplicaSession: @unchecked Sendable {
     /// Sends every backlog frame from the next unsent offset, while the channel takes them.
     func pushPending() {
         guard case .streaming(let next) = state, channel.isWritable else { return }
-        let end = primary.backlog.extent.last
-        guard next <= end else { return }
-        guard let frames = primary.backlog.frames(from: next) else {
+        guard let (frames, end) = primary.backlog.frames(from: next) else {
             close(reason: SessionError.backlogOverflow(next).description)
             return
         }
+        guard !frames.isEmpty else { return }
         for frame in frames { channel.write(frame, promise: nil) }
         channel.flush()
         lastSent = .now()

@@ -123,7 +123,7 @@ enum DatabaseBackup {
         let reason: String
         do {
             // A connection of its own, read-only: the live file is never written through it.
-            let reader = try SQLiteConnection(path: source, readOnly: true)
+            let reader = try SQLiteConnection(path: source, mode: .readOnly)
             let target = try SQLiteConnection(path: destination)
             // One read transaction for the whole copy. Without it every step
             // takes a fresh snapshot, and a commit of the node's writer between

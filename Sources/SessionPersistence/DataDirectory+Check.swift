@@ -56,7 +56,7 @@ extension DataDirectory {
         }
         let connection: SQLiteConnection
         do {
-            connection = try SQLiteConnection(path: databasePath, readOnly: true)
+            connection = try SQLiteConnection(path: databasePath, mode: .readOnly)
         } catch {
             throw .unreadable(path: databasePath, error: error)
         }

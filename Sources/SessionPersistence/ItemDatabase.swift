@@ -19,6 +19,7 @@ final class ItemDatabase {
     private var tombstoneStatement: Statement!
     /// The inode the database file had when opened, to notice it being removed or replaced.
     let inode: UInt64?
+    private let walFrames = WALFrameCount()
 
     /// Opens (or creates) the database, refusing files that are not Tandem's.
     /// Nothing is written to an existing file before it is known to be Tandem's.
@@ -57,10 +58,9 @@ final class ItemDatabase {
             // that copy a page; 64 MB keeps the recently written pages and
             // the index's inner pages.
             try connection.execute("PRAGMA cache_size = -\(Self.cacheKibibytes)")
-            // Checkpoint less often than SQLite's default 1,000 pages: a page
-            // written several times between checkpoints is copied into the
-            // file once, and each checkpoint's fdatasync covers more.
-            try connection.execute("PRAGMA wal_autocheckpoint = \(Self.checkpointPages)")
+            // No autocheckpoint: the writer hands checkpoints to the
+            // Checkpointer's thread, knowing the WAL's length from this hook.
+            tandem_sqlite_track_wal_frames(connection.handle, walFrames.pointer)
             // A burst can grow the WAL far past that; give the space back after it.
             try connection.execute("PRAGMA journal_size_limit = \(Self.walSizeLimit)")
             upsertStatement = try connection.prepare(
@@ -93,7 +93,15 @@ final class ItemDatabase {
     /// (files created with 16 KB pages by earlier versions keep them).
     static let pageSize = 4096
     static let cacheKibibytes = 65536
+    /// The WAL length (in pages) at which the writer asks for a checkpoint:
+    /// more than SQLite's default 1,000, so that a page written several times
+    /// between checkpoints is copied into the file once, and each fdatasync
+    /// covers more.
     static let checkpointPages = 8192
+    /// The WAL length at which the writer stops to checkpoint itself, should
+    /// the checkpointer fall behind (every page of the WAL must be copied
+    /// before it can start over, and readers search a longer WAL).
+    static let walPageLimit = 8 * checkpointPages
     static let walSizeLimit = 64 << 20
     static let recoveryMapBytes: Int64 = 1 << 40
 
@@ -134,6 +142,15 @@ final class ItemDatabase {
     func begin() throws(SQLiteError) { try connection.execute("BEGIN IMMEDIATE") }
     func commit() throws(SQLiteError) { try connection.execute("COMMIT") }
     func rollback() { try? connection.execute("ROLLBACK") }
+
+    /// Pages in the WAL after the last commit.
+    var framesInWAL: Int { Int(walFrames.pointer.pointee) }
+
+    /// Checkpoints on the writer's own connection, waiting for one running
+    /// elsewhere to finish: when the WAL has grown past `walPageLimit`.
+    func checkpointNow() throws(SQLiteError) {
+        _ = try connection.checkpoint(mode: SQLITE_CHECKPOINT_FULL)
+    }
 
     func upsert(_ change: Change) throws(SQLiteError) {
         let statement: Statement = upsertStatement
@@ -263,7 +280,7 @@ final class ItemDatabase {
             let from = low + Int64(part) * width
             let to = min(from + width, high + 1)
             do throws(SQLiteError) {
-                let reader = try SQLiteConnection(path: path, readOnly: true)
+                let reader = try SQLiteConnection(path: path, mode: .readOnly)
                 // Mapped rather than read: the scan then costs no copy of
                 // every page into SQLite's cache. Only these short-lived
                 // start-up readers map the file; the writer never does.
@@ -297,6 +314,16 @@ final class ItemDatabase {
         tombstoneStatement = nil
         connection.close()
     }
+}
+
+/// Where SQLite's WAL hook writes the WAL's length after each commit: memory
+/// of a stable address for the C callback, freed with the database.
+private final class WALFrameCount {
+    let pointer = UnsafeMutablePointer<Int32>.allocate(capacity: 1)
+
+    init() { pointer.initialize(to: 0) }
+
+    deinit { pointer.deallocate() }
 }
 
 #if canImport(Glibc)

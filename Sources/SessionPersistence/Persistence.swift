@@ -269,6 +269,10 @@ final class Writer: @unchecked Sendable {
     }
 
     private var database: ItemDatabase
+    /// Folds the WAL into `database`'s file.
+    private var checkpointer: Checkpointer
+    /// Whether a checkpoint was asked for since the last commit while idle.
+    private var idleCheckpointRequested = false
     private let store: SessionStore
     /// Where the changes come from: the store, or a feed shared with replication.
     let source: any ChangeSource
@@ -322,6 +326,7 @@ final class Writer: @unchecked Sendable {
 
     init(database: ItemDatabase, store: SessionStore, source: any ChangeSource, configuration: PersistenceConfiguration, logger: Logger, recovery: RecoveryReport) {
         self.database = database
+        self.checkpointer = Checkpointer(path: database.path, logger: logger)
         self.store = store
         self.source = source
         self.configuration = configuration
@@ -335,6 +340,7 @@ final class Writer: @unchecked Sendable {
 
     func start() {
         guard !started.exchange(true, ordering: .relaxed) else { return }
+        checkpointer.start()
         let thread = Thread { [self] in run() }
         thread.name = "tandem-writer"
         thread.start()
@@ -399,6 +405,7 @@ final class Writer: @unchecked Sendable {
         }
         drainForStop()
         answerCommitWaiters(upTo: .max, committed: false)
+        checkpointer.stop()
         database.close()
         finished.signal()
     }
@@ -448,6 +455,7 @@ final class Writer: @unchecked Sendable {
         guard !carry.isEmpty || flushPending || needsRewrite || metaDirty else {
             shared.withLock { $0.lastSuccessfulTake = takenAt }
             lastCommittedTake.store(takenAt, ordering: .relaxed)
+            maintainWAL(idle: true)
             return true
         }
         let batch = carry.count
@@ -506,7 +514,23 @@ final class Writer: @unchecked Sendable {
         }
         lastCommittedTake.store(takenAt, ordering: .relaxed)
         failing.store(false, ordering: .relaxed)
+        maintainWAL(idle: false)
         return true
+    }
+
+    /// Asks for a checkpoint once the WAL is long enough, and once after the
+    /// writes stop (so a quiet node's file holds everything by itself); past
+    /// the limit, when the checkpointer has fallen behind, checkpoints here.
+    private func maintainWAL(idle: Bool) {
+        let frames = database.framesInWAL
+        if !idle { idleCheckpointRequested = false }
+        if frames >= ItemDatabase.walPageLimit {
+            // A failure here shows again on the next commit, which reports it.
+            try? database.checkpointNow()
+        } else if frames >= ItemDatabase.checkpointPages || (idle && frames > 0 && !idleCheckpointRequested) {
+            idleCheckpointRequested = idle
+            checkpointer.request()
+        }
     }
 
     /// Folds new changes into the carry: the newest change per key wins, and a
@@ -534,8 +558,11 @@ final class Writer: @unchecked Sendable {
         guard current != database.inode else { return true }
         do {
             let replacement = try ItemDatabase(path: database.path)
+            checkpointer.stop()
             database.close(checkpoint: false)
             database = replacement
+            checkpointer = Checkpointer(path: replacement.path, logger: logger)
+            checkpointer.start()
             needsRewrite = true
             logger.warning("database file was removed or replaced; recreating it from memory", metadata: ["file": "\(database.path)"])
             return true

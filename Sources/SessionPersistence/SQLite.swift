@@ -20,12 +20,26 @@ final class SQLiteConnection {
     private(set) var handle: OpaquePointer?
     let path: String
 
-    /// Opens (or creates) the database; with `readOnly`, opens an existing one
-    /// for reading only (a backup's source: it must never write the live file).
-    init(path: String, readOnly: Bool = false) throws(SQLiteError) {
+    /// How a connection opens its file.
+    enum OpenMode {
+        /// Read and write; the file is created if missing.
+        case create
+        /// Read and write an existing file only (a second connection to a
+        /// file another one created must not make a new, empty one).
+        case existing
+        /// Read an existing file only (a backup's source: it must never write the live file).
+        case readOnly
+    }
+
+    init(path: String, mode: OpenMode = .create) throws(SQLiteError) {
         self.path = path
         var db: OpaquePointer?
-        let flags = (readOnly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE) | SQLITE_OPEN_NOMUTEX
+        let access: Int32 = switch mode {
+        case .create: SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE
+        case .existing: SQLITE_OPEN_READWRITE
+        case .readOnly: SQLITE_OPEN_READONLY
+        }
+        let flags = access | SQLITE_OPEN_NOMUTEX
         let rc = sqlite3_open_v2(path, &db, flags, nil)
         guard rc == SQLITE_OK else {
             let message = db.map { String(cString: sqlite3_errmsg($0)) } ?? "cannot open"
@@ -69,6 +83,25 @@ final class SQLiteConnection {
         let rc = sqlite3_prepare_v3(handle, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &statement, nil)
         guard rc == SQLITE_OK, let statement else { throw lastError }
         return Statement(statement, connection: self)
+    }
+
+    /// What a checkpoint did: the frames in the WAL and those now in the
+    /// database file; `busy` when another checkpoint held the lock.
+    struct CheckpointResult {
+        var framesInWAL: Int
+        var framesCheckpointed: Int
+        var busy: Bool
+    }
+
+    /// Copies committed WAL frames into the database file and syncs it.
+    /// `SQLITE_CHECKPOINT_PASSIVE` never waits for anyone; `FULL` waits
+    /// (up to the busy timeout) for a checkpoint running elsewhere.
+    func checkpoint(mode: Int32) throws(SQLiteError) -> CheckpointResult {
+        var log: Int32 = 0
+        var done: Int32 = 0
+        let rc = sqlite3_wal_checkpoint_v2(handle, nil, mode, &log, &done)
+        guard rc == SQLITE_OK || rc == SQLITE_BUSY else { throw lastError }
+        return CheckpointResult(framesInWAL: Int(log), framesCheckpointed: Int(done), busy: rc == SQLITE_BUSY)
     }
 
     /// The single text a query such as `PRAGMA journal_mode` returns.

@@ -168,6 +168,34 @@ struct RecoveryTests {
         defer { second.persistence.stop() }
         #expect(second.persistence.recovery.items == 101)
     }
+
+    /// The writer never checkpoints while the WAL is short; the checkpointer
+    /// thread folds it into the database file, past a length and once the
+    /// writes stop. Only then does the file without its WAL hold everything.
+    @Test("the checkpointer folds the WAL into the file: the file of a quiet node holds every item by itself")
+    func walFoldedByCheckpointer() throws {
+        let directory = TemporaryDirectory()
+        let node = try openNode(directory.path)
+        defer { node.persistence.stop() }
+        let count = 10_000
+        let value = [UInt8](repeating: 0x5A, count: 2048)
+        for i in 0..<count { _ = node.store.put("session-\(i)", value) }
+        #expect(eventually(within: 20) { node.persistence.statistics().pending == 0 })
+
+        // Copies the database file alone, as if its WAL were lost, and recovers
+        // from the copy: every item must be there.
+        let copy = TemporaryDirectory()
+        try FileManager.default.createDirectory(atPath: copy.path, withIntermediateDirectories: true)
+        let recovered = eventually(within: 20) {
+            for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: copy.path + "/tandem.sqlite3" + suffix) }
+            guard (try? FileManager.default.copyItem(atPath: directory.path + "/tandem.sqlite3", toPath: copy.path + "/tandem.sqlite3")) != nil,
+                let reopened = try? openNode(copy.path)
+            else { return false }
+            reopened.persistence.stop()
+            return reopened.persistence.recovery.items == count
+        }
+        #expect(recovered)
+    }
 }
 
 @Suite("Refusing bad data directories", .serialized)
