@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Capacity figures for N items of 2 KB (default 1,000,000), Tandem beside memcached:
 #   - resident memory of tandemd and of memcached holding the same items;
-#   - recovery: tandemd stopped with SIGTERM and started again on its data;
+#   - recovery: tandemd stopped with SIGTERM and started again on its data,
+#     then again with the page cache dropped (as root);
 #   - full resync: an empty backup joins the primary that holds them.
 #
 #   Benchmarks/capacity.sh                      # 1,000,000 items (about 4 GB of disk, 5 GB of memory, 5 minutes)
@@ -20,7 +21,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --items) items="$2"; shift 2 ;;
         --tandemd) tandemd_bin="$2"; shift 2 ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
         *) echo "capacity: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -94,9 +95,25 @@ t_rss="$(rss_mb "$apid")"
 stop "$apid"
 disk_mb="$(du -sm "$tmp/a" | cut -f1)"
 
+# Each timed phase starts with the previous phase's writes on disk (sync):
+# otherwise the kernel writing back gigabytes of dirty pages of the phase
+# before is timed with it.
+sync
 start_a "$tmp/a2.log"
 recovery_s="$(sed -n 's/.*seconds=\([0-9.]*\) .*recovery done.*/\1/p' "$tmp/a2.log" | head -1)"
 t_rss_recovered="$(rss_mb "$apid")"
+
+# Recovery again with the file out of the page cache (as after a reboot),
+# when this user may drop the caches.
+recovery_cold_s="not measured (needs root to drop the page cache)"
+if [ -w /proc/sys/vm/drop_caches ]; then
+    stop "$apid"
+    sync
+    echo 3 >/proc/sys/vm/drop_caches
+    start_a "$tmp/a3.log"
+    recovery_cold_s="$(sed -n 's/.*seconds=\([0-9.]*\) .*recovery done.*/\1/p' "$tmp/a3.log" | head -1) s"
+fi
+sync
 
 # ---------------------------------------------------------------- full resync
 log "an empty backup joins"
@@ -104,7 +121,7 @@ log "an empty backup joins"
     --data-dir "$tmp/b" >"$tmp/b.log" 2>&1 &
 bpid=$!; pids+=("$bpid")
 wait_log "$tmp/b.log" "full resync done" 600 "$bpid"
-resync_s="$(sed -n 's/.*seconds=\([0-9.]*\) .*full resync done.*/\1/p' "$tmp/b.log" | head -1)"
+resync_s="$(sed -n 's/.*seconds=\([0-9.]*\) .*full resync done.*/\1/p' "$tmp/b.log" | head -1 | awk '{ printf "%.2f", $1 }')"
 b_rss="$(rss_mb "$bpid")"
 stop "$bpid"; stop "$apid"
 
@@ -114,6 +131,7 @@ cat <<EOF
 | resident memory, items stored | $t_rss MB | $mc_rss MB | $(awk -v a="$t_rss" -v b="$mc_rss" 'BEGIN { printf "%.2f×", a / b }') |
 | resident memory after a restart (recovered) | $t_rss_recovered MB | | $(awk -v a="$t_rss_recovered" -v b="$mc_rss" 'BEGIN { printf "%.2f×", a / b }') |
 | recovery at start (SIGTERM, start again) | $recovery_s s | | |
+| recovery with the file not in the page cache | $recovery_cold_s | | |
 | full resync of an empty backup | $resync_s s (backup: $b_rss MB) | | |
 | data directory | $disk_mb MB | | |
 EOF

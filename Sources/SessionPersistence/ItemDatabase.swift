@@ -61,7 +61,7 @@ final class ItemDatabase {
             // No autocheckpoint: the writer hands checkpoints to the
             // Checkpointer's thread, knowing the WAL's length from this hook.
             tandem_sqlite_track_wal_frames(connection.handle, walFrames.pointer)
-            // A burst can grow the WAL far past that; give the space back after it.
+            // Bounds the WAL file itself (see walSizeLimit).
             try connection.execute("PRAGMA journal_size_limit = \(Self.walSizeLimit)")
             upsertStatement = try connection.prepare(
                 "INSERT INTO items (key, value, flags, deadline, cas) VALUES (?1, ?2, ?3, ?4, ?5) "
@@ -101,8 +101,13 @@ final class ItemDatabase {
     /// The WAL length at which the writer stops to checkpoint itself, should
     /// the checkpointer fall behind (every page of the WAL must be copied
     /// before it can start over, and readers search a longer WAL).
-    static let walPageLimit = 8 * checkpointPages
-    static let walSizeLimit = 64 << 20
+    static let walPageLimit = 4 * checkpointPages
+    /// What the WAL file is cut back to after it starts over: a little more
+    /// than the most it grows to, so that under a steady write load it is
+    /// reused rather than cut and grown again (growing the file into new
+    /// blocks costs the kernel zeroing each one: a WAL frame, 24 bytes of
+    /// header and a page, never fills whole blocks).
+    static let walSizeLimit = walPageLimit * (pageSize + 24) + (16 << 20)
     static let recoveryMapBytes: Int64 = 1 << 40
 
     private static func createSchema(_ connection: SQLiteConnection) throws(SQLiteError) {
