@@ -468,7 +468,7 @@ final class Writer: @unchecked Sendable {
                 } else if flushPending {
                     try database.deleteAll()
                 }
-                for change in carry.values {
+                for change in RowPlacement.ordered(carry.values) {
                     switch change.kind {
                     case .upsert: try database.upsert(change)
                     case .remove: try database.delete(key: change.key)
