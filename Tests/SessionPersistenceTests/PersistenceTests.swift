@@ -23,7 +23,11 @@ struct Node {
     let clock: ManualClock
 }
 
-func openNode(_ directory: String, clock: ManualClock = ManualClock(millis: Int64(Date().timeIntervalSince1970 * 1000)), memory: Int = 64 << 20, flushMillis: Int = 10) throws -> Node {
+/// Opens a node on `directory`; with `start: false` its writer is not started yet.
+func openNode(
+    _ directory: String, clock: ManualClock = ManualClock(millis: Int64(Date().timeIntervalSince1970 * 1000)), memory: Int = 64 << 20,
+    flushMillis: Int = 10, start: Bool = true
+) throws -> Node {
     let store = SessionStore(
         configuration: StoreConfiguration(memoryLimit: memory, maxItemSize: 2 << 20, shardCount: 8, recordsChanges: true),
         clock: clock
@@ -34,7 +38,7 @@ func openNode(_ directory: String, clock: ManualClock = ManualClock(millis: Int6
         configuration: PersistenceConfiguration(dataDirectory: directory, flushIntervalMillis: flushMillis),
         store: store, logger: logger
     )
-    persistence.start()
+    if start { persistence.start() }
     return Node(store: store, persistence: persistence, clock: clock)
 }
 

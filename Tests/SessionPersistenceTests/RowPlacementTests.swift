@@ -1,6 +1,4 @@
 import Foundation
-import Logging
-import SessionStore
 import Testing
 
 @testable import SessionPersistence
@@ -31,16 +29,8 @@ struct RowPlacementTests {
     @Test("in the file, each session's validity record is the next row after the session")
     func validityFollowsSession() throws {
         let directory = TemporaryDirectory()
-        let clock = ManualClock(millis: Int64(Date().timeIntervalSince1970 * 1000))
-        let store = SessionStore(
-            configuration: StoreConfiguration(memoryLimit: 64 << 20, maxItemSize: 1 << 20, shardCount: 8, recordsChanges: true),
-            clock: clock
-        )
-        var logger = Logger(label: "test")
-        logger.logLevel = .error
-        let persistence = try Persistence.open(
-            configuration: PersistenceConfiguration(dataDirectory: directory.path, flushIntervalMillis: 10), store: store, logger: logger
-        )
+        let node = try openNode(directory.path, start: false)
+        let (store, persistence) = (node.store, node.persistence)
         // Stored before the writer starts, so that all of them are one batch
         // and only the writer's order decides their rowids.
         let sessions = 500
