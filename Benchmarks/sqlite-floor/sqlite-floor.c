@@ -11,7 +11,8 @@
  * msm: per request, `validity:<S>` (20 B) and `<S>` (2048 B) of a random
  *      session; the rows are first stored in --order `session` (a session's
  *      keys one after the other, as Tandem's writer orders a batch) or
- *      `hash` (the keys of a batch shuffled, as a hash map would hand them out).
+ *      `hash` (every key shuffled, so a session's rows have unrelated
+ *      neighbours, as a batch written in hash-map order gave them).
  *
  * Prints the CPU time (user + system, this process) per write or request.
  * The kernel's background writeback is not in it, as it is not in tandemd's.
