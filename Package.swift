@@ -170,7 +170,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "TandemConfigTests", dependencies: ["TandemConfig", .product(name: "Logging", package: "swift-log")]),
-        // Decodes the msm fixtures in ../shared/fixtures/msm and fuzzes the decoder.
+        // Decodes the msm fixtures in Tests/fixtures/msm and fuzzes the decoder.
         .testTarget(name: "SessionInspectionTests", dependencies: ["SessionInspection"]),
         .testTarget(
             name: "SessionPersistenceTests",

@@ -4,21 +4,19 @@ import Testing
 
 // MARK: Fixtures
 
-/// The msm fixtures live in `shared/fixtures/msm` beside the repository checkout
-/// (`/work/main` → `/work/shared`; CI checks `shared/` out next to its clone).
+/// Session values msm stored in a real memcached, recorded in
+/// `Tests/fixtures/msm` (its README.md says how).
 enum Fixtures {
-    /// `<package root>/../shared/fixtures/msm`, from this file's path.
+    /// `<package root>/Tests/fixtures/msm`, from this file's path.
     static let directory: URL = URL(fileURLWithPath: #filePath)
         .deletingLastPathComponent()  // SessionInspectionTests
         .deletingLastPathComponent()  // Tests
-        .deletingLastPathComponent()  // the package root
-        .deletingLastPathComponent()  // its parent, which holds shared/
-        .appendingPathComponent("shared/fixtures/msm", isDirectory: true)
+        .appendingPathComponent("fixtures/msm", isDirectory: true)
 
     struct Missing: Error, CustomStringConvertible {
         let path: String
         var description: String {
-            "msm fixture \(path) not found: the tests need shared/fixtures/msm next to the repository checkout (CI checks it out there)"
+            "msm fixture \(path) not found (Tests/fixtures/msm)"
         }
     }
 

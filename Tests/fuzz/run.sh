@@ -81,9 +81,9 @@ if [ "$NAME" = memcache ]; then
     seed meta '\x03\x09mg k v c f k O123 T30 N5 R3 E4 C5\r\nms a2V5 2 b F1 MS I\r\nhi\r\nmd k q x\r\nma k D3 J4 MD\r\nmn\r\nme k\r\n'
     seed bad '\x00\x01set k x 0 3\r\nabc\r\nms k 3 Z\r\nabc\r\nset k 0 0 3\r\nabcXYget a\r\n'
 elif [ "$NAME" = msm ]; then
-    # A byte choosing the key (MsmValueFuzz.swift), then a value: msm's own fixtures
-    # from shared/ next to the repository.
-    FIXTURES="$ROOT/../shared/fixtures/msm"
+    # A byte choosing the key (MsmValueFuzz.swift), then a value: msm's own
+    # recorded values (Tests/fixtures/msm/README.md).
+    FIXTURES="$ROOT/Tests/fixtures/msm"
     [ -d "$FIXTURES" ] || { echo "msm fuzzing seeds from $FIXTURES, which is missing" >&2; exit 1; }
     for fixture in "$FIXTURES"/*.bin; do
         name="$(basename "$fixture" .bin)"

@@ -77,6 +77,25 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"tandem server under test: memcached ({shutil.which('memcached')})"
 
 
+#: Wall-clock seconds spent per test file (set-up, call and tear-down), for the
+#: summary that tells where the suite's time goes (CI has a time budget).
+_FILE_SECONDS: Dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    path = report.nodeid.split("::", 1)[0]
+    _FILE_SECONDS[path] = _FILE_SECONDS.get(path, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    if not _FILE_SECONDS:
+        return
+    terminalreporter.section("time per test file")
+    for path, seconds in sorted(_FILE_SECONDS.items(), key=lambda item: -item[1]):
+        terminalreporter.write_line(f"{seconds:8.1f} s  {path}")
+    terminalreporter.write_line(f"{sum(_FILE_SECONDS.values()):8.1f} s  in all")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
     if SERVER_KIND != "memcached":
         return
@@ -491,7 +510,10 @@ def poll() -> Callable[..., object]:
     return poll_until
 
 
+MSM_FIXTURES = REPO_ROOT / "Tests" / "fixtures" / "msm"
+
+
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    """The shared fixtures directory that CI checks out next to the repository."""
-    return REPO_ROOT.parent / "shared"
+def msm_fixtures() -> Path:
+    """Recorded msm traffic and session values (Tests/fixtures/msm/README.md)."""
+    return MSM_FIXTURES

@@ -1,6 +1,6 @@
 """Replay memcached-session-manager's real binary-protocol traffic.
 
-The binary sections of ``../shared/msm/traffic.txt`` (non-sticky and sticky,
+The binary sections of ``Tests/fixtures/msm/traffic.txt`` (non-sticky and sticky,
 memcachedProtocol="binary") are replayed like the text ones: one server per
 recorded node, one connection per recorded client port, every request sent in
 the recorded order with its recorded opaque, every response read where the
@@ -122,9 +122,9 @@ class Connection:
 
 
 @pytest.fixture(scope="module")
-def binary_traffic(shared_dir: Path) -> Dict[str, List[Event]]:
-    path = shared_dir / "msm" / "traffic.txt"
-    assert path.is_file(), f"{path} not found: CI checks shared/ out next to the repository"
+def binary_traffic(msm_fixtures: Path) -> Dict[str, List[Event]]:
+    path = msm_fixtures / "traffic.txt"
+    assert path.is_file(), f"msm traffic capture not found at {path}"
     return parse_sections(path)
 
 
@@ -134,7 +134,8 @@ def test_replay_msm_binary_traffic(binary_traffic, section_name, server_factory)
     assert len(events) > 40, f"section {section_name} is missing or nearly empty"
     servers = {node: server_factory() for node in sorted({e.node for e in events})}
     conns: Dict[str, Connection] = {}
-    stored: Dict[Tuple[str, str], Tuple[bytes, int, float, int]] = {}  # (node, key) -> (value, flags, set time, ttl)
+    # (node, key) -> (value, flags, time the SET was sent, ttl, time it was answered)
+    stored: Dict[Tuple[str, str], Tuple[bytes, int, float, int, Optional[float]]] = {}
     pending: Dict[str, List[Event]] = {}
     seq = 0
     started = time.monotonic()
@@ -156,7 +157,7 @@ def test_replay_msm_binary_traffic(binary_traffic, section_name, server_factory)
                 length = int(event.fields["bytes"])
                 value = (b"%08d" % seq + bytes(range(256)) * (length // 256 + 1))[:length]
                 if event.op == "SET":
-                    stored[(event.node, event.key)] = (value, int(event.fields["flags"]), time.monotonic(), int(event.fields["exp"]))
+                    stored[(event.node, event.key)] = (value, int(event.fields["flags"]), time.monotonic(), int(event.fields["exp"]), None)
             conn.sock.sendall(request_bytes(event.op, key, opaque, value, int(event.fields.get("flags", 0)), int(event.fields.get("exp", 0))))
             pending.setdefault(event.conn, []).append(event)
             continue
@@ -173,6 +174,8 @@ def test_replay_msm_binary_traffic(binary_traffic, section_name, server_factory)
             assert entry, f"{where}: a hit on a key this replay never stored"
             assert value == entry[0] and flags == int(event.fields["flags"]) == entry[1], where
             assert len(value) == int(event.fields["bytes"]), where
+        if request.op == "SET" and status == 0 and entry:
+            stored[(request.node, request.key)] = entry[:4] + (time.monotonic(),)
         if request.op == "DELETE" and status == 0:
             stored.pop((request.node, request.key), None)
         checked += 1
@@ -182,10 +185,12 @@ def test_replay_msm_binary_traffic(binary_traffic, section_name, server_factory)
 
 
 def wait_for_expiry(address: Tuple[str, int], key: bytes, entry: Tuple[bytes, int, float, int]) -> None:
-    _value, _flags, set_at, ttl = entry
+    # The server's deadline lies between set_at + ttl and answered_at + ttl.
+    _value, _flags, set_at, ttl, answered_at = entry
+    assert answered_at is not None, f"{key!r}: the SET was never answered (replay bug)"
     probe = Connection(address)
     try:
-        deadline = set_at + ttl + 2.0
+        deadline = answered_at + ttl + 2.0
         while True:
             probe.sock.sendall(request_bytes("GET", key, 0xFFFF))
             status = probe.read_response()[1]
@@ -193,7 +198,7 @@ def wait_for_expiry(address: Tuple[str, int], key: bytes, entry: Tuple[bytes, in
                 elapsed = time.monotonic() - set_at
                 assert elapsed >= ttl - 1.0, f"{key!r} expired after {elapsed:.2f}s, TTL {ttl}s"
                 return
-            assert time.monotonic() < deadline, f"{key!r} still present {ttl + 2}s after a set with TTL {ttl}s"
+            assert time.monotonic() < deadline, f"{key!r} still present {ttl + 2}s after a SET with TTL {ttl}s was answered"
             time.sleep(0.05)
     finally:
         probe.sock.close()

@@ -77,19 +77,23 @@ def test_sigterm_keeps_every_session_with_flags_and_deadlines(nodes, tmp_path: P
     data = tmp_path / "data"
     node = nodes(data)
     now = int(time.time())
-    expected: Dict[bytes, Tuple[bytes, int, int]] = {}  # key -> (value, flags, absolute deadline or 0)
+    # key -> (value, flags, exptime as sent); a relative exptime's deadline is
+    # the server's clock at the write plus it, so it is bounded by readings of
+    # this clock taken before and after the writes.
+    expected: Dict[bytes, Tuple[bytes, int, int]] = {}
     with node.client() as c:
         batch = []
         for i in range(3000):
             key = b"%032X-n1" % i
             exptime = [0, 600, 1800 + i, now + 7200][i % 4]
-            deadline = 0 if exptime == 0 else (exptime if exptime > 2_592_000 else now + exptime)
             value = value_for(key, 0, 200 + i % 300)
-            expected[key] = (value, i, deadline)
+            expected[key] = (value, i, exptime)
             batch.append(b"set %s %d %d %d\r\n%s\r\n" % (key, i, exptime, len(value), value))
         c.send(b"".join(batch))
         for _ in batch:
             assert c.readline() == b"STORED"
+        written_before = now  # `now` was read before the first write was sent
+        written_after = time.time()
     assert node.terminate() == 0, node.log()
 
     node = nodes(data)
@@ -98,17 +102,26 @@ def test_sigterm_keeps_every_session_with_flags_and_deadlines(nodes, tmp_path: P
     assert stats["curr_items"] == "3000"
     assert float(stats["recovery_seconds"]) >= 0
     with node.client() as c:
-        for key, (value, flags, deadline) in expected.items():
+        for key, (value, flags, exptime) in expected.items():
+            read_before = time.time()
             got = mg_ttl(c, key)
+            read_after = time.time()
             assert got is not None, f"{key!r} lost across SIGTERM"
             ttl, got_flags, got_value = got
             assert got_value == value and got_flags == flags
-            if deadline == 0:
+            if exptime == 0:
                 assert ttl == -1
+                continue
+            # Deadlines are absolute, so they hold across the restart: the
+            # TTL is the deadline less the server's clock while it answered.
+            # Bounds, not a tolerance: the clocks count whole seconds, hence ±1.
+            if exptime > 2_592_000:
+                earliest = latest = exptime
             else:
-                # Absolute deadlines hold across the restart (allow the seconds the test itself took).
-                remaining = deadline - time.time()
-                assert remaining - 2 <= ttl <= remaining + 2, (key, ttl, remaining)
+                earliest, latest = written_before + exptime, written_after + exptime
+            low = int(earliest - read_after) - 1
+            high = int(latest - read_before) + 1
+            assert low <= ttl <= high, (key, ttl, low, high)
     assert node.terminate() == 0
 
 

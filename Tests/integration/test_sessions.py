@@ -6,25 +6,26 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import MSM_FIXTURES
 from nodes import Node, nodes  # noqa: F401  (a fixture)
 from test_replication import start_pair, wait_in_sync
 from test_tandemctl import tandemctl
 
 pytestmark = pytest.mark.tandemd_only
 
-FIXTURES = REPO_ROOT.parent / "shared" / "fixtures" / "msm"
+FIXTURES = MSM_FIXTURES
 
 
 def fixtures() -> List[Tuple[str, str, int, bytes]]:
     """(file, key, exptime, bytes) of every fixture, from MANIFEST.md's table."""
     manifest = FIXTURES / "MANIFEST.md"
-    assert manifest.is_file(), f"the msm fixtures are missing: {FIXTURES} (shared/ must sit beside the repository)"
+    assert manifest.is_file(), f"the msm fixtures are missing: {manifest}"
     rows = []
     pattern = re.compile(r"^\| `([^`]+\.bin)` \| `([^`]+)` \| \w+ \| `(?:set|add) 0 (\d+) \d+` \|")
     seen = set()
@@ -37,10 +38,17 @@ def fixtures() -> List[Tuple[str, str, int, bytes]]:
     return rows
 
 
+#: This clock's reading before loaded_pair stores anything: deadlines are
+#: bounded by it (the server's clock at each write is later).
+STORED_AFTER = 0.0
+
+
 @pytest.fixture
 def loaded_pair(nodes, tmp_path: Path) -> Tuple[Node, Node, List[Tuple[str, str, int, bytes]]]:
     primary, backup = start_pair(nodes, tmp_path)
     rows = fixtures()
+    global STORED_AFTER
+    STORED_AFTER = time.time()
     with primary.client() as c:
         for _, key, exptime, data in rows:
             # The lock and the ping marker are short-lived in msm; keep them for the test.
@@ -59,12 +67,16 @@ def test_list_count_and_filters(loaded_pair):
     primary, backup, rows = loaded_pair
     total = len(rows) + 40
     listed = ctl(primary, "sessions", "list", "--limit", "1000", "--json")
+    listed_before = time.time()
     assert listed.returncode == 0, listed.stderr
     payload = json.loads(listed.stdout)
     assert len(payload["sessions"]) == total and payload["cursor"] is None
     by_key = {s["key"]: s for s in payload["sessions"]}
     rich = by_key["FF19EF1C768E388FBA4D7B9FCF64E56A-n2"]
-    assert rich["size"] == 865 and 3500 < rich["ttl"] <= 3600 and rich["writer"] == "P"
+    # Stored with 3600 s at or after STORED_AFTER, listed before listed_before
+    # (whole seconds, hence -1).
+    assert rich["size"] == 865 and rich["writer"] == "P"
+    assert 3600 - int(listed_before - STORED_AFTER) - 1 <= rich["ttl"] <= 3600, (rich["ttl"], listed_before - STORED_AFTER)
     # The backup lists the same sessions, written by its peer.
     on_backup = json.loads(ctl(backup, "sessions", "list", "--limit", "1000", "--json").stdout)
     assert {s["key"] for s in on_backup["sessions"]} == set(by_key)
