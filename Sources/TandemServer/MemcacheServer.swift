@@ -168,6 +168,7 @@ public final class MemcacheServer: Sendable {
         do {
             serverChannel = try await bootstrap.bind(host: configuration.host, port: configuration.port).get()
         } catch {
+            let failure = BindFailure(listener: .memcached, host: configuration.host, port: configuration.port, error: error)
             pair?.stopTimers()
             pair?.replica?.stop()
             pump?.cancel()
@@ -175,7 +176,7 @@ public final class MemcacheServer: Sendable {
             await metrics?.stop()
             try? await group.shutdownGracefully()
             persistence?.stop()
-            throw error
+            throw failure
         }
         guard let localAddress = serverChannel.localAddress else {
             try? await serverChannel.close()
@@ -205,7 +206,23 @@ public final class MemcacheServer: Sendable {
     static let pumpInterval = TimeAmount.milliseconds(5)
 
     private static func bindWire(_ pair: PairConfiguration, group: MultiThreadedEventLoopGroup, context: ServerContext, logger: Logger) async throws -> any Channel {
-        let channel = try await ServerBootstrap(group: group)
+        let channel: any Channel
+        do {
+            channel = try await wireBootstrap(group: group, context: context, logger: logger)
+                .bind(host: pair.wireHost, port: pair.wirePort).get()
+        } catch {
+            throw BindFailure(listener: .wire, host: pair.wireHost, port: pair.wirePort, error: error)
+        }
+        logger.info(
+            "wire protocol ready on \(pair.wireHost):\(channel.localAddress?.port ?? 0)",
+            metadata: ["role": "\(pair.role)", "peer": "\(pair.peer.map { "\($0.host):\($0.port)" } ?? "none")",
+                       "replication": "\(pair.replication.mode.rawValue)"]
+        )
+        return channel
+    }
+
+    private static func wireBootstrap(group: MultiThreadedEventLoopGroup, context: ServerContext, logger: Logger) -> ServerBootstrap {
+        ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 64)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
@@ -219,13 +236,6 @@ public final class MemcacheServer: Sendable {
                     try context.secure(channel, port: .wire)
                 }
             }
-            .bind(host: pair.wireHost, port: pair.wirePort).get()
-        logger.info(
-            "wire protocol ready on \(pair.wireHost):\(channel.localAddress?.port ?? 0)",
-            metadata: ["role": "\(pair.role)", "peer": "\(pair.peer.map { "\($0.host):\($0.port)" } ?? "none")",
-                       "replication": "\(pair.replication.mode.rawValue)"]
-        )
-        return channel
     }
 
     /// How long a stopping primary waits for its backup to acknowledge the rest of the stream.

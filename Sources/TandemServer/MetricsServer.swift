@@ -82,7 +82,7 @@ final class MetricsServer: Sendable {
                 .bind(host: host, port: port).get()
         } catch {
             try? await group.shutdownGracefully()
-            throw error
+            throw BindFailure(listener: .metrics, host: host, port: port, error: error)
         }
         guard let localAddress = channel.localAddress else {
             try? await channel.close()

@@ -16,9 +16,13 @@ struct Tandemctl: AsyncParsableCommand {
             round), 4 authentication required or refused (a TLS certificate too), 5 the node
             answered with an error, 6 the pair is not healthy (status), 7 no such session.
 
+            The connection options (--host, --port, --secret-file, --tls and the other --tls
+            options, --json) may come before the subcommand or after it.
+
             Examples:
               tandemctl status
               tandemctl status --host 10.0.0.2 --port 11311 --secret-file /etc/tandem/secret --json
+              tandemctl --host 10.0.0.2 --port 11312 sessions list
               TANDEM_HOST=127.0.0.1 TANDEM_PORT=11312 tandemctl stats
               TANDEM_SECRET_FILE=/etc/tandem/secret tandemctl ping
               tandemctl status --host 10.0.0.1 --tls-ca /etc/tandem/ca.pem \\

@@ -19,7 +19,7 @@ struct Tandemd: AsyncParsableCommand {
         discussion: """
             Flags follow memcached's where memcached has one. Examples:
               tandemd                          # 127.0.0.1:11211, 1024 MB
-              tandemd -p 11311 -m 4096 -t 4
+              tandemd -p 11212 -m 4096 -t 4    # wire port 11312 (--port + 100)
               tandemd -l 0.0.0.0 -c 10000 -I 2m --secret-file /etc/tandem/secret
               tandemd -l 10.0.0.2 --secret-file /etc/tandem/secret \\
                       --role backup --peer 10.0.0.1:11311
@@ -84,8 +84,18 @@ struct Tandemd: AsyncParsableCommand {
     @Flag(name: .customLong("no-persistence"), help: "Keep items in memory only (nothing survives a restart).")
     var noPersistence = false
 
-    @Option(name: .customLong("wire-port"), help: "Port of Tandem's wire protocol (replication, tandemctl), bound on --listen.")
-    var wirePort: Int = 11311
+    @Option(name: .customLong("wire-port"), help: "Port of Tandem's wire protocol (replication, tandemctl), bound on --listen (default: --port + 100, so 11311; with --port 0, a free port as well).")
+    var wirePort: Int?
+
+    /// How far above the memcached port the wire port sits by default: 11211
+    /// and 11311, and a second node on `-p 11212` gets 11312, so two nodes
+    /// share a machine with no more flags than their memcached ports.
+    static let wirePortOffset = 100
+
+    /// `--wire-port`, or the memcached port + 100 (0 with `-p 0`: a free one).
+    var effectiveWirePort: Int {
+        wirePort ?? (port == 0 ? 0 : port + Self.wirePortOffset)
+    }
 
     @Option(name: .customLong("metrics-port"), help: "Port of an HTTP listener, bound on --listen, serving GET /metrics (Prometheus) and GET /health (0 picks a free port; default: none).")
     var metricsPort: Int?
@@ -159,7 +169,16 @@ struct Tandemd: AsyncParsableCommand {
             throw ValidationError("--flush-interval must be between 1 and 1000 milliseconds, got \(flushInterval)")
         }
         guard !dataDir.isEmpty else { throw ValidationError("--data-dir must not be empty") }
-        guard (0...65535).contains(wirePort) else { throw ValidationError("--wire-port must be between 0 and 65535, got \(wirePort)") }
+        if let wirePort {
+            guard (0...65535).contains(wirePort) else { throw ValidationError("--wire-port must be between 0 and 65535, got \(wirePort)") }
+            if wirePort == port, port != 0 {
+                throw ValidationError("--wire-port and --port are both \(port): give them different ports")
+            }
+        } else if effectiveWirePort > 65535 {
+            throw ValidationError(
+                "--port \(port) leaves no room for the default wire port (--port + \(Self.wirePortOffset)): give --wire-port"
+            )
+        }
         if let metricsPort, !(0...65535).contains(metricsPort) {
             throw ValidationError("--metrics-port must be between 0 and 65535, got \(metricsPort)")
         }
@@ -234,7 +253,7 @@ struct Tandemd: AsyncParsableCommand {
             verbosity: verbose,
             persistence: noPersistence ? nil : PersistenceConfiguration(dataDirectory: dataDir, flushIntervalMillis: flushInterval),
             pair: PairConfiguration(
-                wireHost: listen, wirePort: wirePort, role: role.nodeRole, peer: peer.flatMap(Self.parsePeer),
+                wireHost: listen, wirePort: effectiveWirePort, role: role.nodeRole, peer: peer.flatMap(Self.parsePeer),
                 replication: ReplicationConfiguration(
                     mode: replication, syncTimeout: .milliseconds(Int64(syncTimeout)),
                     heartbeatInterval: .milliseconds(Int64(heartbeatInterval)), linkTimeout: .milliseconds(Int64(linkTimeout)),
@@ -257,6 +276,10 @@ struct Tandemd: AsyncParsableCommand {
             try await group.run()
         } catch let error as PersistenceError {
             // One clear line naming the file, and a non-zero exit.
+            logger.critical("cannot start: \(error)")
+            throw ExitCode(2)
+        } catch let error as BindFailure {
+            // One line naming the address, the flag and what to do.
             logger.critical("cannot start: \(error)")
             throw ExitCode(2)
         }
