@@ -399,6 +399,16 @@ import Testing
             try await client.expectReply("mg k !\r\n", "CLIENT_ERROR invalid flag\r\n")
             try await client.expectReply("mg k Tabc\r\n", "CLIENT_ERROR bad token in command line format\r\n")
             try await client.expectReply("mg k O\(String(repeating: "o", count: 33))\r\n", "CLIENT_ERROR opaque token too long\r\n")
+            // memcached's bound is on the whole token: 32 bytes with the O, so 31 of opaque.
+            try await client.expectReply("mg k O\(String(repeating: "o", count: 32))\r\n", "CLIENT_ERROR opaque token too long\r\n")
+            try await client.expectReply("ms k 1 O\(String(repeating: "o", count: 32))\r\nx\r\n", "CLIENT_ERROR opaque token too long\r\n")
+            try await client.expectReply("mg k O\(String(repeating: "o", count: 31))\r\n", "EN O\(String(repeating: "o", count: 31))\r\n")
+            // Keys: 250 bytes; base64 keys are bounded as a 250-byte token too.
+            try await client.expectReply("mg \(String(repeating: "k", count: 250)) v\r\n", "EN\r\n")
+            try await client.expectReply("mg \(String(repeating: "k", count: 251)) v\r\n", "CLIENT_ERROR bad command line format\r\n")
+            try await client.expectReply("md \(String(repeating: "k", count: 251))\r\n", "CLIENT_ERROR bad command line format\r\n")
+            try await client.expectReply("mg \(String(repeating: "enp6", count: 63)) b v\r\n", "CLIENT_ERROR bad command line format\r\n")
+            try await client.expectReply("mg \(String(repeating: "enp6", count: 62)) b v\r\n", "EN\r\n")
             try await client.expectReply("mg\r\n", "CLIENT_ERROR bad command line format\r\n")
             try await client.expectReply("ms k\r\n", "CLIENT_ERROR bad command line format\r\n")
             try await client.expectReply("ms k abc\r\n", "CLIENT_ERROR bad command line format\r\n")
