@@ -43,4 +43,21 @@ public enum ASCII {
         }
         return true
     }
+
+    /// Whether `bytes` is a list of valid keys separated by spaces (the keys
+    /// of a multiget), checked in one pass without splitting it.
+    @inlinable
+    public static func isValidKeyList(_ bytes: UnsafeRawBufferPointer, maxKeyLength: Int = 250) -> Bool {
+        var run = 0
+        for byte in bytes {
+            if byte == space {
+                run = 0
+                continue
+            }
+            guard byte > 0x20, byte != 0x7F else { return false }
+            run += 1
+            guard run <= maxKeyLength else { return false }
+        }
+        return true
+    }
 }

@@ -28,9 +28,16 @@ public enum MemcacheCommand: Sendable, Equatable {
     /// A `set` whose value is over the item size limit: refused (its data
     /// block is swallowed) and, as memcached does, the key's old value is
     /// removed, so that no client reads stale data after a failed set.
-    case refusedSet(key: ByteBuffer)
+    case refusedSet(key: ByteBuffer, noreply: Bool)
     /// A request the client got wrong; the connection stays usable.
-    case invalid(MemcacheRequestError)
+    ///
+    /// `noreply` is set when the line belongs to a command that takes
+    /// `noreply` and its last token is `noreply`: memcached then sends no
+    /// error either (it decides by scanning that last token, before the rest
+    /// of the line is known to be well formed), and a client that pipelines
+    /// `noreply` commands would otherwise read the error as the answer to its
+    /// next request.
+    case invalid(MemcacheRequestError, noreply: Bool)
 }
 
 /// The argument of `stats`.
@@ -145,12 +152,20 @@ public enum MemcacheRequestError: Error, Sendable, Equatable {
     case invalidMetaMode
     /// A base64 key that does not decode.
     case badBase64Key
+    /// A `get`/`gets`/`gat`/`gats` line longer than
+    /// `MemcacheDecoderLimits.maxRetrievalLineLength`: answered, and the rest
+    /// of the line is read and dropped.
+    case lineTooLong
 }
 
 /// Errors after which the byte stream cannot be trusted: the connection closes.
 public enum MemcacheProtocolError: Error, Sendable, Equatable {
-    /// No newline within the line length limit.
+    /// No newline within the line length limit (of a line that is not a retrieval).
     case lineTooLong(limit: Int)
+    /// A request line that looks like HTTP (see `MemcacheDecoder.looksLikeHTTP`):
+    /// memcached closes such a connection without a reply, so that a browser
+    /// led to post to a cache port cannot drive it (a cross-protocol request).
+    case httpRequest
 }
 
 extension MemcacheCommand {
@@ -169,6 +184,21 @@ extension MemcacheCommand {
             case .noop, .debug: return false
             }
         case .version, .verbosity, .quit, .stats, .invalid:
+            return false
+        }
+    }
+
+    /// Whether the client asked for no reply (`noreply`). Errors are then not
+    /// sent either, as in memcached: the client would take them for the
+    /// answer to its next request.
+    public var noreply: Bool {
+        switch self {
+        case .store(let storage): return storage.noreply
+        case .delete(_, let noreply), .arithmetic(_, _, _, let noreply), .touch(_, _, let noreply),
+            .flushAll(_, let noreply), .verbosity(_, let noreply), .refusedSet(_, let noreply),
+            .invalid(_, let noreply):
+            return noreply
+        case .retrieve, .version, .quit, .stats, .meta:
             return false
         }
     }

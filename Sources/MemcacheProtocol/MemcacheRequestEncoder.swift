@@ -73,7 +73,7 @@ extension ByteBuffer {
             writeDecimal(level)
             if noreply { writeStaticString(" noreply") }
             writeStaticString("\r\n")
-        case .refusedSet(let key):
+        case .refusedSet(let key, _):
             // The value never arrived; what reaches the primary is the removal of the old one.
             writeStaticString("delete ")
             writeImmutableBuffer(key)

@@ -50,7 +50,10 @@ public struct StoreRequest: Sendable {
     public var compareCas: UInt64?
     /// Use this as the new CAS instead of a generated one (meta `E`).
     public var explicitCas: UInt64?
-    /// With `compareCas`: accept an older CAS but mark the item stale (meta `I`).
+    /// With `compareCas`: accept an older CAS but mark the item stale (meta
+    /// `I`). Such a store keeps the item's deadline and its win token state,
+    /// as memcached does: the value is a late fill of an invalidated item,
+    /// not a fresh one, and the client that won the recache still holds it.
     public var invalidate: Bool
     /// In append/prepend mode, create the item with this deadline on a miss (meta `N`).
     public var vivifyDeadline: Deadline?
@@ -96,12 +99,20 @@ public struct FetchOptions: Sendable {
     public var vivify: Deadline?
     /// Hand out the win token when fewer than this many seconds are left (meta `R`).
     public var recacheBelowSeconds: Int64?
+    /// Whether this read may hand out the win token of a stale item (or one
+    /// that `recacheBelowSeconds` finds due): only `mg` tells a client that it
+    /// won, so other reads (`get`, `me`, binary GET) must not use it up.
+    public var offersWinToken: Bool
 
-    public init(touch: Deadline? = nil, bump: Bool = true, vivify: Deadline? = nil, recacheBelowSeconds: Int64? = nil) {
+    public init(
+        touch: Deadline? = nil, bump: Bool = true, vivify: Deadline? = nil, recacheBelowSeconds: Int64? = nil,
+        offersWinToken: Bool = false
+    ) {
         self.touch = touch
         self.bump = bump
         self.vivify = vivify
         self.recacheBelowSeconds = recacheBelowSeconds
+        self.offersWinToken = offersWinToken
     }
 }
 
@@ -311,7 +322,7 @@ public final class SessionStore: Sendable {
             }
             let stale = item.marks.contains(.stale)
             var won = false
-            if !item.marks.contains(.winTokenSent) {
+            if options.offersWinToken, !item.marks.contains(.winTokenSent) {
                 if stale {
                     won = true
                 } else if let threshold = options.recacheBelowSeconds, item.deadline != 0,
@@ -389,6 +400,7 @@ public final class SessionStore: Sendable {
                 if current != expected {
                     guard request.invalidate, expected < current else { return .exists }
                     markStale = true
+                    deadline = Deadline(millis: state.item(slot).deadline)
                 }
             }
 
@@ -446,12 +458,15 @@ public final class SessionStore: Sendable {
                 guard state.makeRoom(for: bytes.count - old.bytes.count, now: now, protecting: slot) else {
                     return .outOfMemory
                 }
+                let tokenSent = old.marks.contains(.winTokenSent)
                 state.replaceBytes(slot, with: bytes)
                 state.setCas(slot, cas)
                 state.setDeadline(slot, deadline)
                 state.setLastAccess(slot, now)
                 state.removeMarks(slot, [.fetched, .stale, .winTokenSent, .fromPeer])
-                if markStale { state.insertMarks(slot, .stale) }
+                if markStale {
+                    state.insertMarks(slot, tokenSent ? [.stale, .winTokenSent] : .stale)
+                }
                 state.setFlags(slot, flags)
                 state.counters.totalItems += 1
                 state.record(.upsert, slot)

@@ -31,7 +31,7 @@ extension Dispatcher {
         if flags.ttl != nil { counters.increment(.cmdTouch) }
         let options = FetchOptions(
             touch: flags.ttl.map(deadline), bump: !flags.has("u"),
-            vivify: flags.vivifyTTL.map(deadline), recacheBelowSeconds: flags.recacheSeconds
+            vivify: flags.vivifyTTL.map(deadline), recacheBelowSeconds: flags.recacheSeconds, offersWinToken: true
         )
         guard let result = command.key.withUnsafeReadableBytes({ store.fetch($0, options: options) }) else {
             counters.increment(.getMisses)
@@ -220,6 +220,10 @@ extension Dispatcher {
             case UInt8(ascii: "O"): writeOpaque(command, into: &out)
             case UInt8(ascii: "k"):
                 writeKeyFlag(command, into: &out)
+            case UInt8(ascii: "c") where command.verb == .set:
+                // memcached's `ms` returns the CAS of a value it stored; one
+                // it did not store has none, and `c` answers `c0`.
+                out.writeStaticString(" c0")
             default: break
             }
         }

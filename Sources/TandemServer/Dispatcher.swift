@@ -49,20 +49,26 @@ struct Dispatcher {
         case .meta(let meta):
             counters.increment(.cmdMeta)
             execute(meta, into: &out)
-        case .refusedSet(let key):
+        case .refusedSet(let key, let noreply):
             counters.increment(.cmdSet)
             _ = key.withUnsafeReadableBytes { store.delete($0) }
-            reply(to: .tooLarge, into: &out)
-        case .invalid(let error):
-            reply(to: error, into: &out)
+            reply(to: .tooLarge, noreply: noreply, into: &out)
+        case .invalid(let error, let noreply):
+            reply(to: error, noreply: noreply, into: &out)
         }
         return .proceed
     }
 
     // MARK: Errors
 
-    func reply(to error: MemcacheRequestError, into out: inout ByteBuffer) {
+    /// Counts a request error and answers it, unless the client asked for no
+    /// reply: with `noreply` memcached sends no error either, and a client
+    /// that pipelines such commands would take one for the answer to its
+    /// next request.
+    func reply(to error: MemcacheRequestError, noreply: Bool, into out: inout ByteBuffer) {
         counters.increment(.protocolErrors)
+        if case .tooLarge = error { counters.increment(.storeTooLarge) }
+        guard !noreply else { return }
         switch error {
         case .unknownCommand:
             out.writeStatus(.error)
@@ -71,7 +77,6 @@ struct Dispatcher {
         case .badDataChunk:
             out.writeClientError("bad data chunk")
         case .tooLarge:
-            counters.increment(.storeTooLarge)
             out.writeServerError("object too large for cache")
         case .invalidDelta:
             out.writeClientError("invalid numeric delta argument")
@@ -83,6 +88,8 @@ struct Dispatcher {
             out.writeClientError("invalid mode for ms, ma")
         case .badBase64Key:
             out.writeClientError("error decoding key")
+        case .lineTooLong:
+            out.writeClientError("line too long")
         }
     }
 
@@ -150,12 +157,12 @@ struct Dispatcher {
         case .notFound:
             if !command.noreply { out.writeStatus(.notFound) }
         case .tooLarge:
-            // Errors are always sent, even with noreply, so a client can see them.
+            // Errors too are silent with noreply, as in memcached.
             counters.increment(.storeTooLarge)
-            out.writeServerError("object too large for cache")
+            if !command.noreply { out.writeServerError("object too large for cache") }
         case .outOfMemory:
             counters.increment(.storeNoMemory)
-            out.writeServerError("out of memory storing object")
+            if !command.noreply { out.writeServerError("out of memory storing object") }
         }
     }
 
@@ -186,10 +193,11 @@ struct Dispatcher {
             counters.increment(increment ? .incrMisses : .decrMisses)
             if !noreply { out.writeStatus(.notFound) }
         case .nonNumeric:
-            out.writeClientError("cannot increment or decrement non-numeric value")
+            // Errors too are silent with noreply, as in memcached.
+            if !noreply { out.writeClientError("cannot increment or decrement non-numeric value") }
         case .outOfMemory:
             counters.increment(.storeNoMemory)
-            out.writeServerError("out of memory")
+            if !noreply { out.writeServerError("out of memory") }
         }
     }
 

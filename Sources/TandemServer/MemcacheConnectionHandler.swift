@@ -226,7 +226,7 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
                     var raw = context.channel.allocator.buffer(capacity: 256)
                     raw.writeBinaryRequest(request)
                     let dispatcher = self.dispatcher
-                    forward(raw: raw, refusedSet: false, to: replica, context: context) { outbound in
+                    forward(raw: raw, refusedSet: false, noreply: false, to: replica, context: context) { outbound in
                         _ = dispatcher.execute(command, into: &outbound)
                     }
                     if case .waitingForPrimary = state { return true }
@@ -279,15 +279,17 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
         var refusedSet = false
         if case .refusedSet = command { refusedSet = true }
         let dispatcher = self.dispatcher
-        forward(raw: request, refusedSet: refusedSet, to: replica, context: context) { outbound in
+        forward(raw: request, refusedSet: refusedSet, noreply: command.noreply, to: replica, context: context) { outbound in
             _ = dispatcher.execute(command, into: &outbound)
         }
     }
 
     /// `runHere` runs the write on this node, for when it became the primary
-    /// before the write could be sent (a failover while it waited).
+    /// before the write could be sent (a failover while it waited). With
+    /// `noreply` (text commands) this node's own errors are not sent either,
+    /// as the primary's are not.
     private func forward(
-        raw request: ByteBuffer, refusedSet: Bool, to replica: ReplicaClient, context: ChannelHandlerContext,
+        raw request: ByteBuffer, refusedSet: Bool, noreply: Bool, to replica: ReplicaClient, context: ChannelHandlerContext,
         runHere: @escaping (inout ByteBuffer) -> Void
     ) {
         dispatcher.context.countForwardedWrite()
@@ -302,7 +304,7 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
             case .success(let reply):
                 handler.outbound.writeImmutableBuffer(reply)
                 // The primary removed the old value; the refusal itself is this node's to send.
-                if refusedSet { handler.outbound.writeServerError("object too large for cache") }
+                if refusedSet, !noreply { handler.outbound.writeServerError("object too large for cache") }
             case .failure(ReplicaClient.ForwardError.roleChanged) where handler.dispatcher.context.primary != nil:
                 runHere(&handler.outbound)
             case .failure(let error):
@@ -311,7 +313,7 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
                     let opcode = request.getInteger(at: request.readerIndex + 1, as: UInt8.self)!
                     let opaque = request.getInteger(at: request.readerIndex + 12, as: UInt32.self)!
                     handler.outbound.writeBinaryError(opcode: opcode, status: .temporaryFailure, opaque: opaque)
-                } else {
+                } else if !noreply {
                     handler.outbound.writeServerError("primary unavailable")
                 }
             }

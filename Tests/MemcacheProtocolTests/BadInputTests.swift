@@ -34,6 +34,16 @@ struct BadInputTests {
             ("touch k\r\n", [invalid(.unknownCommand)]),
             ("verbosity\r\n", [invalid(.unknownCommand)]),
             ("verbosity 1 noreply x\r\n", [invalid(.unknownCommand)]),
+            // Too many, likewise (memcached checks the token count first), and
+            // a trailing noreply does not silence it.
+            ("touch k 1 noreply x\r\n", [invalid(.unknownCommand)]),
+            ("incr k 1 noreply x\r\n", [invalid(.unknownCommand)]),
+            ("delete k 0 noreply x\r\n", [invalid(.unknownCommand)]),
+            ("delete k 0 0 noreply\r\n", [invalid(.unknownCommand)]),
+            ("flush_all 1 noreply x\r\n", [invalid(.unknownCommand)]),
+            ("flush_all 0 0 noreply\r\n", [invalid(.unknownCommand)]),
+            ("set k 0 0 1 2 noreply\r\n", [invalid(.unknownCommand)]),
+            ("cas k 0 0 1 2 3 noreply\r\n", [invalid(.unknownCommand)]),
         ])
     }
 
@@ -44,15 +54,11 @@ struct BadInputTests {
             ("gats 99999999999999999999 k\r\n", [invalid(.badCommandLine)]),
             ("touch k x\r\n", [invalid(.badCommandLine)]),
             ("touch k 1 2\r\n", [invalid(.badCommandLine)]),
-            ("touch k 1 noreply x\r\n", [invalid(.badCommandLine)]),
             ("incr k 1 x\r\n", [invalid(.badCommandLine)]),
-            ("incr k 1 noreply x\r\n", [invalid(.badCommandLine)]),
             ("delete k 0 0\r\n", [invalid(.badCommandLine)]),
             ("delete k noreply 0\r\n", [invalid(.badCommandLine)]),
-            ("delete k 0 noreply x\r\n", [invalid(.badCommandLine)]),
             ("flush_all x\r\n", [invalid(.badCommandLine)]),
             ("flush_all 1 2\r\n", [invalid(.badCommandLine)]),
-            ("flush_all 1 noreply x\r\n", [invalid(.badCommandLine)]),
             ("flush_all noreply 1\r\n", [invalid(.badCommandLine)]),
             ("flush_all 99999999999999999999\r\n", [invalid(.badCommandLine)]),
             ("stats items now\r\n", [invalid(.badCommandLine)]),
@@ -64,8 +70,87 @@ struct BadInputTests {
             ("decr k 18446744073709551616\r\n", [invalid(.invalidDelta)]),
             // A non-zero delete hold time is refused with its own error.
             ("delete k 10\r\n", [invalid(.deleteWithTime)]),
-            ("delete k x noreply\r\n", [invalid(.deleteWithTime)]),
+            ("delete k x noreply\r\n", [invalid(.deleteWithTime, noreply: true)]),
         ])
+    }
+
+    /// memcached reads `noreply` from the last token of a command that takes
+    /// it, before checking the rest, and then sends no error either.
+    @Test func noreplySilencesTheErrorsOfCommandsThatTakeIt() throws {
+        let longKey = String(repeating: "k", count: 251)
+        let (next, nextCommand) = Self.next
+        try verify([
+            ("delete k 10 noreply\r\n", [invalid(.deleteWithTime, noreply: true)]),
+            ("delete \(longKey) noreply\r\n", [invalid(.badKey, noreply: true)]),
+            ("delete k 0 x noreply\r\n" + next, [invalid(.unknownCommand), nextCommand]),
+            ("incr k x noreply\r\n", [invalid(.invalidDelta, noreply: true)]),
+            ("decr \(longKey) 1 noreply\r\n", [invalid(.badKey, noreply: true)]),
+            ("touch k x noreply\r\n", [invalid(.badCommandLine, noreply: true)]),
+            ("flush_all x noreply\r\n", [invalid(.badCommandLine, noreply: true)]),
+            ("set k 0 0 x noreply\r\n", [invalid(.badCommandLine, noreply: true)]),
+            ("set k 0 0 -1 noreply\r\n", [invalid(.badCommandLine, noreply: true)]),
+            // Refused with a known length: silent, and the data block is still swallowed.
+            ("set k x 0 3 noreply\r\nabc\r\n" + next, [invalid(.badCommandLine, noreply: true), nextCommand]),
+            ("set \(longKey) 0 0 3 noreply\r\nabc\r\n" + next, [invalid(.badKey, noreply: true), nextCommand]),
+            // `noreply` in the cas-unique slot is no number, but still the last token.
+            ("cas k 0 0 3 noreply\r\nabc\r\n" + next, [invalid(.badCommandLine, noreply: true), nextCommand]),
+            // The line's noreply covers its data block.
+            ("set k 0 0 3 noreply\r\nabcXY" + next, [invalid(.badDataChunk, noreply: true), nextCommand]),
+            ("append k 0 0 1 noreply\r\nab\r\n" + next, [invalid(.badDataChunk, noreply: true), invalid(.unknownCommand), nextCommand]),
+            // Without noreply as the last token, errors are answered.
+            ("set k 0 0 3\r\nabcXY" + next, [invalid(.badDataChunk), nextCommand]),
+            ("delete k noreply 0\r\n", [invalid(.badCommandLine)]),
+            // Unknown commands, and meta commands (which have `q`, not noreply), always answer.
+            ("bogus noreply\r\n", [invalid(.unknownCommand)]),
+            ("get \(longKey) noreply\r\n", [invalid(.badKey)]),
+            ("mg \(longKey) noreply\r\n", [invalid(.badKey)]),
+            ("ms k 3 noreply\r\nabc\r\n" + next, [invalid(.badMetaFlag("invalid flag")), nextCommand]),
+        ])
+        try verify(
+            [("set k 0 0 11 noreply\r\n0123456789a\r\n" + next, [.refusedSet(key: bb("k"), noreply: true), nextCommand])],
+            limits: MemcacheDecoderLimits(maxItemSize: 10)
+        )
+    }
+
+    /// memcached closes, without a word, a connection whose request line
+    /// ends in an `HTTP/` token, unless its command table claims the line.
+    @Test func httpRequestLinesAreFatal() throws {
+        let closing = [
+            "GET / HTTP/1.0\r\n", "PUT /a/b HTTP/1.1\r\n", "DELETE HTTP/1.1\r\n", "POST /x HTTP/1.1\n", "HTTP/1.1\r\n",
+            "HTTP/\r\n", "xx HTTP/1.1\r\n", "mfoo HTTP/1.1\r\n", "GET   /   HTTP/2   \r\n", "bgets x HTTP/1.1\r\n",
+        ]
+        for line in closing {
+            let bytes = Array(("version\r\n" + line + "version\r\n").utf8)
+            var rng = SplitMix64(seed: 19)
+            for splits in [[], rng.splits(of: bytes.count), Array(repeating: 1, count: bytes.count)] {
+                // What came before is decoded; the HTTP line ends the stream.
+                #expect(try decode(bytes, splits: splits) == DecodeResult(commands: [.version], error: .httpRequest), "\(line.debugDescription)")
+            }
+        }
+        let answered: [(String, MemcacheCommand)] = [
+            // Its own commands first: a get, a meta command, an unknown two-letter meta word.
+            ("get / HTTP/1.1\r\n", retrieve("/ HTTP/1.1")),
+            ("mg HTTP/1.1\r\n", meta(.get, "HTTP/1.1")),
+            ("mz HTTP/1.1\r\n", invalid(.unknownCommand)),
+            // Words of one byte, or starting like its common commands, or that it knows.
+            ("x HTTP/1.1\r\n", invalid(.unknownCommand)),
+            ("gfoo HTTP/1.1\r\n", invalid(.unknownCommand)),
+            ("sfoo HTTP/1.1\r\n", invalid(.unknownCommand)),
+            ("tfoo HTTP/1.1\r\n", invalid(.unknownCommand)),
+            ("watch HTTP/1.1\r\n", invalid(.unknownCommand)),
+            ("lru_crawler HTTP/1.1\r\n", invalid(.unknownCommand)),
+            ("stats HTTP/1.1\r\n", .stats(group: .other("HTTP/1.1"))),
+            ("verbosity a b HTTP/1.1\r\n", invalid(.unknownCommand)),
+            ("flush_all a b HTTP/1.1\r\n", invalid(.unknownCommand)),
+            // Not the last token, not HTTP/ exactly, or past memcached's 23 tokens.
+            ("GET HTTP/1.1 x\r\n", invalid(.unknownCommand)),
+            ("GET / http/1.1\r\n", invalid(.unknownCommand)),
+            ("GET / XHTTP/1.1\r\n", invalid(.unknownCommand)),
+            ("GET / HTTP\r\n", invalid(.unknownCommand)),
+            ("XX" + String(repeating: " a", count: 22) + " HTTP/1.1\r\n", invalid(.unknownCommand)),
+        ]
+        try verify(answered.map { ($0.0, [$0.1]) })
+        #expect(try decode("XX" + String(repeating: " a", count: 21) + " HTTP/1.1\r\n").error == .httpRequest)
     }
 
     @Test func storageCommandLineErrorsWithoutALength() throws {
@@ -81,7 +166,7 @@ struct BadInputTests {
             ("set k 0 0 1.0\r\n", [invalid(.badCommandLine)]),
             ("set k 0 0 99999999999999999999\r\n", [invalid(.badCommandLine)]),
             ("set k 0 0 2147483646\r\n", [invalid(.badCommandLine)]),
-            ("set k 0 0 3 noreply extra\r\nabc\r\n", [invalid(.badCommandLine), invalid(.unknownCommand)]),
+            ("set k 0 0 3 noreply extra\r\nabc\r\n", [invalid(.unknownCommand), invalid(.unknownCommand)]),
             ("ms k\r\n", [invalid(.badCommandLine)]),
             ("ms k x\r\n", [invalid(.badCommandLine)]),
             ("ms k -1 T0\r\n", [invalid(.badCommandLine)]),
@@ -141,8 +226,9 @@ struct BadInputTests {
         try verify(
             [
                 ("set k 0 0 10\r\n0123456789\r\n", [store(.set, "k", "0123456789")]),
-                ("set k 0 0 11\r\n0123456789a\r\n" + next, [.refusedSet(key: ByteBuffer(string: "k")), nextCommand]),
-                ("cas k 0 0 11 5 noreply\r\n0123456789a\r\n" + next, [invalid(.tooLarge), nextCommand]),
+                ("set k 0 0 11\r\n0123456789a\r\n" + next, [.refusedSet(key: ByteBuffer(string: "k"), noreply: false), nextCommand]),
+                ("set k 0 0 11 noreply\r\n0123456789a\r\n" + next, [.refusedSet(key: ByteBuffer(string: "k"), noreply: true), nextCommand]),
+                ("cas k 0 0 11 5 noreply\r\n0123456789a\r\n" + next, [invalid(.tooLarge, noreply: true), nextCommand]),
                 ("ms k 10 T0\r\n0123456789\r\n", [meta(.set, "k", "T", value: "0123456789") { $0.ttl = 0 }]),
                 ("ms k 11 T0\r\n0123456789a\r\n" + next, [invalid(.tooLarge), nextCommand]),
                 ("ms k 11 q b\r\n0123456789a\r\n" + next, [invalid(.badBase64Key), nextCommand]),
@@ -199,6 +285,10 @@ struct BadInputTests {
             ("mg k R99999999999999999999\r\n", [invalid(.badMetaFlag("bad token in command line format"))]),
             ("mg k C-1\r\n", [invalid(.badMetaFlag("bad token in command line format"))]),
             ("mg k O\(String(repeating: "o", count: 33))\r\n", [invalid(.badMetaFlag("opaque token too long"))]),
+            // memcached bounds the whole token at 32 bytes, its O included.
+            ("mg k O\(String(repeating: "o", count: 32))\r\n", [invalid(.badMetaFlag("opaque token too long"))]),
+            ("md k O\(String(repeating: "o", count: 32))\r\n", [invalid(.badMetaFlag("opaque token too long"))]),
+            ("ma k O\(String(repeating: "o", count: 32))\r\n", [invalid(.badMetaFlag("opaque token too long"))]),
             ("md k v\r\n", [invalid(.badMetaFlag("invalid flag"))]),
             ("md k x1\r\n", [invalid(.badMetaFlag("invalid flag"))]),
             ("ma k Dx\r\n", [invalid(.badMetaFlag("invalid numeric delta argument"))]),
@@ -208,13 +298,13 @@ struct BadInputTests {
             ("ma k M\r\n", [invalid(.invalidMetaMode)]),
             ("ma k s\r\n", [invalid(.badMetaFlag("invalid flag"))]),
             ("me k v\r\n", [invalid(.badMetaFlag("invalid flag"))]),
-            // Base64 keys: bad alphabet, bad length, misplaced padding, empty or too long once decoded.
+            // Base64 keys: bad alphabet, bad length, misplaced padding; a token over 250 bytes is a bad key.
             ("mg k b\r\n", [invalid(.badBase64Key)]),
             ("mg a2V5! b\r\n", [invalid(.badBase64Key)]),
             ("mg ==== b\r\n", [invalid(.badBase64Key)]),
             ("mg a=V5 b\r\n", [invalid(.badBase64Key)]),
             ("mg a2==a2V5 b\r\n", [invalid(.badBase64Key)]),
-            ("mg \(String(repeating: "AAAA", count: 84)) b\r\n", [invalid(.badBase64Key)]),
+            ("mg \(String(repeating: "AAAA", count: 84)) b\r\n", [invalid(.badKey)]),
             ("md a2V5* b\r\n", [invalid(.badBase64Key)]),
         ])
     }
@@ -273,13 +363,54 @@ struct BadInputTests {
             #expect(try decode(bytes) == DecodeResult(commands: [expected]))
             #expect(try decode(bytes, splits: rng.splits(of: bytes.count, maxChunk: 4096)) == DecodeResult(commands: [expected]))
         }
-        // Past the retrieval bound without a newline: the connection must close.
-        let huge = "get " + String(repeating: "k ", count: 33 * 1024)
-        let result = try decode(huge, splits: Array(repeating: 1000, count: 100))
-        #expect(result.error == .lineTooLong(limit: 64 * 1024))
         // Other commands do not get the retrieval bound, even when they start alike.
         let getx = "getx " + String(repeating: "k ", count: 1100)
         #expect(try decode(getx).error == .lineTooLong(limit: 2048))
+    }
+
+    /// memcached answers multigets of any length; Tandem's bound is far
+    /// beyond real ones, and a line past it is answered, not cut off.
+    @Test func retrievalLineOverTheBoundIsAnsweredAndDropped() throws {
+        let limits = MemcacheDecoderLimits(maxRetrievalLineLength: 64 * 1024)
+        let (next, nextCommand) = Self.next
+        for verb in ["get", "gets", "gat 0", "gats 0"] {
+            let huge = "\(verb) " + String(repeating: "k ", count: 40 * 1024) + "\r\n" + next
+            let bytes = Array(huge.utf8)
+            var rng = SplitMix64(seed: 13)
+            for splits in [[], rng.splits(of: bytes.count, maxChunk: 5000), Array(repeating: 1000, count: bytes.count / 1000)] {
+                let result = try decode(bytes, splits: splits, limits: limits)
+                #expect(result == DecodeResult(commands: [invalid(.lineTooLong), nextCommand]), "\(verb) split \(splits.count)")
+            }
+        }
+        // A line of exactly the bound (newline included) is still a command.
+        let region = String(repeating: "k ", count: 32 * 1024 - 4) + "kk"
+        let exact = "get " + region + "\r\n"
+        #expect(exact.utf8.count == 64 * 1024)
+        #expect(try decode(exact, limits: limits) == DecodeResult(commands: [retrieve(region)]))
+        // The rest of the refused line is dropped as it arrives, never buffered.
+        var decoder = MemcacheDecoder(limits: limits)
+        var buffer = ByteBuffer(string: "get " + String(repeating: "k ", count: 32 * 1024))
+        #expect(try decoder.next(&buffer) == invalid(.lineTooLong))
+        for _ in 0..<100 {
+            buffer.writeString(String(repeating: "k ", count: 500))
+            #expect(try decoder.next(&buffer) == nil)
+            #expect(buffer.readableBytes == 0)
+        }
+        buffer.writeString("k\r\nmn\r\n")
+        #expect(try decoder.next(&buffer) == metaNoop)
+    }
+
+    @Test func multigetOfEighteenThousandKeys() throws {
+        // memcached answers such a line (~190 KB); so does Tandem, under its default bound.
+        let keys = (0..<18_000).map { "session:\($0)" }
+        let region = keys.joined(separator: " ")
+        for verb in ["get", "gets", "gat 60", "gats 60"] {
+            let bytes = Array("\(verb) \(region)\r\n".utf8)
+            #expect(bytes.count > 190_000)
+            let expected = retrieve(region, cas: verb.hasPrefix("gets") || verb.hasPrefix("gats"), touch: verb.hasPrefix("gat") ? 60 : nil)
+            var rng = SplitMix64(seed: 17)
+            #expect(try decode(bytes, splits: rng.splits(of: bytes.count, maxChunk: 8192)) == DecodeResult(commands: [expected]))
+        }
     }
 
     @Test func dripFedRetrievalLineAtTheBound() throws {
@@ -319,7 +450,7 @@ struct BadInputTests {
         var buffer = ByteBufferAllocator().buffer(capacity: 8192)
         let declared = 10 * 1024 * 1024
         buffer.writeString("set big 0 0 \(declared)\r\n")
-        #expect(try decoder.next(&buffer) == .refusedSet(key: ByteBuffer(string: "big")))
+        #expect(try decoder.next(&buffer) == .refusedSet(key: ByteBuffer(string: "big"), noreply: false))
         #expect(buffer.readableBytes == 0)
 
         let chunk = [UInt8](repeating: UInt8(ascii: "v"), count: 4096)

@@ -133,7 +133,8 @@ struct StreamGenerator<RNG: RandomNumberGenerator> {
                 keyText = String(buffer: encoded)
                 keyBytes = bb(raw)
             case UInt8(ascii: "O"):
-                let opaque = String(decoding: (0..<int(0...32)).map { _ in UInt8(int(0x21...0x7E)) }, as: UTF8.self)
+                // memcached's bound is 32 bytes for the token, `O` included.
+                let opaque = String(decoding: (0..<int(0...31)).map { _ in UInt8(int(0x21...0x7E)) }, as: UTF8.self)
                 token += opaque
                 flags.opaque = bb(opaque)
             case UInt8(ascii: "T"):
@@ -237,7 +238,9 @@ struct StreamGenerator<RNG: RandomNumberGenerator> {
             case 8:
                 bytes.insert(contentsOf: (0..<int(1...8)).map { _ in UInt8(int(0...255)) }, at: position)
             default:
-                bytes.insert(contentsOf: Array(pick(["get ", "ms k 5 ", "set k 0 0 3\r\n", " b", " noreply", "\r\n", "mg ", " O", "gat -1 "]).utf8), at: position)
+                bytes.insert(
+                    contentsOf: Array(pick(["get ", "ms k 5 ", "set k 0 0 3\r\n", " b", " noreply", "\r\n", "mg ", " O", "gat -1 ", " HTTP/1.1"]).utf8),
+                    at: position)
             }
         }
         return bytes
@@ -249,7 +252,7 @@ struct StreamGenerator<RNG: RandomNumberGenerator> {
         let words = [
             "get ", "gets ", "gat ", "set ", "cas ", "incr ", "delete ", "touch ", "flush_all", "stats ", "verbosity ", "mg ", "ms ",
             "md ", "ma ", "me ", "mn", " ", " ", "\r\n", "\n", "\r", "0", "1", "5", "-1", "99999999999999999999", "noreply", "b", "k",
-            "v", "T", "O", "M", "q", "a2V5", "==",
+            "v", "T", "O", "M", "q", "a2V5", "==", "HTTP/1.1", "GET ",
         ]
         for _ in 0..<int(0...40) {
             if chance(60) {
@@ -263,8 +266,8 @@ struct StreamGenerator<RNG: RandomNumberGenerator> {
 }
 
 /// Bounded, deterministic fuzzing of the decoder: it must never crash, never
-/// loop, only ever throw `lineTooLong`, and decode the same bytes the same
-/// way however they are split into reads.
+/// loop, only ever throw `lineTooLong` or `httpRequest`, and decode the same
+/// bytes the same way however they are split into reads.
 @Suite("Decoder fuzzing")
 struct FuzzTests {
     /// Small limits so that the size checks are hit often.
@@ -323,6 +326,7 @@ struct FuzzTests {
                 mutated, rng: &splitRNG, limits: limits, dripFeed: index % 100 == 0, context: "mutated #\(index)")
             commands += result.commands.count
             if result.error != nil { errors += 1 }
+            Self.checkSilentErrors(result, context: "mutated #\(index)")
         }
         // The mutations must not all be so destructive that nothing decodes.
         #expect(commands > 10_000)
@@ -333,28 +337,53 @@ struct FuzzTests {
         var generator = StreamGenerator(rng: SplitMix64(seed: 0x5EED))
         var splitRNG = SplitMix64(seed: 3)
         var invalid = 0
+        var http = 0
         for index in 0..<5_000 {
             let bytes = generator.noise()
             let result = try Self.checkSplitInvariance(
                 bytes, rng: &splitRNG, limits: Self.limits, dripFeed: index % 50 == 0, context: "noise #\(index)")
             invalid += result.commands.filter { if case .invalid = $0 { true } else { false } }.count
+            if result.error == .httpRequest { http += 1 }
+            Self.checkSilentErrors(result, context: "noise #\(index)")
         }
         #expect(invalid > 1_000)
+        // The noise does reach the HTTP rule now and then.
+        #expect(http > 0)
+    }
+
+    /// Only a command that takes noreply can make its error silent, and never
+    /// for having no command at all or for an over-long multiget.
+    static func checkSilentErrors(_ result: DecodeResult, context: String) {
+        for command in result.commands {
+            guard case .invalid(let error, noreply: true) = command else { continue }
+            if error == .unknownCommand || error == .lineTooLong {
+                Issue.record("\(context): silent \(error)")
+            }
+        }
     }
 
     @Test func longRandomLinesHitTheLineLimit() throws {
-        // Long noise without newlines: it must end in lineTooLong, the same way however split.
+        // Long noise without newlines: a retrieval line is answered `lineTooLong`
+        // and dropped, any other closes the connection; the same way however split.
         var generator = StreamGenerator(rng: SplitMix64(seed: 0x10A6))
         var splitRNG = SplitMix64(seed: 4)
+        var retrievals = 0
         for index in 0..<200 {
             var bytes = Array(generator.pick(["get ", "gats 1 ", "set ", "", "mg "]).utf8)
             while bytes.count < 5000 {
                 bytes += generator.noise().filter { $0 != 0x0A }
             }
             let result = try Self.checkSplitInvariance(bytes, rng: &splitRNG, limits: Self.limits, dripFeed: false, context: "long #\(index)")
-            if result.error == nil {
+            let retrieval = ["get ", "gets ", "gat ", "gats "].contains { bytes.starts(with: Array($0.utf8)) }
+            if retrieval {
+                retrievals += 1
+                if result != DecodeResult(commands: [invalid(.lineTooLong)]) {
+                    Issue.record("long #\(index): retrieval not refused as too long: \(result)")
+                }
+            } else if result.error != .lineTooLong(limit: Self.limits.maxLineLength) {
                 Issue.record("long #\(index): no lineTooLong: \(result)")
             }
         }
+        #expect(retrievals >= 40)
     }
 }

@@ -38,11 +38,11 @@ struct MetaCommandDecoderTests {
             ("mg k T-1\r\n", [meta(.get, "k", "T") { $0.ttl = -1 }]),
             ("mg k N0 R-5\r\n", [meta(.get, "k", "NR") { $0.vivifyTTL = 0; $0.recacheSeconds = -5 }]),
             ("mg k C18446744073709551615\r\n", [meta(.get, "k", "C") { $0.compareCas = .max }]),
-            // An opaque token may be empty, or up to 32 bytes.
+            // An opaque may be empty, or up to 31 bytes (memcached bounds the token, O included, at 32).
             ("mg k O\r\n", [meta(.get, "k", "O") { $0.opaque = bb("") }]),
             (
-                "mg k O\(String(repeating: "o", count: 32)) v\r\n",
-                [meta(.get, "k", "Ov") { $0.opaque = bb(String(repeating: "o", count: 32)) }]
+                "mg k O\(String(repeating: "o", count: 31)) v\r\n",
+                [meta(.get, "k", "Ov") { $0.opaque = bb(String(repeating: "o", count: 31)) }]
             ),
             // P and L are proxy hints: accepted, ignored, not recorded.
             ("mg k Pfoo v Lbar\r\n", [meta(.get, "k", "v")]),
@@ -78,12 +78,29 @@ struct MetaCommandDecoderTests {
         ])
     }
 
+    /// memcached bounds the key token before decoding base64: 250 characters,
+    /// so 186 raw bytes (248 characters) fit and 187 (252) do not.
     @Test func base64KeyOfMaximumLength() throws {
-        var encoded = ByteBuffer()
-        let raw = [UInt8](repeating: 0xAB, count: 250)
-        raw.withUnsafeBytes { Base64.encode($0, into: &encoded) }
-        let line = "mg \(String(buffer: encoded)) b v\r\n"
-        try verify([(line, [meta(.get, bb(raw), "bv")])])
+        func encoded(_ count: Int) -> ([UInt8], String) {
+            var buffer = ByteBuffer()
+            let raw = [UInt8](repeating: 0xAB, count: count)
+            raw.withUnsafeBytes { Base64.encode($0, into: &buffer) }
+            return (raw, String(buffer: buffer))
+        }
+        let (raw, longest) = encoded(186)
+        #expect(longest.utf8.count == 248)
+        let (_, tooLong) = encoded(187)
+        #expect(tooLong.utf8.count == 252)
+        try verify([
+            ("mg \(longest) b v\r\n", [meta(.get, bb(raw), "bv")]),
+            ("mg \(tooLong) b v\r\n", [invalid(.badKey)]),
+            ("md \(tooLong) b\r\n", [invalid(.badKey)]),
+            // 250 characters is not whole base64; 251 is over the token bound.
+            ("mg \(String(repeating: "A", count: 250)) b\r\n", [invalid(.badBase64Key)]),
+            ("mg \(String(repeating: "A", count: 251)) b\r\n", [invalid(.badKey)]),
+            // An ms refused for its key still swallows its data block.
+            ("ms \(tooLong) 2 b\r\nhi\r\nmn\r\n", [invalid(.badKey), metaNoop]),
+        ])
     }
 
     @Test func metaSet() throws {

@@ -48,8 +48,9 @@ func meta(
 
 let metaNoop = MemcacheCommand.meta(MetaCommand(verb: .noop, key: ByteBuffer(), flags: MetaFlags()))
 
-func invalid(_ error: MemcacheRequestError) -> MemcacheCommand {
-    .invalid(error)
+/// A refused request; `noreply` when its line ended in `noreply`, which silences the error.
+func invalid(_ error: MemcacheRequestError, noreply: Bool = false) -> MemcacheCommand {
+    .invalid(error, noreply: noreply)
 }
 
 // MARK: Feeding the decoder

@@ -190,6 +190,7 @@ struct TextCommandDecoderTests {
             // The key region keeps its inner spaces; iteration skips them.
             ("get   a    b  \r\n", [retrieve("a    b")]),
             ("  get a\r\n", [retrieve("a")]),
+            ("   gats  5  a b  \r\n", [retrieve("a b", cas: true, touch: 5)]),
             ("gat  10   a\r\n", [retrieve("a", touch: 10)]),
             ("set  k  1  2  3  \r\nabc\r\n", [store(.set, "k", flags: 1, exptime: 2, "abc")]),
             ("cas k 0 0 1 9   noreply\r\nx\r\n", [store(.cas, "k", cas: 9, noreply: true, "x")]),

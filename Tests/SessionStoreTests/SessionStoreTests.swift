@@ -403,30 +403,94 @@ struct MemoryTests {
 
 @Suite("Meta state: stale items and win tokens")
 struct MetaStateTests {
+    /// A read as `mg` makes it: the only one that may hand out the win token.
+    static let metaGet = FetchOptions(offersWinToken: true)
+
     @Test("invalidate marks stale; the first reader wins, later ones see Z")
     func invalidate() {
         let (store, _) = makeStore()
         _ = store.set("k", "v")
         let cas = store.get("k")!.item.cas
         #expect(store.delete("k", request: DeleteRequest(invalidate: true)) == .deleted)
-        let first = store.get("k")!
+        let first = store.get("k", options: Self.metaGet)!
         #expect(first.stale && first.won && !first.tokenAlreadySent)
         #expect(first.item.cas != cas)
-        let second = store.get("k")!
+        let second = store.get("k", options: Self.metaGet)!
         #expect(second.stale && !second.won && second.tokenAlreadySent)
         // A fresh set clears the marks.
         _ = store.set("k", "fresh")
-        let third = store.get("k")!
+        let third = store.get("k", options: Self.metaGet)!
         #expect(!third.stale && !third.won && !third.tokenAlreadySent)
+    }
+
+    @Test("reads other than mg do not use up a stale item's win token")
+    func plainReadsKeepTheToken() {
+        let (store, _) = makeStore()
+        _ = store.set("k", "v")
+        #expect(store.delete("k", request: DeleteRequest(invalidate: true)) == .deleted)
+        let plain = store.get("k")!
+        #expect(plain.stale && !plain.won && !plain.tokenAlreadySent)
+        _ = store.get("k", options: FetchOptions(bump: false))
+        let meta = store.get("k", options: Self.metaGet)!
+        #expect(meta.won && !meta.tokenAlreadySent)
+    }
+
+    @Test("a stale store (I with an older CAS) keeps the deadline and the win token state")
+    func staleStore() {
+        let (store, clock) = makeStore()
+        let deadline = Deadline.memcached(exptime: 100, now: clock.nowMillis())
+        _ = store.set("k", "v", deadline: deadline)
+        let old = store.get("k")!.item.cas
+        #expect(store.delete("k", request: DeleteRequest(invalidate: true)) == .deleted)
+        #expect(store.get("k", options: Self.metaGet)!.won)
+        let request = StoreRequest(
+            mode: .set, flags: 7, deadline: .memcached(exptime: 999, now: clock.nowMillis()), compareCas: old, invalidate: true
+        )
+        let outcome = Array("k".utf8).withUnsafeBytes { key in
+            Array("late".utf8).withUnsafeBytes { store.store(key, value: $0, request: request) }
+        }
+        guard case .stored = outcome else {
+            Issue.record("a stale store must store: \(outcome)")
+            return
+        }
+        let after = store.get("k", options: Self.metaGet)!
+        #expect(String(decoding: after.item.value, as: UTF8.self) == "late")
+        #expect(after.item.flags == 7)
+        #expect(after.item.deadline == deadline)
+        // Still stale, and the win token already went to the first reader.
+        #expect(after.stale && !after.won && after.tokenAlreadySent)
+
+        // A stale store on an item whose token was not handed out leaves it to hand out once.
+        _ = store.set("j", "v")
+        let jOld = store.get("j")!.item.cas
+        _ = store.set("j", "newer")
+        let jOutcome = Array("j".utf8).withUnsafeBytes { key in
+            Array("late".utf8).withUnsafeBytes { store.store(key, value: $0, request: StoreRequest(mode: .set, compareCas: jOld, invalidate: true)) }
+        }
+        guard case .stored = jOutcome else {
+            Issue.record("a stale store must store: \(jOutcome)")
+            return
+        }
+        let first = store.get("j", options: Self.metaGet)!
+        #expect(first.stale && first.won)
+        let second = store.get("j", options: Self.metaGet)!
+        #expect(second.stale && !second.won && second.tokenAlreadySent)
+        // A CAS newer than the item's is refused, with or without I.
+        let newer = Array("j".utf8).withUnsafeBytes { key in
+            Array("x".utf8).withUnsafeBytes {
+                store.store(key, value: $0, request: StoreRequest(mode: .set, compareCas: second.item.cas + 1_000_000, invalidate: true))
+            }
+        }
+        #expect(newer == .exists)
     }
 
     @Test("vivify on miss creates an empty item and hands out one win")
     func vivify() {
         let (store, _) = makeStore()
-        let first = store.get("k", options: FetchOptions(vivify: .never))!
+        let first = store.get("k", options: FetchOptions(vivify: .never, offersWinToken: true))!
         #expect(first.won)
         #expect(first.item.valueCount == 0)
-        let second = store.get("k", options: FetchOptions(vivify: .never))!
+        let second = store.get("k", options: FetchOptions(vivify: .never, offersWinToken: true))!
         #expect(!second.won && second.tokenAlreadySent)
     }
 

@@ -150,6 +150,60 @@ import Testing
         }
     }
 
+    @Test func multigetOfEighteenThousandKeys() async throws {
+        try await withClient { client, _, _ async throws in
+            // A ~190 KB line, as memcached answers: every hit, in order, then END.
+            let keys = (0..<18_000).map { "session:\($0)" }
+            var expected = ""
+            for index in stride(from: 0, to: keys.count, by: 1000) {
+                try await client.expectReply("set \(keys[index]) \(index) 0 1\r\nv\r\n", "STORED\r\n")
+                expected += "VALUE \(keys[index]) \(index) 1\r\nv\r\n"
+            }
+            let line = keys.joined(separator: " ")
+            #expect(line.utf8.count > 180_000)
+            try await client.expectReply("get \(line)\r\n", expected + "END\r\n")
+            try await client.expectReply("gat 100 \(line)\r\n", expected + "END\r\n")
+            let gets = try await client.exchange("gets \(line)\r\n")
+            #expect(gets.hasSuffix("END\r\n") && gets.components(separatedBy: "VALUE ").count == 19)
+            try await client.expectReply("mg session:1000 t\r\n", "HD t100\r\n")
+        }
+    }
+
+    @Test func multigetOverTheBoundIsAnsweredNotCut() async throws {
+        try await withClient { client, _, _ async throws in
+            try await client.expectReply("set k 0 0 1\r\nx\r\n", "STORED\r\n")
+            // Past the bound (MemcacheDecoderLimits.defaultMaxRetrievalLineLength,
+            // 4 MiB) Tandem answers CLIENT_ERROR and drops the rest of the line.
+            let keys = String(repeating: "k ", count: (4 << 20) / 2 + 1000)
+            try await client.expectReply("get \(keys)\r\n", "CLIENT_ERROR line too long\r\n")
+            try await client.expectReply("get k\r\n", "VALUE k 0 1\r\nx\r\nEND\r\n")
+        }
+    }
+
+    @Test func httpRequestClosesWithoutAReply() async throws {
+        try await withServer { server, _ async throws in
+            for request in ["GET / HTTP/1.0\r\n", "PUT /a/b HTTP/1.1\r\n", "DELETE HTTP/1.1\r\n", "POST /x HTTP/1.1\r\nHost: x\r\n\r\n"] {
+                let client = try TestClient(port: server.port)
+                defer { client.close() }
+                try await client.send(request)
+                let sent = try await client.readUntilClosed()
+                #expect(sent.isEmpty, "\(request.debugDescription) got \(String(decoding: sent, as: UTF8.self).debugDescription)")
+            }
+            // Replies owed before it are still sent.
+            let client = try TestClient(port: server.port)
+            defer { client.close() }
+            try await client.send("version\r\nGET / HTTP/1.1\r\nversion\r\n")
+            let sent = String(decoding: try await client.readUntilClosed(), as: UTF8.self)
+            #expect(sent.hasPrefix("VERSION ") && sent.components(separatedBy: "VERSION").count == 2, "\(sent.debugDescription)")
+            // Lines that memcached answers stay answered.
+            let other = try TestClient(port: server.port)
+            defer { other.close() }
+            try await other.expectReply("get / HTTP/1.1\r\n", "END\r\n")
+            try await other.expectReply("GET / http/1.1\r\n", "ERROR\r\n")
+            try await other.expectReply("gfoo HTTP/1.1\r\n", "ERROR\r\n")
+        }
+    }
+
     /// A zero-padded three-digit prefix, so the 100 keys are distinct.
     private func format3(_ value: Int) -> String {
         let digits = String(value)

@@ -185,6 +185,74 @@ import Testing
         }
     }
 
+    /// memcached 1.6.18: `c` returns the CAS of a value it stored; when `ms`
+    /// stores nothing it answers `c0`, among the flags in request order.
+    @Test func metaSetFailureReturnsCasZero() async throws {
+        try await withClient { client, _, _ async throws in
+            let stored = try await client.exchange("ms k 1 c T100\r\na\r\n")
+            let cas = try await client.cas("k")
+            #expect(stored == "HD c\(cas)\r\n")
+            try await client.expectReply("ms k 1 c C\(cas &+ 1)\r\nb\r\n", "EX c0\r\n")
+            try await client.expectReply("ms k 1 c C\(cas &+ 1) q\r\nb\r\n", "EX c0\r\n")
+            try await client.expectReply("ms k 1 c k O123 C\(cas &+ 1)\r\nb\r\n", "EX c0 kk O123\r\n")
+            // Return flags that need a stored item (s) are left out.
+            try await client.expectReply("ms k 1 c s k C\(cas &+ 1)\r\nb\r\n", "EX c0 kk\r\n")
+            try await client.expectReply("ms nokey 1 c C1\r\nb\r\n", "NF c0\r\n")
+            try await client.expectReply("ms k 1 ME k c O1\r\nb\r\n", "NS kk c0 O1\r\n")
+            try await client.expectReply("ms nokey 1 MR c\r\nb\r\n", "NS c0\r\n")
+            // The other meta commands return no CAS on failure.
+            try await client.expectReply("md nokey k\r\n", "NF knokey\r\n")
+            try await client.expectReply("mg nokey c k\r\n", "EN knokey\r\n")
+            try await client.expectReply("mg k v\r\n", "VA 1\r\na\r\n")
+        }
+    }
+
+    /// memcached 1.6.18: `ms … I` with a CAS older than the item's stores the
+    /// value but keeps the item stale, its TTL, and who holds the win token.
+    @Test func metaSetInvalidateKeepsTtlAndToken() async throws {
+        try await withClient { client, _, _ async throws in
+            try await client.expectReply("ms k 1 T100\r\na\r\n", "HD\r\n")
+            let old = try await client.cas("k")
+            try await client.expectReply("md k I T30\r\n", "HD\r\n")
+            try await client.expectReply("mg k t v\r\n", "VA 1 t30 X W\r\na\r\n")
+            // A late fill with the pre-invalidation CAS: stored, still stale, TTL unchanged, token not handed out again.
+            try await client.expectReply("ms k 2 I C\(old) T999 F5\r\nbb\r\n", "HD\r\n")
+            try await client.expectReply("mg k t f v\r\n", "VA 2 t30 f5 Z X\r\nbb\r\n")
+            try await client.expectReply("mg k t v\r\n", "VA 2 t30 Z X\r\nbb\r\n")
+            // A plain set makes it fresh: no marks, the new TTL.
+            try await client.expectReply("ms k 2 T50\r\ndd\r\n", "HD\r\n")
+            try await client.expectReply("mg k t v\r\n", "VA 2 t50\r\ndd\r\n")
+            // On an item that was fresh, such a store makes it stale, and its token is handed out once.
+            let before = try await client.cas("k")
+            try await client.expectReply("ms k 2\r\nee\r\n", "HD\r\n")
+            try await client.expectReply("ms k 2 I C\(before) T999\r\nff\r\n", "HD\r\n")
+            try await client.expectReply("mg k t v\r\n", "VA 2 t-1 X W\r\nff\r\n")
+            try await client.expectReply("mg k t v\r\n", "VA 2 t-1 Z X\r\nff\r\n")
+        }
+    }
+
+    /// The win token of a stale item goes to the first `mg`; reads that
+    /// cannot tell a client it won (`get`, `gets`, `me`) leave it alone.
+    @Test func staleItemHandsOutItsWinTokenOnce() async throws {
+        try await withClient { client, _, _ async throws in
+            try await client.expectReply("ms k 1 T100\r\na\r\n", "HD\r\n")
+            try await client.expectReply("md k I\r\n", "HD\r\n")
+            #expect(try await client.exchange("gets k\r\n").hasPrefix("VALUE k 0 1 "))
+            try await client.expectReply("get k\r\n", "VALUE k 0 1\r\na\r\nEND\r\n")
+            #expect(try await client.exchange("me k\r\n").hasPrefix("ME k "))
+            try await client.expectReply("mg k\r\n", "HD X W\r\n")
+            try await client.expectReply("mg k\r\n", "HD Z X\r\n")
+            try await client.expectReply("mg k v q k O1\r\n", "VA 1 kk O1 Z X\r\na\r\n")
+            // Invalidating again hands out a new token (memcached does the same).
+            try await client.expectReply("md k I\r\n", "HD\r\n")
+            try await client.expectReply("mg k\r\n", "HD X W\r\n")
+            try await client.expectReply("mg k\r\n", "HD Z X\r\n")
+            // Until the item is set again.
+            try await client.expectReply("set k 0 0 1\r\nb\r\n", "STORED\r\n")
+            try await client.expectReply("mg k\r\n", "HD\r\n")
+        }
+    }
+
     @Test func metaSetBase64Keys() async throws {
         try await withClient { client, _, _ async throws in
             // "Zm9v" is "foo".
@@ -331,6 +399,16 @@ import Testing
             try await client.expectReply("mg k !\r\n", "CLIENT_ERROR invalid flag\r\n")
             try await client.expectReply("mg k Tabc\r\n", "CLIENT_ERROR bad token in command line format\r\n")
             try await client.expectReply("mg k O\(String(repeating: "o", count: 33))\r\n", "CLIENT_ERROR opaque token too long\r\n")
+            // memcached's bound is on the whole token: 32 bytes with the O, so 31 of opaque.
+            try await client.expectReply("mg k O\(String(repeating: "o", count: 32))\r\n", "CLIENT_ERROR opaque token too long\r\n")
+            try await client.expectReply("ms k 1 O\(String(repeating: "o", count: 32))\r\nx\r\n", "CLIENT_ERROR opaque token too long\r\n")
+            try await client.expectReply("mg k O\(String(repeating: "o", count: 31))\r\n", "EN O\(String(repeating: "o", count: 31))\r\n")
+            // Keys: 250 bytes; base64 keys are bounded as a 250-byte token too.
+            try await client.expectReply("mg \(String(repeating: "k", count: 250)) v\r\n", "EN\r\n")
+            try await client.expectReply("mg \(String(repeating: "k", count: 251)) v\r\n", "CLIENT_ERROR bad command line format\r\n")
+            try await client.expectReply("md \(String(repeating: "k", count: 251))\r\n", "CLIENT_ERROR bad command line format\r\n")
+            try await client.expectReply("mg \(String(repeating: "enp6", count: 63)) b v\r\n", "CLIENT_ERROR bad command line format\r\n")
+            try await client.expectReply("mg \(String(repeating: "enp6", count: 62)) b v\r\n", "EN\r\n")
             try await client.expectReply("mg\r\n", "CLIENT_ERROR bad command line format\r\n")
             try await client.expectReply("ms k\r\n", "CLIENT_ERROR bad command line format\r\n")
             try await client.expectReply("ms k abc\r\n", "CLIENT_ERROR bad command line format\r\n")

@@ -6,8 +6,8 @@
 // seeds the read splits, the rest is the byte stream a client sends.
 //
 // Checked for every input:
-// - no crash, trap or memory error (ASan), and only `lineTooLong` is thrown
-//   (typed throws);
+// - no crash, trap or memory error (ASan), and only `lineTooLong` or
+//   `httpRequest` is thrown (typed throws);
 // - every command returned consumes at least one byte, and the number of
 //   `next` calls is bounded by the input size (no infinite loop);
 // - without an error, what stays buffered is bounded by the limits;
@@ -69,6 +69,8 @@ func checkSemantics(_ command: MemcacheCommand, limits: MemcacheDecoderLimits) {
     case .store(let storage):
         checkKey(storage.key, limits: limits, binary: false, command)
         check(storage.value.readableBytes <= limits.maxItemSize, "value over maxItemSize: \(command)")
+    case .refusedSet(let key, _):
+        checkKey(key, limits: limits, binary: false, command)
     case .delete(let key, _), .arithmetic(let key, _, _, _), .touch(let key, _, _):
         checkKey(key, limits: limits, binary: false, command)
     case .flushAll(let delay, _):
@@ -81,9 +83,15 @@ func checkSemantics(_ command: MemcacheCommand, limits: MemcacheDecoderLimits) {
             check(value.readableBytes <= limits.maxItemSize, "meta value over maxItemSize: \(command)")
         }
         if let opaque = meta.flags.opaque {
-            check(opaque.readableBytes <= limits.maxOpaqueLength, "opaque too long: \(command)")
+            // The bound is on the whole token, its `O` included.
+            check(opaque.readableBytes < limits.maxOpaqueTokenLength, "opaque too long: \(command)")
         }
-    case .version, .verbosity, .quit, .stats, .invalid:
+    case .invalid(let error, let noreply):
+        // Only commands that take `noreply` can make an error silent.
+        if noreply {
+            check(error != .unknownCommand && error != .lineTooLong, "silent \(error): \(command)")
+        }
+    case .version, .verbosity, .quit, .stats:
         break
     }
 }
