@@ -343,6 +343,7 @@ final class WireConnectionHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if case .closed = state { return }
         // The frame decoder's errors: the header was not (fully) read, so no request is answered.
         guard let code = (error as? WireProtocolError).map({ $0.wireErrorCode }) ?? .malformed else {
             // A truncated frame: the peer closed its end, there is nobody to tell.
