@@ -30,6 +30,9 @@ public final class ReplicaSession: @unchecked Sendable {
     private var lastSent = NIODeadline.now()
     private var lastReceived = NIODeadline.now()
     private var heartbeat: RepeatedTask?
+    /// The lowest offset the backup may acknowledge next: where its resync
+    /// started, then its last acknowledgement. Acknowledgements never go back.
+    private var acknowledgedFloor: UInt64 = 0
 
     /// Items per snapshot chunk are cut at about this many bytes.
     static let snapshotChunkBytes = 1 << 20
@@ -57,12 +60,14 @@ public final class ReplicaSession: @unchecked Sendable {
         channel.eventLoop.assertInEventLoop()
         startHeartbeat()
         primary.feed.pump()
+        // A position past this node's stream is not one of its history's: a full resync.
         let next = request.offset &+ 1
-        if request.replicationID == primary.replicationID, primary.backlog.covers(next) {
+        if request.replicationID == primary.replicationID, request.offset <= primary.offset, primary.backlog.covers(next) {
             primary.countResync(full: false)
             logger.info("partial resync", metadata: ["from_offset": "\(next)", "to_offset": "\(primary.offset)"])
             send(.partialResync(replicationID: primary.replicationID, offset: request.offset))
             state = .streaming(next: next)
+            acknowledgedFloor = request.offset
             // The backup's request states what it has applied: that is an
             // acknowledgement, and may be all it needs (nothing new to send).
             primary.acknowledged(request.offset)
@@ -81,6 +86,7 @@ public final class ReplicaSession: @unchecked Sendable {
             estimatedItems: UInt64(statistics.currentItems), estimatedBytes: UInt64(statistics.bytes)
         )))
         state = .snapshotting(resumeAt: offset + 1)
+        acknowledgedFloor = offset
         let session = self
         Task { await session.streamSnapshot(resumeAt: offset + 1) }
     }
@@ -193,14 +199,57 @@ public final class ReplicaSession: @unchecked Sendable {
         lastReceived = .now()
         switch message {
         case .ack(let offset):
-            primary.acknowledged(offset)
+            acknowledge(offset)
         case .ping(let timestamp):
             send(.pong(timestampMillis: timestamp), flags: WireFrame.Flags.response, requestID: requestID)
         case .pong:
             break
         default:
-            close(reason: "unexpected \(message.type) on a replication connection")
+            violation("unexpected \(message.type) on a replication connection")
         }
+    }
+
+    /// The last offset sent on this link: the snapshot's position while it
+    /// is sent (the backup acknowledges it after `snapshotEnd`, which may
+    /// arrive before this side moves on to the stream), then the stream's.
+    private var sentThrough: UInt64? {
+        switch state {
+        case .snapshotting(let resumeAt): return resumeAt - 1
+        case .streaming(let next): return next - 1
+        case .closed: return nil
+        }
+    }
+
+    /// Takes an acknowledgement, unless it claims what was never sent or goes
+    /// back: either would make writes count as replicated that are not (or
+    /// shows a backup that lost track of the stream), so the link is closed.
+    private func acknowledge(_ offset: UInt64) {
+        guard let sentThrough else { return }
+        guard offset <= sentThrough else {
+            violation("ack of offset \(offset) beyond the last offset sent, \(sentThrough)")
+            return
+        }
+        guard offset >= acknowledgedFloor else {
+            violation("ack of offset \(offset) goes back from \(acknowledgedFloor)")
+            return
+        }
+        acknowledgedFloor = offset
+        primary.acknowledged(offset)
+    }
+
+    /// The backup broke the protocol: tell it why (unsolicited `error`
+    /// `protocolViolation`), log it, and close the link (on the event loop).
+    private func violation(_ reason: String) {
+        guard sentThrough != nil else { return }
+        logger.warning("closing replication connection: protocol violation", metadata: ["reason": "\(reason)"])
+        state = .closed
+        var buffer = channel.allocator.buffer(capacity: 64 + reason.utf8.count)
+        guard (try? buffer.writeWireMessage(.error(WireError(.protocolViolation, reason)))) != nil else {
+            channel.close(promise: nil)
+            return
+        }
+        let channel = self.channel
+        channel.writeAndFlush(buffer).whenComplete { _ in channel.close(promise: nil) }
     }
 
     /// The connection closed (on the event loop).

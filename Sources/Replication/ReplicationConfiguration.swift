@@ -52,12 +52,6 @@ public struct ReplicationConfiguration: Sendable {
     }
 }
 
-/// The wire protocol versions this build speaks.
-public enum WireVersion {
-    public static let minimum: UInt16 = 1
-    public static let maximum: UInt16 = 1
-}
-
 /// Meta-table names under which a node keeps its replication position.
 public enum ReplicationMetaKey {
     public static let replicationID = "replication_id"

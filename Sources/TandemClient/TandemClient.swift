@@ -83,7 +83,7 @@ public final class TandemClient: Sendable {
     ) async throws -> TandemClient {
         let nonce = WireSecret.randomNonce(count: WireSecret.clientNonceLength)
         let hello = WireMessage.hello(Hello(
-            minimumVersion: 1, maximumVersion: 1, role: role, nodeName: name, nonce: nonce, epoch: epoch
+            minimumVersion: WireVersion.minimum, maximumVersion: WireVersion.maximum, role: role, nodeName: name, nonce: nonce, epoch: epoch
         ))
         let reply: WireMessage
         do {

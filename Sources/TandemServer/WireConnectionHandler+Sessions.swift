@@ -13,6 +13,19 @@ extension WireConnectionHandler {
     static let scanBudget = 4096
     /// Items a page returns at most.
     static let scanPageLimit: UInt32 = 10_000
+    /// A page stops growing once its records take this many bytes. With the
+    /// largest record that can follow (a key of 250 bytes and a value of the
+    /// largest `-I`, 8 MiB), a page still fits a frame: pages are bounded by
+    /// bytes as well as items, so any data a node can hold can be exported.
+    static let scanPageBytes = 4 << 20
+    /// Bytes a `scanPage` body takes besides its records: cursor (length and 8
+    /// bytes), scanned, matched, count.
+    static let scanPageOverhead = 4 + 8 + 4 + 4 + 4
+    /// The largest value any node holds: tandemd's ceiling for `-I`. Not this
+    /// node's own `-I`: a backup holds what its primary accepted, under the primary's.
+    static let largestValue = 8 << 20
+    /// Slots one step of a scan hands to the store under one lock hold.
+    static let scanStep = 256
 
     func serveScan(_ request: ScanRequest, requestID: UInt32, context: ChannelHandlerContext) {
         var shard = 0
@@ -49,20 +62,29 @@ extension WireConnectionHandler {
             }
         }
         var records: [SessionRecord] = []
+        var recordBytes = 0
+        // The most one more record can add: the page never grows past a frame.
+        let withValues = request.options.contains(.values) && !request.options.contains(.countOnly)
+        let largestRecord = WireEncodedSize.sessionRecord + node.decoderLimits.maxKeyLength + (withValues ? Self.largestValue : 0)
+        let roomForRecords = WireFrame.maximumBodySize - Self.scanPageOverhead
         var scanned = 0
         var matched = 0
         var budget = Self.scanBudget
         var cursor: (shard: Int, slot: Int)? = shard < store.shardCount ? (shard, slot) : nil
-        while let position = cursor, budget > 0, matched < limit {
-            // Never more live items than the page may still return: the cursor
-            // then points exactly after the last item sent.
-            let page = store.scan(shard: position.shard, from: position.slot, budget: min(budget, 256, limit - matched), include: include)
+        while let position = cursor, budget > 0, matched < limit, recordBytes < Self.scanPageBytes {
+            // Never more live items than the page may still take, by count and by
+            // bytes (each may be as large as the largest record): the cursor then
+            // points exactly after the last item sent.
+            let fitting = max(1, (roomForRecords - recordBytes) / largestRecord)
+            let page = store.scan(shard: position.shard, from: position.slot, budget: min(budget, Self.scanStep, limit - matched, fitting), include: include)
             budget -= max(page.examined, 1)
             scanned += page.examined
             for item in page.items {
                 matched += 1
                 if !request.options.contains(.countOnly) {
-                    records.append(Self.record(item, withValue: request.options.contains(.values)))
+                    let record = Self.record(item, withValue: withValues)
+                    recordBytes += WireEncodedSize.sessionRecord + record.key.count + record.value.count
+                    records.append(record)
                 }
             }
             if let next = page.next {
@@ -109,44 +131,78 @@ extension WireConnectionHandler {
         answerAfterReplication(.deleteResult(deleted: deleted, missing: missing), wrote: deleted > 0, primary: primary, requestID: requestID, context: context)
     }
 
-    func serveImport(_ records: [SessionRecord], requestID: UInt32, context: ChannelHandlerContext) {
+    func serveImport(_ records: [SessionRecord], version: UInt16, requestID: UInt32, context: ChannelHandlerContext) {
         guard let primary = node.primary else {
             refuse(.notPrimary, notPrimaryMessage("import"), requestID: requestID, context: context)
             return
         }
-        let store = node.store
-        let now = store.now()
-        var summary = ImportSummary(stored: 0, unchanged: 0, expired: 0)
-        for record in records {
-            guard !record.key.isEmpty, record.key.count <= 250, record.value.count <= node.configuration.store.maxItemSize else {
-                refuse(.tooLarge, "an imported item's key must be 1–250 bytes and its value at most the node's -I", requestID: requestID, context: context)
-                return
-            }
-            let deadline = Deadline(millis: record.deadlineMillis)
-            if deadline.hasPassed(at: now) {
-                summary.expired += 1
-                continue
-            }
-            let same = record.key.withUnsafeBytes { key -> Bool in
-                guard let held = store.fetch(key, options: FetchOptions(bump: false))?.item else { return false }
-                return held.flags == record.flags && held.deadline == deadline && held.value == record.value
-            }
-            if same {
-                summary.unchanged += 1
-                continue
-            }
-            let outcome = record.key.withUnsafeBytes { key in
-                record.value.withUnsafeBytes { value in
-                    store.store(key, value: value, request: StoreRequest(mode: .set, flags: record.flags, deadline: deadline))
-                }
-            }
-            guard case .stored = outcome else {
-                refuse(.internalError, "the node could not store an imported item (\(outcome)); is it out of memory (-m)?", requestID: requestID, context: context)
-                return
-            }
-            summary.stored += 1
+        // Every item is judged on its own: a bad one is reported and the rest are still stored.
+        let outcomes = records.map(importOne)
+        let wrote = outcomes.contains(.stored)
+        guard version < WireVersion.perItemImport else {
+            answerAfterReplication(.importReport(outcomes), wrote: wrote, primary: primary, requestID: requestID, context: context)
+            return
         }
-        answerAfterReplication(.importResult(summary), wrote: summary.stored > 0, primary: primary, requestID: requestID, context: context)
+        // Version 1 has only the totals: rejections are told as an error
+        // naming the first, once the other items are stored.
+        var summary = ImportSummary(stored: 0, unchanged: 0, expired: 0)
+        var rejected: [(index: Int, rejection: ImportRejection)] = []
+        for (index, outcome) in outcomes.enumerated() {
+            switch outcome {
+            case .stored: summary.stored += 1
+            case .unchanged: summary.unchanged += 1
+            case .expired: summary.expired += 1
+            case .rejected(let rejection): rejected.append((index, rejection))
+            }
+        }
+        guard let first = rejected.first else {
+            answerAfterReplication(.importResult(summary), wrote: wrote, primary: primary, requestID: requestID, context: context)
+            return
+        }
+        let code: WireErrorCode = first.rejection.reason == .notStored ? .internalError : .tooLarge
+        let message = "\(rejected.count) of \(records.count) items rejected, the first (item \(first.index)): \(first.rejection.message); "
+            + "stored \(summary.stored), unchanged \(summary.unchanged), expired \(summary.expired)"
+        answerAfterReplication(.error(WireError(code, message)), wrote: wrote, primary: primary, requestID: requestID, context: context)
+    }
+
+    /// Stores one imported item unless it is expired, already held exactly so, or unusable.
+    private func importOne(_ record: SessionRecord) -> ImportOutcome {
+        let store = node.store
+        // Keys the memcached protocols could not address would be stored but
+        // unreachable by every client of the node.
+        guard record.key.withUnsafeBytes({ ASCII.isValidKey($0, maxLength: node.decoderLimits.maxKeyLength) }) else {
+            return .rejected(ImportRejection(.invalidKey, "key \(Self.printable(record.key)) cannot be used by memcached clients: it must be 1–\(node.decoderLimits.maxKeyLength) bytes without spaces or control bytes"))
+        }
+        let limit = node.configuration.store.maxItemSize
+        guard record.value.count <= limit else {
+            return .rejected(ImportRejection(.tooLarge, "the value of \(Self.printable(record.key)) is \(record.value.count) bytes, over the node's item size limit of \(limit) (-I)"))
+        }
+        let deadline = Deadline(millis: record.deadlineMillis)
+        if deadline.hasPassed(at: store.now()) { return .expired }
+        let same = record.key.withUnsafeBytes { key -> Bool in
+            guard let held = store.fetch(key, options: FetchOptions(bump: false))?.item else { return false }
+            return held.flags == record.flags && held.deadline == deadline && held.value == record.value
+        }
+        if same { return .unchanged }
+        let outcome = record.key.withUnsafeBytes { key in
+            record.value.withUnsafeBytes { value in
+                store.store(key, value: value, request: StoreRequest(mode: .set, flags: record.flags, deadline: deadline))
+            }
+        }
+        guard case .stored = outcome else {
+            return .rejected(ImportRejection(.notStored, "the node could not store \(Self.printable(record.key)) (\(outcome)); is it out of memory (-m)?"))
+        }
+        return .stored
+    }
+
+    /// A key for a message: its text with control bytes escaped, cut short when long.
+    static func printable(_ key: [UInt8]) -> String {
+        let shown = key.prefix(64).map { byte -> String in
+            guard byte < 0x20 || byte >= 0x7F || byte == UInt8(ascii: "\\") else { return String(UnicodeScalar(byte)) }
+            let hex = String(byte, radix: 16)
+            return "\\x" + (hex.count == 1 ? "0" + hex : hex)
+        }.joined()
+        return "\"" + shown + (key.count > 64 ? "…\" (\(key.count) bytes)" : "\"")
     }
 
     // MARK: Helpers
@@ -159,7 +215,7 @@ extension WireConnectionHandler {
         )
     }
 
-    private func notPrimaryMessage(_ what: String) -> String {
+    func notPrimaryMessage(_ what: String) -> String {
         let peer = node.configuration.pair?.peer.map { " (its peer is \($0.host):\($0.port))" } ?? ""
         return "this node is a \(node.role): \(what) on the primary\(peer)"
     }

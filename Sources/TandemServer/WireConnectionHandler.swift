@@ -12,23 +12,41 @@ final class WireConnectionHandler: ChannelInboundHandler {
     typealias InboundIn = WireFrame
     typealias OutboundOut = ByteBuffer
 
+    /// Who is at the other end, as its `hello` said (and, with a secret, proved).
+    struct Link {
+        var role: ConnectionRole
+        var name: String
+        /// The protocol version the connection speaks (Protocol.md 1.3).
+        var version: UInt16
+    }
+
     /// Where the connection is in its life.
     enum State {
         /// Nothing received yet: the first frame must be `hello`.
         case awaitingHello
         /// `helloOK` sent with a challenge: only `auth` may come next.
-        case awaitingAuth(role: ConnectionRole, name: String, epoch: UInt64, clientNonce: [UInt8], serverNonce: [UInt8])
+        case awaitingAuth(Link, epoch: UInt64, clientNonce: [UInt8], serverNonce: [UInt8])
         /// Handshake done: requests are served.
-        case ready(role: ConnectionRole, name: String)
+        case ready(Link)
         /// A node about to follow this primary sends its versions for merging;
         /// a version stamped above `conflictsAbove` is one this node never saw.
-        case reconciling(role: ConnectionRole, name: String, conflictsAbove: UInt64, merge: MergeTally)
+        case reconciling(Link, conflictsAbove: UInt64, merge: MergeTally)
         /// The backup's replication connection, run by its session.
         case replicating(ReplicaSession)
         /// Streaming changes for a `watch` (Protocol.md 1.4): only `ping` is served besides.
         case watching(Watcher)
         /// Closing after a protocol error.
         case closed
+
+        /// Whether a frame with the `RESPONSE` flag may arrive now. A node asks
+        /// nothing of its clients, so every frame they send is a request; only
+        /// a backup answers the primary's heartbeats (`pong`) on its link.
+        func acceptsResponse(_ frame: WireFrame) -> Bool {
+            switch self {
+            case .replicating: return frame.messageType == .pong
+            case .awaitingHello, .awaitingAuth, .ready, .reconciling, .watching, .closed: return false
+            }
+        }
     }
 
     let node: ServerContext
@@ -42,6 +60,14 @@ final class WireConnectionHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
+        if case .closed = state { return }
+        guard !frame.isResponse || state.acceptsResponse(frame) else {
+            // An answer where a request belongs: the peer has lost track of the
+            // conversation, and nothing it sends can be trusted to mean what it says.
+            let type = frame.messageType.map { "\($0)" } ?? "type \(WireMessageType.hex(frame.type))"
+            reject(.protocolViolation, "a \(type) frame with the RESPONSE flag (request id \(frame.requestID)) where a request is expected", requestID: nil, context: context)
+            return
+        }
         let message: WireMessage
         do {
             message = try frame.message()
@@ -61,27 +87,31 @@ final class WireConnectionHandler: ChannelInboundHandler {
                 reject(.unsupportedVersion, "this node speaks versions \(WireVersion.minimum)...\(WireVersion.maximum)", requestID: frame.requestID, context: context)
                 return
             }
-            let version = min(hello.maximumVersion, WireVersion.maximum)
-            let secret = node.configuration.pair?.secret
-            if secret != nil, hello.nonce.count != WireSecret.clientNonceLength {
-                reject(.malformed, "hello.nonce must be \(WireSecret.clientNonceLength) bytes", requestID: frame.requestID, context: context)
+            // Required with or without a secret: the nonce is part of the
+            // handshake, not of the authentication, so a client need not know
+            // whether the node has a secret to build a valid hello.
+            guard hello.nonce.count == WireSecret.clientNonceLength else {
+                reject(.malformed, "hello.nonce must be \(WireSecret.clientNonceLength) random bytes, not \(hello.nonce.count)", requestID: frame.requestID, context: context)
                 return
             }
+            // Everything above refuses the hello; nothing before this point changes the node.
+            let link = Link(role: hello.role, name: hello.nodeName, version: min(hello.maximumVersion, WireVersion.maximum))
+            let secret = node.configuration.pair?.secret
             // A fresh nonce for every connection, so a proof recorded on one answers no other.
             let serverNonce = secret == nil ? [] : WireSecret.randomNonce(count: WireSecret.serverNonceLength)
-            // Only a peer that proved it knows the secret may make this node step down.
-            if secret == nil, hello.role == .peer { node.pair?.peerSaidHello(epoch: hello.epoch, name: hello.nodeName) }
+            // Without a secret a peer's hello counts at once; with one, only once it proved it knows the secret.
+            if secret == nil { peerSaidHello(link, epoch: hello.epoch) }
             send(.helloOK(HelloOK(
-                version: version, nodeName: node.nodeName, nodeRole: node.role, epoch: node.pair?.epoch ?? 0,
+                version: link.version, nodeName: node.nodeName, nodeRole: node.role, epoch: node.pair?.epoch ?? 0,
                 authentication: secret == nil ? .none : .hmacSHA256, nonce: serverNonce
             )), requestID: frame.requestID, context: context)
             if secret == nil {
-                state = .ready(role: hello.role, name: hello.nodeName)
+                state = .ready(link)
             } else {
-                state = .awaitingAuth(role: hello.role, name: hello.nodeName, epoch: hello.epoch, clientNonce: hello.nonce, serverNonce: serverNonce)
+                state = .awaitingAuth(link, epoch: hello.epoch, clientNonce: hello.nonce, serverNonce: serverNonce)
             }
 
-        case .awaitingAuth(let role, let name, let epoch, let clientNonce, let serverNonce):
+        case .awaitingAuth(let link, let epoch, let clientNonce, let serverNonce):
             guard case .auth(let proof) = message else {
                 reject(.authenticationRequired, "this node requires authentication: send auth after helloOK", requestID: frame.requestID, context: context)
                 return
@@ -92,36 +122,36 @@ final class WireConnectionHandler: ChannelInboundHandler {
             }
             // The state is entered only with a secret configured, and the configuration does not change.
             guard let secret = node.configuration.pair?.secret,
-                secret.isValidClientProof(proof, clientNonce: clientNonce, serverNonce: serverNonce, role: role)
+                secret.isValidClientProof(proof, clientNonce: clientNonce, serverNonce: serverNonce, role: link.role)
             else {
                 reject(.authenticationFailed, "wrong proof: the shared secret differs", requestID: frame.requestID, context: context)
                 return
             }
             send(.authOK(proof: secret.serverProof(clientNonce: clientNonce, serverNonce: serverNonce)), requestID: frame.requestID, context: context)
-            state = .ready(role: role, name: name)
-            if role == .peer { node.pair?.peerSaidHello(epoch: epoch, name: name) }
+            state = .ready(link)
+            peerSaidHello(link, epoch: epoch)
 
-        case .ready(let role, let name):
-            serve(message, frame: frame, role: role, name: name, context: context)
+        case .ready(let link):
+            serve(message, frame: frame, link: link, context: context)
 
-        case .reconciling(let role, let name, let conflictsAbove, var merge):
+        case .reconciling(let link, let conflictsAbove, var merge):
             switch message {
             case .reconcileChunk(let changes):
-                merge.merge(changes, into: node.store, conflictsAbove: conflictsAbove, from: name, logger: logger)
-                state = .reconciling(role: role, name: name, conflictsAbove: conflictsAbove, merge: merge)
+                merge.merge(changes, into: node.store, conflictsAbove: conflictsAbove, from: link.name, logger: logger)
+                state = .reconciling(link, conflictsAbove: conflictsAbove, merge: merge)
             case .reconcileEnd(let count):
                 guard count == merge.received else {
                     reject(.protocolViolation, "reconcileEnd announced \(count) versions but \(merge.received) arrived", requestID: frame.requestID, context: context)
                     return
                 }
                 node.pair?.countReconciliation(applied: merge.applied, conflicts: merge.conflicts)
-                logger.info("reconciled with \(name)", metadata: [
+                logger.info("reconciled with \(link.name)", metadata: [
                     "received": "\(merge.received)", "applied": "\(merge.applied)", "conflicts": "\(merge.conflicts)",
                 ])
-                state = .ready(role: role, name: name)
+                state = .ready(link)
                 send(.reconcileDone(ReconcileSummary(received: merge.received, applied: merge.applied, conflicts: merge.conflicts)), requestID: frame.requestID, context: context)
             default:
-                serve(message, frame: frame, role: role, name: name, context: context)
+                serve(message, frame: frame, link: link, context: context)
             }
 
         case .replicating(let session):
@@ -144,27 +174,45 @@ final class WireConnectionHandler: ChannelInboundHandler {
         }
     }
 
-    private func serve(_ message: WireMessage, frame: WireFrame, role: ConnectionRole, name: String, context: ChannelHandlerContext) {
+    /// A hello from the other node of the pair was accepted (and, with a
+    /// secret, proved): its epoch may make this node step down. Only a node
+    /// with a `--peer` has a pair to step down in; on any other the hello of
+    /// a connection claiming the peer role changes nothing.
+    private func peerSaidHello(_ link: Link, epoch: UInt64) {
+        guard link.role == .peer, node.configuration.pair?.peer != nil else { return }
+        node.pair?.peerSaidHello(epoch: epoch, name: link.name)
+    }
+
+    private func serve(_ message: WireMessage, frame: WireFrame, link: Link, context: ChannelHandlerContext) {
+        let name = link.name
         switch message {
         case .ping(let timestamp):
             send(.pong(timestampMillis: timestamp), requestID: frame.requestID, context: context)
         case .statusRequest, .statsRequest:
             send(.properties(node.properties().map { Property($0.0, $0.1) }), requestID: frame.requestID, context: context)
         case .replicate(let request):
-            guard role == .peer, let primary = node.primary else {
-                reject(.notPrimary, "this node is a \(node.role); replicate from the primary", requestID: frame.requestID, context: context)
+            guard link.role == .peer else {
+                reject(.protocolViolation, Self.peerOnly("replicate"), requestID: frame.requestID, context: context)
+                return
+            }
+            guard let primary = node.primary else {
+                reject(.notPrimary, notPrimaryMessage("replicate"), requestID: frame.requestID, context: context)
                 return
             }
             state = .replicating(ReplicaSession.start(on: context.channel, primary: primary, request: request, backupName: name))
         case .forward(let request):
             guard node.primary != nil else {
-                reject(.notPrimary, "this node is a \(node.role); forward to the primary", requestID: frame.requestID, context: context)
+                reject(.notPrimary, notPrimaryMessage("forward"), requestID: frame.requestID, context: context)
                 return
             }
             runForwarded(request, requestID: frame.requestID, context: context)
         case .reconcile(let position):
-            guard role == .peer, let primary = node.primary else {
-                reject(.notPrimary, "this node is a \(node.role); reconcile with the primary", requestID: frame.requestID, context: context)
+            guard link.role == .peer else {
+                reject(.protocolViolation, Self.peerOnly("reconcile"), requestID: frame.requestID, context: context)
+                return
+            }
+            guard let primary = node.primary else {
+                reject(.notPrimary, notPrimaryMessage("reconcile"), requestID: frame.requestID, context: context)
                 return
             }
             let watermark = primary.reconcileWatermark(for: position)
@@ -177,7 +225,7 @@ final class WireConnectionHandler: ChannelInboundHandler {
                 // history saw: meeting another version of the key there is no conflict.
                 let (seenUpTo, overflow) = watermark.addingReportingOverflow(PrimaryReplication.stampMargin)
                 let conflictsAbove = watermark == 0 ? 0 : (overflow ? .max : seenUpTo)
-                state = .reconciling(role: role, name: name, conflictsAbove: conflictsAbove, merge: MergeTally())
+                state = .reconciling(link, conflictsAbove: conflictsAbove, merge: MergeTally())
             }
             send(.reconcileFrom(watermark: watermark), requestID: frame.requestID, context: context)
         case .promote(let reason):
@@ -195,7 +243,7 @@ final class WireConnectionHandler: ChannelInboundHandler {
         case .deleteKeys(let keys):
             serveDelete(keys, requestID: frame.requestID, context: context)
         case .importItems(let records):
-            serveImport(records, requestID: frame.requestID, context: context)
+            serveImport(records, version: link.version, requestID: frame.requestID, context: context)
         case .backup(let path):
             Self.backUp(to: path, persistence: node.persistence, eventLoop: context.eventLoop, logger: logger) { [self] answer in
                 send(answer, requestID: frame.requestID, context: context)
@@ -208,14 +256,19 @@ final class WireConnectionHandler: ChannelInboundHandler {
             }
             state = .watching(watcher)
         default:
-            reject(.protocolViolation, "unexpected \(message.type)", requestID: frame.requestID, context: context)
+            reject(.protocolViolation, "unexpected \(message.type): not a request a node serves", requestID: frame.requestID, context: context)
         }
+    }
+
+    /// Why a message of the replication link is refused on a client's connection.
+    static func peerOnly(_ what: String) -> String {
+        "\(what) is for the other node of a pair: send it on a connection whose hello said role 2 (peer), not 1 (client)"
     }
 
     /// Runs a role change and answers with the role and epoch it led to.
     private func changeRole(requestID: UInt32, context: ChannelHandlerContext, _ change: @escaping @Sendable (PairRole) async throws -> UInt64) {
         guard let pair = node.pair else {
-            reject(.unavailable, "a standalone node has no pair to change roles in", requestID: requestID, context: context)
+            refuse(.unavailable, "a standalone node has no pair to change roles in", requestID: requestID, context: context)
             return
         }
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
@@ -290,8 +343,15 @@ final class WireConnectionHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        let code = (error as? WireProtocolError)?.wireErrorCode ?? .malformed
-        reject(code, "\(error)", requestID: 0, context: context)
+        if case .closed = state { return }
+        // The frame decoder's errors: the header was not (fully) read, so no request is answered.
+        guard let code = (error as? WireProtocolError).map({ $0.wireErrorCode }) ?? .malformed else {
+            // A truncated frame: the peer closed its end, there is nobody to tell.
+            forget(reason: "\(error)", code: nil, context: context)
+            context.close(promise: nil)
+            return
+        }
+        reject(code, "\(error)", requestID: nil, context: context)
     }
 
     /// An error answer that leaves the connection open: the request was well
@@ -300,27 +360,38 @@ final class WireConnectionHandler: ChannelInboundHandler {
         send(.error(WireError(code, message)), requestID: requestID, context: context)
     }
 
-    /// Answers with an error and closes: the stream cannot be trusted any more.
-    func reject(_ code: WireErrorCode, _ message: String, requestID: UInt32, context: ChannelHandlerContext) {
+    /// Sends `error` and closes: the stream cannot be trusted any more. With a
+    /// `requestID` the error answers that request (its id, `RESPONSE` set);
+    /// without, it is unsolicited (id 0, no flag): a framing error, or a frame
+    /// that was not a request (Protocol.md 1.5).
+    func reject(_ code: WireErrorCode, _ message: String, requestID: UInt32?, context: ChannelHandlerContext) {
         if case .closed = state { return }
+        forget(reason: message, code: code, context: context)
+        var buffer = context.channel.allocator.buffer(capacity: 64 + message.utf8.count)
+        let flags = requestID == nil ? 0 : WireFrame.Flags.response
+        guard (try? buffer.writeWireMessage(.error(WireError(code, message)), flags: flags, requestID: requestID ?? 0)) != nil else {
+            context.close(promise: nil)
+            return
+        }
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
+    }
+
+    /// Ends the connection's state and logs why; the caller closes the channel.
+    private func forget(reason: String, code: WireErrorCode?, context: ChannelHandlerContext) {
         if case .replicating(let session) = state { session.closed() }
         state = .closed
         logger.info("closing wire connection", metadata: [
-            "reason": "\(message)", "code": "\(code)", "peer": "\(context.remoteAddress.map { "\($0)" } ?? "?")",
+            "reason": "\(reason)", "code": "\(code.map { "\($0)" } ?? "none")", "peer": "\(context.remoteAddress.map { "\($0)" } ?? "?")",
         ])
-        var buffer = context.channel.allocator.buffer(capacity: 64 + message.utf8.count)
-        if (try? buffer.writeWireMessage(.error(WireError(code, message)), flags: requestID == 0 ? 0 : WireFrame.Flags.response, requestID: requestID)) != nil {
-            let channel = context.channel
-            context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
-        } else {
-            context.close(promise: nil)
-        }
     }
 
+    /// Sends an answer to the request `requestID`: that id, and the `RESPONSE`
+    /// flag whatever the id (a request may use 0).
     func send(_ message: WireMessage, requestID: UInt32, context: ChannelHandlerContext) {
         var buffer = context.channel.allocator.buffer(capacity: 64)
         do {
-            try buffer.writeWireMessage(message, flags: requestID == 0 ? 0 : WireFrame.Flags.response, requestID: requestID)
+            try buffer.writeWireMessage(message, flags: WireFrame.Flags.response, requestID: requestID)
         } catch {
             reject(.internalError, "cannot encode \(message.type): \(error)", requestID: requestID, context: context)
             return

@@ -111,6 +111,67 @@ public struct ImportSummary: Sendable, Equatable {
     }
 }
 
+/// What an `importItems` did with one item (version 2's `importReport`).
+public enum ImportOutcome: Sendable, Equatable {
+    /// New, or different from what the node held: stored.
+    case stored
+    /// Already held with the same value, flags and deadline: left alone.
+    case unchanged
+    /// Past its deadline: not stored.
+    case expired
+    /// Not stored, for this reason; the other items of the request were still handled.
+    case rejected(ImportRejection)
+
+    /// The `outcome u8` that starts an element of `importReport`.
+    public enum Code: UInt8, Sendable, Equatable {
+        case stored = 1
+        case unchanged = 2
+        case expired = 3
+        case rejected = 4
+    }
+
+    public var code: Code {
+        switch self {
+        case .stored: return .stored
+        case .unchanged: return .unchanged
+        case .expired: return .expired
+        case .rejected: return .rejected
+        }
+    }
+}
+
+/// Why an imported item was not stored.
+public struct ImportRejection: Sendable, Equatable, CustomStringConvertible {
+    public enum Reason: UInt8, Sendable, Equatable, CustomStringConvertible {
+        /// A key the memcached protocols cannot address: empty, over 250
+        /// bytes, or with a space or a control byte.
+        case invalidKey = 1
+        /// A value over the node's item size limit (`-I`).
+        case tooLarge = 2
+        /// The node could not store it (out of memory, `-m`).
+        case notStored = 3
+
+        public var description: String {
+            switch self {
+            case .invalidKey: return "invalidKey"
+            case .tooLarge: return "tooLarge"
+            case .notStored: return "notStored"
+            }
+        }
+    }
+
+    public var reason: Reason
+    /// Says what is wrong in words, for the person running the import.
+    public var message: String
+
+    public init(_ reason: Reason, _ message: String) {
+        self.reason = reason
+        self.message = message
+    }
+
+    public var description: String { "\(reason): \(message)" }
+}
+
 /// A copy of the node's database written by `backup`.
 public struct BackupSummary: Sendable, Equatable {
     /// The directory holding the copy, usable as `--data-dir`.
@@ -162,6 +223,16 @@ extension WireEncodedSize {
     public static let sessionRecord = 4 + 4 + 4 + 8 + 8 + 4 + 8 + 1
     /// A `WatchEvent` without its key: kind, key length, size, deadline, time.
     public static let watchEvent = 1 + 4 + 4 + 8 + 8
+    /// An `importReport` element that is not a rejection: its outcome byte.
+    public static let importOutcome = 1
+    /// The fixed part of a rejected `importReport` element: outcome, reason, message length.
+    public static let importRejection = 1 + 1 + 4
+
+    /// Encoded size of one `importReport` element.
+    public static func importOutcome(_ outcome: ImportOutcome) -> Int {
+        guard case .rejected(let rejection) = outcome else { return importOutcome }
+        return importRejection + rejection.message.utf8.count
+    }
 }
 
 extension ByteBuffer {
@@ -177,7 +248,38 @@ extension ByteBuffer {
     }
 }
 
+extension ByteBuffer {
+    mutating func writeImportOutcome(_ outcome: ImportOutcome) {
+        writeInteger(outcome.code.rawValue)
+        if case .rejected(let rejection) = outcome {
+            writeInteger(rejection.reason.rawValue)
+            writeWireString(rejection.message)
+        }
+    }
+}
+
 extension WireBodyReader {
+    /// `count u32`, then that many `importReport` elements.
+    mutating func importOutcomes() throws(WireProtocolError) -> [ImportOutcome] {
+        let count = try count("count", minimumElementSize: WireEncodedSize.importOutcome)
+        var outcomes: [ImportOutcome] = []
+        outcomes.reserveCapacity(count)
+        for index in 0..<count {
+            element = index
+            switch try enumeration("outcome", as: ImportOutcome.Code.self) {
+            case .stored: outcomes.append(.stored)
+            case .unchanged: outcomes.append(.unchanged)
+            case .expired: outcomes.append(.expired)
+            case .rejected:
+                let reason = try enumeration("reason", as: ImportRejection.Reason.self)
+                let message = try string("message")
+                outcomes.append(.rejected(ImportRejection(reason, message)))
+            }
+        }
+        element = nil
+        return outcomes
+    }
+
     /// `count u32`, then that many records.
     mutating func sessionRecords() throws(WireProtocolError) -> [SessionRecord] {
         let count = try count("count", minimumElementSize: WireEncodedSize.sessionRecord)

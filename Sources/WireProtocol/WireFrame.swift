@@ -108,6 +108,7 @@ public enum WireMessageType: UInt16, Sendable, Hashable, CaseIterable, CustomStr
     case deleteResult = 0x0064
     case importItems = 0x0065
     case importResult = 0x0066
+    case importReport = 0x0067
     case backup = 0x0070
     case backupDone = 0x0071
     case watch = 0x0080
@@ -148,6 +149,7 @@ public enum WireMessageType: UInt16, Sendable, Hashable, CaseIterable, CustomStr
         case .deleteResult: return "deleteResult"
         case .importItems: return "importItems"
         case .importResult: return "importResult"
+        case .importReport: return "importReport"
         case .backup: return "backup"
         case .backupDone: return "backupDone"
         case .watch: return "watch"
@@ -160,7 +162,8 @@ public enum WireMessageType: UInt16, Sendable, Hashable, CaseIterable, CustomStr
     /// `name (0x0010)`.
     public var description: String { "\(name) (\(Self.hex(rawValue)))" }
 
-    static func hex(_ type: UInt16) -> String {
+    /// `0x0010`: a type number as Protocol.md writes it.
+    public static func hex(_ type: UInt16) -> String {
         let digits = String(type, radix: 16)
         return "0x" + String(repeating: "0", count: 4 - digits.count) + digits
     }

@@ -36,6 +36,7 @@ extension WireMessage {
         case .deleteResult: return .deleteResult
         case .importItems: return .importItems
         case .importResult: return .importResult
+        case .importReport: return .importReport
         case .backup: return .backup
         case .backupDone: return .backupDone
         case .watch: return .watch
@@ -83,6 +84,8 @@ extension WireMessage {
             return 4 + records.reduce(0) { $0 + WireEncodedSize.sessionRecord + $1.key.count + $1.value.count }
         case .importResult:
             return 24
+        case .importReport(let outcomes):
+            return 4 + outcomes.reduce(0) { $0 + WireEncodedSize.importOutcome($1) }
         case .backup(let path):
             return 4 + path.utf8.count
         case .backupDone(let summary):
@@ -240,6 +243,9 @@ extension WireMessage {
             buffer.writeInteger(summary.stored)
             buffer.writeInteger(summary.unchanged)
             buffer.writeInteger(summary.expired)
+        case .importReport(let outcomes):
+            buffer.writeInteger(UInt32(outcomes.count))
+            for outcome in outcomes { buffer.writeImportOutcome(outcome) }
         case .backup(let path):
             buffer.writeWireString(path)
         case .backupDone(let summary):
@@ -442,6 +448,8 @@ extension WireMessage {
             let unchanged = try reader.integer("unchanged", as: UInt64.self)
             let expired = try reader.integer("expired", as: UInt64.self)
             self = .importResult(ImportSummary(stored: stored, unchanged: unchanged, expired: expired))
+        case .importReport:
+            self = .importReport(try reader.importOutcomes())
         case .backup:
             self = .backup(path: try reader.string("path"))
         case .backupDone:

@@ -82,8 +82,10 @@ public enum WireMessage: Sendable, Equatable {
     case deleteResult(deleted: UInt64, missing: UInt64)
     /// Stores these items as they are (on the primary); `cas` is ignored.
     case importItems([SessionRecord])
-    /// Response to `importItems`.
+    /// Response to `importItems` on a version 1 connection: the totals.
     case importResult(ImportSummary)
+    /// Response to `importItems` from version 2 on: one outcome per item, in the request's order.
+    case importReport([ImportOutcome])
     /// Writes a consistent copy of the node's database into a new directory on the node's machine.
     case backup(path: String)
     /// Response to `backup`.

@@ -37,12 +37,14 @@ public enum WireProtocolError: Error, Sendable, Hashable, CustomStringConvertibl
     }
 
     /// The `error` code a node sends before closing the connection (Protocol.md 1.1,
-    /// 1.2, 1.4), or `nil` when the protocol says to close without an answer (a frame
-    /// length out of bounds) or the peer is already gone (a truncated frame).
+    /// 1.2, 1.4), or `nil` when there is nobody left to tell (a truncated frame: the
+    /// peer closed its end). A frame length out of bounds is answered `malformed`
+    /// like a body that does not parse: the header's type and request id were not
+    /// read, so the answer is unsolicited (request id 0, no `RESPONSE` flag).
     public var wireErrorCode: WireErrorCode? {
         switch self {
-        case .frameTooShort, .frameTooLarge, .truncatedFrame: return nil
-        case .malformed: return .malformed
+        case .frameTooShort, .frameTooLarge, .malformed: return .malformed
+        case .truncatedFrame: return nil
         case .unknownMessageType: return .unknownMessage
         }
     }

@@ -556,8 +556,12 @@ extension Sessions {
             discussion: """
                 Idempotent: a session already held with the same value, flags and deadline is \
                 left alone, so importing a file twice changes nothing the second time. \
-                Sessions past their deadline are skipped. Prints how many were stored, \
-                unchanged and expired. FILE "-" reads standard input.
+                Sessions past their deadline are skipped. Each session is judged on its own: \
+                one the node rejects (a key memcached clients cannot use: empty, over 250 \
+                bytes, with a space or a control byte; a value over the node's -I) is printed \
+                on standard error with its line and reason, and the others are stored. \
+                Prints how many were stored, unchanged, expired and rejected; exit code 5 \
+                when any was rejected. FILE "-" reads standard input.
 
                 Example: tandemctl sessions import backup.jsonl --port 11311
                 """
@@ -567,6 +571,15 @@ extension Sessions {
 
         @Argument(help: "The file to read (\"-\": standard input).")
         var file: String
+
+        /// A request stays well under the 16 MiB frame: about 4 MiB of sessions each.
+        static let batchBytes = 4 << 20
+
+        /// A session of the file, and the line it is on.
+        struct Line {
+            var number: Int
+            var record: SessionRecord
+        }
 
         func run() async throws {
             try await reporting {
@@ -579,40 +592,58 @@ extension Sessions {
                     }
                     data = contents
                 }
-                var records: [SessionRecord] = []
-                for (index, line) in data.split(separator: UInt8(ascii: "\n")).enumerated() where !line.allSatisfy({ $0 == 0x20 || $0 == 0x0D }) {
+                var lines: [Line] = []
+                for (index, line) in data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false).enumerated()
+                where !line.allSatisfy({ $0 == 0x20 || $0 == 0x0D }) {
                     guard let record = Self.record(Data(line)) else {
                         throw Failure(code: 1, message: "\(file) line \(index + 1): not a session record (expected {\"key\", \"value\" (base64), \"flags\", \"deadline\"}, as export writes)")
                     }
-                    records.append(record)
+                    lines.append(Line(number: index + 1, record: record))
                 }
                 let client = try await node.connect()
                 defer { Task { try? await client.close() } }
                 var total = ImportSummary(stored: 0, unchanged: 0, expired: 0)
+                var rejected: [(line: Line, rejection: ImportRejection)] = []
                 var start = 0
-                while start < records.count {
-                    var batch: [SessionRecord] = []
+                while start < lines.count {
+                    var batch: [Line] = []
                     var bytes = 0
-                    // Well under the 16 MiB frame: about 4 MiB of sessions per request.
-                    while start + batch.count < records.count, batch.isEmpty || bytes < 4 << 20 {
-                        let record = records[start + batch.count]
-                        bytes += record.key.count + record.value.count + 64
-                        batch.append(record)
+                    while start + batch.count < lines.count, batch.isEmpty || bytes < Self.batchBytes {
+                        let line = lines[start + batch.count]
+                        bytes += WireEncodedSize.sessionRecord + line.record.key.count + line.record.value.count
+                        batch.append(line)
                     }
-                    let summary = try await client.importItems(batch)
-                    total.stored += summary.stored
-                    total.unchanged += summary.unchanged
-                    total.expired += summary.expired
                     start += batch.count
+                    // One session too large for any frame cannot be sent; the node would refuse it anyway.
+                    if batch.count == 1, bytes > WireFrame.maximumBodySize - 4 {
+                        rejected.append((batch[0], ImportRejection(.tooLarge, "the value is \(batch[0].record.value.count) bytes, too large for a request")))
+                        continue
+                    }
+                    let report = try await client.importItems(batch.map(\.record))
+                    total.stored += report.summary.stored
+                    total.unchanged += report.summary.unchanged
+                    total.expired += report.summary.expired
+                    rejected += report.rejected.map { (batch[$0.index], $0.rejection) }
+                }
+                for (line, rejection) in rejected {
+                    FileHandle.standardError.write(Data("tandemctl: \(file) line \(line.number): \(Render.key(line.record.key)) rejected (\(rejection.reason)): \(rejection.message)\n".utf8))
                 }
                 if node.json {
-                    print(try Render.json(["stored": total.stored, "unchanged": total.unchanged, "expired": total.expired]))
+                    let rejects: [[String: Any]] = rejected.map { line, rejection in
+                        ["line": line.number, "key": Render.key(line.record.key), "reason": "\(rejection.reason)", "message": rejection.message]
+                    }
+                    print(try Render.json(["stored": total.stored, "unchanged": total.unchanged, "expired": total.expired, "rejected": rejects]))
                 } else {
-                    print("stored \(total.stored), unchanged \(total.unchanged), expired \(total.expired)")
+                    print("stored \(total.stored), unchanged \(total.unchanged), expired \(total.expired), rejected \(rejected.count)")
+                }
+                if !rejected.isEmpty {
+                    throw Failure(code: 5, message: "\(rejected.count) session\(rejected.count == 1 ? "" : "s") rejected (listed above); the others were imported")
                 }
             }
         }
 
+        /// A line as export writes it. The key is not judged here: the node
+        /// says which keys it rejects and why, for every line at once.
         static func record(_ line: Data) -> SessionRecord? {
             guard let object = try? JSONSerialization.jsonObject(with: line) as? [String: Any],
                 let valueText = object["value"] as? String, let value = Data(base64Encoded: valueText)
@@ -625,7 +656,6 @@ extension Sessions {
             } else {
                 return nil
             }
-            guard !key.isEmpty, key.count <= 250 else { return nil }
             let flags = (object["flags"] as? NSNumber)?.uint32Value ?? 0
             let deadline = (object["deadline"] as? NSNumber)?.int64Value ?? 0
             return SessionRecord(

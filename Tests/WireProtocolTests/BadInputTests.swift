@@ -119,7 +119,8 @@ struct BadFrameTests {
         #expect(WireProtocolError.unknownMessageType(0x0099).description == "unknown wire message type 0x0099")
         #expect(WireProtocolError.malformed("x").wireErrorCode == .malformed)
         #expect(WireProtocolError.unknownMessageType(1).wireErrorCode == .unknownMessage)
-        #expect(WireProtocolError.frameTooShort.wireErrorCode == nil)
+        #expect(WireProtocolError.frameTooShort.wireErrorCode == .malformed)
+        #expect(WireProtocolError.frameTooLarge(length: 1 << 25).wireErrorCode == .malformed)
         #expect(WireProtocolError.truncatedFrame.wireErrorCode == nil)
     }
 }
@@ -201,6 +202,12 @@ struct BadBodyTests {
             let changes = body { $0.u32(1).u64(1).u8(kind).bytes([]) }
             expectMalformed(.changes, changes, mentioning: "changes element 0: `kind` has the undefined value \(kind)")
         }
+        for outcome: UInt8 in [0, 5, 0xFF] {
+            expectMalformed(.importReport, body { $0.u32(1).u8(outcome) }, mentioning: "importReport element 0: `outcome` has the undefined value \(outcome)")
+        }
+        for reason: UInt8 in [0, 4, 0xFF] {
+            expectMalformed(.importReport, body { $0.u32(2).u8(1).u8(4).u8(reason).string("why") }, mentioning: "importReport element 1: `reason` has the undefined value \(reason)")
+        }
         // The defined values decode.
         let ok = body { $0.u16(1).string("n").u8(2).u64(1).u8(1).bytes([]) }
         #expect(throws: Never.self) { try WireMessage(type: WireMessageType.helloOK.rawValue, body: ok) }
@@ -217,6 +224,11 @@ struct BadBodyTests {
             expectMalformed(.snapshotChunk, body { $0.u32(count).bytes([1]).bytes([2]).u32(0).u64(0).u64(0) })
             expectMalformed(.properties, body { $0.u32(count).string("a").string("b") })
         }
+        for count: UInt32 in [.max, 2] {
+            expectMalformed(.importReport, body { $0.u32(count).u8(1) }, mentioning: "`count` is \(count)")
+        }
+        // A rejection needs its reason and message: a count of 3 one-byte outcomes is not enough for one.
+        expectMalformed(.importReport, body { $0.u32(3).u8(4).u8(1).u8(0) }, mentioning: "importReport element 0: `message`")
         // A count that fits the minimum element size but not the real elements.
         expectMalformed(.changes, body { $0.u32(2).u64(1).u8(1).bytes([]).bytes([]).u32(0).u64(0).u64(0) }, mentioning: "changes element 1")
         // Fewer elements than the count says, the rest is stray bytes.

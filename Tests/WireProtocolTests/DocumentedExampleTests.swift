@@ -13,7 +13,13 @@ struct DocumentedExampleTests {
         00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 07
         """
 
+    static let importReportHex = """
+        00 00 00 1a 00 67 00 01 00 00 00 03 00 00 00 02 01 04 01 \
+        00 00 00 07 62 61 64 20 6b 65 79
+        """
+
     static let ping = WireMessage.ping(timestampMillis: 1_795_323_600_000)
+    static let importReport = WireMessage.importReport([.stored, .rejected(ImportRejection(.invalidKey, "bad key"))])
     static let changes = WireMessage.changes([
         ReplicatedChange(offset: 42, kind: .upsert, key: bb("k"), value: bb("hi"), flags: 0, deadlineMillis: 0, cas: 7),
     ])
@@ -70,9 +76,54 @@ struct DocumentedExampleTests {
         #expect(try frame.message() == Self.changes)
     }
 
+    @Test("the importReport answering request 3 encodes to the documented bytes")
+    func importReportBytes() throws {
+        var buffer = ByteBuffer()
+        try buffer.writeWireMessage(Self.importReport, flags: WireFrame.Flags.response, requestID: 3)
+        #expect(hex(buffer) == Self.importReportHex)
+
+        var decoder = WireFrameDecoder()
+        var wire = bb(bytes(hex: Self.importReportHex))
+        let frame = try #require(try decoder.decode(buffer: &wire))
+        #expect(frame.requestID == 3 && frame.isResponse && frame.messageType == .importReport)
+        #expect(try frame.message() == Self.importReport)
+    }
+
     @Test("Protocol.md section 1.6 shows exactly these bytes")
     func documentMatches() throws {
         let frames = try Self.documentedFrames()
-        #expect(frames == [Self.pingHex, Self.changesHex])
+        #expect(frames == [Self.pingHex, Self.changesHex, Self.importReportHex])
+    }
+
+    /// The rows of the message table of section 1.4: type number and name.
+    static func documentedMessageTypes() throws -> [(UInt16, String)] {
+        let text = try protocolText()
+        let start = try #require(text.range(of: "### 1.4 Messages"))
+        let rest = text[start.upperBound...]
+        let section = rest[..<(rest.range(of: "\n### ")?.lowerBound ?? rest.endIndex)]
+        return section.split(separator: "\n").compactMap { line -> (UInt16, String)? in
+            let cells = line.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) }
+            guard cells.count >= 2, cells[0].hasPrefix("0x"), let type = UInt16(cells[0].dropFirst(2), radix: 16) else { return nil }
+            return (type, cells[1].trimmingCharacters(in: CharacterSet(charactersIn: "`")))
+        }
+    }
+
+    static func protocolText() throws -> String {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        return try String(contentsOf: root.appendingPathComponent("Protocol.md"), encoding: .utf8)
+    }
+
+    @Test("Protocol.md's message table lists exactly the types this build knows")
+    func messageTableMatches() throws {
+        let documented = try Self.documentedMessageTypes()
+        #expect(documented.map(\.0) == WireMessageType.allCases.map(\.rawValue))
+        #expect(documented.map(\.1) == WireMessageType.allCases.map(\.name))
+    }
+
+    @Test("Protocol.md names the versions this build speaks")
+    func versionsMatch() throws {
+        let text = try Self.protocolText()
+        #expect(text.contains("This document is version **\(WireVersion.maximum)**"))
+        #expect(WireVersion.minimum == 1 && WireVersion.perItemImport == 2)
     }
 }

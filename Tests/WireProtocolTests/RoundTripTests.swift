@@ -119,6 +119,11 @@ let samples: [Sample] = {
         Sample("deleteResult", .deleteResult(deleted: 2, missing: 1)),
         Sample("importItems", .importItems([SessionRecord(key: Array("k".utf8), value: Array("v".utf8), flags: 3, deadlineMillis: 1_795_323_600_000, cas: 0, size: 1, lastAccessMillis: 0, writer: .thisNode)])),
         Sample("importResult", .importResult(ImportSummary(stored: 5, unchanged: 6, expired: 7))),
+        Sample("importReport empty", .importReport([])),
+        Sample("importReport", .importReport([
+            .stored, .unchanged, .expired, .rejected(ImportRejection(.invalidKey, "key \"a b\" has a space")),
+            .rejected(ImportRejection(.tooLarge, "")), .rejected(ImportRejection(.notStored, "out of memory")),
+        ])),
         Sample("backup", .backup(path: "/var/backups/tandem-2026-11-22")),
         Sample("backupDone", .backupDone(BackupSummary(path: "/var/backups/x", bytes: 1 << 30, items: 1_000_000))),
         Sample("watch", .watch(prefix: [])),
@@ -137,7 +142,7 @@ struct RoundTripTests {
     func coverage() {
         let covered = Set(samples.map(\.message.type))
         #expect(covered == Set(WireMessageType.allCases))
-        #expect(WireMessageType.allCases.count == 38)
+        #expect(WireMessageType.allCases.count == 39)
     }
 
     @Test("encode, frame, decode gives the message back", arguments: samples)
@@ -245,7 +250,7 @@ struct RoundTripTests {
             (0x0040, "statusRequest"), (0x0041, "statsRequest"), (0x0042, "properties"),
             (0x0050, "promote"), (0x0051, "demote"), (0x0052, "roleChanged"),
             (0x0060, "scan"), (0x0061, "scanPage"), (0x0062, "inspect"), (0x0063, "deleteKeys"), (0x0064, "deleteResult"),
-            (0x0065, "importItems"), (0x0066, "importResult"), (0x0070, "backup"), (0x0071, "backupDone"),
+            (0x0065, "importItems"), (0x0066, "importResult"), (0x0067, "importReport"), (0x0070, "backup"), (0x0071, "backupDone"),
             (0x0080, "watch"), (0x0081, "watchEvent"),
         ]
         #expect(WireMessageType.allCases.map { ($0.rawValue) } == expected.map(\.0))

@@ -225,11 +225,21 @@ struct MessageGenerator<R: RandomNumberGenerator> {
         case .deleteResult: return .deleteResult(deleted: rng.u64(), missing: rng.u64())
         case .importItems: return .importItems((0..<rng.int(0...4)).map { _ in record() })
         case .importResult: return .importResult(ImportSummary(stored: rng.u64(), unchanged: rng.u64(), expired: rng.u64()))
+        case .importReport: return .importReport((0..<rng.int(0...5)).map { _ in importOutcome() })
         case .backup: return .backup(path: string())
         case .backupDone: return .backupDone(BackupSummary(path: string(), bytes: rng.u64(), items: rng.u64()))
         case .watch: return .watch(prefix: rng.bytes(size()))
         case .watchEvent:
             return .watchEvent(WatchEvent(kind: rng.pick([.upsert, .remove, .flushAll, .delete, .dropped]), key: rng.bytes(size()), size: rng.u32(), deadlineMillis: rng.i64(), timeMillis: rng.i64()))
+        }
+    }
+
+    mutating func importOutcome() -> ImportOutcome {
+        switch rng.int(0...3) {
+        case 0: return .stored
+        case 1: return .unchanged
+        case 2: return .expired
+        default: return .rejected(ImportRejection(rng.pick([.invalidKey, .tooLarge, .notStored]), string()))
         }
     }
 

@@ -168,9 +168,9 @@ def test_delete_export_import(loaded_pair, tmp_path: Path):
 
     imported = ctl(primary, "sessions", "import", str(export), "--json")
     assert imported.returncode == 0, imported.stderr
-    assert json.loads(imported.stdout) == {"stored": 41, "unchanged": len(rows) - 1, "expired": 0}
+    assert json.loads(imported.stdout) == {"stored": 41, "unchanged": len(rows) - 1, "expired": 0, "rejected": []}
     again = ctl(primary, "sessions", "import", str(export))
-    assert again.stdout.decode().strip() == f"stored 0, unchanged {len(rows) + 40}, expired 0"
+    assert again.stdout.decode().strip() == f"stored 0, unchanged {len(rows) + 40}, expired 0, rejected 0"
     with backup.client() as c:
         assert c.get(b"FF19EF1C768E388FBA4D7B9FCF64E56A-n2")[b"FF19EF1C768E388FBA4D7B9FCF64E56A-n2"].data == sample_bytes()
 

@@ -1,0 +1,13 @@
+/// The wire protocol versions this build speaks (Protocol.md 1.3). A
+/// connection speaks the highest version in both sides' ranges.
+///
+/// - 1: the first version.
+/// - 2: `importItems` is answered per item with `importReport` (0x0067)
+///   instead of `importResult`'s totals, so a client learns which items were
+///   rejected and why while the others are stored.
+public enum WireVersion {
+    public static let minimum: UInt16 = 1
+    public static let maximum: UInt16 = 2
+    /// The first version whose `importItems` is answered with `importReport`.
+    public static let perItemImport: UInt16 = 2
+}
