@@ -33,6 +33,14 @@
  *      --hints writes, when a segment is sealed, one row of `hints` holding
  *      the headers of its rows (key, seq, flags, deadline, cas, size) so
  *      that recovery need not read the values (Bitcask's hint files).
+ *      The log is measured at its steady state: --warmup writes (default 3x
+ *      the keys) first fill the file to the ratio, unmeasured.
+ *
+ * Both layouts: --page-size (4096 by default, today's), --secure-delete
+ * on|off|fast (by default what libsqlite3 was built with: Debian builds it
+ * with SECURE_DELETE, which zeroes and rewrites every freed page), --mmap
+ * (the writer maps the file), --checkpoint-pages (default 32 MB of WAL, as
+ * today's 8,192 pages of 4 KB).
  *
  * After the writes, --reads N measures N point reads of the value of a
  * random key by its rowid from a second connection (what a cold `get` costs
@@ -191,7 +199,7 @@ static void open_segment(void) {
     }
 }
 
-/* Appends a version of key `id` (the value copied by SQLite unless `stable`). */
+/* Appends a version of key `id` (key and value copied by SQLite unless `stable`). */
 static void append(long id, const void *key, int key_length, const void *value, int value_length,
                    uint32_t flags, int64_t deadline, uint64_t version, int stable) {
     if (head < 0 || segments[head].total_bytes >= segment_bytes) open_segment();
@@ -199,7 +207,7 @@ static void append(long id, const void *key, int key_length, const void *value, 
     sqlite3_stmt *insert = table_segments ? s->insert : log_insert;
     int64_t seq = next_seq++;
     sqlite3_bind_int64(insert, 1, seq);
-    sqlite3_bind_blob(insert, 2, key, key_length, SQLITE_STATIC);
+    sqlite3_bind_blob(insert, 2, key, key_length, stable ? SQLITE_STATIC : SQLITE_TRANSIENT);
     sqlite3_bind_int64(insert, 3, flags);
     sqlite3_bind_int64(insert, 4, deadline);
     sqlite3_bind_int64(insert, 5, (int64_t)version);
