@@ -70,7 +70,7 @@ struct NodeMetrics {
             out.counter("tandem_store_refused_total", "Writes refused with a SERVER_ERROR: the value is over --max-item-size, or memory is full with -M (incr/decr included).", counters.total(counter), labels: [("reason", reason)])
         }
         out.counter("tandem_meta_commands_total", "Meta protocol commands (mg, ms, md, ma, mn, me).", counters.total(.cmdMeta))
-        out.counter("tandem_protocol_errors_total", "Requests answered with ERROR, CLIENT_ERROR or a refusal (malformed, unknown, too large).", counters.total(.protocolErrors))
+        out.counter("tandem_protocol_errors_total", "Requests refused as malformed, unknown or too large: answered with ERROR, CLIENT_ERROR or a refusal, or silently under noreply.", counters.total(.protocolErrors))
         out.counter("tandem_auth_commands_total", "SASL authentication attempts.", counters.total(.authCommands))
         out.counter("tandem_auth_errors_total", "SASL authentication failures and unauthenticated requests.", counters.total(.authErrors))
         out.counter("tandem_received_bytes_total", "Bytes read from memcached connections.", counters.total(.bytesRead))

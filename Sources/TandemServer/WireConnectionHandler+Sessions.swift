@@ -23,7 +23,7 @@ extension WireConnectionHandler {
     static let scanPageOverhead = 4 + 8 + 4 + 4 + 4
     /// The largest value any node holds: tandemd's ceiling for `-I`. Not this
     /// node's own `-I`: a backup holds what its primary accepted, under the primary's.
-    static let largestValue = 8 << 20
+    static let largestValue = WireFrame.largestItemValue
     /// Slots one step of a scan hands to the store under one lock hold.
     static let scanStep = 256
 

@@ -70,6 +70,10 @@ public struct WireFrame: Sendable, Hashable {
     public static let maximumFrameLength = 16 * 1024 * 1024
     /// The largest body a frame can carry.
     public static let maximumBodySize = maximumFrameLength - minimumFrameLength
+    /// The largest value a node may accept (tandemd's ceiling for `-I`): half
+    /// a frame, so that a replicated or exported item always fits one frame
+    /// with its key and fields, and a scan page can always take one more.
+    public static let largestItemValue = maximumFrameLength / 2
 }
 
 /// Message type numbers (Protocol.md 1.4).

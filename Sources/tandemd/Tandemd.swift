@@ -205,7 +205,9 @@ struct Tandemd: AsyncParsableCommand {
         }
         guard backlogSize.bytes >= 1 << 20 else { throw ValidationError("--backlog-size must be at least 1m") }
         // A replicated item must fit one wire frame (16 MiB) with room to spare.
-        guard maxItemSize.bytes <= 8 << 20 else { throw ValidationError("--max-item-size must be at most 8m") }
+        guard maxItemSize.bytes <= WireFrame.largestItemValue else {
+            throw ValidationError("--max-item-size must be at most \(WireFrame.largestItemValue >> 20)m")
+        }
         guard maxItemSize.bytes <= memoryLimit << 20 else {
             throw ValidationError("--max-item-size (\(maxItemSize.bytes) bytes) cannot exceed --memory-limit (\(memoryLimit) MB)")
         }
