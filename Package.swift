@@ -160,6 +160,9 @@ let package = Package(
             ]
         ),
 
+        // What several test targets share: the seeded generator and its draws.
+        .target(name: "TandemTestSupport", path: "Tests/TandemTestSupport"),
+
         .testTarget(name: "SessionStoreTests", dependencies: ["SessionStore"]),
         .testTarget(
             name: "TandemTLSTests",
@@ -171,7 +174,7 @@ let package = Package(
         ),
         .testTarget(name: "TandemConfigTests", dependencies: ["TandemConfig", .product(name: "Logging", package: "swift-log")]),
         // Decodes the msm fixtures in Tests/fixtures/msm and fuzzes the decoder.
-        .testTarget(name: "SessionInspectionTests", dependencies: ["SessionInspection"]),
+        .testTarget(name: "SessionInspectionTests", dependencies: ["SessionInspection", "TandemTestSupport"]),
         .testTarget(
             name: "SessionPersistenceTests",
             dependencies: ["SessionPersistence", "SessionStore", .product(name: "Logging", package: "swift-log")]
@@ -180,6 +183,7 @@ let package = Package(
             name: "MemcacheProtocolTests",
             dependencies: [
                 "MemcacheProtocol",
+                "TandemTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),
             ]
@@ -188,6 +192,7 @@ let package = Package(
             name: "WireProtocolTests",
             dependencies: [
                 "WireProtocol",
+                "TandemTestSupport",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),

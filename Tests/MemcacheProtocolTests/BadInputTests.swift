@@ -1,5 +1,6 @@
 @testable import MemcacheProtocol
 import NIOCore
+import TandemTestSupport
 import Testing
 
 /// Requests a client got wrong: they come out as `.invalid`, and the stream

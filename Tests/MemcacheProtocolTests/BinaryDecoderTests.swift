@@ -1,6 +1,7 @@
 import MemcacheProtocol
 import NIOCore
 import NIOTestUtils
+import TandemTestSupport
 import Testing
 
 /// The binary protocol's request decoder: whole, byte by byte, random splits, and bad input.

@@ -1,5 +1,6 @@
 @testable import MemcacheProtocol
 import NIOCore
+import TandemTestSupport
 import Testing
 
 /// Builds random valid command streams together with the commands they must decode to.

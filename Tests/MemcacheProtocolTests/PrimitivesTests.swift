@@ -1,5 +1,6 @@
 import MemcacheProtocol
 import NIOCore
+import TandemTestSupport
 import Testing
 
 private func parseU(_ string: String) -> UInt64? {

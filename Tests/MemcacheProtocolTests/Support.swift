@@ -151,23 +151,6 @@ func decodeByteByByte(_ bytes: [UInt8], limits: MemcacheDecoderLimits = Memcache
 
 // MARK: Randomness
 
-/// SplitMix64: a tiny deterministic PRNG, so that fuzz failures reproduce.
-struct SplitMix64: RandomNumberGenerator {
-    private var state: UInt64
-
-    init(seed: UInt64) {
-        state = seed
-    }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 extension RandomNumberGenerator {
     /// A random split of `count` bytes into chunks (sizes sum to `count`).
     mutating func splits(of count: Int, maxChunk: Int = 16) -> [Int] {

@@ -1,4 +1,5 @@
 import SessionInspection
+import TandemTestSupport
 import Testing
 
 /// The decoding MANIFEST.md states for each fixture, written out by hand and checked

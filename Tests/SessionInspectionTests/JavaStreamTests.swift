@@ -1,4 +1,5 @@
 import SessionInspection
+import TandemTestSupport
 import Testing
 
 /// The Java serialization reader on streams the JDK wrote (`JDKVectors`) and on

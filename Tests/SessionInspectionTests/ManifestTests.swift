@@ -1,4 +1,5 @@
 import SessionInspection
+import TandemTestSupport
 import Testing
 
 /// Reads the expected decodings out of MANIFEST.md (its per-file sections: the key

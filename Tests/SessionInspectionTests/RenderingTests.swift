@@ -1,4 +1,5 @@
 import SessionInspection
+import TandemTestSupport
 import Testing
 
 /// The two renderings tandemctl prints, exactly, and their building blocks.

@@ -1,4 +1,5 @@
 import SessionInspection
+import TandemTestSupport
 import Testing
 
 /// Bad input must give an answer, never a crash: truncations, mutations, random

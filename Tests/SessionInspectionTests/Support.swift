@@ -1,5 +1,6 @@
 import Foundation
 import SessionInspection
+import TandemTestSupport
 import Testing
 
 // MARK: Fixtures
@@ -58,26 +59,7 @@ enum Fixtures {
 
 // MARK: Random numbers
 
-/// SplitMix64: small and deterministic, so every run sees the same cases.
-struct SplitMix64: RandomNumberGenerator {
-    private var state: UInt64
-
-    init(seed: UInt64) { state = seed }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
-extension RandomNumberGenerator {
-    mutating func int(_ range: ClosedRange<Int>) -> Int { Int.random(in: range, using: &self) }
-    mutating func chance(_ percent: Int) -> Bool { int(0...99) < percent }
-    mutating func bytes(_ count: Int) -> [UInt8] { (0..<count).map { _ in UInt8.random(in: 0...255, using: &self) } }
-}
+// SplitMix64 and its draws: TandemTestSupport.
 
 // MARK: Values
 

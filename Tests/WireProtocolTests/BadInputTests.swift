@@ -1,5 +1,6 @@
 import NIOCore
 import NIOEmbedded
+import TandemTestSupport
 import Testing
 import WireProtocol
 

@@ -1,6 +1,7 @@
 import NIOCore
 import NIOEmbedded
 import NIOTestUtils
+import TandemTestSupport
 import Testing
 import WireProtocol
 

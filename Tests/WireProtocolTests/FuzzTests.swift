@@ -1,4 +1,5 @@
 import NIOCore
+import TandemTestSupport
 import Testing
 import WireProtocol
 

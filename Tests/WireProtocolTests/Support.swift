@@ -1,29 +1,12 @@
 import NIOCore
+import TandemTestSupport
 import Testing
 import WireProtocol
 
-// MARK: Random numbers
-
-/// SplitMix64: small, fast and deterministic, so every fuzz run sees the same cases.
-struct SplitMix64: RandomNumberGenerator {
-    private var state: UInt64
-
-    init(seed: UInt64) { state = seed }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
+// MARK: Random numbers (SplitMix64 and its draws: TandemTestSupport)
 
 extension RandomNumberGenerator {
-    mutating func int(_ range: ClosedRange<Int>) -> Int { Int.random(in: range, using: &self) }
-    mutating func chance(_ percent: Int) -> Bool { int(0...99) < percent }
-    mutating func pick<T>(_ choices: [T]) -> T { choices[int(0...choices.count - 1)] }
-    mutating func bytes(_ count: Int) -> [UInt8] { (0..<count).map { _ in UInt8.random(in: 0...255, using: &self) } }
+    /// Field values, the edges (0, 1, the largest) one time in five.
     mutating func u16() -> UInt16 { chance(20) ? pick([0, 1, .max]) : UInt16.random(in: 0 ... .max, using: &self) }
     mutating func u32() -> UInt32 { chance(20) ? pick([0, 1, .max]) : UInt32.random(in: 0 ... .max, using: &self) }
     mutating func u64() -> UInt64 { chance(20) ? pick([0, 1, .max]) : UInt64.random(in: 0 ... .max, using: &self) >> UInt64(int(0...63)) }
