@@ -12,6 +12,10 @@
 #   tandem-nopersist    tandemd -t 2 -m 1024 -p 0 --no-persistence
 #   tandem-pair         a primary and a sync-replicated backup (both persisting, both
 #                       -t 2 -m 1024) on this machine; the load goes to the primary
+#   redis               redis-server with AOF, appendfsync everysec (what a user picks
+#                       for persistent sessions), driven over RESP by the same generator
+#   redis-pair          the same with an asynchronous replica (also AOF); the load goes
+#                       to the primary
 # Within a round the servers alternate (memcached, tandem, tandem-nopersist,
 # memcached, ...), so slow drifts of a shared machine hit all of them alike.
 # Medians over the rounds are reported as a Markdown table; every run's JSON
@@ -45,7 +49,7 @@ usage: Benchmarks/side-by-side.sh [options]
   --rounds R           rounds; each round runs every server once per workload (default $rounds)
   --warmup S           unmeasured seconds before each measurement (default $warmup)
   --only LIST          workloads to run, e.g. a,b (default $only)
-  --servers LIST       among memcached,tandem,tandem-nopersist,tandem-pair
+  --servers LIST       among memcached,tandem,tandem-nopersist,tandem-pair,redis,redis-pair
                        (default memcached,tandem,tandem-nopersist)
   --tandem-args "..."  extra flags for both tandemd variants
   --loadgen-threads N  load generator threads (default $lg_threads)
@@ -91,8 +95,10 @@ for w in "${workloads[@]}"; do
     case "$w" in a|b|c|d|e) ;; *) echo "side-by-side: unknown workload '$w' (a-e)" >&2; exit 2 ;; esac
 done
 for s in "${server_list[@]}"; do
-    case "$s" in memcached|tandem|tandem-nopersist|tandem-pair) ;; *) echo "side-by-side: unknown server '$s'" >&2; exit 2 ;; esac
+    case "$s" in memcached|tandem|tandem-nopersist|tandem-pair|redis|redis-pair) ;; *) echo "side-by-side: unknown server '$s'" >&2; exit 2 ;; esac
 done
+uses_redis=0
+printf '%s\n' "${server_list[@]}" | grep -q '^redis' && uses_redis=1
 
 log() { printf '[side-by-side %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -119,6 +125,10 @@ trap 'log "interrupted"; exit 130' INT TERM HUP
 # ---------------------------------------------------------------- build
 command -v memcached >/dev/null || { echo "side-by-side: memcached not found (apt-get install memcached)" >&2; exit 2; }
 command -v cc >/dev/null || command -v gcc >/dev/null || { echo "side-by-side: no C compiler" >&2; exit 2; }
+if [ "$uses_redis" = 1 ]; then
+    command -v redis-server >/dev/null && command -v redis-cli >/dev/null \
+        || { echo "side-by-side: redis-server or redis-cli not found (apt-get install redis-server)" >&2; exit 2; }
+fi
 
 log "building the load generator"
 timeout 300 make -s -C "$here/loadgen" CC="$(command -v cc || command -v gcc)" >&2 || { echo "side-by-side: loadgen build failed" >&2; exit 2; }
@@ -213,7 +223,43 @@ start_server() {
                 sleep 0.05
             done
             ;;
+        redis)
+            server_port="$(free_port)" || return 1
+            start_redis "$server_port" "$tmp/redis-$RANDOM$RANDOM" "$logf" || { server_pid="$started_pid"; return 1; }
+            server_pid="$started_pid"
+            ;;
+        redis-pair)
+            local rport
+            server_port="$(free_port)" && rport="$(free_port)" || return 1
+            start_redis "$server_port" "$tmp/redis-a-$RANDOM$RANDOM" "$logf" || { server_pid="$started_pid"; return 1; }
+            server_pid="$started_pid"
+            start_redis "$rport" "$tmp/redis-b-$RANDOM$RANDOM" "$logf.replica" --replicaof 127.0.0.1 "$server_port" \
+                || { backup_pid="$started_pid"; return 1; }
+            backup_pid="$started_pid"
+            # Measured once the replica follows (its link to the primary is up).
+            deadline=$((SECONDS + 30))
+            until redis-cli -p "$rport" info replication 2>/dev/null | grep -q '^master_link_status:up'; do
+                kill -0 "$backup_pid" 2>/dev/null && [ $SECONDS -lt $deadline ] || return 1
+                sleep 0.05
+            done
+            ;;
     esac
+}
+
+# start_redis PORT DIR LOGFILE [ARGS...] -> starts redis-server with AOF (everysec) in
+# the foreground of a background job; sets started_pid; returns 1 unless it answers PING
+start_redis() {
+    local port="$1" dir="$2" logf="$3" deadline
+    shift 3
+    mkdir -p "$dir"
+    redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --save "" --appendonly yes --appendfsync everysec \
+        --protected-mode no --daemonize no "$@" >"$logf" 2>&1 &
+    started_pid=$!
+    deadline=$((SECONDS + 10))
+    until [ "$(redis-cli -p "$port" ping 2>/dev/null)" = PONG ]; do
+        kill -0 "$started_pid" 2>/dev/null && [ $SECONDS -lt $deadline ] || return 1
+        sleep 0.05
+    done
 }
 
 # stop_server -> sets stop_s (seconds from SIGTERM to exit) and stop_rc (exit status, 'killed' after 60 s)
@@ -264,6 +310,8 @@ server_title() {
         tandem) echo "Tandem" ;;
         tandem-nopersist) echo "Tandem --no-persistence" ;;
         tandem-pair) echo "Tandem pair (sync; CPU: primary)" ;;
+        redis) echo "Redis (AOF everysec)" ;;
+        redis-pair) echo "Redis + async replica (AOF; CPU: primary)" ;;
     esac
 }
 
@@ -288,7 +336,9 @@ for w in "${workloads[@]}"; do
                 continue
             fi
             # shellcheck disable=SC2046
-            timeout -k 5 "$run_limit" "$loadgen" --port "$server_port" $(wl_args "$w") "${common[@]}" \
+            protocol=memcached
+            case "$s" in redis*) protocol=resp ;; esac
+            timeout -k 5 "$run_limit" "$loadgen" --port "$server_port" --protocol "$protocol" $(wl_args "$w") "${common[@]}" \
                 --server-pid "$server_pid" --label "$w/$r/$s" >"$tmp/out.json" 2>"$tmp/err.txt" &
             loadgen_pid=$!
             wait "$loadgen_pid"; lrc=$?
@@ -329,15 +379,17 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "nan" || b == "nan" || b == 
 table="$results/table.md"
 {
     echo "Tandem vs memcached, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)), Linux $(uname -r)."
-    echo "memcached $(memcached -V 2>/dev/null | awk '{print $2}'); tandemd $tandemd_rev. Load average $load_start at start, $load_end at end."
+    echo "memcached $(memcached -V 2>/dev/null | awk '{print $2}')$([ "$uses_redis" = 1 ] && echo "; Redis $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p') (AOF, appendfsync everysec; driven over RESP: GET, SET with EX; flags not checked)"); tandemd $tandemd_rev. Load average $load_start at start, $load_end at end."
     echo "Each cell is the median of $rounds runs of ${duration} s (after ${warmup} s warm-up) with a fresh server; 2 KB values, 50k keys, preloaded."
     echo "Load generator: \`tandem-load\`, $lg_threads thread(s), every reply verified. range = min–max req/s in thousands; CPU in % of one core (server: the server process; others': everything else on the machine, i.e. noise)."
     echo
-    echo "| workload | server | req/s | range (k) | p50 µs | p99 µs | p99.9 µs | req/s vs memcached | p99 vs memcached | errors | loadgen CPU | server CPU | k req per server CPU-s | others' CPU |"
-    echo "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+    echo "| workload | server | req/s | range (k) | p50 µs | p99 µs | p99.9 µs | req/s vs memcached | p99 vs memcached | req/s vs Redis | errors | loadgen CPU | server CPU | k req per server CPU-s | others' CPU |"
+    echo "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
     for w in "${workloads[@]}"; do
         mc_thr="$(vals "$w" memcached throughput | median)"
         mc_p99="$(vals "$w" memcached p99_us | median)"
+        redis_thr="$(vals "$w" redis throughput | median)"
+        redis_pair_thr="$(vals "$w" redis-pair throughput | median)"
         for s in "${server_list[@]}"; do
             thr="$(vals "$w" "$s" throughput | median)"
             p50="$(vals "$w" "$s" p50_us | median)"
@@ -351,7 +403,12 @@ table="$results/table.md"
             bcpu="$(vals "$w" "$s" background_cpu_pct | median)"
             if [ "$s" = memcached ]; then rt="1.00×"; rp="1.00×"; else rt="$(ratio "$thr" "$mc_thr")"; rp="$(ratio "$p99" "$mc_p99")"; fi
             [ "$mc_thr" = nan ] && { rt="–"; rp="–"; }
-            echo "| $(wl_title "$w") | $(server_title "$s") | $(fmt_int "$thr") | $(vals "$w" "$s" throughput | minmax) | $(fmt1 "$p50") | $(fmt1 "$p99") | $(fmt1 "$p999") | $rt | $rp | $errs | $(fmt1 "$lcpu")% | $(fmt1 "$scpu")% | $(fmt1 "$(effs "$w" "$s" | median | awk '{ print ($1 == "nan") ? "nan" : $1 / 1000 }')") | $(fmt1 "$bcpu")% |"
+            # A pair against Redis's pair, a single node against Redis alone.
+            case "$s" in
+                *-pair) rr="$(ratio "$thr" "$redis_pair_thr")" ;;
+                *) rr="$(ratio "$thr" "$redis_thr")" ;;
+            esac
+            echo "| $(wl_title "$w") | $(server_title "$s") | $(fmt_int "$thr") | $(vals "$w" "$s" throughput | minmax) | $(fmt1 "$p50") | $(fmt1 "$p99") | $(fmt1 "$p999") | $rt | $rp | $rr | $errs | $(fmt1 "$lcpu")% | $(fmt1 "$scpu")% | $(fmt1 "$(effs "$w" "$s" | median | awk '{ print ($1 == "nan") ? "nan" : $1 / 1000 }')") | $(fmt1 "$bcpu")% |"
         done
     done
     echo

@@ -1,5 +1,7 @@
 /*
- * tandem-load: a verifying load generator for the memcached text protocol.
+ * tandem-load: a verifying load generator for the memcached text protocol,
+ * and for Redis's RESP (--protocol resp), so that Tandem, memcached and Redis
+ * are driven by the same generator doing the same work.
  *
  * Many connections on few threads (one epoll loop per thread), closed loop
  * (--pipeline requests in flight per connection) or open loop (--rate: each
@@ -265,6 +267,9 @@ static uint64_t h_percentile(const hist_t *h, double q) {
 /* configuration                                                            */
 
 enum { W_MIX, W_MSM };
+/* memcached's text protocol, or Redis's RESP2: GET/SET (EX for a deadline)/EXPIRE.
+ * RESP has no flags: a RESP run checks values, not flags. */
+enum { PROTO_MEMCACHED, PROTO_RESP };
 enum { OP_GET, OP_SET, OP_TOUCH };
 enum { EXP_ANY, EXP_HIT, EXP_MISS };
 enum { PH_IDLE, PH_PRELOAD, PH_WARMUP, PH_MEASURE, PH_DRAIN, PH_DONE };
@@ -288,6 +293,7 @@ static struct {
     int preload;
     double rate;          /* total req/s, 0 = closed loop */
     int workload;
+    int protocol;
     uint64_t sessions;
     int json;
     int progress;
@@ -491,14 +497,57 @@ static inline size_t put_u32(uint8_t *d, uint32_t v) {
     return (size_t)n;
 }
 
+/* a RESP bulk string: $<len>\r\n<bytes>\r\n */
+static inline uint8_t *put_bulk(uint8_t *d, const void *bytes, size_t n) {
+    *d++ = '$'; d += put_u32(d, (uint32_t)n); *d++ = '\r'; *d++ = '\n';
+    memcpy(d, bytes, n); d += n;
+    *d++ = '\r'; *d++ = '\n';
+    return d;
+}
+
+static inline uint8_t *put_bulk_u32(uint8_t *d, uint32_t v) {
+    uint8_t digits[10];
+    size_t n = put_u32(digits, v);
+    return put_bulk(d, digits, n);
+}
+
+/* the same request in RESP: GET k | SET k v [EX s] | EXPIRE k s */
+static uint8_t *issue_resp(thread_t *th, uint8_t *d, int op, uint64_t keyid, const char *key, int kl, uint32_t vlen) {
+    if (op == OP_GET) {
+        memcpy(d, "*2\r\n$3\r\nGET\r\n", 13); d += 13;
+        return put_bulk(d, key, (size_t)kl);
+    }
+    uint32_t exptime = key_exptime(keyid);
+    if (op == OP_SET) {
+        if (exptime) { memcpy(d, "*5\r\n", 4); } else { memcpy(d, "*3\r\n", 4); }
+        d += 4;
+        memcpy(d, "$3\r\nSET\r\n", 9); d += 9;
+        d = put_bulk(d, key, (size_t)kl);
+        *d++ = '$'; d += put_u32(d, vlen); *d++ = '\r'; *d++ = '\n';
+        value_fill(d, keyid, vlen, ++th->gen);
+        d += vlen;
+        *d++ = '\r'; *d++ = '\n';
+        if (exptime) {
+            memcpy(d, "$2\r\nEX\r\n", 8); d += 8;
+            d = put_bulk_u32(d, exptime);
+        }
+        return d;
+    }
+    memcpy(d, "*3\r\n$6\r\nEXPIRE\r\n", 16); d += 16;
+    d = put_bulk(d, key, (size_t)kl);
+    return put_bulk_u32(d, exptime ? exptime : 3600);
+}
+
 static void issue(conn_t *c, int op, uint64_t keyid, int expect, uint64_t t0, int measured, int preload) {
     thread_t *th = c->th;
     char key[64];
     int kl = key_text(keyid, key);
     uint32_t vlen = keyid == PING_ID ? 0 : key_len_of_value(keyid);
-    wbuf_reserve(c, (size_t)kl + vlen + 64);
+    wbuf_reserve(c, (size_t)kl + vlen + 96);
     uint8_t *d = c->wbuf + c->wlen, *start = d;
-    if (op == OP_GET) {
+    if (cfg.protocol == PROTO_RESP) {
+        d = issue_resp(th, d, op, keyid, key, kl, vlen);
+    } else if (op == OP_GET) {
         memcpy(d, "get ", 4); d += 4;
         memcpy(d, key, kl); d += kl;
     } else if (op == OP_SET) {
@@ -515,7 +564,7 @@ static void issue(conn_t *c, int op, uint64_t keyid, int expect, uint64_t t0, in
         memcpy(d, key, kl); d += kl;
         *d++ = ' '; d += put_u32(d, key_exptime(keyid));
     }
-    *d++ = '\r'; *d++ = '\n';
+    if (cfg.protocol == PROTO_MEMCACHED) { *d++ = '\r'; *d++ = '\n'; }
     c->wlen += (size_t)(d - start);
     req_t *r = &c->q[(c->qhead + c->qcount) % c->qcap];
     c->qcount++;
@@ -610,9 +659,64 @@ static int starts(const uint8_t *p, size_t n, const char *s) {
     return n >= l && memcmp(p, s, l) == 0;
 }
 
+/* parse the RESP reply to `r` at the head of the read buffer */
+static int parse_resp_reply(conn_t *c, req_t *r, size_t *used, int *hit) {
+    thread_t *th = c->th;
+    const uint8_t *p = c->rbuf + c->rpos;
+    size_t avail = c->rlen - c->rpos;
+    size_t scan = avail < MAX_LINE ? avail : MAX_LINE;
+    const uint8_t *nl = memchr(p, '\n', scan);
+    if (!nl) {
+        if (avail >= MAX_LINE) { sample_error(th, "line too long", p, 60); return P_FATAL; }
+        return P_MORE;
+    }
+    size_t ll = (size_t)(nl - p) + 1;
+    if (ll < 3 || p[ll - 2] != '\r') { sample_error(th, "line not ending in \\r\\n", p, ll); return P_FATAL; }
+    size_t n = ll - 2;
+    *hit = 0;
+    if (p[0] == '-') { sample_error(th, "error reply", p, n); *used = ll; return P_ERR; }
+    if (r->op == OP_GET) {
+        if (line_is(p, n, "$-1")) {
+            *used = ll;
+            if (r->expect == EXP_HIT) { sample_error(th, "miss on a stored key", p, n); return P_ERR; }
+            return P_OK;
+        }
+        if (p[0] == '$') {
+            uint32_t alen = 0;
+            for (size_t j = 1; j < n; j++) {
+                if (p[j] < '0' || p[j] > '9' || j > 8) { sample_error(th, "bad bulk length", p, n); return P_FATAL; }
+                alen = alen * 10 + (p[j] - '0');
+            }
+            if (alen > MAX_VALUE) { sample_error(th, "bad bulk length", p, n); return P_FATAL; }
+            size_t total = ll + alen + 2;
+            if (total > c->rcap) { sample_error(th, "value larger than expected", p, n); return P_FATAL; }
+            if (avail < total) return P_MORE;
+            if (memcmp(p + ll + alen, "\r\n", 2) != 0) { sample_error(th, "bulk not followed by \\r\\n", p + ll + alen, 2); return P_FATAL; }
+            *used = total;
+            uint32_t vlen = r->keyid == PING_ID ? 0 : key_len_of_value(r->keyid);
+            if (r->expect == EXP_MISS) { sample_error(th, "hit on a key never stored", p, n); return P_ERR; }
+            if (alen != vlen || value_check(p + ll, r->keyid, vlen, th->scratch)) { sample_error(th, "wrong value bytes", p + ll, alen < 48 ? alen : 48); return P_ERR; }
+            *hit = 1;
+            return P_OK;
+        }
+    } else if (r->op == OP_SET) {
+        if (line_is(p, n, "+OK")) { *used = ll; return P_OK; }
+    } else {
+        if (line_is(p, n, ":1")) { *used = ll; *hit = 1; return P_OK; }
+        if (line_is(p, n, ":0")) {
+            *used = ll;
+            if (r->expect == EXP_HIT) { sample_error(th, "EXPIRE found no key that was stored", p, n); return P_ERR; }
+            return P_OK;
+        }
+    }
+    sample_error(th, "unexpected RESP reply", p, n);
+    return P_FATAL;
+}
+
 /* parse the reply to `r` at the head of the read buffer */
 static int parse_reply(conn_t *c, req_t *r, size_t *used, int *hit) {
     thread_t *th = c->th;
+    if (cfg.protocol == PROTO_RESP) return parse_resp_reply(c, r, used, hit);
     const uint8_t *p = c->rbuf + c->rpos;
     size_t avail = c->rlen - c->rpos;
     size_t scan = avail < MAX_LINE ? avail : MAX_LINE;
@@ -834,6 +938,9 @@ static void usage(FILE *f) {
 "  --connections C     connections, spread over the threads (default 50)\n"
 "  --pipeline D        requests in flight per connection (default 1)\n"
 "  --workload mix|msm  mix: --get/--set/--touch over --keys; msm: see below (default mix)\n"
+"  --protocol memcached|resp   memcached's text protocol, or Redis's RESP: GET, SET\n"
+"                      (with EX for a deadline), EXPIRE for touch; values are\n"
+"                      checked, flags (which Redis lacks) are not (default memcached)\n"
 "  --get P --set P --touch P   mix percentages, must add up to 100 (default 90/10/0)\n"
 "  --value-size B      value bytes (msm: session value; validity is 20 B) (default 2048)\n"
 "  --keys N            key space key:00000000.. (default 50000)\n"
@@ -881,7 +988,7 @@ static double parse_num(const char *name, const char *s, double lo, double hi) {
 static void parse_args(int argc, char **argv) {
     enum { O_HOST = 1000, O_PORT, O_THREADS, O_CONNS, O_PIPE, O_WORKLOAD, O_GET, O_SET, O_TOUCH, O_VSIZE, O_KEYS,
            O_SESSIONS, O_PRELOAD, O_DURATION, O_REQUESTS, O_MAXTIME, O_WARMUP, O_DRAIN, O_RATE, O_PID, O_SETTLE, O_SEED,
-           O_LABEL, O_PROGRESS, O_JSON, O_HELP };
+           O_LABEL, O_PROGRESS, O_JSON, O_PROTOCOL, O_HELP };
     static const struct option opts[] = {
         {"host", 1, 0, O_HOST}, {"port", 1, 0, O_PORT}, {"threads", 1, 0, O_THREADS},
         {"connections", 1, 0, O_CONNS}, {"pipeline", 1, 0, O_PIPE}, {"workload", 1, 0, O_WORKLOAD},
@@ -890,7 +997,8 @@ static void parse_args(int argc, char **argv) {
         {"duration", 1, 0, O_DURATION}, {"requests", 1, 0, O_REQUESTS}, {"max-time", 1, 0, O_MAXTIME},
         {"warmup", 1, 0, O_WARMUP}, {"drain-timeout", 1, 0, O_DRAIN}, {"rate", 1, 0, O_RATE},
         {"server-pid", 1, 0, O_PID}, {"settle", 0, 0, O_SETTLE}, {"seed", 1, 0, O_SEED}, {"label", 1, 0, O_LABEL},
-        {"progress", 0, 0, O_PROGRESS}, {"json", 0, 0, O_JSON}, {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
+        {"progress", 0, 0, O_PROGRESS}, {"json", 0, 0, O_JSON}, {"protocol", 1, 0, O_PROTOCOL},
+        {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
     int o;
     int pct_given = 0;
     while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -924,6 +1032,11 @@ static void parse_args(int argc, char **argv) {
         case O_LABEL: cfg.label = optarg; break;
         case O_PROGRESS: cfg.progress = 1; break;
         case O_JSON: cfg.json = 1; break;
+        case O_PROTOCOL:
+            if (!strcmp(optarg, "memcached")) cfg.protocol = PROTO_MEMCACHED;
+            else if (!strcmp(optarg, "resp")) cfg.protocol = PROTO_RESP;
+            else die("--protocol: memcached or resp");
+            break;
         case O_HELP: case 'h': usage(stdout); exit(0);
         default: usage(stderr); exit(2);
         }
@@ -963,6 +1076,8 @@ static void resolve(void) {
 /* one numeric `stats` value of the server, on a fresh blocking connection; -1 when
  * the server has no such stat or does not answer within 2 s */
 static double server_stat(const char *name) {
+    /* Only memcached's `stats` has these (Tandem's persistence_*); Redis: none. */
+    if (cfg.protocol == PROTO_RESP) return -1;
     int fd = connect_server();
     if (fd < 0) return -1;
     int fl = fcntl(fd, F_GETFL);
