@@ -245,6 +245,10 @@ final class ClientHandler: ChannelInboundHandler, Sendable {
         var closed = false
         /// Why the connection closed, when TLS says: what requests fail with.
         var tlsFailure: TLSHandshakeFailure?
+        /// An `error` that answered no request (id 0, no RESPONSE flag): the
+        /// node's reason for closing the connection (Protocol.md 1.5), which
+        /// requests still waiting then fail with instead of a bare close.
+        var closingError: WireError?
     }
 
     let pending = NIOLockedValueBox(Pending())
@@ -282,7 +286,16 @@ final class ClientHandler: ChannelInboundHandler, Sendable {
         let frame = unwrapInboundIn(data)
         let (promise, stream) = pending.withLockedValue { ($0.promises.removeValue(forKey: frame.requestID), $0.streams[frame.requestID]) }
         if let stream { return stream.receive(frame) }
-        guard let promise else { return }  // unsolicited frames (pings) are not for a request
+        guard let promise else {
+            // Unsolicited frames (pings) are not for a request; an unsolicited
+            // error says why the node is about to close the connection.
+            if frame.flags & WireFrame.Flags.response == 0, case .error(let error)? = try? frame.message() {
+                pending.withLockedValue { state in
+                    if state.closingError == nil { state.closingError = error }
+                }
+            }
+            return
+        }
         do {
             let message = try frame.message()
             if case .error(let error) = message {
@@ -296,16 +309,17 @@ final class ClientHandler: ChannelInboundHandler, Sendable {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        let (promises, streams, failure) = pending.withLockedValue { state -> ([EventLoopPromise<WireMessage>], [ResponseStream], (any Error)?) in
+        let (promises, streams, tlsFailure, closingError) = pending.withLockedValue { state in
             state.closed = true
-            let all = (Array(state.promises.values), Array(state.streams.values), state.tlsFailure)
+            let all = (Array(state.promises.values), Array(state.streams.values), state.tlsFailure, state.closingError)
             state.promises = [:]
             state.streams = [:]
             return all
         }
-        let error = failure ?? TandemClientError.connectionClosed
+        let closed = closingError.map { TandemClientError.server($0) } ?? TandemClientError.connectionClosed
+        let error: any Error = tlsFailure ?? closed
         for promise in promises { promise.fail(error) }
-        for stream in streams { stream.finish(TandemClientError.connectionClosed) }
+        for stream in streams { stream.finish(closed) }
         context.fireChannelInactive()
     }
 
