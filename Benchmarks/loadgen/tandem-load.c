@@ -299,6 +299,7 @@ static struct {
     int progress;
     int server_pid;
     int settle;
+    int allow_misses;     /* a miss on a stored key is counted, not an error */
     uint64_t seed;
     const char *label;
 } cfg = {
@@ -678,7 +679,7 @@ static int parse_resp_reply(conn_t *c, req_t *r, size_t *used, int *hit) {
     if (r->op == OP_GET) {
         if (line_is(p, n, "$-1")) {
             *used = ll;
-            if (r->expect == EXP_HIT) { sample_error(th, "miss on a stored key", p, n); return P_ERR; }
+            if (r->expect == EXP_HIT && !cfg.allow_misses) { sample_error(th, "miss on a stored key", p, n); return P_ERR; }
             return P_OK;
         }
         if (p[0] == '$') {
@@ -732,7 +733,7 @@ static int parse_reply(conn_t *c, req_t *r, size_t *used, int *hit) {
     if (r->op == OP_GET) {
         if (line_is(p, n, "END")) {
             *used = ll;
-            if (r->expect == EXP_HIT) { sample_error(th, "miss on a stored key", p, n); return P_ERR; }
+            if (r->expect == EXP_HIT && !cfg.allow_misses) { sample_error(th, "miss on a stored key", p, n); return P_ERR; }
             return P_OK;
         }
         if (starts(p, n, "VALUE ")) {
@@ -956,6 +957,8 @@ static void usage(FILE *f) {
 "  --server-pid PID    also report that process's CPU time during the measurement\n"
 "  --settle            after --preload, wait (at most 120 s) until the server's\n"
 "                      `stats` persistence_pending is 0 (servers without it: no wait)\n"
+"  --allow-misses      a miss on a key that was stored is counted as a miss, not\n"
+"                      an error (a cache that may lose what it was given)\n"
 "  --seed N            random seed\n"
 "  --label TEXT        copied into the output\n"
 "  --progress          print throughput every second on stderr\n"
@@ -988,7 +991,7 @@ static double parse_num(const char *name, const char *s, double lo, double hi) {
 static void parse_args(int argc, char **argv) {
     enum { O_HOST = 1000, O_PORT, O_THREADS, O_CONNS, O_PIPE, O_WORKLOAD, O_GET, O_SET, O_TOUCH, O_VSIZE, O_KEYS,
            O_SESSIONS, O_PRELOAD, O_DURATION, O_REQUESTS, O_MAXTIME, O_WARMUP, O_DRAIN, O_RATE, O_PID, O_SETTLE, O_SEED,
-           O_LABEL, O_PROGRESS, O_JSON, O_PROTOCOL, O_HELP };
+           O_LABEL, O_PROGRESS, O_JSON, O_PROTOCOL, O_ALLOW_MISSES, O_HELP };
     static const struct option opts[] = {
         {"host", 1, 0, O_HOST}, {"port", 1, 0, O_PORT}, {"threads", 1, 0, O_THREADS},
         {"connections", 1, 0, O_CONNS}, {"pipeline", 1, 0, O_PIPE}, {"workload", 1, 0, O_WORKLOAD},
@@ -997,7 +1000,7 @@ static void parse_args(int argc, char **argv) {
         {"duration", 1, 0, O_DURATION}, {"requests", 1, 0, O_REQUESTS}, {"max-time", 1, 0, O_MAXTIME},
         {"warmup", 1, 0, O_WARMUP}, {"drain-timeout", 1, 0, O_DRAIN}, {"rate", 1, 0, O_RATE},
         {"server-pid", 1, 0, O_PID}, {"settle", 0, 0, O_SETTLE}, {"seed", 1, 0, O_SEED}, {"label", 1, 0, O_LABEL},
-        {"progress", 0, 0, O_PROGRESS}, {"json", 0, 0, O_JSON}, {"protocol", 1, 0, O_PROTOCOL},
+        {"progress", 0, 0, O_PROGRESS}, {"json", 0, 0, O_JSON}, {"protocol", 1, 0, O_PROTOCOL}, {"allow-misses", 0, 0, O_ALLOW_MISSES},
         {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
     int o;
     int pct_given = 0;
@@ -1032,6 +1035,7 @@ static void parse_args(int argc, char **argv) {
         case O_LABEL: cfg.label = optarg; break;
         case O_PROGRESS: cfg.progress = 1; break;
         case O_JSON: cfg.json = 1; break;
+        case O_ALLOW_MISSES: cfg.allow_misses = 1; break;
         case O_PROTOCOL:
             if (!strcmp(optarg, "memcached")) cfg.protocol = PROTO_MEMCACHED;
             else if (!strcmp(optarg, "resp")) cfg.protocol = PROTO_RESP;
