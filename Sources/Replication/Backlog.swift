@@ -41,6 +41,33 @@ public final class Backlog: Sendable {
             }
             return low
         }
+
+        /// Adds segments holding offsets `first` to `last` and trims the
+        /// oldest beyond `capacity`. Offsets must run on without a gap: a
+        /// gap (a release missed while a promoted node took over the stream)
+        /// drops what is held, so that no backup is ever served a stream with
+        /// a hole in it.
+        mutating func keep(_ new: [Segment], first: UInt64, last: UInt64, capacity: Int) {
+            if first > end &+ 1 {
+                let recording = self.recording
+                self = State()
+                self.recording = recording
+            }
+            for segment in new {
+                segments.append(segment)
+                bytes += segment.frame.readableBytes
+            }
+            end = last
+            // Keep at least the newest segment, whatever the capacity.
+            while bytes > capacity, segments.count - head > 1 {
+                bytes -= segments[head].frame.readableBytes
+                head += 1
+            }
+            if head > 64, head * 2 > segments.count {
+                segments.removeFirst(head)
+                head = 0
+            }
+        }
     }
 
     /// Frames are cut at about this many body bytes, far below the frame limit.
@@ -55,11 +82,16 @@ public final class Backlog: Sendable {
         self.capacity = capacity
     }
 
-    /// Encodes released changes (consecutive offsets) onto the end.
-    public func append(_ changes: [Change]) {
+    /// Encodes released changes (consecutive offsets) onto the end. A
+    /// change's offset is its store sequence plus `offsetShift` (wrapping):
+    /// a promoted node's stream goes on from the offset where the history it
+    /// followed ended, whatever its own store's sequence numbers are.
+    public func append(_ changes: [Change], offsetShift: UInt64 = 0) {
         guard !changes.isEmpty else { return }
+        let first = changes[0].sequence &+ offsetShift
+        let last = changes[changes.count - 1].sequence &+ offsetShift
         let recording = state.withLock { state in
-            if !state.recording { state.end = changes[changes.count - 1].sequence }
+            if !state.recording { state.end = last }
             return state.recording
         }
         guard recording else { return }
@@ -78,7 +110,7 @@ public final class Backlog: Sendable {
             }
             buffer.reserveCapacity(minimumWritableBytes: estimate)
             let start = buffer.beginChangesFrame()
-            let first = changes[index].sequence
+            let first = changes[index].sequence &+ offsetShift
             var count: UInt32 = 0
             var bodyBytes = 0
             while index < changes.count, count == 0 || bodyBytes < Self.targetFrameBytes {
@@ -87,18 +119,18 @@ public final class Backlog: Sendable {
                 case .upsert:
                     bodyBytes += change.storage.withUnsafeBytes { all in
                         buffer.writeChangeUpsert(
-                            offset: change.sequence,
+                            offset: change.sequence &+ offsetShift,
                             key: UnsafeRawBufferPointer(rebasing: all[..<change.keyLength]),
                             value: UnsafeRawBufferPointer(rebasing: all[change.keyLength...]),
                             flags: change.flags, deadlineMillis: change.deadline.millis, cas: change.cas
                         )
                     }
                 case .remove:
-                    bodyBytes += change.withKeyBytes { buffer.writeChangeRemove(offset: change.sequence, key: $0) }
+                    bodyBytes += change.withKeyBytes { buffer.writeChangeRemove(offset: change.sequence &+ offsetShift, key: $0) }
                 case .delete:
-                    bodyBytes += change.withKeyBytes { buffer.writeChangeDelete(offset: change.sequence, key: $0, stamp: change.cas) }
+                    bodyBytes += change.withKeyBytes { buffer.writeChangeDelete(offset: change.sequence &+ offsetShift, key: $0, stamp: change.cas) }
                 case .flushAll:
-                    bodyBytes += buffer.writeChangeFlush(offset: change.sequence, stamp: change.cas)
+                    bodyBytes += buffer.writeChangeFlush(offset: change.sequence &+ offsetShift, stamp: change.cas)
                 }
                 count += 1
                 index += 1
@@ -106,26 +138,46 @@ public final class Backlog: Sendable {
             // An item is at most the item size limit, which tandemd keeps well below a frame.
             try! buffer.finishWireFrame(start, count: count)
             let frame = buffer.readSlice(length: buffer.readableBytes)!
-            segments.append(Segment(first: first, last: changes[index - 1].sequence, frame: frame))
+            segments.append(Segment(first: first, last: changes[index - 1].sequence &+ offsetShift, frame: frame))
             buffer = ByteBuffer()
         }
         state.withLock { state in
-            for segment in segments {
-                state.segments.append(segment)
-                state.bytes += segment.frame.readableBytes
-            }
-            state.end = changes[changes.count - 1].sequence
-            // Keep at least the newest segment, whatever the capacity.
-            while state.bytes > capacity, state.segments.count - state.head > 1 {
-                state.bytes -= state.segments[state.head].frame.readableBytes
-                state.head += 1
-            }
-            if state.head > 64, state.head * 2 > state.segments.count {
-                state.segments.removeFirst(state.head)
-                state.head = 0
-            }
+            state.keep(segments, first: first, last: last, capacity: capacity)
         }
     }
+
+    /// Keeps a `changes` frame received from this node's primary (a backup
+    /// records the stream it applies, so that once promoted it can serve it
+    /// to a node that followed the same history: Protocol.md 2.2). `body` is
+    /// the frame's body; its offsets run from `first` to `last`. Offsets
+    /// already held are skipped by whoever is sent the frame.
+    public func appendReceived(body: ByteBuffer, first: UInt64, last: UInt64) {
+        let recording = state.withLock { state in
+            if !state.recording { state.end = max(state.end, last) }
+            return state.recording
+        }
+        guard recording else { return }
+        var frame = ByteBuffer()
+        frame.reserveCapacity(body.readableBytes + 16)
+        let start = frame.beginWireFrame(type: .changes)
+        frame.writeImmutableBuffer(body)
+        // It arrived as one frame, so it fits one.
+        guard (try? frame.finishWireFrame(start)) != nil else { return }
+        let segment = Segment(first: first, last: last, frame: frame)
+        state.withLock { state in
+            guard last > state.end else { return }
+            state.keep([segment], first: first, last: last, capacity: capacity)
+        }
+    }
+
+    /// Whether a backup needing `offset` next can be served from here.
+    public func covers(_ offset: UInt64) -> Bool {
+        state.withLock { state in
+            if offset > state.end { return offset == state.end + 1 }
+            return state.firstSegment(holdingFrom: offset) != nil
+        }
+    }
+
 
     /// The frames holding every change from `offset` on (a frame may start
     /// before it: receivers skip offsets they have), and the offset of the
@@ -149,14 +201,6 @@ public final class Backlog: Sendable {
     /// time takes a full copy, which starts after this point.
     public func startRecording() {
         state.withLock { $0.recording = true }
-    }
-
-    /// Whether a backup needing `offset` next can be served from here.
-    public func covers(_ offset: UInt64) -> Bool {
-        state.withLock { state in
-            if offset > state.end { return offset == state.end + 1 }
-            return state.firstSegment(holdingFrom: offset) != nil
-        }
     }
 
     /// Marks `offset` as the end of the stream without changes (a primary that

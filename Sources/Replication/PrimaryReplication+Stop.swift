@@ -24,7 +24,7 @@ extension PrimaryReplication {
         // Release what the store recorded; the push subscription hands it to the session.
         feed.pump()
         guard hasBackup else { return .noBackup }
-        let end = feed.lastReleased
+        let end = offset
         let deadline = NIODeadline.now() + timeout
         while acknowledgements.reached < end, hasBackup {
             let remaining = deadline - .now()

@@ -28,12 +28,50 @@ public final class PrimaryReplication: Sendable {
         var caughtUpAt: Int64
         var fullResyncs: UInt64 = 0
         var partialResyncs: UInt64 = 0
+        /// Partial resyncs of a backup that asked from the previous history.
+        var partialResyncsAfterPromotion: UInt64 = 0
         var syncTimeouts: UInt64 = 0
         var degradations: UInt64 = 0
         var backupName = ""
     }
 
+    /// The history this node followed until it was promoted, and the last
+    /// offset of it that its data holds: its own stream goes on from there
+    /// (Protocol.md 2.2).
+    public struct PreviousHistory: Sendable {
+        public var replicationID: ReplicationID
+        /// Exactly where this node's data stood in that history when it took
+        /// over (the last offset it applied): its stream's first offset is
+        /// one more.
+        public var forkOffset: UInt64
+        /// That history's frames up to `forkOffset`, as this node received
+        /// them while following (nil: none kept).
+        public var backlog: Backlog?
+
+        public init(replicationID: ReplicationID, forkOffset: UInt64, backlog: Backlog?) {
+            self.replicationID = replicationID
+            self.forkOffset = forkOffset
+            self.backlog = backlog
+        }
+    }
+
+    /// How a backup asking to `replicate` from a position is served.
+    public enum Resumption: Sendable, Equatable {
+        /// From the backlog: the position is in this node's history.
+        case partial
+        /// From the backlog, the position being in the previous history at
+        /// or before the fork: the backup adopts this node's replication ID.
+        case partialAfterPromotion
+        /// A snapshot: the position is not in this node's history, or the
+        /// backlog no longer holds what follows it.
+        case full(reason: String)
+    }
+
     public let replicationID: ReplicationID
+    /// The history continued by this node's stream, if it continues one.
+    public let previous: (replicationID: ReplicationID, forkOffset: UInt64)?
+    /// Added (wrapping) to a store sequence number to give its stream offset.
+    let offsetShift: UInt64
     public let configuration: ReplicationConfiguration
     let store: SessionStore
     let feed: ChangeFeed
@@ -56,20 +94,38 @@ public final class PrimaryReplication: Sendable {
 
     public init(
         store: SessionStore, feed: ChangeFeed, configuration: ReplicationConfiguration, logger: Logger,
-        inherited: (replicationID: ReplicationID, stamp: UInt64)? = nil
+        inherited: (replicationID: ReplicationID, stamp: UInt64)? = nil, previous: PreviousHistory? = nil
     ) {
         self.inherited = inherited
         self.replicationID = ReplicationID.random()
         self.configuration = configuration
         self.store = store
         self.feed = feed
-        self.backlog = Backlog(capacity: configuration.backlogSize)
         self.logger = logger
         self.shared = Mutex(Shared(state: .noBackup, caughtUpAt: store.now()))
-        backlog.reset(end: feed.lastReleased)
+        // Everything the store recorded so far is part of where the data
+        // stands at the fork: the new stream starts after it.
+        feed.pump()
+        let released = feed.lastReleased
+        if let previous, previous.replicationID != .none {
+            self.previous = (previous.replicationID, previous.forkOffset)
+            self.offsetShift = previous.forkOffset &- released
+            if let kept = previous.backlog, kept.extent.last == previous.forkOffset {
+                self.backlog = kept
+            } else {
+                self.backlog = Backlog(capacity: configuration.backlogSize)
+                backlog.reset(end: previous.forkOffset)
+            }
+        } else {
+            self.previous = nil
+            self.offsetShift = 0
+            self.backlog = Backlog(capacity: configuration.backlogSize)
+            backlog.reset(end: released)
+        }
         let backlog = self.backlog
+        let shift = offsetShift
         let token = feed.subscribe { [weak self] batch in
-            backlog.append(batch)
+            backlog.append(batch, offsetShift: shift)
             self?.streamAdvanced()
         }
         feedToken.withLock { $0 = token }
@@ -103,11 +159,46 @@ public final class PrimaryReplication: Sendable {
         return 0
     }
 
+    /// How a backup asking from `position` is served (Protocol.md 2.2). A
+    /// position is in this node's history when it names the current one at
+    /// or before its end, or the previous one at or before the fork: past the
+    /// fork the asking node took changes this one never had, the histories
+    /// diverged, and only a snapshot (after reconciliation) makes the two
+    /// the same. `continuingHistories`: the backup's wire version lets it
+    /// adopt this node's replication ID in a `partialResync`.
+    public func resumption(for position: Replicate, continuingHistories: Bool) -> Resumption {
+        let next = position.offset &+ 1
+        let inHistory: Resumption?
+        if position.replicationID == replicationID, position.offset <= offset {
+            inHistory = .partial
+        } else if let previous, position.replicationID == previous.replicationID, position.offset <= previous.forkOffset {
+            guard continuingHistories else {
+                return .full(reason: "the backup follows the history this node continues, but its wire version cannot adopt a new replication id")
+            }
+            inHistory = .partialAfterPromotion
+        } else {
+            inHistory = nil
+        }
+        guard let inHistory else {
+            if position.replicationID == .none { return .full(reason: "backup is empty") }
+            if position.replicationID == replicationID { return .full(reason: "backup is ahead of this node's stream") }
+            if let previous, position.replicationID == previous.replicationID {
+                return .full(reason: "backup went past the fork at offset \(previous.forkOffset) of the previous history: the histories diverged")
+            }
+            return .full(reason: "backup has another history")
+        }
+        guard backlog.covers(next) else { return .full(reason: "backlog no longer holds offset \(next)") }
+        return inHistory
+    }
+
     /// Whether a backup is connected.
     public var hasBackup: Bool { shared.withLock { $0.session != nil } }
 
     /// The offset of the newest released change.
-    public var offset: UInt64 { feed.lastReleased }
+    public var offset: UInt64 { feed.lastReleased &+ offsetShift }
+
+    /// The stream offset of the store's change numbered `sequence`.
+    public func offset(ofSequence sequence: UInt64) -> UInt64 { sequence &+ offsetShift }
 
     // MARK: Client writes
 
@@ -121,7 +212,7 @@ public final class PrimaryReplication: Sendable {
         guard state != .noBackup else { return nil }
         feed.pump()
         guard configuration.mode == .sync, state == .sync else { return nil }
-        let target = store.lastSequence
+        let target = offset(ofSequence: store.lastSequence)
         guard target > acknowledgements.reached else { return nil }
         return acknowledgements.wait(for: target, on: eventLoop, timeout: configuration.syncTimeout)
             .flatMapError { [self] error in
@@ -180,16 +271,22 @@ public final class PrimaryReplication: Sendable {
         }
     }
 
-    func countResync(full: Bool) {
+    func countResync(_ resumption: Resumption) {
         shared.withLock { shared in
-            if full { shared.fullResyncs += 1 } else { shared.partialResyncs += 1 }
+            switch resumption {
+            case .full: shared.fullResyncs += 1
+            case .partial: shared.partialResyncs += 1
+            case .partialAfterPromotion:
+                shared.partialResyncs += 1
+                shared.partialResyncsAfterPromotion += 1
+            }
         }
     }
 
     /// The backup acknowledged `offset`.
     func acknowledged(_ offset: UInt64) {
         acknowledgements.reach(offset)
-        guard offset >= feed.lastReleased else { return }
+        guard offset >= self.offset else { return }
         let now = store.now()
         let resumed = shared.withLock { shared -> State? in
             shared.caughtUpAt = now
@@ -216,7 +313,7 @@ public final class PrimaryReplication: Sendable {
 
     public func statistics() -> [(String, String)] {
         let now = store.now()
-        let offset = feed.lastReleased
+        let offset = self.offset
         let acknowledged = acknowledgements.reached
         let extent = backlog.extent
         let shared = self.shared.withLock { $0 }
@@ -235,9 +332,12 @@ public final class PrimaryReplication: Sendable {
             ("peer_lag_ms", "\(lagMillis)"),
             ("full_resyncs", "\(shared.fullResyncs)"),
             ("partial_resyncs", "\(shared.partialResyncs)"),
+            ("partial_resyncs_after_promotion", "\(shared.partialResyncsAfterPromotion)"),
             ("sync_timeouts", "\(shared.syncTimeouts)"),
             ("sync_degradations", "\(shared.degradations)"),
             ("history_inherited", inherited.map { "\($0.replicationID)" } ?? "none"),
+            ("history_previous", previous.map { "\($0.replicationID)" } ?? "none"),
+            ("history_fork_offset", previous.map { "\($0.forkOffset)" } ?? "0"),
             ("backlog_first_offset", "\(extent.first)"),
             ("backlog_bytes", "\(extent.bytes)"),
             ("backlog_capacity", "\(backlog.capacity)"),

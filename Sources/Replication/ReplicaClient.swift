@@ -35,12 +35,22 @@ public final class ReplicaClient: Sendable {
     struct Shared {
         var linkState: LinkState = .down
         var position: Position
+        /// Whether the data is exactly the history up to `position`, with no
+        /// later change of it: true after a full resync and the stream that
+        /// follows it. A position recovered from storage may be behind the
+        /// data (a commit can hold changes after the offset it stores), and a
+        /// partial resync from there keeps that doubt. Only an exact position
+        /// may be continued by this node's own stream once it is promoted.
+        var exact: Bool
         /// The channel once the handshake is done.
         var channel: (any Channel)?
         var stopped = false
         var attempts = 0
         var fullResyncs: UInt64 = 0
         var partialResyncs: UInt64 = 0
+        /// Partial resyncs that adopted the primary's new replication ID
+        /// (it continues the history this node followed).
+        var partialResyncsAfterPromotion: UInt64 = 0
         var primaryName = ""
         var nextRequestID: UInt32 = 1
         var pendingForwards: [UInt32: EventLoopPromise<(UInt64, ByteBuffer)>] = [:]
@@ -77,6 +87,13 @@ public final class ReplicaClient: Sendable {
     /// The stream positions applied; forwarded replies wait here.
     public let applied = OffsetWaiters()
     private let shared: Mutex<Shared>
+    /// The stream as received, kept so that this node, once promoted, can
+    /// serve it to a node that followed the same history (Protocol.md 2.2).
+    let backlog: Backlog
+    /// True once `stop` was called: no change is applied after it, so the
+    /// position read after `stop` is exactly where the data stands. Held
+    /// through each frame's application.
+    private let applyGate = Mutex(false)
 
     /// Back-off between connection attempts: doubles from the first to the last.
     /// Short enough that a backup notices a returning primary well within a failover timeout.
@@ -92,7 +109,7 @@ public final class ReplicaClient: Sendable {
 
     public init(
         peerHost: String, peerPort: Int, store: SessionStore, position: Position, configuration: ReplicationConfiguration,
-        group: any EventLoopGroup, logger: Logger, epoch: @escaping @Sendable () -> UInt64 = { 0 }
+        group: any EventLoopGroup, logger: Logger, epoch: @escaping @Sendable () -> UInt64 = { 0 }, positionIsExact: Bool = false
     ) {
         self.peerHost = peerHost
         self.peerPort = peerPort
@@ -101,7 +118,10 @@ public final class ReplicaClient: Sendable {
         self.group = group
         self.logger = logger
         self.epoch = epoch
-        self.shared = Mutex(Shared(position: position))
+        self.shared = Mutex(Shared(position: position, exact: positionIsExact))
+        self.backlog = Backlog(capacity: configuration.backlogSize)
+        backlog.startRecording()
+        backlog.reset(end: position.offset)
         applied.reset(to: position.offset)
     }
 
@@ -120,6 +140,8 @@ public final class ReplicaClient: Sendable {
     /// then run here); writes already sent fail as unavailable.
     /// With `parkedFailure` nil, writes keep parking until `failParked(_:)`.
     public func stop(parkedFailure: ForwardError? = .primaryUnavailable) {
+        // Waits for a frame being applied: after this nothing changes the position.
+        applyGate.withLock { $0 = true }
         let channel = shared.withLock { shared -> (any Channel)? in
             shared.stopped = true
             shared.linkState = .stopped
@@ -142,6 +164,16 @@ public final class ReplicaClient: Sendable {
         for forward in parked {
             forward.timeout?.cancel()
             forward.promise.fail(error)
+        }
+    }
+
+    /// After `stop`: where this node's data stands in the history it
+    /// followed, exactly, and that history's frames as received up to there.
+    public func handOver() -> (position: Position, exact: Bool, backlog: Backlog) {
+        applyGate.withLock { stopped in
+            precondition(stopped, "handOver() before stop()")
+            let (position, exact) = shared.withLock { ($0.position, $0.exact) }
+            return (position, exact, backlog)
         }
     }
 
@@ -278,9 +310,11 @@ public final class ReplicaClient: Sendable {
         shared.withLock { shared in
             // Until the snapshot is complete the local data matches no position.
             shared.position = Position(replicationID: .none, offset: 0)
+            shared.exact = false
             shared.fullResyncs += 1
         }
         applied.reset(to: 0)
+        backlog.reset(end: 0)
         // Not a client's flush_all: the snapshot replaces the data, and no stamp says "deleted".
         store.flushAll(stamp: 0)
         logger.info("full resync: receiving a snapshot", metadata: [
@@ -292,25 +326,57 @@ public final class ReplicaClient: Sendable {
     func fullResyncFinished(replicationID: ReplicationID, offset: UInt64, items: UInt64, seconds: Double) {
         shared.withLock { shared in
             shared.position = Position(replicationID: replicationID, offset: offset)
+            shared.exact = true
             shared.linkState = .streaming
         }
         applied.reset(to: offset)
+        // The stream this backlog keeps starts after the snapshot.
+        backlog.reset(end: offset)
         logger.info("full resync done", metadata: ["items": "\(items)", "seconds": "\(seconds)", "offset": "\(offset)"])
     }
 
+    /// The primary resumes the stream after `offset`. With another ID than
+    /// this node's, the primary continues the history this node followed (it
+    /// was promoted from it, Protocol.md 2.2): the offsets go on, and this
+    /// node's data is now a position in the new history.
     func partialResync(replicationID: ReplicationID, offset: UInt64) -> Bool {
-        let accepted = shared.withLock { shared -> Bool in
-            guard shared.position.replicationID == replicationID, shared.position.offset == offset else { return false }
+        let adopted = shared.withLock { shared -> ReplicationID?? in
+            guard shared.position.offset == offset, shared.position.replicationID != .none else { return nil }
+            let was = shared.position.replicationID
+            shared.position.replicationID = replicationID
             shared.linkState = .streaming
             shared.partialResyncs += 1
-            return true
+            guard was != replicationID else { return .some(nil) }
+            shared.partialResyncsAfterPromotion += 1
+            return .some(was)
         }
-        if accepted { logger.info("partial resync", metadata: ["from_offset": "\(offset + 1)"]) }
-        return accepted
+        guard let adopted else { return false }
+        if backlog.extent.last != offset { backlog.reset(end: offset) }
+        if let previous = adopted {
+            logger.info("partial resync: the primary continues the history this node followed", metadata: [
+                "from_offset": "\(offset + 1)", "previous_replication_id": "\(previous)", "replication_id": "\(replicationID)",
+            ])
+        } else {
+            logger.info("partial resync", metadata: ["from_offset": "\(offset + 1)"])
+        }
+        return true
     }
 
-    /// Applies a frame of changes; returns the new applied offset.
-    func apply(_ changes: [ReplicatedChange]) -> UInt64 {
+    /// Applies a frame of changes (`body`: the frame's, kept in the
+    /// backlog); returns the new applied offset. Nothing is applied once
+    /// `stop` was called.
+    func apply(_ changes: [ReplicatedChange], body: ByteBuffer) -> UInt64 {
+        applyGate.withLock { stopped in
+            guard !stopped else { return shared.withLock { $0.position.offset } }
+            let offset = applyUngated(changes)
+            if let first = changes.first?.offset, let last = changes.last?.offset {
+                backlog.appendReceived(body: body, first: first, last: last)
+            }
+            return offset
+        }
+    }
+
+    private func applyUngated(_ changes: [ReplicatedChange]) -> UInt64 {
         var offset = shared.withLock { $0.position.offset }
         var highest: UInt64 = 0
         for change in changes where change.offset > offset {
@@ -457,6 +523,7 @@ public final class ReplicaClient: Sendable {
             ("peer_epoch", "\(shared.primaryEpoch)"),
             ("full_resyncs", "\(shared.fullResyncs)"),
             ("partial_resyncs", "\(shared.partialResyncs)"),
+            ("partial_resyncs_after_promotion", "\(shared.partialResyncsAfterPromotion)"),
         ]
     }
 }
@@ -636,7 +703,7 @@ final class ReplicaConnectionHandler: ChannelInboundHandler, @unchecked Sendable
             state = .streaming
 
         case (.streaming, .changes(let changes)):
-            ackOwed = client.apply(changes)
+            ackOwed = client.apply(changes, body: frame.body)
 
         case (_, .forwardReply(let offset, let reply)) where frame.isResponse:
             client.completeForward(requestID: frame.requestID, result: .success((offset, reply)))

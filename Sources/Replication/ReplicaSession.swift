@@ -47,24 +47,32 @@ public final class ReplicaSession: @unchecked Sendable {
     }
 
     /// Starts replication for a `replicate` request (on the event loop).
+    /// `continuingHistories`: the backup's wire version (3 on) adopts this
+    /// node's replication ID when it resumes from the previous history.
     public static func start(
-        on channel: any Channel, primary: PrimaryReplication, request: Replicate, backupName: String
+        on channel: any Channel, primary: PrimaryReplication, request: Replicate, backupName: String, continuingHistories: Bool
     ) -> ReplicaSession {
         let session = ReplicaSession(channel: channel, primary: primary, backupName: backupName)
         primary.attach(session, backupName: backupName)
-        session.begin(request)
+        session.begin(request, continuingHistories: continuingHistories)
         return session
     }
 
-    private func begin(_ request: Replicate) {
+    private func begin(_ request: Replicate, continuingHistories: Bool) {
         channel.eventLoop.assertInEventLoop()
         startHeartbeat()
         primary.feed.pump()
-        // A position past this node's stream is not one of its history's: a full resync.
-        let next = request.offset &+ 1
-        if request.replicationID == primary.replicationID, request.offset <= primary.offset, primary.backlog.covers(next) {
-            primary.countResync(full: false)
-            logger.info("partial resync", metadata: ["from_offset": "\(next)", "to_offset": "\(primary.offset)"])
+        let resumption = primary.resumption(for: request, continuingHistories: continuingHistories)
+        primary.countResync(resumption)
+        let reason: String
+        switch resumption {
+        case .partial, .partialAfterPromotion:
+            let next = request.offset &+ 1
+            logger.info("partial resync", metadata: [
+                "from_offset": "\(next)", "to_offset": "\(primary.offset)",
+                "history": "\(resumption == .partial ? "current" : "previous, continued since the promotion")",
+            ])
+            // Always this node's ID: a backup coming from the previous history adopts it.
             send(.partialResync(replicationID: primary.replicationID, offset: request.offset))
             state = .streaming(next: next)
             acknowledgedFloor = request.offset
@@ -73,12 +81,13 @@ public final class ReplicaSession: @unchecked Sendable {
             primary.acknowledged(request.offset)
             pushPending()
             return
+        case .full(let why):
+            reason = why
         }
-        primary.countResync(full: true)
         let offset = primary.offset
         let statistics = primary.store.statistics()
         logger.info("full resync", metadata: [
-            "reason": "\(request.replicationID == primary.replicationID ? "backlog no longer holds offset \(next)" : request.replicationID == .none ? "backup is empty" : "backup has another history")",
+            "reason": "\(reason)",
             "items": "\(statistics.currentItems)", "offset": "\(offset)",
         ])
         send(.fullResync(FullResync(

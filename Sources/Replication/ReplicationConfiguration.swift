@@ -60,4 +60,8 @@ public enum ReplicationMetaKey {
     public static let epoch = "epoch"
     /// The role the node had at its last commit: 1 primary, 2 backup.
     public static let role = "role"
+    /// The history the node's data continued when it was last promoted (16
+    /// zero bytes: none), and the offset of it where the node took over.
+    public static let previousReplicationID = "previous_replication_id"
+    public static let forkOffset = "fork_offset"
 }

@@ -38,6 +38,8 @@ final class PairRole: Sendable {
         var replicationID: ReplicationID
         var offset: UInt64
         var role: NodeRole?
+        /// The history the data continued at its last promotion, and where.
+        var previous: (replicationID: ReplicationID, forkOffset: UInt64)?
     }
 
     struct State {
@@ -98,12 +100,17 @@ final class PairRole: Sendable {
         self.group = group
         self.logger = logger
         let meta = persistence?.recoveredMeta ?? [:]
-        var recovered = Recovered(replicationID: .none, offset: 0, role: nil)
+        var recovered = Recovered(replicationID: .none, offset: 0, role: nil, previous: nil)
         if case .blob(let id)? = meta[ReplicationMetaKey.replicationID], id.count == 16,
             case .integer(let offset)? = meta[ReplicationMetaKey.offset]
         {
             recovered.replicationID = ReplicationID(bytes: id)
             recovered.offset = UInt64(bitPattern: offset)
+        }
+        if case .blob(let id)? = meta[ReplicationMetaKey.previousReplicationID], id.count == 16, ReplicationID(bytes: id) != .none,
+            case .integer(let fork)? = meta[ReplicationMetaKey.forkOffset]
+        {
+            recovered.previous = (ReplicationID(bytes: id), UInt64(bitPattern: fork))
         }
         if case .integer(let role)? = meta[ReplicationMetaKey.role] { recovered.role = NodeRole(rawValue: UInt8(truncatingIfNeeded: role)) }
         var epoch: UInt64 = 0
@@ -146,17 +153,22 @@ final class PairRole: Sendable {
     var epoch: UInt64 { state.withLock { $0.epoch } }
 
     /// What every commit stores in the meta table: the position of the data
-    /// in its history, the epoch and the role.
+    /// in its history, the epoch, the role, and the history the data
+    /// continued at its last promotion.
     func meta() -> [String: MetaValue] {
         let (role, epoch) = state.withLock { ($0.role, $0.epoch) }
         var position = (recovered.replicationID, recovered.offset)
         var roleCode = recovered.role?.rawValue ?? NodeRole.joining.rawValue
+        // Kept until a promotion replaces it: a restart or a spell as a
+        // backup does not make the data forget where it came from.
+        var previous = recovered.previous
         switch role {
         case .joining:
             break
         case .primary(let primary):
             position = (primary.replicationID, primary.offset)
             roleCode = NodeRole.primary.rawValue
+            previous = primary.previous ?? previous
         case .backup(let client):
             let followed = client.position
             position = (followed.replicationID, followed.offset)
@@ -167,6 +179,8 @@ final class PairRole: Sendable {
             ReplicationMetaKey.offset: .integer(Int64(bitPattern: position.1)),
             ReplicationMetaKey.epoch: .integer(Int64(bitPattern: epoch)),
             ReplicationMetaKey.role: .integer(Int64(roleCode)),
+            ReplicationMetaKey.previousReplicationID: .blob((previous?.replicationID ?? .none).bytes),
+            ReplicationMetaKey.forkOffset: .integer(Int64(bitPattern: previous?.forkOffset ?? 0)),
         ]
     }
 
@@ -184,11 +198,21 @@ final class PairRole: Sendable {
         }
         guard let previous else { return epoch }
         let inherited: (replicationID: ReplicationID, stamp: UInt64)
+        // The history this node's stream continues: only one whose position
+        // is exact (`ReplicaClient`'s `exact`). An offset recovered from
+        // storage is not: a commit can hold changes after the offset it
+        // stores, and a node resuming from this one's stream would never get
+        // them.
+        var continued: PrimaryReplication.PreviousHistory?
         switch previous {
         case .backup(let client):
             // No more changes from the old primary; writes parked meanwhile wait for the outcome.
             client.stop(parkedFailure: nil)
-            inherited = (client.position.replicationID, store.stampCeiling())
+            let (position, exact, backlog) = client.handOver()
+            inherited = (position.replicationID, store.stampCeiling())
+            if exact {
+                continued = PrimaryReplication.PreviousHistory(replicationID: position.replicationID, forkOffset: position.offset, backlog: backlog)
+            }
             // The old primary may have written until it went silent; its clock
             // runs as fast as ours, so its stamps stayed below where its clock
             // stood at the last contact plus the silence. Writes from here on
@@ -218,7 +242,9 @@ final class PairRole: Sendable {
             }
             throw ChangeError.epochNotPersisted
         }
-        let primary = PrimaryReplication(store: store, feed: feed, configuration: configuration.replication, logger: logger, inherited: inherited)
+        let primary = PrimaryReplication(
+            store: store, feed: feed, configuration: configuration.replication, logger: logger, inherited: inherited, previous: continued
+        )
         let now = store.now()
         state.withLock { state in
             state.role = .primary(primary)
@@ -233,6 +259,7 @@ final class PairRole: Sendable {
         }
         logger.notice("this node is now the primary", metadata: [
             "epoch": "\(newEpoch)", "reason": "\(reason)", "replication_id": "\(primary.replicationID)",
+            "continues": "\(primary.previous.map { "\($0.replicationID) after offset \($0.forkOffset)" } ?? "no history")",
         ])
         return newEpoch
     }
@@ -263,19 +290,23 @@ final class PairRole: Sendable {
             return
         }
         var position = ReplicaClient.Position(replicationID: recovered.replicationID, offset: recovered.offset)
+        // A stepping-down primary's store may hold changes it never released
+        // (so beyond its offset); a recovered position may be behind the data.
+        var exact = false
         switch previous {
         case .primary(let primary):
             position = ReplicaClient.Position(replicationID: primary.replicationID, offset: primary.offset)
             primary.shutdown(reason: "this node steps down: \(reason)")
         case .backup(let client):
             position = client.position
+            exact = client.handOver().exact
         case .joining:
             break
         }
         let client = ReplicaClient(
             peerHost: peer.host, peerPort: peer.port, store: store, position: position,
             configuration: configuration.replication, group: group, logger: logger,
-            epoch: { [weak self] in self?.epoch ?? 0 }
+            epoch: { [weak self] in self?.epoch ?? 0 }, positionIsExact: exact
         )
         state.withLock { state in
             state.role = .backup(client)
@@ -537,6 +568,11 @@ final class PairRole: Sendable {
         if case .blob(let id)? = meta[ReplicationMetaKey.replicationID], case .integer(let offset)? = meta[ReplicationMetaKey.offset] {
             stats.append(("data_replication_id", ReplicationID(bytes: id).description))
             stats.append(("data_offset", "\(UInt64(bitPattern: offset))"))
+        }
+        if case .blob(let id)? = meta[ReplicationMetaKey.previousReplicationID], case .integer(let fork)? = meta[ReplicationMetaKey.forkOffset] {
+            let previous = ReplicationID(bytes: id)
+            stats.append(("data_previous_replication_id", previous == .none ? "none" : previous.description))
+            stats.append(("data_fork_offset", "\(UInt64(bitPattern: fork))"))
         }
         if case .backup(let client) = state.role, let summary = client.reconcileSummary {
             stats.append(("last_reconcile_sent", "\(summary.received)"))

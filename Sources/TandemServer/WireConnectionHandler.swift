@@ -199,7 +199,10 @@ final class WireConnectionHandler: ChannelInboundHandler {
                 reject(.notPrimary, notPrimaryMessage("replicate"), requestID: frame.requestID, context: context)
                 return
             }
-            state = .replicating(ReplicaSession.start(on: context.channel, primary: primary, request: request, backupName: name))
+            state = .replicating(ReplicaSession.start(
+                on: context.channel, primary: primary, request: request, backupName: name,
+                continuingHistories: link.version >= WireVersion.continuedHistory
+            ))
         case .forward(let request):
             guard node.primary != nil else {
                 reject(.notPrimary, notPrimaryMessage("forward"), requestID: frame.requestID, context: context)
@@ -322,7 +325,10 @@ final class WireConnectionHandler: ChannelInboundHandler {
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         let finish: @Sendable () -> Void = { [node] in
             let (handler, context) = loopBound.value
-            handler.send(.forwardReply(offset: node.store.lastSequence, reply: answer), requestID: requestID, context: context)
+            // A stream offset, which on a promoted node is not its store's sequence number.
+            let sequence = node.store.lastSequence
+            let offset = node.primary?.offset(ofSequence: sequence) ?? sequence
+            handler.send(.forwardReply(offset: offset, reply: answer), requestID: requestID, context: context)
         }
         if wrote, let wait = node.primary?.afterWrites(on: context.eventLoop) {
             wait.whenComplete { _ in finish() }

@@ -5,9 +5,16 @@
 /// - 2: `importItems` is answered per item with `importReport` (0x0067)
 ///   instead of `importResult`'s totals, so a client learns which items were
 ///   rejected and why while the others are stored.
+/// - 3: a `partialResync` may carry a replication ID other than the one the
+///   backup asked with: the primary continues the history the backup
+///   followed (it was promoted from it), and the backup adopts the new ID.
+///   A version 2 backup would refuse that, so it is given a full resync.
 public enum WireVersion {
     public static let minimum: UInt16 = 1
-    public static let maximum: UInt16 = 2
+    public static let maximum: UInt16 = 3
     /// The first version whose `importItems` is answered with `importReport`.
     public static let perItemImport: UInt16 = 2
+    /// The first version whose backups resume into a history continued
+    /// across a promotion (`partialResync` with the primary's new ID).
+    public static let continuedHistory: UInt16 = 3
 }

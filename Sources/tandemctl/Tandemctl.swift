@@ -244,7 +244,7 @@ struct Status: AsyncParsableCommand {
     static let fields = [
         "role", "epoch", "replication_state", "replication_mode", "link_state", "replication_id", "replication_offset",
         "peer", "peer_name", "peer_offset", "peer_lag_changes", "peer_lag_ms", "peer_last_contact_ms",
-        "full_resyncs", "partial_resyncs", "sync_timeouts", "forwarded_writes",
+        "full_resyncs", "partial_resyncs", "partial_resyncs_after_promotion", "history_previous", "sync_timeouts", "forwarded_writes",
         "peer_address", "failovers", "failover_after_ms", "last_promotion_time", "last_promotion_reason",
         "reconciled_changes", "reconcile_conflicts",
         "persistence", "persistence_pending", "persistence_lag_ms", "persistence_errors", "persistence_last_error",

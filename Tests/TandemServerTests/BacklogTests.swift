@@ -1,5 +1,6 @@
+import Logging
 import NIOCore
-import Replication
+@testable import Replication
 import SessionStore
 import Testing
 import WireProtocol
@@ -86,6 +87,110 @@ struct BacklogTests {
         let (frames, _) = try #require(backlog.frames(from: 1))
         for frame in frames {
             #expect(frame.storageCapacity <= 2 * frame.readableBytes + 256, "capacity \(frame.storageCapacity) for \(frame.readableBytes) bytes")
+        }
+    }
+}
+
+/// A promoted node's stream continues the history it followed (Protocol.md 2.2).
+extension BacklogTests {
+    @Suite("History continued across a promotion")
+    struct ContinuedHistory {
+        func upsert(_ store: SessionStore, _ key: String) {
+            Array(key.utf8).withUnsafeBytes { key in
+                Array("v".utf8).withUnsafeBytes { value in
+                    _ = store.applyUpsert(
+                        key, value: value, flags: 0, deadline: .never, cas: store.currentStamp())
+                }
+            }
+        }
+
+        /// A primary whose data forked from `previous` at offset `fork`, its
+        /// backlog holding that history's offsets `from...fork` as received.
+        func promoted(previous: ReplicationID, fork: UInt64, keptFrom from: UInt64) -> (
+            PrimaryReplication, SessionStore
+        ) {
+            let store = SessionStore(
+                configuration: StoreConfiguration(shardCount: 2, recordsChanges: true), clock: ManualClock()
+            )
+            let feed = ChangeFeed(store: store)
+            // The store's own sequence numbers differ from the stream's offsets.
+            for index in 0..<7 { upsert(store, "applied\(index)") }
+            let kept = Backlog(capacity: 1 << 20)
+            kept.startRecording()
+            kept.reset(end: from - 1)
+            var body = ByteBuffer()
+            body.writeInteger(UInt32(fork - from + 1))
+            for offset in from...fork {
+                _ = body.writeChangeRemove(
+                    offset: offset, key: UnsafeRawBufferPointer(start: nil, count: 0))
+            }
+            kept.appendReceived(body: body, first: from, last: fork)
+            let primary = PrimaryReplication(
+                store: store, feed: feed, configuration: ReplicationConfiguration(),
+                logger: Logger(label: "test"),
+                previous: .init(replicationID: previous, forkOffset: fork, backlog: kept)
+            )
+            return (primary, store)
+        }
+
+        @Test(
+            "offsets go on from the fork, and the backlog serves the old history's frames before the new ones"
+        )
+        func offsetsContinue() throws {
+            let old = ReplicationID.random()
+            let (primary, store) = promoted(previous: old, fork: 100, keptFrom: 91)
+            #expect(primary.offset == 100)
+            upsert(store, "new")
+            primary.feed.pump()
+            #expect(primary.offset == 101)
+            let (frames, end) = try #require(primary.backlog.frames(from: 95))
+            #expect(end == 101)
+            #expect(frames.count == 2)
+        }
+
+        @Test(
+            "the rule: current history up to its end, previous history up to the fork, backlog permitting; past the fork the histories diverged"
+        )
+        func resumptionRule() {
+            let old = ReplicationID.random()
+            let (primary, store) = promoted(previous: old, fork: 100, keptFrom: 91)
+            upsert(store, "new")
+            primary.feed.pump()
+            func ask(_ id: ReplicationID, _ offset: UInt64, version3: Bool = true)
+                -> PrimaryReplication.Resumption
+            {
+                primary.resumption(
+                    for: Replicate(replicationID: id, offset: offset, epoch: 0), continuingHistories: version3
+                )
+            }
+            #expect(ask(old, 100) == .partialAfterPromotion)
+            #expect(ask(old, 90) == .partialAfterPromotion)
+            #expect(ask(primary.replicationID, 101) == .partial)
+            #expect(ask(primary.replicationID, 100) == .partial)
+            // Past the fork: the old primary took changes this node never had.
+            guard case .full(let diverged) = ask(old, 101) else {
+                Issue.record("past the fork resumed")
+                return
+            }
+            #expect(diverged.contains("diverged"))
+            // Before what the kept backlog reaches back to.
+            guard case .full(let dropped) = ask(old, 80) else {
+                Issue.record("a dropped offset resumed")
+                return
+            }
+            #expect(dropped.contains("backlog"))
+            guard case .full = ask(old, 100, version3: false) else {
+                Issue.record("a version 2 backup cannot adopt the ID")
+                return
+            }
+            guard case .full = ask(ReplicationID.random(), 50) else {
+                Issue.record("another history resumed")
+                return
+            }
+            guard case .full = ask(primary.replicationID, 102) else {
+                Issue.record("a position ahead of the stream resumed")
+                return
+            }
         }
     }
 }

@@ -212,7 +212,7 @@ struct WireRulesTests {
         try await withServer(configure: Self.standalone(maxItemSize: 1024)) { server, clock in
             let wire = try RawWire(port: try #require(server.wirePort))
             let ok = try await wire.hello()
-            #expect(ok.version == WireVersion.maximum && ok.version == 2)
+            #expect(ok.version == WireVersion.maximum && ok.version == 3)
             let records = [
                 Self.record(Array("good:1".utf8), Array("one".utf8)),
                 Self.record(Array("has space".utf8), Array("x".utf8)),
@@ -284,9 +284,9 @@ struct WireRulesTests {
     func unsupportedVersions() async throws {
         try await withServer(configure: Self.standalone()) { server, _ in
             let wire = try RawWire(port: try #require(server.wirePort))
-            try await wire.send(.hello(Hello(minimumVersion: 3, maximumVersion: 9, role: .client, nodeName: "future", nonce: WireSecret.randomNonce(count: 16))), requestID: 1)
+            try await wire.send(.hello(Hello(minimumVersion: WireVersion.maximum + 1, maximumVersion: 9, role: .client, nodeName: "future", nonce: WireSecret.randomNonce(count: 16))), requestID: 1)
             let (error, _) = try #require(try await wire.closingError())
-            #expect(error.code == .unsupportedVersion && error.message.contains("1...2"))
+            #expect(error.code == .unsupportedVersion && error.message.contains("1...\(WireVersion.maximum)"))
         }
     }
 

@@ -171,6 +171,30 @@ def test_kill_primary_fails_over_and_the_old_primary_rejoins(pair_factory, round
     assert pair.roles() == {"A": "backup", "B": "primary"}
 
 
+def test_old_primary_killed_under_load_rejoins_with_a_partial_resync(pair_factory):
+    """The promoted backup continues the history it followed (Protocol.md
+    2.2): the old primary, killed with SIGKILL under writes and restarted on
+    its data, resumes from the new primary's backlog instead of a full copy."""
+    pair = pair_factory()
+
+    def faults(pair: Pair) -> None:
+        let_writes_run(1.5)
+        pair.node["A"].kill()
+        wait_role(pair, "B", "primary")
+        let_writes_run(1.0)
+        pair.restart("A")
+        wait_role(pair, "A", "backup")
+        let_writes_run(1.0)
+
+    run_scenario(pair, faults, seed=300)
+    leader, follower = pair.stats("B"), pair.stats("A")
+    assert leader["history_previous"] != "none"
+    assert leader["partial_resyncs_after_promotion"] == "1", leader
+    assert leader["full_resyncs"] == "0", leader
+    assert follower["partial_resyncs_after_promotion"] == "1", follower
+    assert follower["replication_id"] == leader["replication_id"]
+
+
 @pytest.mark.parametrize("round_", range(ROUNDS))
 def test_primary_killed_and_restarted_within_the_failover_timeout(pair_factory, round_):
     # A generous failover timeout, so that the restart surely comes back inside it.
