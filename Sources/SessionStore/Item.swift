@@ -64,8 +64,10 @@ public struct ItemSnapshot: Sendable {
     public var lastAccess: Int64 = 0
     /// Whether the current version came from the other node of a pair.
     public var fromPeer = false
-    /// The seq of the key's newest committed row in the log (0: none).
+    /// The seq of the key's newest committed row in the log (0: none), and
+    /// that row's value length.
     public var seq: UInt64 = 0
+    public var rowLength: UInt32 = 0
 
     /// Number of value bytes.
     public var valueCount: Int { storage.count - keyLength }

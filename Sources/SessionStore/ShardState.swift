@@ -145,6 +145,7 @@ struct ShardState {
         snapshot.lastAccess = item.lastAccess
         snapshot.fromPeer = item.marks.contains(.fromPeer)
         snapshot.seq = item.seq
+        snapshot.rowLength = item.rowLength
         return snapshot
     }
 
