@@ -3,6 +3,7 @@ import Dispatch
 import Foundation
 import Logging
 import SessionStore
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -584,29 +585,65 @@ final class ItemDatabase {
         return total
     }
 
-    /// Streams every row at or above `flush_seq` in seq order (oldest segment
-    /// first): recovery applies them in turn, so the newest row of a key wins.
-    /// `value` is nil for a tombstone. Buffers are valid only during the call.
-    func forEachRow(
-        _ body: (UInt64, UnsafeRawBufferPointer, UnsafeRawBufferPointer?, UInt32, Deadline, UInt64) -> Void
-    ) throws(SQLiteError) {
-        let reader = try SQLiteConnection(path: path, mode: .readOnly)
-        // Mapped rather than read: the scan then costs no copy of every page
-        // into SQLite's cache. Only this short-lived start-up reader maps the
-        // file; the writer never does.
-        try reader.execute("PRAGMA mmap_size = \(Self.recoveryMapBytes)")
+    /// The newest row of every key at or above `flush_seq` (a tombstone
+    /// included): recovery's first pass, from the hints of the sealed
+    /// segments (about 60 bytes a row, no value read) and the head's rows.
+    func newestRows() throws(SQLiteError) -> [[UInt8]: UInt64] {
+        var newest: [[UInt8]: UInt64] = [:]
         for segment in segments {
-            let statement = try reader.prepare(
-                "SELECT seq, key, value, flags, deadline, cas, value IS NULL FROM \(segment.name) WHERE seq >= ?1 ORDER BY seq"
-            )
-            statement.bind(1, Int64(bitPattern: flushSeq))
-            while try statement.step() {
-                body(
-                    UInt64(bitPattern: statement.int64(0)), statement.blob(1), statement.int64(6) != 0 ? nil : statement.blob(2),
-                    UInt32(truncatingIfNeeded: statement.int64(3)), Deadline(millis: statement.int64(4)), UInt64(bitPattern: statement.int64(5))
-                )
+            for header in try headers(ofSegment: segment.id) where header.seq >= flushSeq {
+                // Rows come in seq order within a segment, and segments in id order.
+                newest[header.key] = header.seq
             }
         }
+        return newest
+    }
+
+    /// Streams, from `parts` threads at once (a segment each, each with a
+    /// read-only connection of its own), every row that `newest` names and
+    /// that is a value unexpired at `now`: recovery's second pass, bound by
+    /// SQLite's decoding and the copy into memory, which several cores share.
+    /// `body` gets the row's seq, key, value, flags, deadline and cas; its
+    /// buffers are valid only during the call. Rethrows the first error.
+    func forEachNewestRow(
+        _ newest: [[UInt8]: UInt64], now: Int64, parts: Int,
+        _ body: @Sendable (UInt64, UnsafeRawBufferPointer, UnsafeRawBufferPointer, UInt32, Deadline, UInt64) -> Void
+    ) throws(SQLiteError) {
+        let names = segments.map(\.name)
+        let failures = Mutex<[SQLiteError]>([])
+        let next = Atomic<Int>(0)
+        let (path, flushSeq) = (self.path, self.flushSeq)
+        DispatchQueue.concurrentPerform(iterations: max(1, min(parts, names.count))) { _ in
+            do throws(SQLiteError) {
+                let reader = try SQLiteConnection(path: path, mode: .readOnly)
+                // Mapped rather than read: the scan then costs no copy of
+                // every page into SQLite's cache. Only these short-lived
+                // start-up readers map the file; the writer never does.
+                try reader.execute("PRAGMA mmap_size = \(Self.recoveryMapBytes)")
+                while true {
+                    let index = next.wrappingAdd(1, ordering: .relaxed).oldValue
+                    guard index < names.count else { return }
+                    let statement = try reader.prepare(
+                        "SELECT seq, key, value, flags, deadline, cas FROM \(names[index]) "
+                            + "WHERE seq >= ?1 AND value IS NOT NULL AND (deadline = 0 OR deadline > ?2)"
+                    )
+                    statement.bind(1, Int64(bitPattern: flushSeq))
+                    statement.bind(2, now)
+                    while try statement.step() {
+                        let seq = UInt64(bitPattern: statement.int64(0))
+                        let key = statement.blob(1)
+                        guard newest[Array(key)] == seq else { continue }
+                        body(
+                            seq, key, statement.blob(2), UInt32(truncatingIfNeeded: statement.int64(3)),
+                            Deadline(millis: statement.int64(4)), UInt64(bitPattern: statement.int64(5))
+                        )
+                    }
+                }
+            } catch {
+                failures.withLock { $0.append(error) }
+            }
+        }
+        if let failure = failures.withLock({ $0.first }) { throw failure }
     }
 
     /// Unexpired live keys in a log file (its newest row per key, unless a

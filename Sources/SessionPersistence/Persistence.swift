@@ -144,30 +144,30 @@ public final class Persistence: Sendable {
         do {
             let total = try database.rowCount()
             logger.info("recovering items", metadata: ["rows": "\(total)", "segments": "\(database.segments.count)", "file": "\(database.path)"])
-            store.reserve(items: Int(total))
-            // One thread, in seq order: the newest row of a key wins, and a
-            // tombstone or an expired row removes what an older one loaded.
-            var read = 0
-            var highestCas: UInt64 = 0
-            var lastReport = started
-            try database.forEachRow { seq, key, value, flags, deadline, cas in
-                if let value {
-                    store.restore(key, value: value, flags: flags, deadline: deadline, cas: cas, seq: seq)
-                } else {
-                    store.forgetRestored(key)
-                }
-                highestCas = max(highestCas, cas)
-                read += 1
-                if read % 65_536 == 0, ContinuousClock.now - lastReport >= .seconds(1) {
-                    lastReport = ContinuousClock.now
+            // First the newest row of each key, from the headers alone (the
+            // hints); then only those rows' values, from several threads:
+            // no value is copied into memory to be replaced a moment later.
+            let newest = try database.newestRows()
+            logger.info("recovery: newest rows found", metadata: [
+                "keys": "\(newest.count)", "seconds": "\(String(format: "%.3f", Self.seconds(ContinuousClock.now - started)))",
+            ])
+            store.reserve(items: newest.count)
+            let progress = RecoveryProgress()
+            let parts = newest.count >= Self.parallelRecoveryKeys ? ProcessInfo.processInfo.activeProcessorCount : 1
+            try database.forEachNewestRow(newest, now: now, parts: parts) { seq, key, value, flags, deadline, cas in
+                store.restore(key, value: value, flags: flags, deadline: deadline, cas: cas, seq: seq)
+                if progress.loaded(cas: cas) {
+                    let loaded = progress.totals.loaded
                     let elapsed = Self.seconds(ContinuousClock.now - started)
                     logger.info("recovery progress", metadata: [
-                        "rows": "\(read)", "of": "\(total)",
-                        "percent": "\(total > 0 ? min(100, read * 100 / Int(total)) : 100)",
-                        "rows_per_second": "\(Int(Double(read) / max(elapsed, 0.001)))",
+                        "items": "\(loaded)", "of": "\(newest.count)",
+                        "percent": "\(newest.isEmpty ? 100 : min(100, loaded * 100 / newest.count))",
+                        "items_per_second": "\(Int(Double(loaded) / max(elapsed, 0.001)))",
                     ])
                 }
             }
+            var highestCas = progress.totals.highestCas
+            let read = Int(total)
             let loaded = store.statistics().currentItems
             // Deletes the node remembers, and the last flush_all's stamp: a
             // peer's older versions of those keys must not come back.
@@ -193,6 +193,9 @@ public final class Persistence: Sendable {
             throw .unreadable(path: database.path, error: error)
         }
     }
+
+    /// Below this many keys one thread recovers as fast as several start.
+    static let parallelRecoveryKeys = 50_000
 
     static func seconds(_ duration: Duration) -> Double {
         let (seconds, attoseconds) = duration.components
@@ -367,8 +370,13 @@ final class Writer: @unchecked Sendable {
     func start() {
         guard !started.exchange(true, ordering: .relaxed) else { return }
         checkpointer.start()
-        let thread = Thread { [self] in run() }
-        thread.name = "tandem-writer"
+        let thread = Thread { [self] in
+            // Named from inside: on Linux a name set before start is not
+            // given to the system thread, which then shows in top -H and
+            // /proc under the name of the thread that started it.
+            Thread.current.name = "tandem-writer"
+            run()
+        }
         thread.start()
     }
 
@@ -768,6 +776,38 @@ final class Writer: @unchecked Sendable {
                 "file": "\(database.path)", "error": "\(message)", "pending": "\(pending)",
             ])
         }
+    }
+}
+
+/// Counts the items recovery loaded, and the highest CAS among them, from
+/// several threads.
+final class RecoveryProgress: Sendable {
+    private struct Counts {
+        var loaded = 0
+        var highestCas: UInt64 = 0
+    }
+
+    private let counts = Mutex(Counts())
+    private let lastReport = Mutex(ContinuousClock.now)
+
+    /// Counts one item; true at most once a second, when a progress line is due.
+    func loaded(cas: UInt64) -> Bool {
+        let due = counts.withLock { counts -> Bool in
+            counts.loaded += 1
+            if cas > counts.highestCas { counts.highestCas = cas }
+            return counts.loaded % 65_536 == 0
+        }
+        guard due else { return false }
+        return lastReport.withLock { last in
+            let now = ContinuousClock.now
+            guard now - last >= .seconds(1) else { return false }
+            last = now
+            return true
+        }
+    }
+
+    var totals: (loaded: Int, highestCas: UInt64) {
+        counts.withLock { ($0.loaded, $0.highestCas) }
     }
 }
 
