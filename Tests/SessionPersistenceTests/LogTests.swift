@@ -172,6 +172,29 @@ struct LogTests {
         #expect(reopened.store.tombstoneCount == 1)
     }
 
+    @Test("a large log gets larger segments: far fewer than its size in segments of the configured size")
+    func segmentCount() throws {
+        let directory = TemporaryDirectory()
+        try FileManager.default.createDirectory(atPath: directory.path, withIntermediateDirectories: true)
+        let database = try ItemDatabase(path: directory.path + "/tandem.sqlite3", segmentBytes: 1024)
+        defer { database.close() }
+        database.maxSegments = 8
+        let value = [UInt8](repeating: 9, count: 100)
+        try database.begin()
+        for index in 0..<2000 {
+            _ = try Array("key:\(index)".utf8).withUnsafeBytes { key in
+                try value.withUnsafeBytes { try database.append(key: key, value: $0, flags: 0, deadline: 0, cas: UInt64(index + 1)) }
+            }
+        }
+        try database.commit()
+        // 1 KB segments would be about 280 of them; the log's rows over 8
+        // make each one up to an eighth of what came before it. Sizes grow
+        // geometrically, so the count grows only with the log's log.
+        #expect(database.segments.count < 60, "\(database.segments.count) segments")
+        #expect(database.segments.count > 8)
+        #expect(database.totalBytes == database.segments.reduce(0) { $0 + $1.totalBytes })
+    }
+
     @Test("a schema-2 file made by the previous release is converted, every item kept")
     func upgradeFromFixture() throws {
         let directory = TemporaryDirectory()
