@@ -4,21 +4,25 @@
 # 50,000 keys, 50 connections).
 #
 #   Benchmarks/writer-cpu.sh --rounds 3 --duration 10 before=/path/tandemd after=/path/tandemd
+#   Benchmarks/writer-cpu.sh --workload e ...   # (e) msm-shaped, 25,000 sessions
 #
 # Each run starts the binary fresh (-t 2 -m 1024, a new data directory),
 # drives (c) with the load generator, waits until nothing is pending, then
 # reads utime+stime of the writer and checkpointer threads
 # (`/proc/<pid>/task/*/stat`) and divides by every set the node stored
-# (`cmd_set`, the preload's included: the writer persisted all of them).
+# (`cmd_set`, the preload's included: the writer persisted all of them;
+# for (e) that is per write, a request being about two of them).
 # Prints one line per run and the medians per binary.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 rounds=3
 duration=10
+workload=c
 while [ $# -gt 0 ]; do
     case "$1" in
         --rounds) rounds="$2"; shift 2 ;;
         --duration) duration="$2"; shift 2 ;;
+        --workload) workload="$2"; shift 2 ;;
         *=*) break ;;
         *) echo "writer-cpu: unknown option $1" >&2; exit 2 ;;
     esac
@@ -67,7 +71,13 @@ for round in $(seq 1 "$rounds"); do
             sleep 0.02
         done
         [ -n "$port" ] || { echo "writer-cpu: $bin did not start" >&2; cat "$log" >&2; exit 1; }
-        "$loadgen" --port "$port" --workload mix --set 100 --keys 50000 --connections 50 --pipeline 1 \
+        case "$workload" in
+            c) shape="--workload mix --set 100 --keys 50000" ;;
+            e) shape="--workload msm --sessions 25000" ;;
+            *) echo "writer-cpu: --workload is c or e" >&2; exit 2 ;;
+        esac
+        # shellcheck disable=SC2086
+        "$loadgen" --port "$port" $shape --connections 50 --pipeline 1 \
             --value-size 2048 --preload --settle --threads 2 --warmup 1 --duration "$duration" --json >"$work/out.json"
         for _ in $(seq 1 600); do
             [ "$(stat_of "$port" persistence_pending)" = 0 ] && break
