@@ -27,7 +27,7 @@ public struct BackupReport: Sendable, Equatable {
 /// Copies a live database with SQLite's online backup API into a new
 /// directory, in a form a node opens as its data directory.
 enum DatabaseBackup {
-    /// Pages copied per `sqlite3_backup_step` (4 MiB with Tandem's 16 KiB pages):
+    /// Pages copied per `sqlite3_backup_step` (16 MiB with the log's 64 KiB pages):
     /// small enough that a failure is noticed early, large enough that the
     /// per-step overhead does not matter. No pause between steps: the copy
     /// holds no lock the writer waits for (see `copy`).
@@ -170,7 +170,7 @@ enum DatabaseBackup {
         do {
             let copy = try SQLiteConnection(path: path)
             defer { copy.close() }
-            let items = try copy.integer("SELECT count(*) FROM items WHERE deadline = 0 OR deadline > \(now)")
+            let items = try ItemDatabase.liveItemCount(copy, now: now)
             let mode = try copy.text("PRAGMA journal_mode = DELETE")
             guard mode == "delete" else {
                 throw SQLiteError(code: SQLITE_ERROR, message: "the copy stayed in journal mode \(mode ?? "unknown")")

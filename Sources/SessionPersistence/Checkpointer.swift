@@ -40,8 +40,14 @@ final class Checkpointer: Sendable {
 
     func start() {
         guard !started.exchange(true, ordering: .relaxed) else { return }
-        let thread = Thread { [self] in run() }
-        thread.name = "tandem-checkpointer"
+        let thread = Thread { [self] in
+            // Named from inside: on Linux a name set before start is not
+            // given to the system thread, which then shows in top -H and
+            // /proc under the name of the thread that started it.
+            // At most 15 bytes: Linux refuses a longer thread name.
+            Thread.current.name = "tandem-checkpt"
+            run()
+        }
         thread.start()
     }
 

@@ -72,7 +72,10 @@ extension DataDirectory {
                 guard tables == 0 else { throw PersistenceError.foreignDatabase(path: databasePath) }
                 return .empty
             }
-            guard try connection.integer("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('items', 'meta')") == 2 else {
+            // Schema 1 and 2 (one `items` row per key) are converted to the log at start.
+            let expected = version < 3 ? "'items', 'meta'" : "'meta', 'hints', 'tombstones'"
+            let count: Int64 = version < 3 ? 2 : 3
+            guard try connection.integer("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN (\(expected))") == count else {
                 throw PersistenceError.foreignDatabase(path: databasePath)
             }
             return .database(schemaVersion: version)

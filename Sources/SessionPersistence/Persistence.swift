@@ -21,6 +21,14 @@ public struct PersistenceConfiguration: Sendable {
     public var maxLagMillis: Int
     /// The writer commits early once this many changes are waiting.
     public var earlyFlushThreshold: Int
+    /// A log segment is sealed once its rows hold this many bytes (tests use tiny ones).
+    public var segmentBytes: Int = 16 << 20
+    /// Compaction runs while the log's rows exceed this multiple of the live
+    /// bytes: 1.8 keeps the file within about 2× the live data (docs/storage.md).
+    public var compactionRatio: Double = 1.8
+    /// At most this many rows are re-appended by compaction per commit, so
+    /// that no commit grows long however large a segment is.
+    public var compactionRowsPerCommit: Int = 1000
 
     public init(
         dataDirectory: String, flushIntervalMillis: Int = 50, maxPendingChanges: Int = 200_000, earlyFlushThreshold: Int = 20_000,
@@ -65,6 +73,13 @@ public struct PersistenceStatistics: Sendable {
     /// How long the successful commits took.
     public var flushDurations = FlushDurations()
     public var recovery = RecoveryReport(items: 0, seconds: 0)
+    /// The log's segment tables, their rows' bytes, and the bytes of rows
+    /// still their key's newest version.
+    public var segments = 0
+    public var logBytes = 0
+    public var liveBytes = 0
+    /// Segments dropped by compaction since start.
+    public var compactions: UInt64 = 0
 }
 
 /// Write-behind persistence of a store into SQLite, and recovery from it.
@@ -100,7 +115,7 @@ public final class Persistence: Sendable {
     ) throws(PersistenceError) -> Persistence {
         precondition(store.configuration.recordsChanges, "a persisted store must record changes")
         let directory = try DataDirectory(path: configuration.dataDirectory)
-        let database = try ItemDatabase(path: directory.databasePath)
+        let database = try ItemDatabase(path: directory.databasePath, segmentBytes: configuration.segmentBytes, logger: logger)
         let meta: [String: MetaValue]
         do {
             meta = try database.allMeta()
@@ -128,24 +143,32 @@ public final class Persistence: Sendable {
         let now = store.now()
         do {
             let total = try database.rowCount()
-            logger.info("recovering items", metadata: ["rows": "\(total)", "file": "\(database.path)"])
-            store.reserve(items: Int(total))
-            let parts = total >= Self.parallelRecoveryRows ? ProcessInfo.processInfo.activeProcessorCount : 1
-            let progress = RecoveryProgress(parts: parts)
-            try database.forEachItemInParallel(now: now, parts: parts) { part, key, value, flags, deadline, cas in
-                store.restore(key, value: value, flags: flags, deadline: deadline, cas: cas)
-                if progress.loaded(part: part, cas: cas), progress.reportDue() {
+            logger.info("recovering items", metadata: ["rows": "\(total)", "segments": "\(database.segments.count)", "file": "\(database.path)"])
+            // First the newest row of each key, from the headers alone (the
+            // hints); then only those rows' values, from several threads:
+            // no value is copied into memory to be replaced a moment later.
+            let newest = try database.newestRows()
+            logger.info("recovery: newest rows found", metadata: [
+                "keys": "\(newest.count)", "seconds": "\(String(format: "%.3f", Self.seconds(ContinuousClock.now - started)))",
+            ])
+            store.reserve(items: newest.count)
+            let progress = RecoveryProgress()
+            let parts = newest.count >= Self.parallelRecoveryKeys ? ProcessInfo.processInfo.activeProcessorCount : 1
+            try database.forEachNewestRow(newest, now: now, parts: parts) { seq, key, value, flags, deadline, cas in
+                store.restore(key, value: value, flags: flags, deadline: deadline, cas: cas, seq: seq)
+                if progress.loaded(cas: cas) {
                     let loaded = progress.totals.loaded
                     let elapsed = Self.seconds(ContinuousClock.now - started)
                     logger.info("recovery progress", metadata: [
-                        "items": "\(loaded)", "of": "\(total)",
-                        "percent": "\(total > 0 ? min(100, loaded * 100 / Int(total)) : 100)",
+                        "items": "\(loaded)", "of": "\(newest.count)",
+                        "percent": "\(newest.isEmpty ? 100 : min(100, loaded * 100 / newest.count))",
                         "items_per_second": "\(Int(Double(loaded) / max(elapsed, 0.001)))",
                     ])
                 }
             }
-            let loaded = progress.totals.loaded
             var highestCas = progress.totals.highestCas
+            let read = Int(total)
+            let loaded = store.statistics().currentItems
             // Deletes the node remembers, and the last flush_all's stamp: a
             // peer's older versions of those keys must not come back.
             let cutoff = HybridTimestamp.floor(millis: now - SessionStore.tombstoneRetentionMillis)
@@ -162,8 +185,8 @@ public final class Persistence: Sendable {
             store.raiseCas(above: highestCas)
             let seconds = Self.seconds(ContinuousClock.now - started)
             logger.info("recovery done", metadata: [
-                "items": "\(loaded)", "seconds": "\(String(format: "%.3f", seconds))",
-                "items_per_second": "\(Int(Double(loaded) / max(seconds, 0.001)))",
+                "items": "\(loaded)", "rows": "\(read)", "seconds": "\(String(format: "%.3f", seconds))",
+                "rows_per_second": "\(Int(Double(read) / max(seconds, 0.001)))",
             ])
             return RecoveryReport(items: loaded, seconds: seconds)
         } catch {
@@ -171,8 +194,8 @@ public final class Persistence: Sendable {
         }
     }
 
-    /// Below this many rows one thread recovers as fast as several start.
-    static let parallelRecoveryRows: Int64 = 50_000
+    /// Below this many keys one thread recovers as fast as several start.
+    static let parallelRecoveryKeys = 50_000
 
     static func seconds(_ duration: Duration) -> Double {
         let (seconds, attoseconds) = duration.components
@@ -336,13 +359,24 @@ final class Writer: @unchecked Sendable {
         initial.lastSuccessfulTake = store.now()
         self.shared = Mutex(initial)
         self.lastCommittedTake = Atomic(initial.lastSuccessfulTake)
+        rebuildLive()
+        shared.withLock {
+            $0.statistics.segments = database.segments.count
+            $0.statistics.logBytes = database.totalBytes
+            $0.statistics.liveBytes = database.liveBytes
+        }
     }
 
     func start() {
         guard !started.exchange(true, ordering: .relaxed) else { return }
         checkpointer.start()
-        let thread = Thread { [self] in run() }
-        thread.name = "tandem-writer"
+        let thread = Thread { [self] in
+            // Named from inside: on Linux a name set before start is not
+            // given to the system thread, which then shows in top -H and
+            // /proc under the name of the thread that started it.
+            Thread.current.name = "tandem-writer"
+            run()
+        }
         thread.start()
     }
 
@@ -460,37 +494,64 @@ final class Writer: @unchecked Sendable {
         }
         let batch = carry.count
         let commitStarted = ContinuousClock.now
+        // The rows this commit writes, for the headers once it has committed.
+        var rows: [CommittedRow] = []
+        var dropped = 0
+        // Compaction never takes a segment holding rows of this commit: their
+        // headers learn their seqs only once it has committed.
+        let firstSeqOfCommit = database.nextSeq
+        let rewrote = needsRewrite
         do {
             try database.begin()
             do {
                 if needsRewrite {
-                    try rewriteFromMemory()
+                    // The store holds every carried change already (and
+                    // newer ones): writing the carry after it would append
+                    // older versions with newer seqs.
+                    try rewriteFromMemory(&rows)
                 } else if flushPending {
-                    try database.deleteAll()
+                    try database.flushAll()
+                    victim = nil
                 }
                 for change in RowPlacement.ordered(carry.values) {
                     switch change.kind {
-                    case .upsert: try database.upsert(change)
-                    case .remove: try database.delete(key: change.key)
+                    case .upsert:
+                        guard !rewrote else { continue }
+                        let seq = try database.append(change)
+                        rows.append(CommittedRow(storage: change.storage, keyLength: change.keyLength, seq: seq, length: UInt32(change.valueCount)))
+                        countLive(seq: seq, keyLength: change.keyLength, valueLength: change.valueCount)
+                    case .remove:
+                        // A tombstone row even for an expiry: the key's last
+                        // committed row may carry a later deadline than the
+                        // version that expired (a touch not yet committed).
+                        if !rewrote { _ = try database.append(change) }
                     case .delete:
-                        try database.delete(key: change.key)
+                        if !rewrote { _ = try database.append(change) }
                         try database.insertTombstone(key: change.key, stamp: change.cas)
                     case .flushAll: break
                     }
                 }
+                dropped = try compact(&rows, below: firstSeqOfCommit)
                 try database.setMeta("last_sequence", Int64(bitPattern: store.lastSequence))
                 try database.setMeta("flush_stamp", Int64(bitPattern: store.flushStamp))
                 pruneTombstones()
                 for (name, value) in meta { try database.setMeta(name, value) }
                 try database.commit()
             } catch {
+                // The log's shape and the accounting are read again: the
+                // transaction's seals, drops and appends never happened.
                 database.rollback()
+                victim = nil
+                rebuildLive()
                 throw error
             }
         } catch {
             recordFailure(error, pending: batch)
             return false
         }
+        publish(rows)
+        if rewrote { rebuildLive() }
+        compactions += UInt64(dropped)
         let commitDuration = ContinuousClock.now - commitStarted
         carry.removeAll(keepingCapacity: true)
         flushPending = false
@@ -505,7 +566,12 @@ final class Writer: @unchecked Sendable {
             failingSince = nil
             lastErrorLog = nil
         }
+        let (segments, logBytes, liveBytes, compactions) = (database.segments.count, database.totalBytes, database.liveBytes, compactions)
         shared.withLock {
+            $0.statistics.segments = segments
+            $0.statistics.logBytes = logBytes
+            $0.statistics.liveBytes = liveBytes
+            $0.statistics.compactions = compactions
             $0.statistics.flushes += 1
             $0.statistics.lastBatch = batch
             $0.statistics.flushDurations.record(commitDuration)
@@ -546,6 +612,11 @@ final class Writer: @unchecked Sendable {
                 flushPending = true
             case .upsert, .remove, .delete:
                 guard change.sequence > flushedThrough else { continue }
+                if change.kind != .upsert, change.committedSeq != 0, let index = database.segmentIndex(holding: change.committedSeq) {
+                    // The row the removed item's header named is dead now,
+                    // whatever the carry keeps for the key.
+                    database.addLive(-ItemDatabase.rowBytes(keyLength: change.keyLength, valueLength: Int(change.committedLength)), at: index)
+                }
                 carry[ChangeKey(change)] = change
             }
         }
@@ -557,7 +628,9 @@ final class Writer: @unchecked Sendable {
         let current = ItemDatabase.inode(of: database.path)
         guard current != database.inode else { return true }
         do {
-            let replacement = try ItemDatabase(path: database.path)
+            let replacement = try ItemDatabase(path: database.path, segmentBytes: configuration.segmentBytes, logger: logger)
+            // The headers name seqs of the old file: the new one's must not collide with them.
+            replacement.raiseNextSeq(above: database.nextSeq)
             checkpointer.stop()
             database.close(checkpoint: false)
             database = replacement
@@ -573,16 +646,119 @@ final class Writer: @unchecked Sendable {
     }
 
     /// Writes every live item into the (new, empty) database.
-    private func rewriteFromMemory() throws(SQLiteError) {
+    private func rewriteFromMemory(_ rows: inout [CommittedRow]) throws(SQLiteError) {
         try database.deleteAll()
+        victim = nil
         for shard in 0..<store.shardCount {
             var cursor: Int? = 0
             while let from = cursor {
                 let page = store.items(inShard: shard, from: from, limit: 1024)
-                for item in page.items { try database.upsert(item) }
+                for item in page.items {
+                    let seq = try database.append(item)
+                    rows.append(CommittedRow(storage: item.storage, keyLength: item.keyLength, seq: seq, length: UInt32(item.valueCount)))
+                    countLive(seq: seq, keyLength: item.keyLength, valueLength: item.valueCount)
+                }
                 cursor = page.next
             }
         }
+    }
+
+    // MARK: The log's accounting and compaction
+
+    /// The segment being compacted, its rows' headers, and how far the
+    /// re-appends have got (a segment may take several commits).
+    private struct Victim {
+        let id: Int
+        let headers: [ItemDatabase.RowHeader]
+        var cursor = 0
+    }
+
+    private var victim: Victim?
+    /// Segments dropped by compaction since start.
+    private var compactions: UInt64 = 0
+
+    /// Counts a row appended in the open transaction as live: its header
+    /// learns of it only after the commit, and until then the accounting
+    /// must not make compaction more eager than the rows warrant.
+    private func countLive(seq: UInt64, keyLength: Int, valueLength: Int) {
+        if let index = database.segmentIndex(holding: seq) {
+            database.addLive(ItemDatabase.rowBytes(keyLength: keyLength, valueLength: valueLength), at: index)
+        }
+    }
+
+    /// Tells the headers which rows committed, and moves the live bytes: a
+    /// key's previous row stops being live; a row whose key has gone (or,
+    /// moved by compaction, whose header names another row) was never live.
+    private func publish(_ rows: [CommittedRow]) {
+        guard !rows.isEmpty else { return }
+        let marks = store.markCommitted(rows)
+        for (row, mark) in zip(rows, marks) {
+            if mark.applied {
+                if mark.previousSeq != 0, let index = database.segmentIndex(holding: mark.previousSeq) {
+                    database.addLive(-ItemDatabase.rowBytes(keyLength: row.keyLength, valueLength: Int(mark.previousLength)), at: index)
+                }
+            } else if let index = database.segmentIndex(holding: row.seq) {
+                database.addLive(-ItemDatabase.rowBytes(keyLength: row.keyLength, valueLength: Int(row.length)), at: index)
+            }
+        }
+    }
+
+    /// The live bytes per segment, from the headers: at start, and after a
+    /// rolled-back commit or a rewrite.
+    private func rebuildLive() {
+        database.resetLive()
+        for shard in 0..<store.shardCount {
+            var cursor: Int? = 0
+            while let from = cursor {
+                let page = store.items(inShard: shard, from: from, limit: 1024)
+                for item in page.items where item.seq != 0 {
+                    if let index = database.segmentIndex(holding: item.seq) {
+                        database.addLive(ItemDatabase.rowBytes(keyLength: item.keyLength, valueLength: Int(item.rowLength)), at: index)
+                    }
+                }
+                cursor = page.next
+            }
+        }
+    }
+
+    /// Compaction, inside the open transaction: while the log's rows exceed
+    /// `compactionRatio` × the live bytes, the oldest sealed segment's live
+    /// rows are appended again and the segment is dropped, in the
+    /// transaction of its last re-append. A row is live if the key's header
+    /// names it and the item has not expired; it is re-appended with the
+    /// store's current version (the newest there is: if it is not committed
+    /// yet, it is the acknowledged state all the same), never one older than
+    /// a committed row. A key with a change in this batch is skipped: its new
+    /// row commits with the drop. Oldest first, so a dead row dropped can
+    /// revive nothing older. Returns the segments dropped.
+    private func compact(_ rows: inout [CommittedRow], below firstSeqOfCommit: UInt64) throws(SQLiteError) -> Int {
+        var budget = configuration.compactionRowsPerCommit
+        var dropped = 0
+        while database.segments.count > 1, database.segments[0].last < firstSeqOfCommit,
+            Double(database.totalBytes) > configuration.compactionRatio * Double(database.liveBytes)
+        {
+            let oldest = database.segments[0].id
+            if victim?.id != oldest { victim = Victim(id: oldest, headers: try database.headers(ofSegment: oldest)) }
+            while var current = victim, current.cursor < current.headers.count {
+                guard budget > 0 else { return dropped }
+                let header = current.headers[current.cursor]
+                current.cursor += 1
+                victim = current
+                guard header.valueLength != nil, header.seq >= database.flushSeq else { continue }
+                guard carry[ChangeKey(key: header.key)] == nil else { continue }
+                guard let item = header.key.withUnsafeBytes({ store.committedItem($0) }), item.seq == header.seq else { continue }
+                let seq = try database.append(item)
+                rows.append(CommittedRow(
+                    storage: item.storage, keyLength: item.keyLength, seq: seq, length: UInt32(item.valueCount), replacing: header.seq
+                ))
+                countLive(seq: seq, keyLength: item.keyLength, valueLength: item.valueCount)
+                budget -= 1
+            }
+            try database.dropOldest()
+            victim = nil
+            dropped += 1
+        }
+        return dropped
     }
 
     private func recordFailure(_ error: any Error, pending: Int) {
@@ -603,37 +779,26 @@ final class Writer: @unchecked Sendable {
     }
 }
 
-/// Counts what each recovery thread loaded, and the highest CAS it saw, in
-/// slots of their own: the threads share nothing on the hot path.
+/// Counts the items recovery loaded, and the highest CAS among them, from
+/// several threads.
 final class RecoveryProgress: Sendable {
     private struct Counts {
         var loaded = 0
         var highestCas: UInt64 = 0
     }
 
-    private final class Part: Sendable {
-        let counts = Mutex(Counts())
-    }
-
-    private let parts: [Part]
+    private let counts = Mutex(Counts())
     private let lastReport = Mutex(ContinuousClock.now)
 
-    init(parts: Int) {
-        self.parts = (0..<max(1, parts)).map { _ in Part() }
-    }
-
-    /// Counts one item; true at every 65,536th of the part (time to look at the clock).
-    func loaded(part: Int, cas: UInt64) -> Bool {
-        parts[part].counts.withLock { counts in
+    /// Counts one item; true at most once a second, when a progress line is due.
+    func loaded(cas: UInt64) -> Bool {
+        let due = counts.withLock { counts -> Bool in
             counts.loaded += 1
             if cas > counts.highestCas { counts.highestCas = cas }
             return counts.loaded % 65_536 == 0
         }
-    }
-
-    /// True at most once a second, for one progress line.
-    func reportDue() -> Bool {
-        lastReport.withLock { last in
+        guard due else { return false }
+        return lastReport.withLock { last in
             let now = ContinuousClock.now
             guard now - last >= .seconds(1) else { return false }
             last = now
@@ -641,11 +806,8 @@ final class RecoveryProgress: Sendable {
         }
     }
 
-    /// (items loaded, highest CAS) over every part.
     var totals: (loaded: Int, highestCas: UInt64) {
-        parts.reduce((0, 0)) { sum, part in
-            part.counts.withLock { (sum.0 + $0.loaded, max(sum.1, $0.highestCas)) }
-        }
+        counts.withLock { ($0.loaded, $0.highestCas) }
     }
 }
 
@@ -660,6 +822,11 @@ private struct ChangeKey: Hashable {
     init(_ change: Change) {
         storage = change.storage
         length = change.keyLength
+    }
+
+    init(key: [UInt8]) {
+        storage = key
+        length = key.count
     }
 
     static func == (lhs: ChangeKey, rhs: ChangeKey) -> Bool {

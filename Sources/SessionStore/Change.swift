@@ -29,6 +29,10 @@ public struct Change: Sendable {
     public var flags: UInt32
     public var cas: UInt64
     public var deadline: Deadline
+    /// The key's newest committed row when the change was recorded, and that
+    /// row's value length (0: none): the row a removal makes dead.
+    public var committedSeq: UInt64 = 0
+    public var committedLength: UInt32 = 0
 
     public var valueCount: Int { storage.count - keyLength }
 

@@ -11,8 +11,16 @@ struct ItemSlot {
     var deadline: Int64
     /// When the item was last read or written, in milliseconds since the epoch.
     var lastAccess: Int64
+    /// The seq of the newest committed row of this key in the log (0: none
+    /// yet). An overwrite keeps it: until the new version commits, that row
+    /// is what a crash would leave, so compaction must keep it live. Set by
+    /// `SessionStore.markCommitted`; a removed item's slot starts over at 0.
+    var seq: UInt64 = 0
     /// The client's opaque 32-bit flags.
     var flags: UInt32
+    /// The value length of the row `seq` names (the writer's live-byte
+    /// accounting subtracts it when that row stops being the key's newest).
+    var rowLength: UInt32 = 0
     /// The next more recently used slot, or -1 at the head.
     var newer: Int32
     /// The next less recently used slot, or -1 at the tail.
@@ -56,6 +64,10 @@ public struct ItemSnapshot: Sendable {
     public var lastAccess: Int64 = 0
     /// Whether the current version came from the other node of a pair.
     public var fromPeer = false
+    /// The seq of the key's newest committed row in the log (0: none), and
+    /// that row's value length.
+    public var seq: UInt64 = 0
+    public var rowLength: UInt32 = 0
 
     /// Number of value bytes.
     public var valueCount: Int { storage.count - keyLength }

@@ -226,7 +226,7 @@ public final class SessionStore: Sendable {
     public let clock: any StoreClock
     let shards: [Shard]
     private let shardMask: Int
-    private let hasher: KeyHasher
+    let hasher: KeyHasher
     private let recorder: ChangeRecorder?
     /// No stamp handed out is below this: raised to what the peer's stamps
     /// reached, so this node's later writes order after everything it applied.
@@ -264,7 +264,12 @@ public final class SessionStore: Sendable {
     func locate(_ key: UnsafeRawBufferPointer) -> (Shard, UInt64) {
         let hash = hasher.hash(key)
         // High bits choose the shard, low bits the bucket, so the two stay independent.
-        return (shards[Int(truncatingIfNeeded: hash >> 40) & shardMask], hash)
+        return (shards[shardIndex(hash)], hash)
+    }
+
+    @inline(__always)
+    func shardIndex(_ hash: UInt64) -> Int {
+        Int(truncatingIfNeeded: hash >> 40) & shardMask
     }
 
     /// The current time in milliseconds, from the store's clock.
@@ -654,18 +659,33 @@ public final class SessionStore: Sendable {
     /// Loads an item recovered from storage, without recording a change. Later
     /// CAS tokens of its shard are larger than `cas`; call `raiseCas(above:)`
     /// with the highest recovered token once loading is done for the others.
+    /// `seq` names the log row it came from (the header's committed row).
+    /// An expired item is not loaded, and removes any version loaded before.
     @discardableResult
-    public func restore(_ key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer, flags: UInt32, deadline: Deadline, cas: UInt64) -> Bool {
+    public func restore(_ key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer, flags: UInt32, deadline: Deadline, cas: UInt64, seq: UInt64 = 0) -> Bool {
         let (shard, hash) = locate(key)
         let now = clock.nowMillis()
-        if deadline.hasPassed(at: now) { return false }
+        if deadline.hasPassed(at: now) {
+            forgetRestored(key)
+            return false
+        }
         let bytes = Self.join(key, value)
         return shard.state.withLock { state in
             if let slot = state.find(key, hash: hash) { state.removeQuietly(slot) }
             guard state.makeRoom(for: ShardState.cost(keyLength: key.count, valueCount: value.count), now: now) else { return false }
-            state.insert(bytes: bytes, keyLength: key.count, hash: hash, flags: flags, deadline: deadline.millis, cas: cas, now: now)
+            let slot = state.insert(bytes: bytes, keyLength: key.count, hash: hash, flags: flags, deadline: deadline.millis, cas: cas, now: now)
+            _ = state.setCommitted(slot, seq: seq, length: UInt32(truncatingIfNeeded: value.count))
             state.raiseCas(above: cas)
             return true
+        }
+    }
+
+    /// Removes a key recovery loaded from an older row, without recording a
+    /// change: a newer row of the log deleted it.
+    public func forgetRestored(_ key: UnsafeRawBufferPointer) {
+        let (shard, hash) = locate(key)
+        shard.state.withLock { state in
+            if let slot = state.find(key, hash: hash) { state.removeQuietly(slot) }
         }
     }
 

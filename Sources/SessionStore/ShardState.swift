@@ -144,6 +144,8 @@ struct ShardState {
         )
         snapshot.lastAccess = item.lastAccess
         snapshot.fromPeer = item.marks.contains(.fromPeer)
+        snapshot.seq = item.seq
+        snapshot.rowLength = item.rowLength
         return snapshot
     }
 
@@ -157,6 +159,14 @@ struct ShardState {
 
     mutating func setCas(_ slot: Int32, _ cas: UInt64) {
         slots[Int(slot)].cas = cas
+    }
+
+    /// Names the key's newest committed row; returns the row it named before.
+    mutating func setCommitted(_ slot: Int32, seq: UInt64, length: UInt32) -> (seq: UInt64, length: UInt32) {
+        let previous = (slots[Int(slot)].seq, slots[Int(slot)].rowLength)
+        slots[Int(slot)].seq = seq
+        slots[Int(slot)].rowLength = length
+        return previous
     }
 
     mutating func setLastAccess(_ slot: Int32, _ now: Int64) {
@@ -248,6 +258,8 @@ struct ShardState {
         bytesUsed -= Self.cost(keyLength: Int(item.keyLength), valueCount: item.valueCount)
         slots[Int(slot)].bytes = []
         slots[Int(slot)].marks = []
+        slots[Int(slot)].seq = 0
+        slots[Int(slot)].rowLength = 0
         freeSlots.append(slot)
         count -= 1
     }
@@ -328,10 +340,13 @@ struct ShardState {
     mutating func record(_ kind: Change.Kind, _ slot: Int32) {
         guard let recorder else { return }
         let item = slots[Int(slot)]
-        changes.append(Change(
+        var change = Change(
             kind: kind, sequence: recorder.nextSequence(), storage: item.bytes, keyLength: Int(item.keyLength),
             flags: item.flags, cas: item.cas, deadline: Deadline(millis: item.deadline)
-        ))
+        )
+        change.committedSeq = item.seq
+        change.committedLength = item.rowLength
+        changes.append(change)
         recorder.pending.wrappingAdd(1, ordering: .relaxed)
     }
 

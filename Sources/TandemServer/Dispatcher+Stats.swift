@@ -119,6 +119,10 @@ extension ServerContext {
                 ("persistence_flushes", "\(persisted.flushes)"),
                 ("persistence_batch_last", "\(persisted.lastBatch)"),
                 ("persistence_lag_ms", "\(persisted.lagMillis)"),
+                ("persistence_segments", "\(persisted.segments)"),
+                ("persistence_log_bytes", "\(persisted.logBytes)"),
+                ("persistence_live_bytes", "\(persisted.liveBytes)"),
+                ("persistence_compactions", "\(persisted.compactions)"),
                 ("recovered_items", "\(persisted.recovery.items)"),
                 ("recovery_seconds", String(format: "%.3f", persisted.recovery.seconds)),
             ]

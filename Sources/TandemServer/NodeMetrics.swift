@@ -124,6 +124,10 @@ struct NodeMetrics {
         out.gauge("tandem_persistence_failing", "1 while commits fail (disk full, I/O error, file removed): a crash now would lose the pending changes.", figures.failing ? 1 : 0)
         out.counter("tandem_persistence_flushes_total", "Successful commits.", figures.flushes)
         out.gauge("tandem_persistence_last_batch_keys", "Distinct keys the last commit wrote.", Double(figures.lastBatch))
+        out.gauge("tandem_persistence_segments", "Segment tables of the log in SQLite.", Double(figures.segments))
+        out.gauge("tandem_persistence_log_bytes", "Bytes of the log's rows (keys, values and row headers), dead ones included.", Double(figures.logBytes))
+        out.gauge("tandem_persistence_live_bytes", "Bytes of the log's rows that are their key's newest version.", Double(figures.liveBytes))
+        out.counter("tandem_persistence_compactions_total", "Log segments dropped by compaction since start.", figures.compactions)
         out.gauge("tandem_recovered_items", "Items loaded from SQLite at start.", Double(figures.recovery.items))
         out.gauge("tandem_recovery_duration_seconds", "How long loading them took.", figures.recovery.seconds)
         let durations = figures.flushDurations

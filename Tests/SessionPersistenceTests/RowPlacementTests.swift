@@ -46,10 +46,13 @@ struct RowPlacementTests {
         persistence.stop()
 
         let connection = try SQLiteConnection(path: directory.path + "/tandem.sqlite3", mode: .readOnly)
-        let rows = try connection.prepare("SELECT key, rowid FROM items")
+        // Every row of the log, by seq (the order the writer appended them).
         var rowids: [String: Int64] = [:]
-        while try rows.step() {
-            rowids[String(decoding: rows.blob(0), as: UTF8.self)] = rows.int64(1)
+        for id in try ItemDatabase.segmentIDs(connection) {
+            let rows = try connection.prepare("SELECT key, seq FROM \(ItemDatabase.tableName(id))")
+            while try rows.step() {
+                rowids[String(decoding: rows.blob(0), as: UTF8.self)] = rows.int64(1)
+            }
         }
         #expect(rowids.count == 2 * sessions)
         let adjacent = rowids.filter { key, rowid in
