@@ -9,9 +9,10 @@ import Testing
 /// Opens a node whose log has tiny segments, so that sealing and compaction
 /// happen within a few hundred writes.
 private func openLogNode(
-    _ directory: String, segmentBytes: Int = 16 << 10, source: ((SessionStore) -> any ChangeSource)? = nil, start: Bool = true
+    _ directory: String, segmentBytes: Int = 16 << 10, source: ((SessionStore) -> any ChangeSource)? = nil, start: Bool = true,
+    millis: Int64 = Int64(Date().timeIntervalSince1970 * 1000)
 ) throws -> Node {
-    let clock = ManualClock(millis: Int64(Date().timeIntervalSince1970 * 1000))
+    let clock = ManualClock(millis: millis)
     let store = SessionStore(configuration: StoreConfiguration(memoryLimit: 64 << 20, shardCount: 8, recordsChanges: true), clock: clock)
     var logger = Logger(label: "test")
     logger.logLevel = .error
@@ -195,6 +196,9 @@ struct LogTests {
         #expect(database.totalBytes == database.segments.reduce(0) { $0 + $1.totalBytes })
     }
 
+    /// The stamp of `fix:07`'s delete in `Tests/fixtures/schema2/tandem.sqlite3`.
+    static let fixtureTombstoneStamp: UInt64 = 7_358_912_162_804_256_781
+
     @Test("a schema-2 file made by the previous release is converted, every item kept")
     func upgradeFromFixture() throws {
         let directory = TemporaryDirectory()
@@ -207,7 +211,11 @@ struct LogTests {
         try Data("partial".utf8).write(to: URL(fileURLWithPath: directory.path + "/tandem.sqlite3.converting"))
         try Data().write(to: URL(fileURLWithPath: directory.path + "/tandem.sqlite3.converting-wal"))
 
-        let node = try openLogNode(directory.path, segmentBytes: 16 << 20)
+        // The node's clock reads the time the fixture was made (its tombstone's
+        // stamp): tombstones are kept for an hour, and the fixture's one
+        // must be within that for the test to see it converted, on any day.
+        let madeAt = HybridTimestamp.millis(Self.fixtureTombstoneStamp)
+        let node = try openLogNode(directory.path, segmentBytes: 16 << 20, millis: madeAt)
         #expect(node.persistence.recovery.items == 49)
         for index in 0..<50 where index != 7 && index != 10 {
             let found = Array(String(format: "fix:%02d", index).utf8).withUnsafeBytes { node.store.fetch($0) }
@@ -230,7 +238,7 @@ struct LogTests {
         let connection = try SQLiteConnection(path: directory.path + "/tandem.sqlite3", mode: .readOnly)
         #expect(try connection.integer("PRAGMA page_size") == 65536)
         connection.close()
-        let reopened = try openLogNode(directory.path)
+        let reopened = try openLogNode(directory.path, millis: madeAt + 1000)
         defer { reopened.persistence.stop() }
         #expect(reopened.persistence.recovery.items == 50)
         #expect(value(reopened.store, "after") == Array("upgrade".utf8))
