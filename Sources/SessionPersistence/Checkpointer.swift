@@ -8,7 +8,9 @@ import Synchronization
 ///
 /// A checkpoint copies the pages committed since the last one from the WAL
 /// into the database file, then fdatasyncs the file: tens of milliseconds
-/// under a write load (measured: 76 ms for 8,192 pages of 4 KB). Run inside
+/// under a write load (measured with the one-row-per-key layout: 76 ms for
+/// 32 MB of WAL in 8,192 pages of 4 KB; the log asks at the same 32 MB, in
+/// 512 pages of 64 KB, appended rather than scattered). Run inside
 /// the writer's commit, as SQLite's autocheckpoint does, that wait holds up
 /// the next batch; the uncommitted changes then pass the lag bound and
 /// writing clients are paused. Here the writer only asks, and this thread
