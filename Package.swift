@@ -163,7 +163,7 @@ let package = Package(
         // What several test targets share: the seeded generator and its draws.
         .target(name: "TandemTestSupport", path: "Tests/TandemTestSupport"),
 
-        .testTarget(name: "SessionStoreTests", dependencies: ["SessionStore"]),
+        .testTarget(name: "SessionStoreTests", dependencies: ["SessionStore", "TandemTestSupport"]),
         .testTarget(
             name: "TandemTLSTests",
             dependencies: [

@@ -1,4 +1,5 @@
 import SessionStore
+import TandemTestSupport
 import Testing
 
 /// Helpers to call the store with strings.
@@ -508,23 +509,11 @@ struct MetaStateTests {
 
 @Suite("Index integrity")
 struct IndexTests {
-    /// A seeded generator so a failure reproduces.
-    struct SplitMix64: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
-
     @Test("random sets and deletes agree with a dictionary model")
     func modelCheck() {
         let (store, _) = makeStore(shards: 4)
         var model: [String: String] = [:]
-        var random = SplitMix64(state: 42)
+        var random = SplitMix64(seed: 42)
         for step in 0..<50_000 {
             let key = "key\(Int.random(in: 0..<2000, using: &random))"
             switch Int.random(in: 0..<10, using: &random) {
