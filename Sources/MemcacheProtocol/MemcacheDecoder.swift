@@ -153,8 +153,10 @@ public struct MemcacheDecoder: Sendable {
             scannedWithoutNewline = 0
             return nil
         }
-        let retrieval = buffer.withUnsafeReadableBytes { Self.retrieval($0) } != nil
-        let limit = retrieval ? limits.maxRetrievalLineLength : limits.maxLineLength
+        // Read once per line: it picks the line's bound here and its decoder in `parse`
+        // (the line starts with the same bytes, so it is the same answer).
+        let retrieval = buffer.withUnsafeReadableBytes { Self.retrieval($0) }
+        let limit = retrieval != nil ? limits.maxRetrievalLineLength : limits.maxLineLength
         let end = min(readable, limit)
         let start = min(scannedWithoutNewline, end)
         let newline = buffer.withUnsafeReadableBytes { bytes in
@@ -167,7 +169,7 @@ public struct MemcacheDecoder: Sendable {
             }
             scannedWithoutNewline = 0
             // memcached closes on other long lines, silently; Tandem does too.
-            guard retrieval else { throw .lineTooLong(limit: limit) }
+            guard retrieval != nil else { throw .lineTooLong(limit: limit) }
             // A multiget is answered whatever its length in memcached; past
             // Tandem's bound it is at least answered, never cut off, and the
             // connection stays in frame by dropping the rest of the line.
@@ -177,7 +179,7 @@ public struct MemcacheDecoder: Sendable {
         }
         scannedWithoutNewline = 0
         let line = buffer.readSlice(length: newline + 1)!
-        return try parse(line)
+        return try parse(line, retrieval: retrieval)
     }
 
     /// A retrieval command at the start of a line.
@@ -205,12 +207,12 @@ public struct MemcacheDecoder: Sendable {
 
     // MARK: Line parsing
 
-    private mutating func parse(_ line: ByteBuffer) throws(MemcacheProtocolError) -> MemcacheCommand? {
+    private mutating func parse(_ line: ByteBuffer, retrieval: Retrieval?) throws(MemcacheProtocolError) -> MemcacheCommand? {
         let command = line.withUnsafeReadableBytes { raw -> Result<MemcacheCommand?, MemcacheProtocolError> in
             var end = raw.count - 1  // drop "\n"
             if end > 0, raw[end - 1] == ASCII.cr { end -= 1 }
             let content = UnsafeRawBufferPointer(rebasing: raw[..<end])
-            if let retrieval = Self.retrieval(content) {
+            if let retrieval {
                 return .success(decodeRetrieval(content, line: line, retrieval))
             }
             tokenize(content)
