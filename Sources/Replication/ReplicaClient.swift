@@ -761,14 +761,17 @@ final class ReplicaConnectionHandler: ChannelInboundHandler, @unchecked Sendable
                 while let from = cursor {
                     let page = store.versions(inShard: shard, newerThan: watermark, from: from, limit: 256)
                     cursor = page.next
-                    for item in page.items {
+                    let coldValues = try await store.coldValues(of: page.items)
+                    for (item, coldValue) in zip(page.items, coldValues) {
+                        // Gone since the page was taken: its delete is a tombstone now.
+                        guard let coldValue else { continue }
                         let key = ByteBuffer(bytes: item.storage[..<item.keyLength])
-                        let value = ByteBuffer(bytes: item.storage[item.keyLength...])
+                        let value = item.isCold ? ByteBuffer(bytes: coldValue) : ByteBuffer(bytes: item.storage[item.keyLength...])
                         chunk.append(ReplicatedChange(
                             offset: 0, kind: .upsert, key: key, value: value, flags: item.flags,
                             deadlineMillis: item.deadline.millis, cas: item.cas
                         ))
-                        chunkBytes += item.storage.count + 40
+                        chunkBytes += key.readableBytes + value.readableBytes + 40
                         if chunkBytes >= 1 << 20 { try await flush() }
                     }
                 }

@@ -118,13 +118,19 @@ public final class ReplicaSession: @unchecked Sendable {
                 while let from = cursor {
                     let page = store.items(inShard: shard, from: from, limit: 256)
                     cursor = page.next
-                    for item in page.items {
+                    // Values not in RAM are read from the log, the page's reads overlapping.
+                    let coldValues = try await store.coldValues(of: page.items)
+                    for (item, coldValue) in zip(page.items, coldValues) {
+                        // A cold item deleted since the page was taken is gone.
+                        guard let coldValue else { continue }
                         bytes += item.storage.withUnsafeBytes { all in
-                            buffer.writeSnapshotItem(
-                                key: UnsafeRawBufferPointer(rebasing: all[..<item.keyLength]),
-                                value: UnsafeRawBufferPointer(rebasing: all[item.keyLength...]),
-                                flags: item.flags, deadlineMillis: item.deadline.millis, cas: item.cas
-                            )
+                            coldValue.withUnsafeBytes { coldValue in
+                                buffer.writeSnapshotItem(
+                                    key: UnsafeRawBufferPointer(rebasing: all[..<item.keyLength]),
+                                    value: item.isCold ? coldValue : UnsafeRawBufferPointer(rebasing: all[item.keyLength...]),
+                                    flags: item.flags, deadlineMillis: item.deadline.millis, cas: item.cas
+                                )
+                            }
                         }
                         count += 1
                         if buffer.readableBytes >= Self.snapshotChunkBytes {

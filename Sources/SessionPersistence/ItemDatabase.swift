@@ -46,6 +46,8 @@ final class ItemDatabase {
     private let connection: SQLiteConnection
     // Optional so that `close()` can finalize them before the connection closes.
     private var appendStatement: Statement!
+    /// Reads rows by seq on the writer's connection (compaction of cold items).
+    private var rowReader: RowReader?
     private var setMetaStatement: Statement!
     private var tombstoneStatement: Statement!
     /// The inode the database file had when opened, to notice it being removed or replaced.
@@ -404,6 +406,7 @@ final class ItemDatabase {
     func rollback() {
         try? connection.execute("ROLLBACK")
         appendStatement = nil
+        rowReader = nil
         try? loadLog()
     }
 
@@ -455,7 +458,32 @@ final class ItemDatabase {
         return try result.get()
     }
 
+    /// Appends an item's current version. A cold item's value is `value`
+    /// (read from its row), never the empty bytes its snapshot holds.
+    func append(_ item: ItemSnapshot, value: [UInt8]) throws(SQLiteError) -> UInt64 {
+        let result: Result<UInt64, SQLiteError> = item.storage.withUnsafeBytes { all in
+            value.withUnsafeBytes { value in
+                Result { () throws(SQLiteError) in
+                    try append(
+                        key: UnsafeRawBufferPointer(rebasing: all[..<item.keyLength]), value: value,
+                        flags: item.flags, deadline: item.deadline.millis, cas: item.cas
+                    )
+                }
+            }
+        }
+        return try result.get()
+    }
+
+    /// The value of row `seq` on the writer's connection (inside its
+    /// transaction, if one is open): nil when no segment holds it.
+    func value(at seq: UInt64) throws(SQLiteError) -> [UInt8]? {
+        guard let index = segmentIndex(holding: seq) else { return nil }
+        if rowReader == nil { rowReader = RowReader(connection: connection) }
+        return try rowReader!.read(seq: seq, segment: segments[index].id)?.value
+    }
+
     func append(_ item: ItemSnapshot) throws(SQLiteError) -> UInt64 {
+        precondition(!item.isCold, "a cold item's value is read from its row first")
         let result: Result<UInt64, SQLiteError> = item.storage.withUnsafeBytes { all in
             Result { () throws(SQLiteError) in
                 try append(
@@ -494,6 +522,7 @@ final class ItemDatabase {
         // re-prepares it after the schema change by itself.
         try connection.execute("DROP TABLE \(victim.name); DELETE FROM hints WHERE segment = \(victim.id)")
         segments.removeFirst()
+        rowReader?.retain(segments: Set(segments.map(\.id)))
         totalBytes -= victim.totalBytes
     }
 
@@ -511,6 +540,7 @@ final class ItemDatabase {
     /// Empties the log (the file was replaced and is rewritten from memory).
     func deleteAll() throws(SQLiteError) {
         for segment in segments { try connection.execute("DROP TABLE \(segment.name)") }
+        rowReader = nil
         let next = (segments.last?.id ?? 0) + 1
         try connection.execute("DELETE FROM hints; DELETE FROM tombstones; \(Self.segmentSchema(next))")
         segments = [Segment(id: next, first: nextSeq, last: nextSeq - 1, totalBytes: 0, liveBytes: 0)]
@@ -685,6 +715,7 @@ final class ItemDatabase {
         appendStatement = nil
         setMetaStatement = nil
         tombstoneStatement = nil
+        rowReader = nil
         connection.close()
     }
 }

@@ -29,6 +29,8 @@ public struct PersistenceConfiguration: Sendable {
     /// At most this many rows are re-appended by compaction per commit, so
     /// that no commit grows long however large a segment is.
     public var compactionRowsPerCommit: Int = 1000
+    /// Threads reading values that are not in RAM back from the log.
+    public var readerThreads: Int = 2
 
     public init(
         dataDirectory: String, flushIntervalMillis: Int = 50, maxPendingChanges: Int = 200_000, earlyFlushThreshold: Int = 20_000,
@@ -96,14 +98,20 @@ public final class Persistence: Sendable {
     private let directory: DataDirectory
     private let writer: Writer
     private let store: SessionStore
+    /// Reads the values of cold items (not in RAM) back from the log.
+    public let values: ValueReader
 
-    private init(configuration: PersistenceConfiguration, recovery: RecoveryReport, recoveredMeta: [String: MetaValue], directory: DataDirectory, writer: Writer, store: SessionStore) {
+    private init(
+        configuration: PersistenceConfiguration, recovery: RecoveryReport, recoveredMeta: [String: MetaValue], directory: DataDirectory,
+        writer: Writer, store: SessionStore, values: ValueReader
+    ) {
         self.configuration = configuration
         self.recovery = recovery
         self.recoveredMeta = recoveredMeta
         self.directory = directory
         self.writer = writer
         self.store = store
+        self.values = values
     }
 
     /// Opens the data directory, loads every unexpired item into `store`
@@ -123,11 +131,16 @@ public final class Persistence: Sendable {
             throw .unreadable(path: database.path, error: error)
         }
         let report = try recover(database: database, meta: meta, into: store, logger: logger)
+        let segments = SegmentDirectory()
         let writer = Writer(
             database: database, store: store, source: source ?? store, configuration: configuration,
-            logger: logger, recovery: report
+            logger: logger, recovery: report, segments: segments
         )
-        return Persistence(configuration: configuration, recovery: report, recoveredMeta: meta, directory: directory, writer: writer, store: store)
+        let values = ValueReader(path: database.path, directory: segments, threads: configuration.readerThreads, logger: logger)
+        return Persistence(
+            configuration: configuration, recovery: report, recoveredMeta: meta, directory: directory, writer: writer, store: store,
+            values: values
+        )
     }
 
     /// Values to store in the meta table with every commit. The writer reads
@@ -205,12 +218,14 @@ public final class Persistence: Sendable {
     /// Starts the writer thread.
     public func start() {
         writer.start()
+        values.start()
     }
 
     /// Commits everything pending and stops the writer. Returns once done
     /// (or once storage has kept failing past the stop timeout, which is logged).
     public func stop() {
         writer.stop()
+        values.stop()
         directory.release()
     }
 
@@ -292,6 +307,11 @@ final class Writer: @unchecked Sendable {
     }
 
     private var database: ItemDatabase
+    /// The file replaced `database` had: open until the rewrite from memory
+    /// has read the cold values it holds.
+    private var retired: ItemDatabase?
+    /// Where the value readers find a seq's segment; published after every commit.
+    private let segmentDirectory: SegmentDirectory
     /// Folds the WAL into `database`'s file.
     private var checkpointer: Checkpointer
     /// Whether a checkpoint was asked for since the last commit while idle.
@@ -347,8 +367,13 @@ final class Writer: @unchecked Sendable {
     /// While storage keeps failing, at most one log line per this interval.
     static let errorLogInterval = Duration.seconds(10)
 
-    init(database: ItemDatabase, store: SessionStore, source: any ChangeSource, configuration: PersistenceConfiguration, logger: Logger, recovery: RecoveryReport) {
+    init(
+        database: ItemDatabase, store: SessionStore, source: any ChangeSource, configuration: PersistenceConfiguration, logger: Logger,
+        recovery: RecoveryReport, segments: SegmentDirectory
+    ) {
         self.database = database
+        self.segmentDirectory = segments
+        segments.publish(database.segments, file: database.inode)
         self.checkpointer = Checkpointer(path: database.path, logger: logger)
         self.store = store
         self.source = source
@@ -518,7 +543,7 @@ final class Writer: @unchecked Sendable {
                     case .upsert:
                         guard !rewrote else { continue }
                         let seq = try database.append(change)
-                        rows.append(CommittedRow(storage: change.storage, keyLength: change.keyLength, seq: seq, length: UInt32(change.valueCount)))
+                        rows.append(CommittedRow(storage: change.storage, keyLength: change.keyLength, seq: seq, length: UInt32(change.valueCount), cas: change.cas))
                         countLive(seq: seq, keyLength: change.keyLength, valueLength: change.valueCount)
                     case .remove:
                         // A tombstone row even for an expiry: the key's last
@@ -549,6 +574,12 @@ final class Writer: @unchecked Sendable {
             recordFailure(error, pending: batch)
             return false
         }
+        if rewrote {
+            retired?.close(checkpoint: false)
+            retired = nil
+        }
+        // Before the headers name the new rows: a reader sent to one finds its segment.
+        segmentDirectory.publish(database.segments, file: database.inode)
         publish(rows)
         if rewrote { rebuildLive() }
         compactions += UInt64(dropped)
@@ -632,7 +663,9 @@ final class Writer: @unchecked Sendable {
             // The headers name seqs of the old file: the new one's must not collide with them.
             replacement.raiseNextSeq(above: database.nextSeq)
             checkpointer.stop()
-            database.close(checkpoint: false)
+            // Kept open: the cold values are read from it for the rewrite.
+            retired?.close(checkpoint: false)
+            retired = database
             database = replacement
             checkpointer = Checkpointer(path: replacement.path, logger: logger)
             checkpointer.start()
@@ -645,21 +678,37 @@ final class Writer: @unchecked Sendable {
         }
     }
 
-    /// Writes every live item into the (new, empty) database.
+    /// Writes every live item into the (new, empty) database; a cold item's
+    /// value comes from the file that was replaced (still open), and one
+    /// that cannot be read there is gone: the item is removed and counted.
     private func rewriteFromMemory(_ rows: inout [CommittedRow]) throws(SQLiteError) {
         try database.deleteAll()
         victim = nil
+        var lost = 0
         for shard in 0..<store.shardCount {
             var cursor: Int? = 0
             while let from = cursor {
                 let page = store.items(inShard: shard, from: from, limit: 1024)
                 for item in page.items {
-                    let seq = try database.append(item)
-                    rows.append(CommittedRow(storage: item.storage, keyLength: item.keyLength, seq: seq, length: UInt32(item.valueCount)))
+                    let seq: UInt64
+                    if item.isCold {
+                        guard let value = try? retired?.value(at: item.seq), value.count == item.valueCount else {
+                            item.storage.withUnsafeBytes { _ = store.applyRemove(UnsafeRawBufferPointer(rebasing: $0[..<item.keyLength])) }
+                            lost += 1
+                            continue
+                        }
+                        seq = try database.append(item, value: value)
+                    } else {
+                        seq = try database.append(item)
+                    }
+                    rows.append(CommittedRow(storage: item.storage, keyLength: item.keyLength, seq: seq, length: UInt32(item.valueCount), cas: item.cas))
                     countLive(seq: seq, keyLength: item.keyLength, valueLength: item.valueCount)
                 }
                 cursor = page.next
             }
+        }
+        if lost > 0 {
+            logger.error("values not in memory could not be read from the replaced file; those items are gone", metadata: ["items": "\(lost)"])
         }
     }
 
@@ -747,9 +796,16 @@ final class Writer: @unchecked Sendable {
                 guard header.valueLength != nil, header.seq >= database.flushSeq else { continue }
                 guard carry[ChangeKey(key: header.key)] == nil else { continue }
                 guard let item = header.key.withUnsafeBytes({ store.committedItem($0) }), item.seq == header.seq else { continue }
-                let seq = try database.append(item)
+                let seq: UInt64
+                if item.isCold {
+                    // Clean by definition: this very row holds its value.
+                    guard let value = try database.value(at: header.seq) else { continue }
+                    seq = try database.append(item, value: value)
+                } else {
+                    seq = try database.append(item)
+                }
                 rows.append(CommittedRow(
-                    storage: item.storage, keyLength: item.keyLength, seq: seq, length: UInt32(item.valueCount), replacing: header.seq
+                    storage: item.storage, keyLength: item.keyLength, seq: seq, length: UInt32(item.valueCount), cas: item.cas, replacing: header.seq
                 ))
                 countLive(seq: seq, keyLength: item.keyLength, valueLength: item.valueCount)
                 budget -= 1

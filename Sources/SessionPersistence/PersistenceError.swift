@@ -17,6 +17,10 @@ public enum PersistenceError: Error, CustomStringConvertible, Sendable {
     case backupTargetUnusable(path: String, reason: String)
     /// Copying the database into a backup failed; nothing usable was left in the target.
     case backupFailed(path: String, reason: String)
+    /// Reading a value that is not in RAM back from the log failed.
+    case valueUnreadable(path: String, error: SQLiteError)
+    /// The node is stopping: no more values are read from the log.
+    case stopped
 
     public var description: String {
         switch self {
@@ -36,6 +40,10 @@ public enum PersistenceError: Error, CustomStringConvertible, Sendable {
             return "cannot back up into \(path.isEmpty ? "\"\"" : path): \(reason)"
         case .backupFailed(let path, let reason):
             return "backup into \(path) failed: \(reason); the partial copy was removed"
+        case .valueUnreadable(let path, let error):
+            return "cannot read a value from \(path): \(error.message) (SQLite code \(error.code))"
+        case .stopped:
+            return "storage is stopping"
         }
     }
 }

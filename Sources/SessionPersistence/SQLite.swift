@@ -179,6 +179,10 @@ final class Statement {
         return String(cString: pointer)
     }
 
+    func isNull(_ column: Int32) -> Bool {
+        sqlite3_column_type(statement, column) == SQLITE_NULL
+    }
+
     /// The column's bytes, valid until the next step or reset.
     func blob(_ column: Int32) -> UnsafeRawBufferPointer {
         let count = Int(sqlite3_column_bytes(statement, column))

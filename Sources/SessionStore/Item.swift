@@ -1,7 +1,12 @@
 /// One stored item inside a shard: key and value share a single allocation,
 /// and the LRU links are slot indices, so an item costs one heap object.
+///
+/// With persistence, the value is a cache of the log: a clean value (the
+/// row `seq` names holds exactly it) may leave RAM, and the item is then
+/// *cold*: `bytes` holds the key alone and `rowLength` is the value's length.
 struct ItemSlot {
-    /// The key bytes followed by the value bytes; empty while the slot is free.
+    /// The key bytes followed by the value bytes (the key alone while cold);
+    /// empty while the slot is free.
     var bytes: [UInt8]
     /// The key's hash, kept so that growing the table never rehashes keys.
     var hash: UInt64
@@ -30,7 +35,15 @@ struct ItemSlot {
     /// Meta-protocol state bits (fetched, stale, win token sent).
     var marks: ItemMarks
 
+    /// The value bytes held in RAM (0 while cold).
     var valueCount: Int { bytes.count - Int(keyLength) }
+
+    /// The value's length, in RAM or not.
+    var valueLength: Int { marks.contains(.cold) ? Int(rowLength) : bytes.count - Int(keyLength) }
+
+    /// Whether the row `seq` names holds exactly this version, so the value
+    /// may leave RAM: a committed row, and no version recorded since.
+    var isClean: Bool { seq != 0 && !marks.contains(.dirty) }
 }
 
 /// Per-item state bits that the meta protocol exposes.
@@ -45,6 +58,12 @@ struct ItemMarks: OptionSet {
     /// The current version came from the other node of a pair (replicated or
     /// reconciled), not from a client of this one.
     static let fromPeer = ItemMarks(rawValue: 1 << 3)
+    /// A version was recorded for the writer and has not been committed as
+    /// the row `seq` names: the value must stay in RAM.
+    static let dirty = ItemMarks(rawValue: 1 << 4)
+    /// The value is not in RAM (the item is on the cold list): reading it
+    /// means reading row `seq`.
+    static let cold = ItemMarks(rawValue: 1 << 5)
 }
 
 /// A read-only copy of an item's metadata plus a reference to its bytes,
@@ -68,11 +87,14 @@ public struct ItemSnapshot: Sendable {
     /// that row's value length.
     public var seq: UInt64 = 0
     public var rowLength: UInt32 = 0
+    /// The value is not in RAM: `storage` holds the key alone, and row `seq`
+    /// (of `rowLength` value bytes) holds the value.
+    public var isCold = false
 
-    /// Number of value bytes.
-    public var valueCount: Int { storage.count - keyLength }
+    /// Number of value bytes (in RAM or, cold, in row `seq`).
+    public var valueCount: Int { isCold ? Int(rowLength) : storage.count - keyLength }
 
-    /// Calls `body` with the value bytes.
+    /// Calls `body` with the value bytes (none while cold).
     @inlinable
     public func withValueBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
         try storage.withUnsafeBytes { all in

@@ -6,16 +6,23 @@ public struct CommittedRow: Sendable {
     /// The row's seq and its value's length.
     public var seq: UInt64
     public var length: UInt32
+    /// The CAS of the version the row holds: a new version whose CAS (and
+    /// length) the header still has makes the item clean, its value free to
+    /// leave RAM. (A version with the same CAS and another value can only
+    /// come from a client reusing an explicit CAS, meta `E`; until its own
+    /// row commits, a cold read would return the older value.)
+    public var cas: UInt64
     /// nil: a new version of the key, which is now its newest committed row.
     /// Otherwise a row compaction moved: it names the key only if the header
     /// still names this seq (the row it copied).
     public var replacing: UInt64?
 
-    public init(storage: [UInt8], keyLength: Int, seq: UInt64, length: UInt32, replacing: UInt64? = nil) {
+    public init(storage: [UInt8], keyLength: Int, seq: UInt64, length: UInt32, cas: UInt64, replacing: UInt64? = nil) {
         self.storage = storage
         self.keyLength = keyLength
         self.seq = seq
         self.length = length
+        self.cas = cas
         self.replacing = replacing
     }
 }
@@ -61,7 +68,12 @@ extension SessionStore {
                     row.storage.withUnsafeBytes { all in
                         let key = UnsafeRawBufferPointer(rebasing: all[..<row.keyLength])
                         guard let slot = state.find(key, hash: hashes[index]) else { return }
-                        if let replacing = row.replacing, state.item(slot).seq != replacing { return }
+                        let item = state.item(slot)
+                        if let replacing = row.replacing {
+                            if item.seq != replacing { return }
+                        } else if item.cas == row.cas, item.valueLength == Int(row.length) {
+                            state.removeMarks(slot, .dirty)
+                        }
                         let previous = state.setCommitted(slot, seq: row.seq, length: row.length)
                         marks[index] = CommitMark(applied: true, previousSeq: previous.seq, previousLength: previous.length)
                     }
@@ -82,6 +94,69 @@ extension SessionStore {
             let deadline = state.item(slot).deadline
             if deadline != 0 && deadline <= now { return nil }
             return state.snapshot(slot)
+        }
+    }
+}
+
+extension SessionStore {
+    /// Gives a cold item its value back, read from row `seq` of the log
+    /// for `cas` (a `ValueOnDisk`): installed if the item is still cold with
+    /// that CAS, as the most recently used; other clean values leave RAM to
+    /// make room (if none can, the store is over its limit until the next
+    /// write makes room). Returns whether the item now holds its value in
+    /// RAM (false: it changed or went meanwhile; run the operation again).
+    @discardableResult
+    public func install(_ key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer, cas: UInt64) -> Bool {
+        let (shard, hash) = locate(key)
+        let now = clock.nowMillis()
+        return shard.state.withLock { state in
+            guard let slot = state.find(key, hash: hash) else { return false }
+            let item = state.item(slot)
+            guard item.marks.contains(.cold) else { return item.cas == cas }
+            guard item.cas == cas, Int(item.rowLength) == value.count else { return false }
+            state.replaceBytes(slot, with: Self.join(key, value))
+            state.counters.valuesLoaded += 1
+            _ = state.makeRoom(for: 1, now: now, protecting: slot)
+            return true
+        }
+    }
+
+    /// Lets a key's value leave RAM now if it is clean, as a full store
+    /// would: for tests and tools that drive the cold paths. Returns whether
+    /// the item is cold now.
+    @discardableResult
+    public func evictValue(_ key: UnsafeRawBufferPointer) -> Bool {
+        let (shard, hash) = locate(key)
+        return shard.state.withLock { state in
+            guard let slot = state.find(key, hash: hash) else { return false }
+            let item = state.item(slot)
+            if item.marks.contains(.cold) { return true }
+            guard item.isClean else { return false }
+            state.makeCold(slot)
+            state.counters.valuesEvicted += 1
+            return true
+        }
+    }
+
+    /// Loads the header of an item recovered from storage whose value stays
+    /// in the log (cold), without recording a change; as `restore`, an
+    /// expired item is not loaded and removes any version loaded before.
+    @discardableResult
+    public func restoreCold(_ key: UnsafeRawBufferPointer, flags: UInt32, deadline: Deadline, cas: UInt64, seq: UInt64, length: UInt32) -> Bool {
+        let (shard, hash) = locate(key)
+        let now = clock.nowMillis()
+        if deadline.hasPassed(at: now) {
+            forgetRestored(key)
+            return false
+        }
+        return shard.state.withLock { state in
+            if let slot = state.find(key, hash: hash) { state.removeQuietly(slot) }
+            guard state.makeRoom(for: ShardState.cost(keyLength: key.count, valueCount: 0), now: now) else { return false }
+            let slot = state.insert(bytes: Array(key), keyLength: key.count, hash: hash, flags: flags, deadline: deadline.millis, cas: cas, now: now)
+            _ = state.setCommitted(slot, seq: seq, length: length)
+            if length > 0 { state.makeCold(slot) }
+            state.raiseCas(above: cas)
+            return true
         }
     }
 }

@@ -17,6 +17,10 @@ public struct StoreConfiguration: Sendable {
     /// Added to the clock when stamping writes (CAS tokens are hybrid logical
     /// clock stamps). Only tests set it, to play machines whose clocks disagree.
     public var stampSkewMillis: Int64 = 0
+    /// Whether a full store lets clean values leave RAM before it evicts
+    /// items: with persistence, where the log holds every committed value.
+    /// Reads of such a value then throw `ValueOnDisk`.
+    public var valuesLeaveRAM = false
 
     public init(memoryLimit: Int = 1024 << 20, evictionsEnabled: Bool = true, maxItemSize: Int = 1 << 20, shardCount: Int = 64, recordsChanges: Bool = false) {
         self.memoryLimit = memoryLimit
@@ -103,16 +107,20 @@ public struct FetchOptions: Sendable {
     /// that `recacheBelowSeconds` finds due): only `mg` tells a client that it
     /// won, so other reads (`get`, `me`, binary GET) must not use it up.
     public var offersWinToken: Bool
+    /// Whether the caller uses the value: a read that does not (meta `mg`
+    /// without `v`) is answered from the header of a cold item.
+    public var needsValue: Bool
 
     public init(
         touch: Deadline? = nil, bump: Bool = true, vivify: Deadline? = nil, recacheBelowSeconds: Int64? = nil,
-        offersWinToken: Bool = false
+        offersWinToken: Bool = false, needsValue: Bool = true
     ) {
         self.touch = touch
         self.bump = bump
         self.vivify = vivify
         self.recacheBelowSeconds = recacheBelowSeconds
         self.offersWinToken = offersWinToken
+        self.needsValue = needsValue
     }
 }
 
@@ -194,9 +202,35 @@ public enum ArithmeticOutcome: Sendable, Equatable {
     case outOfMemory
 }
 
+/// Thrown by an operation that needs the value of an item whose value is not
+/// in RAM (it left under `-m`; the log holds it). Nothing was changed: read
+/// row `seq` of the log, give the value to `SessionStore.install`, and run
+/// the operation again.
+public struct ValueOnDisk: Error, Sendable, Equatable {
+    /// The key, and the version (CAS) whose value row `seq` holds.
+    public var key: [UInt8]
+    public var cas: UInt64
+    public var seq: UInt64
+    /// The value's length.
+    public var length: UInt32
+
+    public init(key: [UInt8], cas: UInt64, seq: UInt64, length: UInt32) {
+        self.key = key
+        self.cas = cas
+        self.seq = seq
+        self.length = length
+    }
+}
+
 /// Store-wide figures for `stats`.
 public struct StoreStatistics: Sendable, Equatable {
     public var currentItems: Int = 0
+    /// Items whose value is not in RAM, and their values' bytes (in the log).
+    public var coldItems: Int = 0
+    public var coldBytes: Int = 0
+    /// Values that left RAM to make room, and values read back into it.
+    public var valuesEvicted: UInt64 = 0
+    public var valuesLoaded: UInt64 = 0
     public var bytes: Int = 0
     public var totalItems: UInt64 = 0
     public var evictions: UInt64 = 0
@@ -233,6 +267,8 @@ public final class SessionStore: Sendable {
     private let stampFloor = Atomic<UInt64>(0)
     /// The stamp of the last `flush_all`: it stands for a delete of every item written before it.
     let flushStampValue = Atomic<UInt64>(0)
+    /// Where cold values are read from (`readColdValues(from:)`).
+    let coldReader = Mutex<(any ColdValueReading)?>(nil)
 
     public init(configuration: StoreConfiguration = .init(), clock: any StoreClock = SystemClock()) {
         // A shard must hold at least a couple of the largest items, so small
@@ -255,7 +291,8 @@ public final class SessionStore: Sendable {
         self.shards = (0..<shardCount).map {
             Shard(ShardState(
                 index: $0, shardCount: shardCount, byteLimit: share,
-                evictionsEnabled: configuration.evictionsEnabled, recorder: recorder
+                evictionsEnabled: configuration.evictionsEnabled,
+                valuesLeaveRAM: configuration.valuesLeaveRAM, recorder: recorder
             ))
         }
     }
@@ -302,10 +339,12 @@ public final class SessionStore: Sendable {
     // MARK: Reads
 
     /// Reads an item. Returns nil on a miss (an expired item is a miss).
-    public func fetch(_ key: UnsafeRawBufferPointer, options: FetchOptions = FetchOptions()) -> FetchResult? {
+    /// Throws `ValueOnDisk`, having changed nothing, when the value is needed
+    /// (or a touch would record a new version) and is not in RAM.
+    public func fetch(_ key: UnsafeRawBufferPointer, options: FetchOptions = FetchOptions()) throws(ValueOnDisk) -> FetchResult? {
         let (shard, hash) = locate(key)
         let now = clock.nowMillis()
-        return shard.state.withLock { state -> FetchResult? in
+        return try shard.state.withLock { state throws(ValueOnDisk) -> FetchResult? in
             guard let slot = state.findLive(key, hash: hash, now: now) else {
                 guard let vivify = options.vivify else { return nil }
                 let cost = ShardState.cost(keyLength: key.count, valueCount: 0)
@@ -321,6 +360,7 @@ public final class SessionStore: Sendable {
                 )
             }
             let item = state.item(slot)
+            if options.needsValue || options.touch != nil { try Self.requireValue(&state, slot) }
             if let touch = options.touch {
                 state.setDeadline(slot, touch)
                 state.record(.upsert, slot)
@@ -352,12 +392,15 @@ public final class SessionStore: Sendable {
         }
     }
 
-    /// Sets a new deadline on a live item (`touch`). Returns whether it was found.
-    public func touch(_ key: UnsafeRawBufferPointer, deadline: Deadline) -> Bool {
+    /// Sets a new deadline on a live item (`touch`). Returns whether it was
+    /// found. A cold item's value is read first: the new version's row
+    /// carries it (`ValueOnDisk`).
+    public func touch(_ key: UnsafeRawBufferPointer, deadline: Deadline) throws(ValueOnDisk) -> Bool {
         let (shard, hash) = locate(key)
         let now = clock.nowMillis()
-        return shard.state.withLock { state in
+        return try shard.state.withLock { state throws(ValueOnDisk) in
             guard let slot = state.findLive(key, hash: hash, now: now) else { return false }
+            try Self.requireValue(&state, slot)
             state.setDeadline(slot, deadline)
             state.bump(slot)
             state.setLastAccess(slot, now)
@@ -368,12 +411,13 @@ public final class SessionStore: Sendable {
 
     // MARK: Writes
 
-    /// Stores a value under `key` according to `request.mode`. The value is copied.
-    public func store(_ key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer, request: StoreRequest) -> StoreOutcome {
+    /// Stores a value under `key` according to `request.mode`. The value is
+    /// copied. Append and prepend on a cold item throw `ValueOnDisk`.
+    public func store(_ key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer, request: StoreRequest) throws(ValueOnDisk) -> StoreOutcome {
         let (shard, hash) = locate(key)
         let now = clock.nowMillis()
         let maxItemSize = configuration.maxItemSize
-        return shard.state.withLock { state -> StoreOutcome in
+        return try shard.state.withLock { state throws(ValueOnDisk) -> StoreOutcome in
             let existing = state.findLive(key, hash: hash, now: now)
             var deadline = request.deadline
             var flags = request.flags
@@ -391,7 +435,9 @@ public final class SessionStore: Sendable {
             case .replace:
                 if existing == nil { return .notStored }
             case .append, .prepend:
-                if existing == nil {
+                if let slot = existing {
+                    try Self.requireValue(&state, slot)
+                } else {
                     guard let vivify = request.vivifyDeadline else { return .notStored }
                     mode = .set
                     deadline = vivify
@@ -487,12 +533,15 @@ public final class SessionStore: Sendable {
     }
 
     /// Deletes (or, with `invalidate`/`removeValueOnly`, rewrites) an item.
-    public func delete(_ key: UnsafeRawBufferPointer, request: DeleteRequest = DeleteRequest()) -> DeleteOutcome {
+    /// Invalidating a cold item throws `ValueOnDisk`: the stale version's
+    /// row carries the value.
+    public func delete(_ key: UnsafeRawBufferPointer, request: DeleteRequest = DeleteRequest()) throws(ValueOnDisk) -> DeleteOutcome {
         let (shard, hash) = locate(key)
         let now = clock.nowMillis()
-        return shard.state.withLock { state -> DeleteOutcome in
+        return try shard.state.withLock { state throws(ValueOnDisk) -> DeleteOutcome in
             guard let slot = state.findLive(key, hash: hash, now: now) else { return .notFound }
             if let expected = request.compareCas, state.item(slot).cas != expected { return .exists }
+            if request.invalidate && !request.removeValueOnly { try Self.requireValue(&state, slot) }
             guard request.invalidate || request.removeValueOnly else {
                 // The delete gets a stamp of its own; the tombstone keeps it.
                 let stamp = state.takeCas(stampBase(now))
@@ -520,11 +569,12 @@ public final class SessionStore: Sendable {
         }
     }
 
-    /// Increments or decrements a decimal value in place.
-    public func arithmetic(_ key: UnsafeRawBufferPointer, request: ArithmeticRequest) -> ArithmeticOutcome {
+    /// Increments or decrements a decimal value in place (a cold one is read
+    /// first: `ValueOnDisk`).
+    public func arithmetic(_ key: UnsafeRawBufferPointer, request: ArithmeticRequest) throws(ValueOnDisk) -> ArithmeticOutcome {
         let (shard, hash) = locate(key)
         let now = clock.nowMillis()
-        return shard.state.withLock { state -> ArithmeticOutcome in
+        return try shard.state.withLock { state throws(ValueOnDisk) -> ArithmeticOutcome in
             guard let slot = state.findLive(key, hash: hash, now: now) else {
                 guard let vivify = request.vivify else { return .notFound }
                 if vivify.deadline.hasPassed(at: now) {
@@ -542,6 +592,7 @@ public final class SessionStore: Sendable {
             }
             let item = state.item(slot)
             if let expected = request.compareCas, item.cas != expected { return .exists }
+            try Self.requireValue(&state, slot)
             guard let current = Self.parseDecimal(item.bytes, from: Int(item.keyLength)) else { return .nonNumeric }
             let updated: UInt64
             if request.increment {
@@ -804,6 +855,10 @@ public final class SessionStore: Sendable {
         for shard in shards {
             shard.state.withLock { state in
                 total.currentItems += state.count
+                total.coldItems += state.coldCount
+                total.coldBytes += state.coldBytes
+                total.valuesEvicted += state.counters.valuesEvicted
+                total.valuesLoaded += state.counters.valuesLoaded
                 total.bytes += state.bytesUsed
                 total.totalItems += state.counters.totalItems
                 total.evictions += state.counters.evictions
@@ -815,6 +870,20 @@ public final class SessionStore: Sendable {
     }
 
     // MARK: Helpers
+
+    /// Throws `ValueOnDisk` if the item's value is not in RAM (an empty value
+    /// is never read: there is nothing to read).
+    /// A cold empty value is simply warm again.
+    @inline(__always)
+    static func requireValue(_ state: inout ShardState, _ slot: Int32) throws(ValueOnDisk) {
+        let item = state.item(slot)
+        guard item.marks.contains(.cold) else { return }
+        guard item.rowLength > 0 else {
+            state.replaceBytes(slot, with: item.bytes)
+            return
+        }
+        throw ValueOnDisk(key: Array(item.bytes[..<Int(item.keyLength)]), cas: item.cas, seq: item.seq, length: item.rowLength)
+    }
 
     static func join(_ key: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) -> [UInt8] {
         [UInt8](unsafeUninitializedCapacity: key.count + value.count) { buffer, initialized in

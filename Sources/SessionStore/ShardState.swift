@@ -16,10 +16,16 @@ struct ShardCounters {
     var reclaimed: UInt64 = 0
     /// Items that expired before anyone read them again... and were removed by the background reclaimer.
     var expiredUnfetched: UInt64 = 0
+    /// Clean values that left RAM to make room (their items stay, cold).
+    var valuesEvicted: UInt64 = 0
+    /// Cold values read back into RAM.
+    var valuesLoaded: UInt64 = 0
 }
 
 /// The contents of one shard: items in contiguous slots, an open-addressing
-/// index from key hash to slot, and an LRU list threaded through the slots by index.
+/// index from key hash to slot, and two LRU lists threaded through the slots
+/// by index: the warm items (value in RAM) and the cold ones (value in the
+/// log only). A cold item's place in its list only orders true evictions.
 ///
 /// Everything here runs under the shard's lock, for the map operation only.
 struct ShardState {
@@ -31,16 +37,27 @@ struct ShardState {
     private var table: [Int32] = Array(repeating: 0, count: 16)
     /// Number of live items.
     private(set) var count = 0
-    /// Most recently used slot, or -1.
+    /// Most recently used warm slot, or -1.
     private var head: Int32 = -1
-    /// Least recently used slot, or -1.
+    /// Least recently used warm slot, or -1.
     private var tail: Int32 = -1
+    /// Most recently demoted (or used) cold slot, or -1.
+    private var coldHead: Int32 = -1
+    /// Least recently used cold slot, or -1.
+    private var coldTail: Int32 = -1
+    /// Number of cold items, and the bytes their values take in the log.
+    private(set) var coldCount = 0
+    private(set) var coldBytes = 0
     /// Bytes charged to this shard: keys + values + per-item overhead.
     private(set) var bytesUsed = 0
     /// This shard's share of the memory limit.
     let byteLimit: Int
     /// Whether a full shard may evict least recently used items.
     let evictionsEnabled: Bool
+    /// Whether a full shard first lets clean values leave RAM (the log holds
+    /// them): with persistence. Items are then evicted only when no value
+    /// can go.
+    let valuesLeaveRAM: Bool
     /// The next CAS this shard hands out. Shards interleave (`index + k * count`),
     /// so tokens are unique store-wide without a shared atomic.
     private var nextCas: UInt64
@@ -61,10 +78,11 @@ struct ShardState {
     /// header and allocator overhead, and the index entries.
     static let itemOverhead = MemoryLayout<ItemSlot>.stride + 56
 
-    init(index: Int, shardCount: Int, byteLimit: Int, evictionsEnabled: Bool, recorder: ChangeRecorder?) {
+    init(index: Int, shardCount: Int, byteLimit: Int, evictionsEnabled: Bool, valuesLeaveRAM: Bool = false, recorder: ChangeRecorder?) {
         self.recorder = recorder
         self.byteLimit = byteLimit
         self.evictionsEnabled = evictionsEnabled
+        self.valuesLeaveRAM = valuesLeaveRAM
         self.nextCas = UInt64(index + 1)
         self.casStride = UInt64(shardCount)
         self.tombstones = Tombstones(capacity: max(1024, Self.tombstoneBudget / shardCount))
@@ -146,6 +164,7 @@ struct ShardState {
         snapshot.fromPeer = item.marks.contains(.fromPeer)
         snapshot.seq = item.seq
         snapshot.rowLength = item.rowLength
+        snapshot.isCold = item.marks.contains(.cold)
         return snapshot
     }
 
@@ -162,8 +181,12 @@ struct ShardState {
     }
 
     /// Names the key's newest committed row; returns the row it named before.
+    /// A cold item's row must hold its value: only compaction moves it.
     mutating func setCommitted(_ slot: Int32, seq: UInt64, length: UInt32) -> (seq: UInt64, length: UInt32) {
         let previous = (slots[Int(slot)].seq, slots[Int(slot)].rowLength)
+        if slots[Int(slot)].marks.contains(.cold) {
+            coldBytes += Int(length) - Int(previous.1)
+        }
         slots[Int(slot)].seq = seq
         slots[Int(slot)].rowLength = length
         return previous
@@ -185,15 +208,62 @@ struct ShardState {
 
     /// Whether `cost` more bytes fit, evicting from the LRU tail if allowed.
     /// `protected` (the item being replaced) is never evicted.
+    ///
+    /// With `valuesLeaveRAM`, the least recently used clean values leave RAM
+    /// first (their items stay, cold); dirty ones met on the way are moved to
+    /// the head, as they are the writes of the last moments. Only when no
+    /// value can go are items evicted: the least recently used cold ones
+    /// first (a real loss, counted in `evictions`), and a dirty value never
+    /// (the write is refused instead: it is all the store holds of an
+    /// acknowledged version).
     mutating func makeRoom(for cost: Int, now: Int64, protecting protected: Int32 = -1) -> Bool {
         if cost <= 0 { return true }
         if cost > byteLimit { return false }
+        var skipped = 0
         while bytesUsed + cost > byteLimit {
             let victim = tail
+            if victim == -1 || victim == protected || skipped >= Self.dirtySkipLimit {
+                guard valuesLeaveRAM else { return false }
+                return evictColdItems(for: cost, now: now, protecting: protected)
+            }
+            let deadline = slots[Int(victim)].deadline
+            if deadline != 0 && deadline <= now {
+                counters.reclaimed += 1
+                remove(victim)
+                continue
+            }
+            if valuesLeaveRAM {
+                if slots[Int(victim)].isClean {
+                    makeCold(victim)
+                    counters.valuesEvicted += 1
+                } else {
+                    unlink(victim)
+                    linkAtHead(victim)
+                    skipped += 1
+                }
+                continue
+            }
+            guard evictionsEnabled else { return false }
+            counters.evictions += 1
+            remove(victim)
+        }
+        return true
+    }
+
+    /// How many dirty values one `makeRoom` moves aside before it gives up on
+    /// values: they become clean within a flush interval, and a store whose
+    /// every value is dirty is one whose writes outrun its log.
+    static let dirtySkipLimit = 1024
+
+    /// The last resort of `makeRoom` with `valuesLeaveRAM`: when headers and
+    /// dirty values fill the shard, evicts the least recently used cold items
+    /// (expired ones are reclaimed on the way), if evictions are allowed.
+    private mutating func evictColdItems(for cost: Int, now: Int64, protecting protected: Int32) -> Bool {
+        while bytesUsed + cost > byteLimit {
+            let victim = coldTail
             if victim == -1 || victim == protected { return false }
             let deadline = slots[Int(victim)].deadline
-            let expired = deadline != 0 && deadline <= now
-            if expired {
+            if deadline != 0 && deadline <= now {
                 counters.reclaimed += 1
             } else {
                 guard evictionsEnabled else { return false }
@@ -202,6 +272,35 @@ struct ShardState {
             remove(victim)
         }
         return true
+    }
+
+    // MARK: Cold and warm
+
+    /// Lets a clean value leave RAM: the item keeps its key and header and
+    /// moves to the cold list.
+    mutating func makeCold(_ slot: Int32) {
+        precondition(slots[Int(slot)].isClean && !slots[Int(slot)].marks.contains(.cold), "only a clean warm value leaves RAM")
+        let keyLength = Int(slots[Int(slot)].keyLength)
+        unlink(slot)
+        bytesUsed -= slots[Int(slot)].valueCount
+        slots[Int(slot)].bytes = Array(slots[Int(slot)].bytes[..<keyLength])
+        slots[Int(slot)].marks.insert(.cold)
+        coldCount += 1
+        coldBytes += Int(slots[Int(slot)].rowLength)
+        linkAtHead(slot)
+    }
+
+    /// Gives a cold item its bytes (key and value) back: it moves to the
+    /// head of the warm list. The caller has made room (or accepts going
+    /// over the limit for a moment).
+    private mutating func makeWarm(_ slot: Int32, bytes: [UInt8]) {
+        unlink(slot)
+        slots[Int(slot)].marks.remove(.cold)
+        coldCount -= 1
+        coldBytes -= Int(slots[Int(slot)].rowLength)
+        bytesUsed += bytes.count - slots[Int(slot)].bytes.count
+        slots[Int(slot)].bytes = bytes
+        linkAtHead(slot)
     }
 
     /// Adds a new item (the key must not be present). The caller has made room.
@@ -235,7 +334,12 @@ struct ShardState {
     }
 
     /// Replaces the bytes of an existing item, keeping its place in the index.
+    /// A cold item is warm again (it holds a new version, or its value back).
     mutating func replaceBytes(_ slot: Int32, with bytes: [UInt8]) {
+        if slots[Int(slot)].marks.contains(.cold) {
+            makeWarm(slot, bytes: bytes)
+            return
+        }
         bytesUsed += bytes.count - slots[Int(slot)].bytes.count
         slots[Int(slot)].bytes = bytes
     }
@@ -255,6 +359,10 @@ struct ShardState {
         deleteFromTable(at: position)
         unlink(slot)
         let item = slots[Int(slot)]
+        if item.marks.contains(.cold) {
+            coldCount -= 1
+            coldBytes -= Int(item.rowLength)
+        }
         bytesUsed -= Self.cost(keyLength: Int(item.keyLength), valueCount: item.valueCount)
         slots[Int(slot)].bytes = []
         slots[Int(slot)].marks = []
@@ -288,6 +396,10 @@ struct ShardState {
         count = 0
         head = -1
         tail = -1
+        coldHead = -1
+        coldTail = -1
+        coldCount = 0
+        coldBytes = 0
         bytesUsed = 0
         reclaimCursor = 0
         // The flush's own stamp now stands for every delete before it.
@@ -339,6 +451,12 @@ struct ShardState {
     /// Records the item's current state (or its removal) as the next change.
     mutating func record(_ kind: Change.Kind, _ slot: Int32) {
         guard let recorder else { return }
+        if kind == .upsert {
+            // A new version carries its value to the writer and the peer: it
+            // is never recorded from a cold item (the caller read it first).
+            precondition(!slots[Int(slot)].marks.contains(.cold), "an upsert recorded from a cold item")
+            slots[Int(slot)].marks.insert(.dirty)
+        }
         let item = slots[Int(slot)]
         var change = Change(
             kind: kind, sequence: recorder.nextSequence(), storage: item.bytes, keyLength: Int(item.keyLength),
@@ -368,26 +486,49 @@ struct ShardState {
 
     // MARK: LRU
 
-    /// Marks an item most recently used.
+    /// Marks an item most recently used (in its own list, warm or cold).
     mutating func bump(_ slot: Int32) {
-        guard head != slot else { return }
+        let cold = slots[Int(slot)].marks.contains(.cold)
+        guard (cold ? coldHead : head) != slot else { return }
         unlink(slot)
         linkAtHead(slot)
     }
 
+    /// Links a slot at the head of the list its `cold` mark names.
     private mutating func linkAtHead(_ slot: Int32) {
+        let cold = slots[Int(slot)].marks.contains(.cold)
+        let first = cold ? coldHead : head
         slots[Int(slot)].newer = -1
-        slots[Int(slot)].older = head
-        if head != -1 { slots[Int(head)].newer = slot }
-        head = slot
-        if tail == -1 { tail = slot }
+        slots[Int(slot)].older = first
+        if first != -1 { slots[Int(first)].newer = slot }
+        if cold {
+            coldHead = slot
+            if coldTail == -1 { coldTail = slot }
+        } else {
+            head = slot
+            if tail == -1 { tail = slot }
+        }
     }
 
+    /// Unlinks a slot from the list its `cold` mark names.
     private mutating func unlink(_ slot: Int32) {
+        let cold = slots[Int(slot)].marks.contains(.cold)
         let newer = slots[Int(slot)].newer
         let older = slots[Int(slot)].older
-        if newer != -1 { slots[Int(newer)].older = older } else { head = older }
-        if older != -1 { slots[Int(older)].newer = newer } else { tail = newer }
+        if newer != -1 {
+            slots[Int(newer)].older = older
+        } else if cold {
+            coldHead = older
+        } else {
+            head = older
+        }
+        if older != -1 {
+            slots[Int(older)].newer = newer
+        } else if cold {
+            coldTail = newer
+        } else {
+            tail = newer
+        }
         slots[Int(slot)].newer = -1
         slots[Int(slot)].older = -1
     }

@@ -35,7 +35,7 @@ extension Dispatcher {
         return .proceed
     }
 
-    func execute(_ command: BinaryCommand, into out: inout ByteBuffer) -> Disposition {
+    func execute(_ command: BinaryCommand, into out: inout ByteBuffer) throws(ValueOnDisk) -> Disposition {
         switch command {
         case .refused(let opcode, let opaque, let status, let key):
             counters.increment(.protocolErrors)
@@ -46,30 +46,31 @@ extension Dispatcher {
                 if opcode == BinaryOpcode.set.rawValue || opcode == BinaryOpcode.setQ.rawValue, key.readableBytes > 0,
                     context.replica == nil
                 {
-                    _ = key.withUnsafeReadableBytes { store.delete($0) }
+                    _ = try key.withReadableBytes { key throws(ValueOnDisk) in try store.delete(key) }
                 }
             }
             out.writeBinaryError(opcode: opcode, status: status, opaque: opaque)
             return .proceed
         case .request(let request):
-            return execute(request, into: &out)
+            return try execute(request, into: &out)
         }
     }
 
-    private func execute(_ request: BinaryRequest, into out: inout ByteBuffer) -> Disposition {
+    private func execute(_ request: BinaryRequest, into out: inout ByteBuffer) throws(ValueOnDisk) -> Disposition {
         let opcode = request.opcode
         let code = opcode.rawValue
         let quiet = opcode.isQuiet
         switch opcode {
         case .get, .getQ, .getK, .getKQ, .gat, .gatQ, .gatK, .gatKQ:
-            counters.increment(.cmdGet)
             var options = FetchOptions()
             let touches = opcode.touches
             if touches {
-                counters.increment(.cmdTouch)
                 options.touch = deadline(Int64(request.extras.getInteger(at: request.extras.readerIndex, as: UInt32.self)!))
             }
-            guard let result = request.key.withUnsafeReadableBytes({ store.fetch($0, options: options) }) else {
+            let found = try request.key.withReadableBytes { key throws(ValueOnDisk) in try store.fetch(key, options: options) }
+            counters.increment(.cmdGet)
+            if touches { counters.increment(.cmdTouch) }
+            guard let result = found else {
                 counters.increment(.getMisses)
                 if touches { counters.increment(.touchMisses) }
                 if !quiet { out.writeBinaryError(opcode: code, status: .keyNotFound, opaque: request.opaque) }
@@ -89,7 +90,6 @@ extension Dispatcher {
             }
 
         case .set, .setQ, .add, .addQ, .replace, .replaceQ, .append, .appendQ, .prepend, .prependQ:
-            counters.increment(.cmdSet)
             let mode: StoreMode
             switch opcode {
             case .add, .addQ: mode = .add
@@ -108,9 +108,10 @@ extension Dispatcher {
                 mode: mode, flags: flags, deadline: deadline(exptime),
                 compareCas: request.cas == 0 || mode == .add ? nil : request.cas
             )
-            let outcome = request.key.withUnsafeReadableBytes { key in
-                request.value.withUnsafeReadableBytes { store.store(key, value: $0, request: storeRequest) }
+            let outcome = try request.key.withReadableBytes { key throws(ValueOnDisk) in
+                try request.value.withReadableBytes { value throws(ValueOnDisk) in try store.store(key, value: value, request: storeRequest) }
             }
+            counters.increment(.cmdSet)
             countOutcome(outcome)
             switch outcome {
             case .stored(let cas, _):
@@ -134,8 +135,8 @@ extension Dispatcher {
             }
 
         case .delete, .deleteQ:
-            let outcome = request.key.withUnsafeReadableBytes {
-                store.delete($0, request: DeleteRequest(compareCas: request.cas == 0 ? nil : request.cas))
+            let outcome = try request.key.withReadableBytes { key throws(ValueOnDisk) in
+                try store.delete(key, request: DeleteRequest(compareCas: request.cas == 0 ? nil : request.cas))
             }
             switch outcome {
             case .deleted:
@@ -156,8 +157,8 @@ extension Dispatcher {
             let expiration = request.extras.getInteger(at: base + 16, as: UInt32.self)!
             // 0xffffffff: do not create a missing item.
             let vivify: (deadline: Deadline, initial: UInt64)? = expiration == UInt32.max ? nil : (deadline(Int64(expiration)), initial)
-            let outcome = request.key.withUnsafeReadableBytes {
-                store.arithmetic($0, request: ArithmeticRequest(
+            let outcome = try request.key.withReadableBytes { key throws(ValueOnDisk) in
+                try store.arithmetic(key, request: ArithmeticRequest(
                     increment: increment, delta: delta, compareCas: request.cas == 0 ? nil : request.cas, vivify: vivify
                 ))
             }
@@ -183,9 +184,9 @@ extension Dispatcher {
             }
 
         case .touch:
-            counters.increment(.cmdTouch)
             let exptime = Int64(request.extras.getInteger(at: request.extras.readerIndex, as: UInt32.self)!)
-            let found = request.key.withUnsafeReadableBytes { store.touch($0, deadline: deadline(exptime)) }
+            let found = try request.key.withReadableBytes { key throws(ValueOnDisk) in try store.touch(key, deadline: deadline(exptime)) }
+            counters.increment(.cmdTouch)
             counters.increment(found ? .touchHits : .touchMisses)
             if found {
                 out.writeBinaryResponse(opcode: code, status: .noError, opaque: request.opaque)

@@ -14,26 +14,29 @@ extension Dispatcher {
         var ttl: Int64?
     }
 
-    func execute(_ command: MetaCommand, into out: inout ByteBuffer) {
+    func execute(_ command: MetaCommand, into out: inout ByteBuffer) throws(ValueOnDisk) {
         switch command.verb {
-        case .get: metaGet(command, into: &out)
-        case .set: metaSet(command, into: &out)
-        case .delete: metaDelete(command, into: &out)
-        case .arithmetic: metaArithmetic(command, into: &out)
+        case .get: try metaGet(command, into: &out)
+        case .set: try metaSet(command, into: &out)
+        case .delete: try metaDelete(command, into: &out)
+        case .arithmetic: try metaArithmetic(command, into: &out)
         case .noop: out.writeStatus(.metaNoop)
-        case .debug: metaDebug(command, into: &out)
+        case .debug: try metaDebug(command, into: &out)
         }
     }
 
-    private func metaGet(_ command: MetaCommand, into out: inout ByteBuffer) {
+    private func metaGet(_ command: MetaCommand, into out: inout ByteBuffer) throws(ValueOnDisk) {
         let flags = command.flags
-        counters.increment(.cmdGet)
-        if flags.ttl != nil { counters.increment(.cmdTouch) }
+        // Without `v` (and no touch) a cold item answers from its header.
         let options = FetchOptions(
             touch: flags.ttl.map(deadline), bump: !flags.has("u"),
-            vivify: flags.vivifyTTL.map(deadline), recacheBelowSeconds: flags.recacheSeconds, offersWinToken: true
+            vivify: flags.vivifyTTL.map(deadline), recacheBelowSeconds: flags.recacheSeconds, offersWinToken: true,
+            needsValue: flags.has("v")
         )
-        guard let result = command.key.withUnsafeReadableBytes({ store.fetch($0, options: options) }) else {
+        let found = try command.key.withReadableBytes { key throws(ValueOnDisk) in try store.fetch(key, options: options) }
+        counters.increment(.cmdGet)
+        if flags.ttl != nil { counters.increment(.cmdTouch) }
+        guard let result = found else {
             counters.increment(.getMisses)
             if !flags.has("q") { writeMiss(command, .metaMiss, into: &out) }
             return
@@ -65,9 +68,8 @@ extension Dispatcher {
         }
     }
 
-    private func metaSet(_ command: MetaCommand, into out: inout ByteBuffer) {
+    private func metaSet(_ command: MetaCommand, into out: inout ByteBuffer) throws(ValueOnDisk) {
         let flags = command.flags
-        counters.increment(.cmdSet)
         let mode: StoreMode
         switch flags.mode {
         case nil, UInt8(ascii: "S"), UInt8(ascii: "s"): mode = .set
@@ -76,6 +78,7 @@ extension Dispatcher {
         case UInt8(ascii: "A"), UInt8(ascii: "a"): mode = .append
         case UInt8(ascii: "P"), UInt8(ascii: "p"): mode = .prepend
         default:
+            counters.increment(.cmdSet)
             counters.increment(.protocolErrors)
             out.writeClientError("invalid mode for ms M token")
             return
@@ -86,9 +89,10 @@ extension Dispatcher {
             vivifyDeadline: flags.vivifyTTL.map(deadline)
         )
         let value = command.value ?? ByteBuffer()
-        let outcome = command.key.withUnsafeReadableBytes { key in
-            value.withUnsafeReadableBytes { store.store(key, value: $0, request: request) }
+        let outcome = try command.key.withReadableBytes { key throws(ValueOnDisk) in
+            try value.withReadableBytes { value throws(ValueOnDisk) in try store.store(key, value: value, request: request) }
         }
+        counters.increment(.cmdSet)
         countOutcome(outcome)
         switch outcome {
         case .stored(let cas, let size):
@@ -114,13 +118,13 @@ extension Dispatcher {
         }
     }
 
-    private func metaDelete(_ command: MetaCommand, into out: inout ByteBuffer) {
+    private func metaDelete(_ command: MetaCommand, into out: inout ByteBuffer) throws(ValueOnDisk) {
         let flags = command.flags
         let request = DeleteRequest(
             compareCas: flags.compareCas, explicitCas: flags.explicitCas, invalidate: flags.has("I"),
             deadline: flags.has("I") ? flags.ttl.map(deadline) : nil, removeValueOnly: flags.has("x")
         )
-        let outcome = command.key.withUnsafeReadableBytes { store.delete($0, request: request) }
+        let outcome = try command.key.withReadableBytes { key throws(ValueOnDisk) in try store.delete(key, request: request) }
         switch outcome {
         case .deleted:
             counters.increment(.deleteHits)
@@ -136,7 +140,7 @@ extension Dispatcher {
         }
     }
 
-    private func metaArithmetic(_ command: MetaCommand, into out: inout ByteBuffer) {
+    private func metaArithmetic(_ command: MetaCommand, into out: inout ByteBuffer) throws(ValueOnDisk) {
         let flags = command.flags
         let increment: Bool
         switch flags.mode {
@@ -153,7 +157,7 @@ extension Dispatcher {
             vivify: flags.vivifyTTL.map { (deadline: deadline($0), initial: flags.initial ?? 0) },
             touch: flags.ttl.map(deadline)
         )
-        let outcome = command.key.withUnsafeReadableBytes { store.arithmetic($0, request: request) }
+        let outcome = try command.key.withReadableBytes { key throws(ValueOnDisk) in try store.arithmetic(key, request: request) }
         switch outcome {
         case .value(let number, let cas, let itemDeadline):
             counters.increment(increment ? .incrHits : .decrHits)
@@ -188,8 +192,11 @@ extension Dispatcher {
     }
 
     /// `ME <key> exp=… la=… cas=… fetch=… cls=… size=…`
-    private func metaDebug(_ command: MetaCommand, into out: inout ByteBuffer) {
-        guard let result = command.key.withUnsafeReadableBytes({ store.fetch($0, options: FetchOptions(bump: false)) }) else {
+    private func metaDebug(_ command: MetaCommand, into out: inout ByteBuffer) throws(ValueOnDisk) {
+        let found = try command.key.withReadableBytes { key throws(ValueOnDisk) in
+            try store.fetch(key, options: FetchOptions(bump: false, needsValue: false))
+        }
+        guard let result = found else {
             out.writeStatus(.metaMiss)
             return
         }

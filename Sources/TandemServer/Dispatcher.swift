@@ -12,6 +12,11 @@ enum Disposition {
 
 /// Executes decoded commands against the store and writes their replies.
 /// The one place where results and request errors become protocol replies.
+///
+/// A command that needs a value not in RAM throws `ValueOnDisk` before it
+/// changes anything or counts itself: the connection takes back what the
+/// command wrote so far, reads the value, installs it and runs the command
+/// again. So counters are bumped only once a command's store calls are done.
 struct Dispatcher {
     let context: ServerContext
     let counters: CommandCounters
@@ -19,18 +24,18 @@ struct Dispatcher {
 
     var store: SessionStore { context.store }
 
-    func execute(_ command: MemcacheCommand, into out: inout ByteBuffer) -> Disposition {
+    func execute(_ command: MemcacheCommand, into out: inout ByteBuffer) throws(ValueOnDisk) -> Disposition {
         switch command {
         case .retrieve(let retrieval):
-            retrieve(retrieval, into: &out)
+            try retrieve(retrieval, into: &out)
         case .store(let storage):
-            self.store(storage, into: &out)
+            try self.store(storage, into: &out)
         case .delete(let key, let noreply):
-            delete(key, noreply: noreply, into: &out)
+            try delete(key, noreply: noreply, into: &out)
         case .arithmetic(let key, let increment, let delta, let noreply):
-            arithmetic(key, increment: increment, delta: delta, noreply: noreply, into: &out)
+            try arithmetic(key, increment: increment, delta: delta, noreply: noreply, into: &out)
         case .touch(let key, let exptime, let noreply):
-            touch(key, exptime: exptime, noreply: noreply, into: &out)
+            try touch(key, exptime: exptime, noreply: noreply, into: &out)
         case .flushAll(let delay, let noreply):
             counters.increment(.cmdFlush)
             context.scheduleFlush(delay: delay, on: eventLoop)
@@ -47,11 +52,11 @@ struct Dispatcher {
         case .stats(let group):
             stats(group, into: &out)
         case .meta(let meta):
+            try execute(meta, into: &out)
             counters.increment(.cmdMeta)
-            execute(meta, into: &out)
         case .refusedSet(let key, let noreply):
+            _ = try key.withReadableBytes { key throws(ValueOnDisk) in try store.delete(key) }
             counters.increment(.cmdSet)
-            _ = key.withUnsafeReadableBytes { store.delete($0) }
             reply(to: .tooLarge, noreply: noreply, into: &out)
         case .invalid(let error, let noreply):
             reply(to: error, noreply: noreply, into: &out)
@@ -99,28 +104,32 @@ struct Dispatcher {
 
     // MARK: Text protocol
 
-    private func retrieve(_ command: RetrievalCommand, into out: inout ByteBuffer) {
+    private func retrieve(_ command: RetrievalCommand, into out: inout ByteBuffer) throws(ValueOnDisk) {
         let options = FetchOptions(touch: command.touchExptime.map(deadline))
-        if command.touchExptime != nil { counters.increment(.cmdTouch) }
+        var hits: UInt64 = 0
+        var requested: UInt64 = 0
         for key in command.keys {
-            counters.increment(.cmdGet)
-            let result = key.withUnsafeReadableBytes { store.fetch($0, options: options) }
-            guard let result else {
-                counters.increment(.getMisses)
-                if command.touchExptime != nil { counters.increment(.touchMisses) }
-                continue
-            }
-            counters.increment(.getHits)
-            if command.touchExptime != nil { counters.increment(.touchHits) }
+            requested += 1
+            let result = try key.withReadableBytes { key throws(ValueOnDisk) in try store.fetch(key, options: options) }
+            guard let result else { continue }
+            hits += 1
             result.item.withValueBytes { value in
                 out.writeValue(key: key, flags: result.item.flags, value: value, cas: command.returnsCas ? result.item.cas : nil)
             }
         }
         out.writeStatus(.end)
+        let misses = requested - hits
+        counters.increment(.cmdGet, by: requested)
+        counters.increment(.getHits, by: hits)
+        counters.increment(.getMisses, by: misses)
+        if command.touchExptime != nil {
+            counters.increment(.cmdTouch)
+            counters.increment(.touchHits, by: hits)
+            counters.increment(.touchMisses, by: misses)
+        }
     }
 
-    private func store(_ command: StorageCommand, into out: inout ByteBuffer) {
-        counters.increment(.cmdSet)
+    private func store(_ command: StorageCommand, into out: inout ByteBuffer) throws(ValueOnDisk) {
         let mode: StoreMode
         switch command.verb {
         case .set, .cas: mode = .set
@@ -133,11 +142,12 @@ struct Dispatcher {
             mode: mode, flags: command.flags, deadline: deadline(command.exptime),
             compareCas: command.verb == .cas ? command.casUnique : nil
         )
-        let outcome = command.key.withUnsafeReadableBytes { key in
-            command.value.withUnsafeReadableBytes { value in
-                store.store(key, value: value, request: request)
+        let outcome = try command.key.withReadableBytes { key throws(ValueOnDisk) in
+            try command.value.withReadableBytes { value throws(ValueOnDisk) in
+                try store.store(key, value: value, request: request)
             }
         }
+        counters.increment(.cmdSet)
         countOutcome(outcome)
         if command.verb == .cas {
             switch outcome {
@@ -166,8 +176,8 @@ struct Dispatcher {
         }
     }
 
-    private func delete(_ key: ByteBuffer, noreply: Bool, into out: inout ByteBuffer) {
-        let outcome = key.withUnsafeReadableBytes { store.delete($0) }
+    private func delete(_ key: ByteBuffer, noreply: Bool, into out: inout ByteBuffer) throws(ValueOnDisk) {
+        let outcome = try key.withReadableBytes { key throws(ValueOnDisk) in try store.delete(key) }
         switch outcome {
         case .deleted:
             counters.increment(.deleteHits)
@@ -178,9 +188,9 @@ struct Dispatcher {
         }
     }
 
-    private func arithmetic(_ key: ByteBuffer, increment: Bool, delta: UInt64, noreply: Bool, into out: inout ByteBuffer) {
-        let outcome = key.withUnsafeReadableBytes {
-            store.arithmetic($0, request: ArithmeticRequest(increment: increment, delta: delta))
+    private func arithmetic(_ key: ByteBuffer, increment: Bool, delta: UInt64, noreply: Bool, into out: inout ByteBuffer) throws(ValueOnDisk) {
+        let outcome = try key.withReadableBytes { key throws(ValueOnDisk) in
+            try store.arithmetic(key, request: ArithmeticRequest(increment: increment, delta: delta))
         }
         switch outcome {
         case .value(let value, _, _):
@@ -201,10 +211,42 @@ struct Dispatcher {
         }
     }
 
-    private func touch(_ key: ByteBuffer, exptime: Int64, noreply: Bool, into out: inout ByteBuffer) {
+    private func touch(_ key: ByteBuffer, exptime: Int64, noreply: Bool, into out: inout ByteBuffer) throws(ValueOnDisk) {
+        let found = try key.withReadableBytes { key throws(ValueOnDisk) in try store.touch(key, deadline: deadline(exptime)) }
         counters.increment(.cmdTouch)
-        let found = key.withUnsafeReadableBytes { store.touch($0, deadline: deadline(exptime)) }
         counters.increment(found ? .touchHits : .touchMisses)
         if !noreply { out.writeStatus(found ? .touched : .notFound) }
+    }
+}
+
+extension ByteBuffer {
+    /// `withUnsafeReadableBytes` for a body that throws only `ValueOnDisk`
+    /// (NIO's `rethrows` would widen it to `any Error`).
+    func withReadableBytes<T>(_ body: (UnsafeRawBufferPointer) throws(ValueOnDisk) -> T) throws(ValueOnDisk) -> T {
+        let result: Result<T, ValueOnDisk> = withUnsafeReadableBytes { bytes in
+            do throws(ValueOnDisk) { return .success(try body(bytes)) } catch { return .failure(error) }
+        }
+        return try result.get()
+    }
+}
+
+extension Dispatcher {
+    /// Answers a command whose value could not be read from the log (a
+    /// storage fault): the error memcached sends when it cannot serve, as
+    /// silent as the command's other errors.
+    func replyValueUnreadable(to command: MemcacheCommand, into out: inout ByteBuffer) {
+        counters.increment(.protocolErrors)
+        guard !command.noreply else { return }
+        out.writeServerError("cannot read the value from storage")
+    }
+
+    func replyValueUnreadable(to command: BinaryCommand, into out: inout ByteBuffer) {
+        counters.increment(.protocolErrors)
+        switch command {
+        case .request(let request):
+            out.writeBinaryError(opcode: request.opcode.rawValue, status: .temporaryFailure, opaque: request.opaque)
+        case .refused(let opcode, let opaque, _, _):
+            out.writeBinaryError(opcode: opcode, status: .temporaryFailure, opaque: opaque)
+        }
     }
 }

@@ -2,6 +2,7 @@ import Logging
 import MemcacheProtocol
 import NIOCore
 import Replication
+import SessionStore
 
 /// Asks a connection to finish: write the replies to the commands it has
 /// executed, flush, close. Input not yet executed (a partial command, or
@@ -28,6 +29,10 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
         case waitingForReplication
         /// On a backup: a write was forwarded to the primary; later commands wait for its reply.
         case waitingForPrimary
+        /// A command needs a value that is not in RAM: it runs again once a
+        /// reader thread has read it from the log; later commands wait, so
+        /// replies keep their order.
+        case waitingForValue
         /// `quit`, a fatal protocol error or a drain: replies are being flushed, then the socket closes.
         case closing
     }
@@ -97,9 +102,15 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        // Replies held for the backup's acknowledgement are sent when it comes.
-        if case .waitingForReplication = state { return }
-        flushOutbound(context: context)
+        switch state {
+        case .waitingForReplication, .waitingForValue:
+            // Replies held for the backup's acknowledgement are sent when it
+            // comes; those before a command waiting for a value, once it has
+            // run (they may be replies to writes, which the hold covers).
+            return
+        case .open, .paused, .waitingForStorage, .waitingForPrimary, .closing:
+            flushOutbound(context: context)
+        }
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
@@ -178,8 +189,12 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
                 wrote = true
                 burstWrote = true
             }
-            burstAnswered &+= 1
-            if case .close = dispatcher.execute(command, into: &outbound) {
+            let dispatcher = self.dispatcher
+            guard let disposition = execute(
+                { out throws(ValueOnDisk) in try dispatcher.execute(command, into: &out) },
+                failure: { out in dispatcher.replyValueUnreadable(to: command, into: &out) }, context: context
+            ) else { break }
+            if case .close = disposition {
                 closeAfterReplies(context: context)
                 return
             }
@@ -227,7 +242,11 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
                     raw.writeBinaryRequest(request)
                     let dispatcher = self.dispatcher
                     forward(raw: raw, refusedSet: false, noreply: false, to: replica, context: context) { outbound in
-                        _ = dispatcher.execute(command, into: &outbound)
+                        // Only a promotion while the write waited brings it here:
+                        // a value to read would make it wait again; it is refused.
+                        do throws(ValueOnDisk) { _ = try dispatcher.execute(command, into: &outbound) } catch {
+                            dispatcher.replyValueUnreadable(to: command, into: &outbound)
+                        }
                     }
                     if case .waitingForPrimary = state { return true }
                     continue
@@ -235,8 +254,12 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
                 wrote = true
                 burstWrote = true
             }
-            burstAnswered &+= 1
-            if case .close = dispatcher.execute(command, into: &outbound) {
+            let dispatcher = self.dispatcher
+            guard let disposition = execute(
+                { out throws(ValueOnDisk) in try dispatcher.execute(command, into: &out) },
+                failure: { out in dispatcher.replyValueUnreadable(to: command, into: &out) }, context: context
+            ) else { return true }
+            if case .close = disposition {
                 closeAfterReplies(context: context)
                 return false
             }
@@ -250,6 +273,74 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
                     guard case .open = state else { return true }
                 }
             }
+        }
+    }
+
+    // MARK: Values not in RAM
+
+    /// A command, run against the store into the replies.
+    typealias Command = (inout ByteBuffer) throws(ValueOnDisk) -> Disposition
+
+    /// How many times one command may find a value gone from RAM again (or
+    /// moved on disk) before it is answered with an error.
+    static let coldReadAttempts = 8
+
+    /// Runs a command. nil when it needs a value that is not in RAM: what it
+    /// wrote is taken back, and the connection waits for the value.
+    private func execute(_ run: @escaping Command, failure: @escaping (inout ByteBuffer) -> Void, context: ChannelHandlerContext) -> Disposition? {
+        let mark = outbound.writerIndex
+        do throws(ValueOnDisk) {
+            let disposition = try run(&outbound)
+            burstAnswered &+= 1
+            return disposition
+        } catch {
+            outbound.moveWriterIndex(to: mark)
+            waitForValue(error, attempt: 1, run: run, failure: failure, context: context)
+            return nil
+        }
+    }
+
+    /// Has the value read on a reader thread and installed in the store, then
+    /// runs the command again on this event loop and goes on with the
+    /// commands after it. A read that fails answers the command with an error.
+    private func waitForValue(
+        _ cold: ValueOnDisk, attempt: Int, run: @escaping Command, failure: @escaping (inout ByteBuffer) -> Void, context: ChannelHandlerContext
+    ) {
+        state = .waitingForValue
+        context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
+        let bound = NIOLoopBound((self, context, run, failure), eventLoop: context.eventLoop)
+        dispatcher.context.loadValue(cold, on: context.eventLoop).whenComplete { result in
+            let (handler, context, run, failure) = bound.value
+            guard case .waitingForValue = handler.state else { return }
+            switch result {
+            case .success:
+                let mark = handler.outbound.writerIndex
+                do throws(ValueOnDisk) {
+                    let disposition = try run(&handler.outbound)
+                    if case .close = disposition {
+                        handler.closeAfterReplies(context: context)
+                        return
+                    }
+                } catch {
+                    handler.outbound.moveWriterIndex(to: mark)
+                    if attempt < Self.coldReadAttempts {
+                        handler.waitForValue(error, attempt: attempt + 1, run: run, failure: failure, context: context)
+                        return
+                    }
+                    handler.logger.warning("a value kept leaving memory before its command could use it", metadata: ["attempts": "\(attempt)"])
+                    failure(&handler.outbound)
+                }
+            case .failure(let error):
+                handler.logger.error("cannot read a value from storage", metadata: ["error": "\(error)"])
+                failure(&handler.outbound)
+            }
+            handler.burstAnswered &+= 1
+            handler.state = .open
+            if handler.burstWrote {
+                handler.holdForReplication(context: context)
+                handler.applyStorageBackpressure(context: context)
+            }
+            if case .open = handler.state { handler.resume(context: context) }
         }
     }
 
@@ -280,7 +371,11 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
         if case .refusedSet = command { refusedSet = true }
         let dispatcher = self.dispatcher
         forward(raw: request, refusedSet: refusedSet, noreply: command.noreply, to: replica, context: context) { outbound in
-            _ = dispatcher.execute(command, into: &outbound)
+            // Only a promotion while the write waited brings it here: a value
+            // to read would make it wait again; it is refused.
+            do throws(ValueOnDisk) { _ = try dispatcher.execute(command, into: &outbound) } catch {
+                dispatcher.replyValueUnreadable(to: command, into: &outbound)
+            }
         }
     }
 

@@ -74,11 +74,15 @@ public final class MemcacheServer: Sendable {
         var storeConfiguration = configuration.store
         // Persistence and replication both consume the change stream.
         storeConfiguration.recordsChanges = configuration.persistence != nil || configuration.pair != nil
+        // With persistence, RAM is a cache of the log: a full store lets clean
+        // values go before it loses an item (docs/storage.md).
+        storeConfiguration.valuesLeaveRAM = configuration.persistence != nil
         let store = SessionStore(configuration: storeConfiguration, clock: clock)
         let feed = storeConfiguration.recordsChanges ? ChangeFeed(store: store) : nil
         var persistence: Persistence?
         if let persistenceConfiguration = configuration.persistence {
             persistence = try Persistence.open(configuration: persistenceConfiguration, store: store, source: feed?.subscribe(), logger: logger)
+            store.attachColdValueReader(persistence!.values)
         }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.threads))
         var pair: PairRole?

@@ -62,6 +62,8 @@ extension WireConnectionHandler {
             }
         }
         var records: [SessionRecord] = []
+        /// Records whose values are not in RAM: read before the page is sent.
+        var cold: [(index: Int, item: ItemSnapshot)] = []
         var recordBytes = 0
         // The most one more record can add: the page never grows past a frame.
         let withValues = request.options.contains(.values) && !request.options.contains(.countOnly)
@@ -83,8 +85,9 @@ extension WireConnectionHandler {
                 matched += 1
                 if !request.options.contains(.countOnly) {
                     let record = Self.record(item, withValue: withValues)
-                    recordBytes += WireEncodedSize.sessionRecord + record.key.count + record.value.count
+                    recordBytes += WireEncodedSize.sessionRecord + record.key.count + (withValues ? item.valueCount : 0)
                     records.append(record)
+                    if withValues && item.isCold { cold.append((records.count - 1, item)) }
                 }
             }
             if let next = page.next {
@@ -99,16 +102,56 @@ extension WireConnectionHandler {
                 next += [UInt8(value >> 24), UInt8(value >> 16 & 0xFF), UInt8(value >> 8 & 0xFF), UInt8(value & 0xFF)]
             }
         }
-        send(.scanPage(ScanPage(cursor: next, scanned: UInt32(scanned), matched: UInt32(matched), records: records)), requestID: requestID, context: context)
+        let page = ScanPage(cursor: next, scanned: UInt32(scanned), matched: UInt32(matched), records: records)
+        guard !cold.isEmpty else {
+            send(.scanPage(page), requestID: requestID, context: context)
+            return
+        }
+        let futures = cold.map { node.value(of: $0.item, on: context.eventLoop) }
+        let waiting = cold
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        EventLoopFuture.whenAllComplete(futures, on: context.eventLoop).whenComplete { result in
+            let (handler, context) = bound.value
+            var page = page
+            var gone: [Int] = []
+            for (entry, outcome) in zip(waiting, (try? result.get()) ?? []) {
+                switch outcome {
+                case .success(let value?):
+                    page.records[entry.index].value = value
+                case .success(nil):
+                    // Deleted or expired since the scan saw it.
+                    gone.append(entry.index)
+                case .failure(let error):
+                    handler.refuse(.internalError, "cannot read a value from storage: \(error)", requestID: requestID, context: context)
+                    return
+                }
+            }
+            for index in gone.reversed() { page.records.remove(at: index) }
+            page.matched -= UInt32(gone.count)
+            handler.send(.scanPage(page), requestID: requestID, context: context)
+        }
     }
 
     func serveInspect(_ key: [UInt8], requestID: UInt32, context: ChannelHandlerContext) {
-        let found = key.withUnsafeBytes { node.store.fetch($0, options: FetchOptions(bump: false)) }
-        guard let found else {
+        let found = key.withUnsafeBytes { try? node.store.fetch($0, options: FetchOptions(bump: false, needsValue: false)) }
+        guard let found = found ?? nil else {
             refuse(.notFound, "no item with that key", requestID: requestID, context: context)
             return
         }
-        send(.scanPage(ScanPage(cursor: [], scanned: 1, matched: 1, records: [Self.record(found.item, withValue: true)])), requestID: requestID, context: context)
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        node.value(of: found.item, on: context.eventLoop).whenComplete { result in
+            let (handler, context) = bound.value
+            switch result {
+            case .success(let value?):
+                var record = Self.record(found.item, withValue: false)
+                record.value = value
+                handler.send(.scanPage(ScanPage(cursor: [], scanned: 1, matched: 1, records: [record])), requestID: requestID, context: context)
+            case .success(nil):
+                handler.refuse(.notFound, "no item with that key", requestID: requestID, context: context)
+            case .failure(let error):
+                handler.refuse(.internalError, "cannot read the value from storage: \(error)", requestID: requestID, context: context)
+            }
+        }
     }
 
     func serveDelete(_ keys: [[UInt8]], requestID: UInt32, context: ChannelHandlerContext) {
@@ -123,7 +166,8 @@ extension WireConnectionHandler {
                 missing += 1
                 continue
             }
-            switch key.withUnsafeBytes({ node.store.delete($0) }) {
+            // A plain delete needs no value: it never waits for one.
+            switch key.withUnsafeBytes({ (try? node.store.delete($0)) ?? .notFound }) {
             case .deleted: deleted += 1
             case .notFound, .exists: missing += 1
             }
@@ -179,14 +223,19 @@ extension WireConnectionHandler {
         }
         let deadline = Deadline(millis: record.deadlineMillis)
         if deadline.hasPassed(at: store.now()) { return .expired }
+        // A held item whose value is not in RAM is not compared: storing
+        // the record again is harmless, reading the log here is not.
         let same = record.key.withUnsafeBytes { key -> Bool in
-            guard let held = store.fetch(key, options: FetchOptions(bump: false))?.item else { return false }
+            guard let found = try? store.fetch(key, options: FetchOptions(bump: false, needsValue: false)), let held = Optional(found.item),
+                !held.isCold
+            else { return false }
             return held.flags == record.flags && held.deadline == deadline && held.value == record.value
         }
         if same { return .unchanged }
+        // A set needs no value: it never waits for one.
         let outcome = record.key.withUnsafeBytes { key in
             record.value.withUnsafeBytes { value in
-                store.store(key, value: value, request: StoreRequest(mode: .set, flags: record.flags, deadline: deadline))
+                (try? store.store(key, value: value, request: StoreRequest(mode: .set, flags: record.flags, deadline: deadline))) ?? .notStored
             }
         }
         guard case .stored = outcome else {

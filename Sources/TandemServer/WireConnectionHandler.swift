@@ -296,24 +296,35 @@ final class WireConnectionHandler: ChannelInboundHandler {
         }
     }
 
+    /// A forwarded command, ready to run, and how it is refused if its value
+    /// cannot be read.
+    private struct ForwardedCommand {
+        let isWrite: Bool
+        let run: MemcacheConnectionHandler.Command
+        let fail: (inout ByteBuffer) -> Void
+    }
+
     /// Runs a memcached request the backup received, as if a client had sent it here.
     private func runForwarded(_ request: ByteBuffer, requestID: UInt32, context: ChannelHandlerContext) {
         var input = request
         let dispatcher = node.dispatcher(on: context.eventLoop)
-        var reply = context.channel.allocator.buffer(capacity: 256)
-        var wrote = false
+        var commands: [ForwardedCommand] = []
         do {
             if input.getInteger(at: input.readerIndex, as: UInt8.self) == BinaryDecoder.requestMagic {
                 var decoder = BinaryDecoder(limits: node.decoderLimits)
                 while let command = try decoder.next(&input) {
-                    if command.isWrite { wrote = true }
-                    _ = dispatcher.execute(command, into: &reply)
+                    commands.append(ForwardedCommand(
+                        isWrite: command.isWrite, run: { out throws(ValueOnDisk) in try dispatcher.execute(command, into: &out) },
+                        fail: { out in dispatcher.replyValueUnreadable(to: command, into: &out) }
+                    ))
                 }
             } else {
                 var decoder = MemcacheDecoder(limits: node.decoderLimits)
                 while let command = try decoder.next(&input) {
-                    if command.isWrite { wrote = true }
-                    _ = dispatcher.execute(command, into: &reply)
+                    commands.append(ForwardedCommand(
+                        isWrite: command.isWrite, run: { out throws(ValueOnDisk) in try dispatcher.execute(command, into: &out) },
+                        fail: { out in dispatcher.replyValueUnreadable(to: command, into: &out) }
+                    ))
                 }
             }
         } catch {
@@ -321,6 +332,46 @@ final class WireConnectionHandler: ChannelInboundHandler {
             return
         }
         node.countForwardedWrite()
+        runForwarded(commands, from: 0, reply: context.channel.allocator.buffer(capacity: 256), wrote: false, attempt: 1, requestID: requestID, context: context)
+    }
+
+    /// Runs the forwarded commands from `index` on; one that needs a value not
+    /// in RAM waits for it to be read (bounded attempts) and the rest follow.
+    private func runForwarded(
+        _ commands: [ForwardedCommand], from index: Int, reply: ByteBuffer, wrote: Bool, attempt: Int, requestID: UInt32, context: ChannelHandlerContext
+    ) {
+        var reply = reply
+        var wrote = wrote
+        var index = index
+        while index < commands.count {
+            let command = commands[index]
+            let mark = reply.writerIndex
+            do throws(ValueOnDisk) {
+                _ = try command.run(&reply)
+            } catch {
+                reply.moveWriterIndex(to: mark)
+                guard attempt < MemcacheConnectionHandler.coldReadAttempts else {
+                    command.fail(&reply)
+                    index += 1
+                    continue
+                }
+                let bound = NIOLoopBound((self, context, commands, reply, wrote), eventLoop: context.eventLoop)
+                let index = index
+                node.loadValue(error, on: context.eventLoop).whenComplete { result in
+                    var (handler, context, commands, reply, wrote) = bound.value
+                    guard case .failure = result else {
+                        handler.runForwarded(commands, from: index, reply: reply, wrote: wrote, attempt: attempt + 1, requestID: requestID, context: context)
+                        return
+                    }
+                    commands[index].fail(&reply)
+                    if commands[index].isWrite { wrote = true }
+                    handler.runForwarded(commands, from: index + 1, reply: reply, wrote: wrote, attempt: 1, requestID: requestID, context: context)
+                }
+                return
+            }
+            if command.isWrite { wrote = true }
+            index += 1
+        }
         let answer = reply
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         let finish: @Sendable () -> Void = { [node] in

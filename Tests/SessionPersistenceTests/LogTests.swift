@@ -55,7 +55,7 @@ private func logBytes(_ path: String) throws -> Int {
 }
 
 private func value(_ store: SessionStore, _ key: String) -> [UInt8]? {
-    Array(key.utf8).withUnsafeBytes { store.fetch($0)?.item.value }
+    Array(key.utf8).withUnsafeBytes { try! store.fetch($0)?.item.value }
 }
 
 @Suite("The log: segments, compaction, flush_all, upgrade")
@@ -158,9 +158,9 @@ struct LogTests {
         _ = node.store.put("deleted", Array("v".utf8))
         _ = node.store.put("touched", Array("v".utf8))
         #expect(eventually(within: 10) { node.persistence.statistics().pending == 0 })
-        #expect(Array("deleted".utf8).withUnsafeBytes { node.store.delete($0) } == .deleted)
+        #expect(Array("deleted".utf8).withUnsafeBytes { try! node.store.delete($0) } == .deleted)
         // A touch that expires before it commits: the row on disk has no deadline.
-        _ = Array("touched".utf8).withUnsafeBytes { node.store.touch($0, deadline: Deadline(millis: node.clock.nowMillis() + 1000)) }
+        _ = Array("touched".utf8).withUnsafeBytes { try! node.store.touch($0, deadline: Deadline(millis: node.clock.nowMillis() + 1000)) }
         node.clock.advance(millis: 2000)
         #expect(value(node.store, "touched") == nil)
         #expect(eventually(within: 10) { node.persistence.statistics().pending == 0 })
@@ -218,7 +218,7 @@ struct LogTests {
         let node = try openLogNode(directory.path, segmentBytes: 16 << 20, millis: madeAt)
         #expect(node.persistence.recovery.items == 49)
         for index in 0..<50 where index != 7 && index != 10 {
-            let found = Array(String(format: "fix:%02d", index).utf8).withUnsafeBytes { node.store.fetch($0) }
+            let found = Array(String(format: "fix:%02d", index).utf8).withUnsafeBytes { try! node.store.fetch($0) }
             #expect(found?.item.value == (index..<(index + 3 * index + 1)).map { UInt8($0 % 256) }, "fix:\(index)")
             #expect(found?.item.flags == UInt32(1000 + index))
             #expect((found?.item.deadline == .never) == (index % 2 == 0))

@@ -46,16 +46,16 @@ extension SessionStore {
     func put(_ key: String, _ value: [UInt8], flags: UInt32 = 0, exptime: Int64 = 0) -> StoreOutcome {
         let deadline = Deadline.memcached(exptime: exptime, now: now())
         return Array(key.utf8).withUnsafeBytes { k in
-            value.withUnsafeBytes { store(k, value: $0, request: StoreRequest(mode: .set, flags: flags, deadline: deadline)) }
+            value.withUnsafeBytes { try! store(k, value: $0, request: StoreRequest(mode: .set, flags: flags, deadline: deadline)) }
         }
     }
 
     func item(_ key: String) -> ItemSnapshot? {
-        Array(key.utf8).withUnsafeBytes { fetch($0, options: FetchOptions(bump: false)) }?.item
+        Array(key.utf8).withUnsafeBytes { try! fetch($0, options: FetchOptions(bump: false)) }?.item
     }
 
     func remove(_ key: String) -> DeleteOutcome {
-        Array(key.utf8).withUnsafeBytes { delete($0) }
+        Array(key.utf8).withUnsafeBytes { try! delete($0) }
     }
 }
 

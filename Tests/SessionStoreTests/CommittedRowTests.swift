@@ -4,9 +4,9 @@ import Testing
 /// The header's `seq`: which committed log row holds a key's newest version.
 @Suite("Committed rows in the headers")
 struct CommittedRowTests {
-    func row(_ key: String, seq: UInt64, length: UInt32 = 1, replacing: UInt64? = nil) -> CommittedRow {
+    func row(_ key: String, seq: UInt64, length: UInt32 = 1, cas: UInt64 = 0, replacing: UInt64? = nil) -> CommittedRow {
         let bytes = Array(key.utf8)
-        return CommittedRow(storage: bytes, keyLength: bytes.count, seq: seq, length: length, replacing: replacing)
+        return CommittedRow(storage: bytes, keyLength: bytes.count, seq: seq, length: length, cas: cas, replacing: replacing)
     }
 
     func seq(_ store: SessionStore, _ key: String) -> UInt64? {

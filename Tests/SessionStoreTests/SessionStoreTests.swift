@@ -9,13 +9,14 @@ extension SessionStore {
         let valueBytes = Array(value.utf8)
         return keyBytes.withUnsafeBytes { k in
             valueBytes.withUnsafeBytes { v in
-                store(k, value: v, request: StoreRequest(mode: mode, flags: flags, deadline: deadline, compareCas: compareCas))
+                // Helpers for warm items only: a cold value here is a failure.
+                try! store(k, value: v, request: StoreRequest(mode: mode, flags: flags, deadline: deadline, compareCas: compareCas))
             }
         }
     }
 
     func get(_ key: String, options: FetchOptions = FetchOptions()) -> FetchResult? {
-        Array(key.utf8).withUnsafeBytes { fetch($0, options: options) }
+        Array(key.utf8).withUnsafeBytes { try! fetch($0, options: options) }
     }
 
     func value(_ key: String) -> String? {
@@ -23,15 +24,15 @@ extension SessionStore {
     }
 
     func delete(_ key: String, request: DeleteRequest = DeleteRequest()) -> DeleteOutcome {
-        Array(key.utf8).withUnsafeBytes { delete($0, request: request) }
+        Array(key.utf8).withUnsafeBytes { try! delete($0, request: request) }
     }
 
     func incr(_ key: String, _ delta: UInt64, increment: Bool = true) -> ArithmeticOutcome {
-        Array(key.utf8).withUnsafeBytes { arithmetic($0, request: ArithmeticRequest(increment: increment, delta: delta)) }
+        Array(key.utf8).withUnsafeBytes { try! arithmetic($0, request: ArithmeticRequest(increment: increment, delta: delta)) }
     }
 
     func touch(_ key: String, _ deadline: Deadline) -> Bool {
-        Array(key.utf8).withUnsafeBytes { touch($0, deadline: deadline) }
+        Array(key.utf8).withUnsafeBytes { try! touch($0, deadline: deadline) }
     }
 }
 
@@ -242,7 +243,7 @@ struct StorageTests {
         let (store, _) = makeStore()
         let value = (0...255).map { UInt8($0) } + (0...255).map { UInt8(255 - $0) }
         let key = Array("bin".utf8)
-        let outcome = key.withUnsafeBytes { k in value.withUnsafeBytes { store.store(k, value: $0, request: StoreRequest(mode: .set)) } }
+        let outcome = key.withUnsafeBytes { k in value.withUnsafeBytes { try! store.store(k, value: $0, request: StoreRequest(mode: .set)) } }
         guard case .stored = outcome else {
             Issue.record("store failed")
             return
@@ -322,7 +323,7 @@ struct ArithmeticTests {
     func vivify() {
         let (store, _) = makeStore()
         let outcome = Array("v".utf8).withUnsafeBytes {
-            store.arithmetic($0, request: ArithmeticRequest(increment: true, delta: 3, vivify: (deadline: .never, initial: 7)))
+            try! store.arithmetic($0, request: ArithmeticRequest(increment: true, delta: 3, vivify: (deadline: .never, initial: 7)))
         }
         guard case .value(7, _, _) = outcome else {
             Issue.record("expected the initial value, got \(outcome)")
@@ -448,7 +449,7 @@ struct MetaStateTests {
             mode: .set, flags: 7, deadline: .memcached(exptime: 999, now: clock.nowMillis()), compareCas: old, invalidate: true
         )
         let outcome = Array("k".utf8).withUnsafeBytes { key in
-            Array("late".utf8).withUnsafeBytes { store.store(key, value: $0, request: request) }
+            Array("late".utf8).withUnsafeBytes { try! store.store(key, value: $0, request: request) }
         }
         guard case .stored = outcome else {
             Issue.record("a stale store must store: \(outcome)")
@@ -466,7 +467,7 @@ struct MetaStateTests {
         let jOld = store.get("j")!.item.cas
         _ = store.set("j", "newer")
         let jOutcome = Array("j".utf8).withUnsafeBytes { key in
-            Array("late".utf8).withUnsafeBytes { store.store(key, value: $0, request: StoreRequest(mode: .set, compareCas: jOld, invalidate: true)) }
+            Array("late".utf8).withUnsafeBytes { try! store.store(key, value: $0, request: StoreRequest(mode: .set, compareCas: jOld, invalidate: true)) }
         }
         guard case .stored = jOutcome else {
             Issue.record("a stale store must store: \(jOutcome)")
@@ -479,7 +480,7 @@ struct MetaStateTests {
         // A CAS newer than the item's is refused, with or without I.
         let newer = Array("j".utf8).withUnsafeBytes { key in
             Array("x".utf8).withUnsafeBytes {
-                store.store(key, value: $0, request: StoreRequest(mode: .set, compareCas: second.item.cas + 1_000_000, invalidate: true))
+                try! store.store(key, value: $0, request: StoreRequest(mode: .set, compareCas: second.item.cas + 1_000_000, invalidate: true))
             }
         }
         #expect(newer == .exists)
