@@ -245,6 +245,10 @@ public final class Persistence: Sendable {
         return store.now() - writer.lastCommittedTake.load(ordering: .relaxed) > Int64(configuration.maxLagMillis)
     }
 
+    /// Whether commits are failing (storage fault): nothing gets committed
+    /// until it recovers, so nothing should wait for a commit meanwhile.
+    public var isFailing: Bool { writer.failing.load(ordering: .relaxed) }
+
     /// Whether enough changes wait that the writer should commit early.
     public var wantsEarlyFlush: Bool {
         writer.source.pendingChanges > configuration.earlyFlushThreshold

@@ -52,6 +52,7 @@ extension SessionStore {
     /// removal is a change of its own, carrying the row it kills). Each
     /// shard's lock is taken once for all of its rows.
     public func markCommitted(_ rows: [CommittedRow]) -> [CommitMark] {
+        let now = clock.nowMillis()
         var marks = [CommitMark](repeating: CommitMark(applied: false, previousSeq: 0, previousLength: 0), count: rows.count)
         guard !rows.isEmpty else { return marks }
         var byShard = [[Int]](repeating: [], count: shards.count)
@@ -78,6 +79,8 @@ extension SessionStore {
                         marks[index] = CommitMark(applied: true, previousSeq: previous.seq, previousLength: previous.length)
                     }
                 }
+                // Values this commit made clean may leave RAM now.
+                state.trimIfOverdrawn(now: now)
             }
         }
         return marks
@@ -101,10 +104,9 @@ extension SessionStore {
 extension SessionStore {
     /// Gives a cold item its value back, read from row `seq` of the log
     /// for `cas` (a `ValueOnDisk`): installed if the item is still cold with
-    /// that CAS, as the most recently used; other clean values leave RAM to
-    /// make room (if none can, the store is over its limit until the next
-    /// write makes room). Returns whether the item now holds its value in
-    /// RAM (false: it changed or went meanwhile; run the operation again).
+    /// that CAS, as the most recently used, and other clean values can leave
+    /// RAM to make room. Returns whether the item now holds its value in RAM
+    /// (false: it changed or went meanwhile, or there was no room).
     @discardableResult
     public func install(_ key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer, cas: UInt64) -> Bool {
         let (shard, hash) = locate(key)
@@ -114,10 +116,26 @@ extension SessionStore {
             let item = state.item(slot)
             guard item.marks.contains(.cold) else { return item.cas == cas }
             guard item.cas == cas, Int(item.rowLength) == value.count else { return false }
+            // Room from other values only: a read never costs an item. No
+            // room: the value is not kept (the read that asked has it).
+            guard state.makeRoom(for: value.count, now: now, protecting: slot, losing: false) else { return false }
             state.replaceBytes(slot, with: Self.join(key, value))
             state.counters.valuesLoaded += 1
-            _ = state.makeRoom(for: 1, now: now, protecting: slot)
             return true
+        }
+    }
+
+    /// What a read of `key` would need from the log, if anything: nothing is
+    /// changed, bumped or counted (a connection reads every cold value of a
+    /// multi-key `get` at once before running it).
+    public func valueOnDisk(_ key: UnsafeRawBufferPointer) -> ValueOnDisk? {
+        let (shard, hash) = locate(key)
+        let now = clock.nowMillis()
+        return shard.state.withLock { state -> ValueOnDisk? in
+            guard let slot = state.find(key, hash: hash) else { return nil }
+            let item = state.item(slot)
+            guard item.marks.contains(.cold), item.rowLength > 0, item.deadline == 0 || item.deadline > now else { return nil }
+            return ValueOnDisk(key: Array(key), cas: item.cas, seq: item.seq, length: item.rowLength)
         }
     }
 

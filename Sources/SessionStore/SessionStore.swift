@@ -110,6 +110,11 @@ public struct FetchOptions: Sendable {
     /// Whether the caller uses the value: a read that does not (meta `mg`
     /// without `v`) is answered from the header of a cold item.
     public var needsValue: Bool
+    /// The value of this very version read from the log (a `ValueOnDisk`
+    /// answered): a read of a cold item whose CAS matches uses it, whether or
+    /// not the value stayed in RAM. So a `get` of more keys than `-m` holds
+    /// is answered although each value read may push an earlier one out.
+    public var loaded: LoadedValue?
 
     public init(
         touch: Deadline? = nil, bump: Bool = true, vivify: Deadline? = nil, recacheBelowSeconds: Int64? = nil,
@@ -121,6 +126,17 @@ public struct FetchOptions: Sendable {
         self.recacheBelowSeconds = recacheBelowSeconds
         self.offersWinToken = offersWinToken
         self.needsValue = needsValue
+    }
+}
+
+/// A value read from the log for one version (CAS) of a cold item.
+public struct LoadedValue: Sendable, Equatable {
+    public var cas: UInt64
+    public var value: [UInt8]
+
+    public init(cas: UInt64, value: [UInt8]) {
+        self.cas = cas
+        self.value = value
     }
 }
 
@@ -267,8 +283,14 @@ public final class SessionStore: Sendable {
     private let stampFloor = Atomic<UInt64>(0)
     /// The stamp of the last `flush_all`: it stands for a delete of every item written before it.
     let flushStampValue = Atomic<UInt64>(0)
-    /// Where cold values are read from (`readColdValues(from:)`).
+    /// Where cold values are read from (`attachColdValueReader(_:)`).
     let coldReader = Mutex<(any ColdValueReading)?>(nil)
+    private let pressure: MemoryPressure
+
+    /// Whether a shard is over its memory limit with values that are not yet
+    /// committed (so cannot leave RAM): writing connections should pause
+    /// until the writer's next commit, as when it falls behind.
+    public var isOverdrawn: Bool { pressure.overdrawnShards.load(ordering: .relaxed) > 0 }
 
     public init(configuration: StoreConfiguration = .init(), clock: any StoreClock = SystemClock()) {
         // A shard must hold at least a couple of the largest items, so small
@@ -288,11 +310,13 @@ public final class SessionStore: Sendable {
         let share = configuration.memoryLimit / shardCount
         let recorder = configuration.recordsChanges ? ChangeRecorder() : nil
         self.recorder = recorder
+        let pressure = MemoryPressure()
+        self.pressure = pressure
         self.shards = (0..<shardCount).map {
             Shard(ShardState(
                 index: $0, shardCount: shardCount, byteLimit: share,
                 evictionsEnabled: configuration.evictionsEnabled,
-                valuesLeaveRAM: configuration.valuesLeaveRAM, recorder: recorder
+                valuesLeaveRAM: configuration.valuesLeaveRAM, recorder: recorder, pressure: pressure
             ))
         }
     }
@@ -360,7 +384,9 @@ public final class SessionStore: Sendable {
                 )
             }
             let item = state.item(slot)
-            if options.needsValue || options.touch != nil { try Self.requireValue(&state, slot) }
+            // A value read from the log for this version answers a plain read.
+            let loaded = options.loaded.flatMap { $0.cas == item.cas && item.marks.contains(.cold) && options.touch == nil ? $0 : nil }
+            if loaded == nil, options.needsValue || options.touch != nil { try Self.requireValue(&state, slot) }
             if let touch = options.touch {
                 state.setDeadline(slot, touch)
                 state.record(.upsert, slot)
@@ -383,7 +409,7 @@ public final class SessionStore: Sendable {
                 state.setLastAccess(slot, now)
             }
             return FetchResult(
-                item: state.snapshot(slot),
+                item: state.snapshot(slot, loaded: loaded?.value),
                 hitBefore: item.marks.contains(.fetched),
                 millisSinceLastAccess: max(0, now - item.lastAccess),
                 won: won, stale: stale,

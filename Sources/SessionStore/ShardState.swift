@@ -69,6 +69,13 @@ struct ShardState {
     var counters = ShardCounters()
     /// Where changes are numbered, or nil when nobody consumes the change stream.
     let recorder: ChangeRecorder?
+    /// Counts the shards over their limit, store-wide.
+    let pressure: MemoryPressure
+    /// Whether this shard is over its limit with values not yet committed
+    /// (counted in `pressure` while so).
+    private(set) var overdrawn = false
+    /// Items marked dirty: while there are some, a commit will free values.
+    private(set) var dirtyCount = 0
     /// Changes made since the consumer last took them, in sequence order.
     private(set) var changes: [Change] = []
     /// Recent deletes, for reconciliation between the nodes of a pair.
@@ -78,8 +85,12 @@ struct ShardState {
     /// header and allocator overhead, and the index entries.
     static let itemOverhead = MemoryLayout<ItemSlot>.stride + 56
 
-    init(index: Int, shardCount: Int, byteLimit: Int, evictionsEnabled: Bool, valuesLeaveRAM: Bool = false, recorder: ChangeRecorder?) {
+    init(
+        index: Int, shardCount: Int, byteLimit: Int, evictionsEnabled: Bool, valuesLeaveRAM: Bool = false, recorder: ChangeRecorder?,
+        pressure: MemoryPressure = MemoryPressure()
+    ) {
         self.recorder = recorder
+        self.pressure = pressure
         self.byteLimit = byteLimit
         self.evictionsEnabled = evictionsEnabled
         self.valuesLeaveRAM = valuesLeaveRAM
@@ -151,10 +162,12 @@ struct ShardState {
         return slot
     }
 
-    func snapshot(_ slot: Int32) -> ItemSnapshot {
+    /// The item as a snapshot; a cold one given its `loaded` value is handed
+    /// out whole, as if warm.
+    func snapshot(_ slot: Int32, loaded: [UInt8]? = nil) -> ItemSnapshot {
         let item = slots[Int(slot)]
         var snapshot = ItemSnapshot(
-            storage: item.bytes,
+            storage: loaded.map { item.bytes + $0 } ?? item.bytes,
             keyLength: Int(item.keyLength),
             flags: item.flags,
             cas: item.cas,
@@ -164,7 +177,7 @@ struct ShardState {
         snapshot.fromPeer = item.marks.contains(.fromPeer)
         snapshot.seq = item.seq
         snapshot.rowLength = item.rowLength
-        snapshot.isCold = item.marks.contains(.cold)
+        snapshot.isCold = item.marks.contains(.cold) && loaded == nil
         return snapshot
     }
 
@@ -201,6 +214,7 @@ struct ShardState {
     }
 
     mutating func removeMarks(_ slot: Int32, _ marks: ItemMarks) {
+        if marks.contains(.dirty), slots[Int(slot)].marks.contains(.dirty) { dirtyCount -= 1 }
         slots[Int(slot)].marks.subtract(marks)
     }
 
@@ -211,19 +225,29 @@ struct ShardState {
     ///
     /// With `valuesLeaveRAM`, the least recently used clean values leave RAM
     /// first (their items stay, cold); dirty ones met on the way are moved to
-    /// the head, as they are the writes of the last moments. Only when no
-    /// value can go are items evicted: the least recently used cold ones
-    /// first (a real loss, counted in `evictions`), and a dirty value never
-    /// (the write is refused instead: it is all the store holds of an
-    /// acknowledged version).
-    mutating func makeRoom(for cost: Int, now: Int64, protecting protected: Int32 = -1) -> Bool {
+    /// the head, as they are the writes of the last moments. When no value
+    /// can go, the writes not yet committed may overdraw the limit by half
+    /// (the shard is then `overdrawn`: writing connections pause until the
+    /// writer's next commit makes those values clean, and free to go); past
+    /// that, items are evicted: the least recently used cold ones (a real
+    /// loss, counted in `evictions`), and a dirty value never (the write is
+    /// refused instead: it is all the store holds of an acknowledged version).
+    ///
+    /// `losing` false: only values may go (or expired items), never a live
+    /// item, and no overdraft: for bringing a value back into RAM, which must
+    /// never cost an item.
+    mutating func makeRoom(for cost: Int, now: Int64, protecting protected: Int32 = -1, losing: Bool = true) -> Bool {
         if cost <= 0 { return true }
         if cost > byteLimit { return false }
         var skipped = 0
         while bytesUsed + cost > byteLimit {
             let victim = tail
             if victim == -1 || victim == protected || skipped >= Self.dirtySkipLimit {
-                guard valuesLeaveRAM else { return false }
+                guard valuesLeaveRAM, losing else { return false }
+                if dirtyCount > 0, bytesUsed + cost <= byteLimit + byteLimit / 2 {
+                    setOverdrawn(true)
+                    return true
+                }
                 return evictColdItems(for: cost, now: now, protecting: protected)
             }
             let deadline = slots[Int(victim)].deadline
@@ -247,18 +271,36 @@ struct ShardState {
             counters.evictions += 1
             remove(victim)
         }
+        setOverdrawn(false)
         return true
     }
 
+    private mutating func setOverdrawn(_ value: Bool) {
+        guard overdrawn != value else { return }
+        overdrawn = value
+        pressure.overdrawnShards.wrappingAdd(value ? 1 : -1, ordering: .relaxed)
+    }
+
+    /// Brings an overdrawn shard back under its limit once its values are
+    /// clean (after a commit): they leave RAM now rather than at the next write.
+    mutating func trimIfOverdrawn(now: Int64) {
+        guard overdrawn else { return }
+        if bytesUsed > byteLimit { _ = makeRoom(for: 1, now: now) }
+        // Nothing left to commit: waiting would not help.
+        if bytesUsed <= byteLimit || dirtyCount == 0 { setOverdrawn(false) }
+    }
+
     /// How many dirty values one `makeRoom` moves aside before it gives up on
-    /// values: they become clean within a flush interval, and a store whose
-    /// every value is dirty is one whose writes outrun its log.
-    static let dirtySkipLimit = 1024
+    /// values: they become clean within a flush interval, so a few looks per
+    /// write suffice, and a store whose every value is dirty (its writes
+    /// outrun its log) must not cost a walk of the whole list per write.
+    static let dirtySkipLimit = 64
 
     /// The last resort of `makeRoom` with `valuesLeaveRAM`: when headers and
     /// dirty values fill the shard, evicts the least recently used cold items
     /// (expired ones are reclaimed on the way), if evictions are allowed.
     private mutating func evictColdItems(for cost: Int, now: Int64, protecting protected: Int32) -> Bool {
+        defer { if bytesUsed + cost <= byteLimit { setOverdrawn(false) } }
         while bytesUsed + cost > byteLimit {
             let victim = coldTail
             if victim == -1 || victim == protected { return false }
@@ -363,6 +405,7 @@ struct ShardState {
             coldCount -= 1
             coldBytes -= Int(item.rowLength)
         }
+        if item.marks.contains(.dirty) { dirtyCount -= 1 }
         bytesUsed -= Self.cost(keyLength: Int(item.keyLength), valueCount: item.valueCount)
         slots[Int(slot)].bytes = []
         slots[Int(slot)].marks = []
@@ -390,6 +433,7 @@ struct ShardState {
 
     /// Drops every item. CAS tokens keep increasing.
     mutating func removeAll() {
+        setOverdrawn(false)
         slots = []
         freeSlots = []
         table = Array(repeating: 0, count: 16)
@@ -400,6 +444,7 @@ struct ShardState {
         coldTail = -1
         coldCount = 0
         coldBytes = 0
+        dirtyCount = 0
         bytesUsed = 0
         reclaimCursor = 0
         // The flush's own stamp now stands for every delete before it.
@@ -455,7 +500,7 @@ struct ShardState {
             // A new version carries its value to the writer and the peer: it
             // is never recorded from a cold item (the caller read it first).
             precondition(!slots[Int(slot)].marks.contains(.cold), "an upsert recorded from a cold item")
-            slots[Int(slot)].marks.insert(.dirty)
+            if slots[Int(slot)].marks.insert(.dirty).inserted { dirtyCount += 1 }
         }
         let item = slots[Int(slot)]
         var change = Change(

@@ -63,6 +63,7 @@ extension Dispatcher {
         switch opcode {
         case .get, .getQ, .getK, .getKQ, .gat, .gatQ, .gatK, .gatKQ:
             var options = FetchOptions()
+            options.loaded = loadedValues.value(for: request.key)
             let touches = opcode.touches
             if touches {
                 options.touch = deadline(Int64(request.extras.getInteger(at: request.extras.readerIndex, as: UInt32.self)!))

@@ -28,11 +28,12 @@ extension Dispatcher {
     private func metaGet(_ command: MetaCommand, into out: inout ByteBuffer) throws(ValueOnDisk) {
         let flags = command.flags
         // Without `v` (and no touch) a cold item answers from its header.
-        let options = FetchOptions(
+        var options = FetchOptions(
             touch: flags.ttl.map(deadline), bump: !flags.has("u"),
             vivify: flags.vivifyTTL.map(deadline), recacheBelowSeconds: flags.recacheSeconds, offersWinToken: true,
             needsValue: flags.has("v")
         )
+        options.loaded = loadedValues.value(for: command.key)
         let found = try command.key.withReadableBytes { key throws(ValueOnDisk) in try store.fetch(key, options: options) }
         counters.increment(.cmdGet)
         if flags.ttl != nil { counters.increment(.cmdTouch) }

@@ -123,6 +123,16 @@ extension ServerContext {
                 ("persistence_log_bytes", "\(persisted.logBytes)"),
                 ("persistence_live_bytes", "\(persisted.liveBytes)"),
                 ("persistence_compactions", "\(persisted.compactions)"),
+                // RAM is a cache of the log: items whose values are only on
+                // disk, the values that left RAM and came back, and the reads
+                // that brought them (mean latency, queueing included).
+                ("cold_items", "\(figures.coldItems)"),
+                ("cold_bytes", "\(figures.coldBytes)"),
+                ("values_evicted", "\(figures.valuesEvicted)"),
+                ("values_loaded", "\(figures.valuesLoaded)"),
+                ("cold_reads", "\(persistence.values.statistics.reads)"),
+                ("cold_read_mean_us", String(format: "%.1f", persistence.values.statistics.meanMicros)),
+                ("cold_read_errors", "\(persistence.values.statistics.failures)"),
                 ("recovered_items", "\(persisted.recovery.items)"),
                 ("recovery_seconds", String(format: "%.3f", persisted.recovery.seconds)),
             ]

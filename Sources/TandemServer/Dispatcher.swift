@@ -21,6 +21,8 @@ struct Dispatcher {
     let context: ServerContext
     let counters: CommandCounters
     let eventLoop: any EventLoop
+    /// Values read from the log for the command being run (its connection's).
+    let loadedValues = LoadedValues()
 
     var store: SessionStore { context.store }
 
@@ -105,11 +107,12 @@ struct Dispatcher {
     // MARK: Text protocol
 
     private func retrieve(_ command: RetrievalCommand, into out: inout ByteBuffer) throws(ValueOnDisk) {
-        let options = FetchOptions(touch: command.touchExptime.map(deadline))
+        var options = FetchOptions(touch: command.touchExptime.map(deadline))
         var hits: UInt64 = 0
         var requested: UInt64 = 0
         for key in command.keys {
             requested += 1
+            options.loaded = loadedValues.value(for: key)
             let result = try key.withReadableBytes { key throws(ValueOnDisk) in try store.fetch(key, options: options) }
             guard let result else { continue }
             hits += 1
@@ -231,6 +234,17 @@ extension ByteBuffer {
 }
 
 extension Dispatcher {
+    /// The cold values a multi-key retrieval will need, to be read at once
+    /// (a plain `get`; one that touches reads as it goes, rarely for many keys).
+    func coldValues(of command: MemcacheCommand) -> [ValueOnDisk] {
+        guard case .retrieve(let retrieval) = command, retrieval.touchExptime == nil else { return [] }
+        var wanted: [ValueOnDisk] = []
+        for key in retrieval.keys {
+            if let cold = key.withUnsafeReadableBytes({ store.valueOnDisk($0) }) { wanted.append(cold) }
+        }
+        return wanted
+    }
+
     /// Answers a command whose value could not be read from the log (a
     /// storage fault): the error memcached sends when it cannot serve, as
     /// silent as the command's other errors.
@@ -248,5 +262,27 @@ extension Dispatcher {
         case .refused(let opcode, let opaque, _, _):
             out.writeBinaryError(opcode: opcode, status: .temporaryFailure, opaque: opaque)
         }
+    }
+}
+
+/// The values read from the log for the command a connection is running,
+/// by key (`FetchOptions.loaded`): a `get` of many cold keys is answered
+/// even when each value read pushes an earlier one out of RAM again.
+/// Emptied once the command has run; used on the connection's event loop only.
+final class LoadedValues {
+    private var byKey: [[UInt8]: LoadedValue] = [:]
+
+    func insert(_ value: LoadedValue, for key: [UInt8]) {
+        byKey[key] = value
+    }
+
+    /// The value loaded for `key`, if any (nothing is copied while none is).
+    func value(for key: ByteBuffer) -> LoadedValue? {
+        guard !byKey.isEmpty else { return nil }
+        return byKey[Array(key.readableBytesView)]
+    }
+
+    func removeAll() {
+        if !byKey.isEmpty { byKey.removeAll() }
     }
 }

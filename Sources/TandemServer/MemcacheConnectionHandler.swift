@@ -192,7 +192,8 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
             let dispatcher = self.dispatcher
             guard let disposition = execute(
                 { out throws(ValueOnDisk) in try dispatcher.execute(command, into: &out) },
-                failure: { out in dispatcher.replyValueUnreadable(to: command, into: &out) }, context: context
+                failure: { out in dispatcher.replyValueUnreadable(to: command, into: &out) },
+                alsoCold: { dispatcher.coldValues(of: command) }, context: context
             ) else { break }
             if case .close = disposition {
                 closeAfterReplies(context: context)
@@ -281,21 +282,28 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
     /// A command, run against the store into the replies.
     typealias Command = (inout ByteBuffer) throws(ValueOnDisk) -> Disposition
 
-    /// How many times one command may find a value gone from RAM again (or
-    /// moved on disk) before it is answered with an error.
+    /// How many times a command may find the same value gone from RAM again
+    /// (or moved on disk) before it is answered with an error.
     static let coldReadAttempts = 8
 
     /// Runs a command. nil when it needs a value that is not in RAM: what it
     /// wrote is taken back, and the connection waits for the value.
-    private func execute(_ run: @escaping Command, failure: @escaping (inout ByteBuffer) -> Void, context: ChannelHandlerContext) -> Disposition? {
+    /// `alsoCold` names the other values the command will need (every cold
+    /// key of a multi-key `get`), read at the same time as the first.
+    private func execute(
+        _ run: @escaping Command, failure: @escaping (inout ByteBuffer) -> Void, alsoCold: () -> [ValueOnDisk] = { [] },
+        context: ChannelHandlerContext
+    ) -> Disposition? {
         let mark = outbound.writerIndex
         do throws(ValueOnDisk) {
             let disposition = try run(&outbound)
+            dispatcher.loadedValues.removeAll()
             burstAnswered &+= 1
             return disposition
         } catch {
             outbound.moveWriterIndex(to: mark)
-            waitForValue(error, attempt: 1, run: run, failure: failure, context: context)
+            let others = alsoCold().filter { $0.key != error.key }
+            waitForValue([error] + others, attempt: 1, run: run, failure: failure, context: context)
             return nil
         }
     }
@@ -304,27 +312,36 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
     /// runs the command again on this event loop and goes on with the
     /// commands after it. A read that fails answers the command with an error.
     private func waitForValue(
-        _ cold: ValueOnDisk, attempt: Int, run: @escaping Command, failure: @escaping (inout ByteBuffer) -> Void, context: ChannelHandlerContext
+        _ wanted: [ValueOnDisk], attempt: Int, run: @escaping Command, failure: @escaping (inout ByteBuffer) -> Void, context: ChannelHandlerContext
     ) {
         state = .waitingForValue
         context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
         let bound = NIOLoopBound((self, context, run, failure), eventLoop: context.eventLoop)
-        dispatcher.context.loadValue(cold, on: context.eventLoop).whenComplete { result in
+        let cold = wanted[0]
+        let reads = wanted.map { dispatcher.context.loadValue($0, on: context.eventLoop) }
+        EventLoopFuture.whenAllSucceed(reads, on: context.eventLoop).whenComplete { result in
             let (handler, context, run, failure) = bound.value
             guard case .waitingForValue = handler.state else { return }
             switch result {
-            case .success:
+            case .success(let loaded):
+                for (value, read) in zip(wanted, loaded) {
+                    if let read { handler.dispatcher.loadedValues.insert(read, for: value.key) }
+                }
                 let mark = handler.outbound.writerIndex
                 do throws(ValueOnDisk) {
                     let disposition = try run(&handler.outbound)
                     if case .close = disposition {
+                        handler.dispatcher.loadedValues.removeAll()
                         handler.closeAfterReplies(context: context)
                         return
                     }
                 } catch {
                     handler.outbound.moveWriterIndex(to: mark)
-                    if attempt < Self.coldReadAttempts {
-                        handler.waitForValue(error, attempt: attempt + 1, run: run, failure: failure, context: context)
+                    // Another key of the command is progress (a `get` of many
+                    // cold keys reads them one by one); the same key again is not.
+                    let next = error.key == cold.key ? attempt + 1 : 1
+                    if next <= Self.coldReadAttempts {
+                        handler.waitForValue([error], attempt: next, run: run, failure: failure, context: context)
                         return
                     }
                     handler.logger.warning("a value kept leaving memory before its command could use it", metadata: ["attempts": "\(attempt)"])
@@ -334,6 +351,7 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
                 handler.logger.error("cannot read a value from storage", metadata: ["error": "\(error)"])
                 failure(&handler.outbound)
             }
+            handler.dispatcher.loadedValues.removeAll()
             handler.burstAnswered &+= 1
             handler.state = .open
             if handler.burstWrote {
@@ -437,8 +455,11 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
     /// connection while the backlog is over its bound.
     private func applyStorageBackpressure(context: ChannelHandlerContext) {
         guard let persistence = dispatcher.context.persistence, case .open = state else { return }
-        if persistence.wantsEarlyFlush { persistence.wake() }
-        guard persistence.isBackedUp else { return }
+        // Writes that cannot leave RAM until committed have filled -m: commit
+        // now, and wait for it (unless commits fail: then nothing would come).
+        let overdrawn = dispatcher.store.isOverdrawn && !persistence.isFailing
+        if persistence.wantsEarlyFlush || overdrawn { persistence.wake() }
+        guard persistence.isBackedUp || overdrawn else { return }
         state = .waitingForStorage
         context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
         scheduleStorageRecheck(context: context)
@@ -454,7 +475,9 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
 
     private func resumeIfStorageCaughtUp(context: ChannelHandlerContext) {
         guard case .waitingForStorage = state else { return }
-        if let persistence = dispatcher.context.persistence, persistence.isBackedUp {
+        if let persistence = dispatcher.context.persistence,
+            persistence.isBackedUp || (dispatcher.store.isOverdrawn && !persistence.isFailing)
+        {
             persistence.wake()
             scheduleStorageRecheck(context: context)
             return

@@ -128,6 +128,15 @@ struct NodeMetrics {
         out.gauge("tandem_persistence_log_bytes", "Bytes of the log's rows (keys, values and row headers), dead ones included.", Double(figures.logBytes))
         out.gauge("tandem_persistence_live_bytes", "Bytes of the log's rows that are their key's newest version.", Double(figures.liveBytes))
         out.counter("tandem_persistence_compactions_total", "Log segments dropped by compaction since start.", figures.compactions)
+        let store = context.store.statistics()
+        out.gauge("tandem_cold_items", "Items whose value is only in the log (it left RAM under -m).", Double(store.coldItems))
+        out.gauge("tandem_cold_bytes", "Bytes of the values that are only in the log.", Double(store.coldBytes))
+        out.counter("tandem_values_evicted_total", "Clean values that left RAM to make room (their items stay).", store.valuesEvicted)
+        out.counter("tandem_values_loaded_total", "Values read back from the log into RAM.", store.valuesLoaded)
+        let reads = persistence.values.statistics
+        out.counter("tandem_cold_reads_total", "Values read from the log on the reader threads.", reads.reads)
+        out.gauge("tandem_cold_read_mean_seconds", "Mean time from asking for a value to having it, queueing included.", reads.meanMicros / 1_000_000)
+        out.counter("tandem_cold_read_errors_total", "Reads of values from the log that failed.", reads.failures)
         out.gauge("tandem_recovered_items", "Items loaded from SQLite at start.", Double(figures.recovery.items))
         out.gauge("tandem_recovery_duration_seconds", "How long loading them took.", figures.recovery.seconds)
         let durations = figures.flushDurations

@@ -4,26 +4,29 @@ import SessionStore
 
 extension ServerContext {
     /// Reads the value a `ValueOnDisk` names on a reader thread and installs
-    /// it in the store; the future completes on `eventLoop` once the command
-    /// may run again. A row that is gone (compaction moved it) or holds
-    /// another version installs nothing: the command runs again and finds the
-    /// item's new state. It fails only when storage cannot be read.
-    func loadValue(_ cold: ValueOnDisk, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
+    /// it in the store; the future completes on `eventLoop` with the value
+    /// (for `FetchOptions.loaded`) once the command may run again. A row that
+    /// is gone (compaction moved it) or holds another version gives nil: the
+    /// command runs again and finds the item's new state. It fails only when
+    /// storage cannot be read.
+    func loadValue(_ cold: ValueOnDisk, on eventLoop: any EventLoop) -> EventLoopFuture<LoadedValue?> {
         guard let persistence else {
             // Values leave RAM only with persistence: nothing to read from.
             return eventLoop.makeFailedFuture(PersistenceError.stopped)
         }
-        let promise = eventLoop.makePromise(of: Void.self)
+        let promise = eventLoop.makePromise(of: LoadedValue?.self)
         let store = self.store
         persistence.values.read(seq: cold.seq) { result in
             switch result {
             case .success(let row):
-                if let row, row.cas == cold.cas {
-                    cold.key.withUnsafeBytes { key in
-                        row.value.withUnsafeBytes { value in _ = store.install(key, value: value, cas: cold.cas) }
-                    }
+                guard let row, row.cas == cold.cas else {
+                    promise.succeed(nil)
+                    return
                 }
-                promise.succeed(())
+                cold.key.withUnsafeBytes { key in
+                    row.value.withUnsafeBytes { value in _ = store.install(key, value: value, cas: cold.cas) }
+                }
+                promise.succeed(LoadedValue(cas: row.cas, value: row.value))
             case .failure(let error):
                 promise.fail(error)
             }

@@ -217,16 +217,30 @@ def test_deletes_flush_expiry_and_eviction_are_not_resurrected(nodes, tmp_path: 
         assert c.store(b"set", b"deleted", b"v") == b"STORED"
         assert c.call(b"delete deleted") == b"DELETED"
         assert c.store(b"set", b"expiring", b"v", exptime=1) == b"STORED"
-        # 2 MB of memory: writing 4 MB evicts the least recently used of these;
-        # reading "kept" now and then keeps it recent.
-        for i in range(400):
-            assert c.store(b"set", b"fill%d" % i, b"y" * 10_000) == b"STORED"
-            if i % 20 == 0:
-                assert c.get(b"kept")
+        # 2 MB of memory and 4 MB of values: the values that are committed
+        # leave RAM, and every item stays.
+        fill = {b"fill%d" % i: bytes([97 + i % 26]) * 10_000 for i in range(400)}
+        for key, value in fill.items():
+            assert c.store(b"set", key, value) == b"STORED"
         poll_until(lambda: not c.get(b"expiring"), 5, what="the 1 s item to expire")
-        present = set(c.get(*[b"fill%d" % i for i in range(400)]))
-        assert 0 < len(present) < 400, "the fill must evict some items"
-        assert c.get(b"kept"), "recently written keys survive eviction"
+        assert {k: v.data for k, v in c.get(*fill).items()} == fill, "values beyond RAM come back from the log"
+        stats = {k.decode(): v.decode() for k, v in c.stats()}
+        assert int(stats["cold_items"]) > 0 and int(stats["evictions"]) == 0, stats
+        # Items are lost only when their headers alone fill the memory: 30,000
+        # more keys do, and the least recently used go (reading "kept" now and
+        # then keeps it recent).
+        for start in range(0, 30_000, 1_000):
+            c.send(b"".join(b"set tiny%d 0 0 1 noreply\r\nt\r\n" % i for i in range(start, start + 1_000)))
+            assert c.call(b"mn") == b"MN"
+            assert c.get(b"kept")
+        assert int(dict(c.stats())[b"evictions"]) > 0, "the headers must fill the memory"
+        tiny_keys = [b"tiny%d" % i for i in range(30_000)]
+        present_tiny = set()
+        for start in range(0, 30_000, 1_000):
+            present_tiny |= set(c.get(*tiny_keys[start:start + 1_000]))
+        present_fill = {k: v.data for k, v in c.get(*fill).items()}
+        assert 0 < len(present_tiny) + len(present_fill) < 30_400, "the headers must evict some items"
+        assert c.get(b"kept"), "recently used keys survive eviction"
     assert node.terminate() == 0, node.log()
 
     node = nodes(data, "-m", "64")
@@ -234,7 +248,11 @@ def test_deletes_flush_expiry_and_eviction_are_not_resurrected(nodes, tmp_path: 
         assert not c.get(*[b"old%d" % i for i in range(50)]), "flush_all resurrected"
         assert not c.get(b"deleted"), "delete resurrected"
         assert not c.get(b"expiring"), "expired item resurrected"
-        assert set(c.get(*[b"fill%d" % i for i in range(400)])) == present, "evicted items resurrected"
+        assert {k: v.data for k, v in c.get(*fill).items()} == present_fill, "evicted items resurrected or values lost"
+        after = set()
+        for start in range(0, 30_000, 1_000):
+            after |= set(c.get(*tiny_keys[start:start + 1_000]))
+        assert after == present_tiny, "evicted items resurrected, or kept ones lost"
         assert c.get(b"kept")[b"kept"].data == b"v"
     assert node.terminate() == 0
 

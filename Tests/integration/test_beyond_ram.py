@@ -1,0 +1,101 @@
+"""Data four times larger than -m: nothing is lost to RAM, across SIGTERM,
+kill -9 and a failover of the pair (docs/storage.md).
+
+Real tandemd processes with persistence, real signals, a real SQLite file.
+The values carry their key, a generation and a checksum, so a torn, stale or
+mixed-up value is told apart from the right one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict
+
+import pytest
+
+from conftest import RawClient
+from nodes import Node, nodes  # noqa: F401  (nodes is a fixture)
+from test_failover import Pair, pair_factory, wait_role  # noqa: F401  (pair_factory is a fixture)
+from test_persistence import value_for, value_is_intact
+
+pytestmark = pytest.mark.tandemd_only
+
+MEMORY_MB = 2
+VALUE_SIZE = 10_000
+# 800 × 10 KB = 8 MB of values: four times -m 2.
+ITEMS = 800
+
+
+def write_all(client: RawClient, generation: int, keys=None) -> Dict[bytes, bytes]:
+    written = {}
+    for i in (range(ITEMS) if keys is None else keys):
+        key = b"s%d" % i
+        value = value_for(key, generation, VALUE_SIZE)
+        assert client.store(b"set", key, value) == b"STORED", key
+        written[key] = value
+    return written
+
+
+def read_all(client: RawClient, keys) -> Dict[bytes, bytes]:
+    found: Dict[bytes, bytes] = {}
+    keys = list(keys)
+    for start in range(0, len(keys), 100):
+        found.update({k: v.data for k, v in client.get(*keys[start:start + 100]).items()})
+    return found
+
+
+def stat(node: Node, name: str) -> int:
+    return int(node.stats()[name])
+
+
+def test_data_four_times_ram_survives_sigterm_and_kill9(nodes, tmp_path: Path):
+    data = tmp_path / "data"
+    node = nodes(data, "-m", str(MEMORY_MB))
+    with node.client() as c:
+        expected = write_all(c, 1)
+        assert read_all(c, expected) == expected, "values beyond RAM come back from the log"
+    assert stat(node, "cold_items") > ITEMS // 2
+    assert stat(node, "evictions") == 0
+    assert stat(node, "bytes") <= MEMORY_MB << 20
+    assert stat(node, "cold_read_errors") == 0
+    assert node.terminate() == 0, node.log()
+
+    # SIGTERM: every value is back, under the same small memory.
+    node = nodes(data, "-m", str(MEMORY_MB))
+    assert stat(node, "curr_items") == ITEMS
+    with node.client() as c:
+        assert read_all(c, expected) == expected
+        # Half of them rewritten, then kill -9 once the writer has committed.
+        expected.update(write_all(c, 2, range(0, ITEMS, 2)))
+    node.wait_flushed()
+    node.kill()
+
+    node = nodes(data, "-m", str(MEMORY_MB))
+    with node.client() as c:
+        found = read_all(c, expected)
+    assert all(value_is_intact(v) for v in found.values())
+    assert found == expected, "kill -9 after a commit lost or mixed up values beyond RAM"
+    assert stat(node, "evictions") == 0
+    assert node.terminate() == 0, node.log()
+
+
+def test_a_pair_with_data_beyond_ram_fails_over_and_rejoins(pair_factory):
+    pair: Pair = pair_factory(("-m", str(MEMORY_MB)), ("-m", str(MEMORY_MB)))
+    with pair.node["A"].client() as c:
+        expected = write_all(c, 1)
+    pair.settle()
+    assert stat(pair.node["B"], "cold_items") > 0, "the backup's values leave its RAM too"
+
+    pair.node["A"].kill()
+    wait_role(pair, "B", "primary")
+    with pair.node["B"].client() as c:
+        assert read_all(c, expected) == expected, "the promoted backup lost values beyond RAM"
+        expected.update(write_all(c, 2, range(0, ITEMS, 3)))
+
+    pair.restart("A")
+    wait_role(pair, "A", "backup")
+    pair.settle()
+    for name in ("A", "B"):
+        with pair.node[name].client() as c:
+            assert read_all(c, expected) == expected, f"{name} after the rejoin"
+        assert stat(pair.node[name], "evictions") == 0
