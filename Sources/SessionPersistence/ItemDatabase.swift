@@ -628,12 +628,12 @@ final class ItemDatabase {
     /// The newest row of every key at or above `flush_seq` (a tombstone
     /// included): recovery's first pass, from the hints of the sealed
     /// segments (about 60 bytes a row, no value read) and the head's rows.
-    func newestRows() throws(SQLiteError) -> [[UInt8]: UInt64] {
-        var newest: [[UInt8]: UInt64] = [:]
+    func newestRows() throws(SQLiteError) -> [[UInt8]: RowHeader] {
+        var newest: [[UInt8]: RowHeader] = [:]
         for segment in segments {
             for header in try headers(ofSegment: segment.id) where header.seq >= flushSeq {
                 // Rows come in seq order within a segment, and segments in id order.
-                newest[header.key] = header.seq
+                newest[header.key] = header
             }
         }
         return newest

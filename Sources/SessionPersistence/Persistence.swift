@@ -166,8 +166,9 @@ public final class Persistence: Sendable {
             ])
             store.reserve(items: newest.count)
             let progress = RecoveryProgress()
-            let parts = newest.count >= Self.parallelRecoveryKeys ? ProcessInfo.processInfo.activeProcessorCount : 1
-            try database.forEachNewestRow(newest, now: now, parts: parts) { seq, key, value, flags, deadline, cas in
+            let load = Self.valuesToLoad(newest, into: store, now: now, progress: progress, logger: logger)
+            let parts = load.count >= Self.parallelRecoveryKeys ? ProcessInfo.processInfo.activeProcessorCount : 1
+            try database.forEachNewestRow(load, now: now, parts: parts) { seq, key, value, flags, deadline, cas in
                 store.restore(key, value: value, flags: flags, deadline: deadline, cas: cas, seq: seq)
                 if progress.loaded(cas: cas) {
                     let loaded = progress.totals.loaded
@@ -205,6 +206,45 @@ public final class Persistence: Sendable {
         } catch {
             throw .unreadable(path: database.path, error: error)
         }
+    }
+
+    /// Which newest rows recovery reads the values of: all of them, unless
+    /// values may leave RAM (`-m` with persistence). Then every live key's
+    /// header is loaded, and the values newest first as long as they fit in
+    /// nine tenths of `-m` beside the headers; the others stay in the log,
+    /// cold, until read (docs/storage.md, "Recovery").
+    static func valuesToLoad(
+        _ newest: [[UInt8]: ItemDatabase.RowHeader], into store: SessionStore, now: Int64, progress: RecoveryProgress, logger: Logger
+    ) -> [[UInt8]: UInt64] {
+        guard store.configuration.valuesLeaveRAM else { return newest.mapValues(\.seq) }
+        let live = newest.values.filter { $0.valueLength != nil && ($0.deadline == 0 || $0.deadline > now) }
+        let headers = live.reduce(0) { $0 + SessionStore.itemCost(keyLength: $1.key.count, valueLength: 0) }
+        let limit = store.configuration.memoryLimit
+        if headers > limit / 2 {
+            logger.warning("the items' headers alone take more than half of the memory limit; raise -m, or items will be evicted", metadata: [
+                "headers_bytes": "\(headers)", "memory_limit": "\(limit)", "items": "\(live.count)",
+            ])
+        }
+        var room = limit / 10 * 9 - headers
+        var load: [[UInt8]: UInt64] = [:]
+        for header in live.sorted(by: { $0.seq > $1.seq }) {
+            let length = header.valueLength!
+            // Newest first, and no older value once a newer one did not fit.
+            if room >= length {
+                room -= length
+                load[header.key] = header.seq
+                continue
+            }
+            room = -1
+            header.key.withUnsafeBytes { key in
+                _ = store.restoreCold(
+                    key, flags: header.flags, deadline: Deadline(millis: header.deadline), cas: header.cas,
+                    seq: header.seq, length: UInt32(truncatingIfNeeded: length)
+                )
+            }
+            _ = progress.loaded(cas: header.cas)
+        }
+        return load
     }
 
     /// Below this many keys one thread recovers as fast as several start.

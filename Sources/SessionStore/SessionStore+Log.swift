@@ -156,6 +156,12 @@ extension SessionStore {
         }
     }
 
+    /// What an item costs against `-m`: its key, the value held in RAM (0
+    /// while cold) and the per-item overhead.
+    public static func itemCost(keyLength: Int, valueLength: Int) -> Int {
+        ShardState.cost(keyLength: keyLength, valueCount: valueLength)
+    }
+
     /// Loads the header of an item recovered from storage whose value stays
     /// in the log (cold), without recording a change; as `restore`, an
     /// expired item is not loaded and removes any version loaded before.

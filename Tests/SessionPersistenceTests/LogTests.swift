@@ -244,3 +244,103 @@ struct LogTests {
         #expect(value(reopened.store, "after") == Array("upgrade".utf8))
     }
 }
+
+/// Values beyond `-m`: compaction and recovery with cold items, and the
+/// reader threads.
+@Suite("The log with values beyond RAM", .serialized)
+struct ColdLogTests {
+    func value(_ index: Int, generation: Int = 0) -> [UInt8] {
+        Array("v\(index)g\(generation)-".utf8) + [UInt8](repeating: UInt8(truncatingIfNeeded: index &+ generation), count: 2000)
+    }
+
+    @Test("a restart under a small -m loads every header and the newest values that fit; the rest are read from the log")
+    func recoveryLoadsWhatFits() async throws {
+        let directory = TemporaryDirectory()
+        let first = try openNode(directory.path)
+        for index in 0..<3000 {
+            #expect(first.store.put("k\(index)", value(index)) != .outOfMemory)
+            // Commits of a hundred keys: a commit orders its rows by session, not by write.
+            if index % 100 == 99 { #expect(eventually { first.persistence.statistics().pending == 0 }) }
+        }
+        first.persistence.stop()
+
+        let second = try openNode(directory.path, clock: first.clock, memory: 1 << 20, valuesLeaveRAM: true)
+        defer { second.persistence.stop() }
+        #expect(second.persistence.recovery.items == 3000)
+        let statistics = second.store.statistics()
+        #expect(statistics.currentItems == 3000)
+        #expect(statistics.coldItems > 2000)
+        #expect(statistics.bytes <= 1 << 20)
+        #expect(statistics.evictions == 0)
+        // The newest values are the ones in RAM.
+        let warm = 3000 - statistics.coldItems
+        let warmNewest = (2400..<3000).filter { second.store.item("k\($0)")?.isCold == false }.count
+        let warmOldest = (0..<600).filter { second.store.item("k\($0)")?.isCold == false }.count
+        #expect(warm > 100 && warmNewest >= warm * 2 / 3 && warmOldest == 0, "\(warm) warm: \(warmNewest) of the newest 600, \(warmOldest) of the oldest")
+        for index in stride(from: 0, to: 3000, by: 37) {
+            let item = try #require(second.store.item("k\(index)"))
+            #expect(try await second.store.value(of: item) == value(index), "k\(index)")
+        }
+    }
+
+    @Test("compaction re-appends cold rows from the log, and after it every value is still read, from RAM or the log")
+    func compactionOfColdRows() async throws {
+        let directory = TemporaryDirectory()
+        let store = SessionStore(
+            configuration: {
+                var configuration = StoreConfiguration(memoryLimit: 512 << 10, maxItemSize: 256 << 10, shardCount: 1, recordsChanges: true)
+                configuration.valuesLeaveRAM = true
+                return configuration
+            }(),
+            clock: ManualClock(millis: Int64(Date().timeIntervalSince1970 * 1000))
+        )
+        var logger = Logger(label: "test")
+        logger.logLevel = .error
+        var configuration = PersistenceConfiguration(dataDirectory: directory.path, flushIntervalMillis: 5)
+        configuration.segmentBytes = 64 << 10
+        let persistence = try Persistence.open(configuration: configuration, store: store, logger: logger)
+        store.attachColdValueReader(persistence.values)
+        persistence.start()
+        var expected: [String: [UInt8]] = [:]
+        for index in 0..<600 {
+            expected["k\(index)"] = value(index)
+            #expect(store.put("k\(index)", value(index)) != .outOfMemory)
+            // Values leave RAM once committed: the writes wait for it now and then.
+            if index % 100 == 99 { #expect(eventually { persistence.statistics().pending == 0 }) }
+        }
+        #expect(eventually { persistence.statistics().pending == 0 })
+        // Only a few keys are rewritten: the old segments hold mostly live, cold rows.
+        for round in 1...40 {
+            for index in 0..<20 {
+                expected["k\(index)"] = value(index, generation: round)
+                _ = store.put("k\(index)", value(index, generation: round))
+            }
+            #expect(eventually { persistence.statistics().pending == 0 })
+        }
+        #expect(persistence.statistics().compactions > 0)
+        #expect(store.statistics().coldItems > 300)
+        for (key, value) in expected {
+            let item = try #require(store.item(key), "\(key)")
+            #expect(try await store.value(of: item) == value, "\(key)")
+        }
+        persistence.stop()
+
+        let reopened = try openNode(directory.path, memory: 64 << 20)
+        defer { reopened.persistence.stop() }
+        for (key, value) in expected { #expect(reopened.store.item(key)?.value == value, "\(key) after a restart") }
+    }
+
+    @Test("the reader answers nil for a row that is gone and reads a committed one")
+    func readerAnswers() throws {
+        let directory = TemporaryDirectory()
+        let node = try openNode(directory.path, valuesLeaveRAM: true)
+        defer { node.persistence.stop() }
+        _ = node.store.put("k", value(1))
+        #expect(eventually { node.persistence.statistics().pending == 0 && node.store.item("k")?.seq != 0 })
+        let item = try #require(node.store.item("k"))
+        #expect(try node.persistence.values.readNow(seq: item.seq)?.value == value(1))
+        #expect(try node.persistence.values.readNow(seq: item.seq)?.cas == item.cas)
+        #expect(try node.persistence.values.readNow(seq: item.seq + 1000) == nil)
+        #expect(node.persistence.values.statistics.reads == 3)
+    }
+}

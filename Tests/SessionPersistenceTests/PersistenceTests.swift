@@ -26,18 +26,18 @@ struct Node {
 /// Opens a node on `directory`; with `start: false` its writer is not started yet.
 func openNode(
     _ directory: String, clock: ManualClock = ManualClock(millis: Int64(Date().timeIntervalSince1970 * 1000)), memory: Int = 64 << 20,
-    flushMillis: Int = 10, start: Bool = true
+    flushMillis: Int = 10, start: Bool = true, valuesLeaveRAM: Bool = false
 ) throws -> Node {
-    let store = SessionStore(
-        configuration: StoreConfiguration(memoryLimit: memory, maxItemSize: 2 << 20, shardCount: 8, recordsChanges: true),
-        clock: clock
-    )
+    var configuration = StoreConfiguration(memoryLimit: memory, maxItemSize: 2 << 20, shardCount: 8, recordsChanges: true)
+    configuration.valuesLeaveRAM = valuesLeaveRAM
+    let store = SessionStore(configuration: configuration, clock: clock)
     var logger = Logger(label: "test")
     logger.logLevel = .error
     let persistence = try Persistence.open(
         configuration: PersistenceConfiguration(dataDirectory: directory, flushIntervalMillis: flushMillis),
         store: store, logger: logger
     )
+    store.attachColdValueReader(persistence.values)
     if start { persistence.start() }
     return Node(store: store, persistence: persistence, clock: clock)
 }
@@ -51,7 +51,7 @@ extension SessionStore {
     }
 
     func item(_ key: String) -> ItemSnapshot? {
-        Array(key.utf8).withUnsafeBytes { try! fetch($0, options: FetchOptions(bump: false)) }?.item
+        Array(key.utf8).withUnsafeBytes { try! fetch($0, options: FetchOptions(bump: false, needsValue: false)) }?.item
     }
 
     func remove(_ key: String) -> DeleteOutcome {
