@@ -1,5 +1,8 @@
 import Dispatch
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import SessionStore
 import Synchronization
@@ -505,6 +508,7 @@ final class Writer: @unchecked Sendable {
             let generation = commitWaiters.withLock { _ in requestedCommits.load(ordering: .relaxed) }
             let committed = flush()
             answerCommitWaiters(upTo: generation, committed: committed)
+            returnFreedMemory()
         }
         drainForStop()
         answerCommitWaiters(upTo: .max, committed: false)
@@ -512,6 +516,36 @@ final class Writer: @unchecked Sendable {
         database.close()
         finished.signal()
     }
+
+    /// When freed memory was last handed back, and how many values had left RAM then.
+    private var lastTrim = ContinuousClock.now
+    private var valuesEvictedAtTrim: UInt64 = 0
+
+    /// Values that leave RAM, and the changes that carried them here, are
+    /// freed in many threads' malloc arenas, which keep the pages: the
+    /// process would stay at its peak (measured: 128 MB after 128 MB of
+    /// writes at -m 32, 91 MB once trimmed). Every 10 s, if values left RAM
+    /// since, the free pages go back to the system (a few milliseconds, here
+    /// rather than on an event loop).
+    private func returnFreedMemory() {
+        guard ContinuousClock.now - lastTrim >= .seconds(10) else { return }
+        lastTrim = ContinuousClock.now
+        let evicted = store.statistics().valuesEvicted
+        guard evicted != valuesEvictedAtTrim else { return }
+        valuesEvictedAtTrim = evicted
+        Self.mallocTrim?(0)
+    }
+
+    /// glibc's `malloc_trim`, which Swift's Glibc module does not export
+    /// (nil on other C libraries).
+    private static let mallocTrim: (@convention(c) (Int) -> Int32)? = {
+        #if canImport(Glibc)
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "malloc_trim") else { return nil }
+        return unsafeBitCast(symbol, to: (@convention(c) (Int) -> Int32).self)
+        #else
+        return nil
+        #endif
+    }()
 
     /// The final flush: everything acknowledged reaches the file, retrying a
     /// failing storage for a bounded time.
