@@ -649,10 +649,28 @@ final class ItemDatabase {
         _ newest: [[UInt8]: UInt64], now: Int64, parts: Int,
         _ body: @Sendable (UInt64, UnsafeRawBufferPointer, UnsafeRawBufferPointer, UInt32, Deadline, UInt64) -> Void
     ) throws(SQLiteError) {
-        let names = segments.map(\.name)
+        try Self.forEachNewestRow(newest, in: logShape, now: now, parts: parts, body)
+    }
+
+    /// Where the log's rows are, for a reader on another thread than the writer's.
+    struct LogShape: Sendable {
+        let path: String
+        let segmentNames: [String]
+        let flushSeq: UInt64
+    }
+
+    var logShape: LogShape { LogShape(path: path, segmentNames: segments.map(\.name), flushSeq: flushSeq) }
+
+    /// `forEachNewestRow` over a log whose shape was taken earlier (the
+    /// background warm-up): a segment dropped since fails its read.
+    static func forEachNewestRow(
+        _ newest: [[UInt8]: UInt64], in shape: LogShape, now: Int64, parts: Int,
+        _ body: @Sendable (UInt64, UnsafeRawBufferPointer, UnsafeRawBufferPointer, UInt32, Deadline, UInt64) -> Void
+    ) throws(SQLiteError) {
+        let names = shape.segmentNames
         let failures = Mutex<[SQLiteError]>([])
         let next = Atomic<Int>(0)
-        let (path, flushSeq) = (self.path, self.flushSeq)
+        let (path, flushSeq) = (shape.path, shape.flushSeq)
         DispatchQueue.concurrentPerform(iterations: max(1, min(parts, names.count))) { _ in
             do throws(SQLiteError) {
                 let reader = try SQLiteConnection(path: path, mode: .readOnly)

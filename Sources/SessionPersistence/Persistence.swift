@@ -34,6 +34,18 @@ public struct PersistenceConfiguration: Sendable {
     public var compactionRowsPerCommit: Int = 1000
     /// Threads reading values that are not in RAM back from the log.
     public var readerThreads: Int = 2
+    /// The live data the log may hold (`--disk-limit`); past it the least
+    /// recently used items are evicted (or, without evictions, new data is
+    /// refused). The log's file stays within about twice this.
+    public var diskLimit: DiskLimit = .automatic
+
+    public enum DiskLimit: Sendable, Equatable {
+        /// Half of what the file system offers at start: its free space plus
+        /// the database file's own size.
+        case automatic
+        case bytes(Int)
+        case unlimited
+    }
 
     public init(
         dataDirectory: String, flushIntervalMillis: Int = 50, maxPendingChanges: Int = 200_000, earlyFlushThreshold: Int = 20_000,
@@ -85,6 +97,10 @@ public struct PersistenceStatistics: Sendable {
     public var liveBytes = 0
     /// Segments dropped by compaction since start.
     public var compactions: UInt64 = 0
+    /// The live bytes the log may hold (nil: no limit), and whether the
+    /// last commit found them over it.
+    public var diskLimit: Int?
+    public var diskFull = false
 }
 
 /// Write-behind persistence of a store into SQLite, and recovery from it.
@@ -104,10 +120,20 @@ public final class Persistence: Sendable {
     /// Reads the values of cold items (not in RAM) back from the log.
     public let values: ValueReader
 
+    /// The values recovery left in the log to be read after the port opens.
+    private let warmUp: WarmUp?
+    private let warming = Atomic<Bool>(false)
+
+    /// Whether the values recovery left in the log are still being read into RAM.
+    public var isWarmingUp: Bool { warming.load(ordering: .relaxed) }
+    private let logger: Logger
+
     private init(
         configuration: PersistenceConfiguration, recovery: RecoveryReport, recoveredMeta: [String: MetaValue], directory: DataDirectory,
-        writer: Writer, store: SessionStore, values: ValueReader
+        writer: Writer, store: SessionStore, values: ValueReader, warmUp: WarmUp?, logger: Logger
     ) {
+        self.warmUp = warmUp
+        self.logger = logger
         self.configuration = configuration
         self.recovery = recovery
         self.recoveredMeta = recoveredMeta
@@ -133,16 +159,23 @@ public final class Persistence: Sendable {
         } catch {
             throw .unreadable(path: database.path, error: error)
         }
-        let report = try recover(database: database, meta: meta, into: store, logger: logger)
+        let (report, warmUp) = try recover(database: database, meta: meta, into: store, logger: logger)
         let segments = SegmentDirectory()
+        let diskLimit = Self.resolve(configuration.diskLimit, directory: directory.path, database: database.path)
+        if let diskLimit {
+            logger.info("disk budget for live data", metadata: [
+                "bytes": "\(diskLimit)", "directory": "\(directory.path)",
+                "source": configuration.diskLimit == .automatic ? "half of the free space and the file, checked again every 10 s" : "--disk-limit",
+            ])
+        }
         let writer = Writer(
             database: database, store: store, source: source ?? store, configuration: configuration,
-            logger: logger, recovery: report, segments: segments
+            logger: logger, recovery: report, segments: segments, diskLimit: diskLimit
         )
         let values = ValueReader(path: database.path, directory: segments, threads: configuration.readerThreads, logger: logger)
         return Persistence(
             configuration: configuration, recovery: report, recoveredMeta: meta, directory: directory, writer: writer, store: store,
-            values: values
+            values: values, warmUp: warmUp, logger: logger
         )
     }
 
@@ -154,7 +187,16 @@ public final class Persistence: Sendable {
         writer.setMetaProvider(provider)
     }
 
-    private static func recover(database: ItemDatabase, meta: [String: MetaValue], into store: SessionStore, logger: Logger) throws(PersistenceError) -> RecoveryReport {
+    /// Values recovery left in the log, to be read into RAM in the background.
+    struct WarmUp: Sendable {
+        /// The newest row of each key to read, newest first until `-m`.
+        let rows: [[UInt8]: UInt64]
+        let shape: ItemDatabase.LogShape
+    }
+
+    private static func recover(
+        database: ItemDatabase, meta: [String: MetaValue], into store: SessionStore, logger: Logger
+    ) throws(PersistenceError) -> (RecoveryReport, WarmUp?) {
         let started = ContinuousClock.now
         let now = store.now()
         do {
@@ -169,7 +211,7 @@ public final class Persistence: Sendable {
             ])
             store.reserve(items: newest.count)
             let progress = RecoveryProgress()
-            let load = Self.valuesToLoad(newest, into: store, now: now, progress: progress, logger: logger)
+            let (load, warm) = Self.plan(newest, into: store, now: now, progress: progress, logger: logger)
             let parts = load.count >= Self.parallelRecoveryKeys ? ProcessInfo.processInfo.activeProcessorCount : 1
             try database.forEachNewestRow(load, now: now, parts: parts) { seq, key, value, flags, deadline, cas in
                 store.restore(key, value: value, flags: flags, deadline: deadline, cas: cas, seq: seq)
@@ -205,21 +247,24 @@ public final class Persistence: Sendable {
                 "items": "\(loaded)", "rows": "\(read)", "seconds": "\(String(format: "%.3f", seconds))",
                 "rows_per_second": "\(Int(Double(read) / max(seconds, 0.001)))",
             ])
-            return RecoveryReport(items: loaded, seconds: seconds)
+            let warmUp = warm.isEmpty ? nil : WarmUp(rows: warm, shape: database.logShape)
+            return (RecoveryReport(items: loaded, seconds: seconds), warmUp)
         } catch {
             throw .unreadable(path: database.path, error: error)
         }
     }
 
-    /// Which newest rows recovery reads the values of: all of them, unless
-    /// values may leave RAM (`-m` with persistence). Then every live key's
-    /// header is loaded, and the values newest first as long as they fit in
-    /// nine tenths of `-m` beside the headers; the others stay in the log,
-    /// cold, until read (docs/storage.md, "Recovery").
-    static func valuesToLoad(
+    /// Which newest rows recovery reads the values of now (`load`), and
+    /// which after the port opens (`warm`). Without values leaving RAM, all
+    /// of them now. With them (`-m` with persistence), every live key's
+    /// header is loaded now, cold, and the values newest first as long as
+    /// they fit in nine tenths of `-m` beside the headers are read in the
+    /// background; a get meanwhile reads from the log (docs/storage.md,
+    /// "Recovery").
+    static func plan(
         _ newest: [[UInt8]: ItemDatabase.RowHeader], into store: SessionStore, now: Int64, progress: RecoveryProgress, logger: Logger
-    ) -> [[UInt8]: UInt64] {
-        guard store.configuration.valuesLeaveRAM else { return newest.mapValues(\.seq) }
+    ) -> (load: [[UInt8]: UInt64], warm: [[UInt8]: UInt64]) {
+        guard store.configuration.valuesLeaveRAM else { return (newest.mapValues(\.seq), [:]) }
         let live = newest.values.filter { $0.valueLength != nil && ($0.deadline == 0 || $0.deadline > now) }
         let headers = live.reduce(0) { $0 + SessionStore.itemCost(keyLength: $1.key.count, valueLength: 0) }
         let limit = store.configuration.memoryLimit
@@ -229,16 +274,16 @@ public final class Persistence: Sendable {
             ])
         }
         var room = limit / 10 * 9 - headers
-        var load: [[UInt8]: UInt64] = [:]
+        var warm: [[UInt8]: UInt64] = [:]
         for header in live.sorted(by: { $0.seq > $1.seq }) {
             let length = header.valueLength!
             // Newest first, and no older value once a newer one did not fit.
             if room >= length {
                 room -= length
-                load[header.key] = header.seq
-                continue
+                warm[header.key] = header.seq
+            } else {
+                room = -1
             }
-            room = -1
             header.key.withUnsafeBytes { key in
                 _ = store.restoreCold(
                     key, flags: header.flags, deadline: Deadline(millis: header.deadline), cas: header.cas,
@@ -247,7 +292,25 @@ public final class Persistence: Sendable {
             }
             _ = progress.loaded(cas: header.cas)
         }
-        return load
+        return ([:], warm)
+    }
+
+    /// The disk budget in bytes of live rows, nil for none.
+    static func resolve(_ limit: PersistenceConfiguration.DiskLimit, directory: String, database: String) -> Int? {
+        switch limit {
+        case .unlimited:
+            return nil
+        case .bytes(let bytes):
+            return bytes
+        case .automatic:
+            var info = statvfs()
+            guard statvfs(directory, &info) == 0 else { return nil }
+            let free = Int(info.f_bavail) &* Int(info.f_frsize)
+            var file = stat()
+            let own = stat(database, &file) == 0 ? Int(file.st_size) : 0
+            // The log's file may reach twice its live rows: half fits.
+            return (free + own) / 2
+        }
     }
 
     /// Below this many keys one thread recovers as fast as several start.
@@ -262,6 +325,36 @@ public final class Persistence: Sendable {
     public func start() {
         writer.start()
         values.start()
+        if let warmUp { startWarmUp(warmUp) }
+    }
+
+    /// Reads the values recovery left in the log into RAM, newest first, on a
+    /// thread of its own while the node serves: each is installed only if
+    /// its item is still cold with that version and there is room without
+    /// evicting anything. A segment compaction dropped meanwhile ends it
+    /// early; those values are read when asked for.
+    private func startWarmUp(_ warmUp: WarmUp) {
+        let (store, logger) = (self.store, self.logger)
+        warming.store(true, ordering: .relaxed)
+        let thread = Thread { [self] in
+            defer { warming.store(false, ordering: .relaxed) }
+            // At most 15 bytes: Linux refuses a longer thread name.
+            Thread.current.name = "tandem-warmup"
+            let started = ContinuousClock.now
+            let installed = Atomic<Int>(0)
+            do {
+                try ItemDatabase.forEachNewestRow(warmUp.rows, in: warmUp.shape, now: store.now(), parts: 1) { _, key, value, _, _, cas in
+                    if store.install(key, value: value, cas: cas) { installed.wrappingAdd(1, ordering: .relaxed) }
+                }
+            } catch {
+                logger.notice("reading values into memory stopped early; the rest are read when asked for", metadata: ["error": "\(error)"])
+            }
+            logger.info("values read into memory after recovery", metadata: [
+                "values": "\(installed.load(ordering: .relaxed))", "of": "\(warmUp.rows.count)",
+                "seconds": "\(String(format: "%.3f", Self.seconds(ContinuousClock.now - started)))",
+            ])
+        }
+        thread.start()
     }
 
     /// Commits everything pending and stops the writer. Returns once done
@@ -359,6 +452,14 @@ final class Writer: @unchecked Sendable {
     private var retired: ItemDatabase?
     /// Where the value readers find a seq's segment; published after every commit.
     private let segmentDirectory: SegmentDirectory
+    /// The live bytes the log may hold; nil: no limit. `auto` is computed
+    /// again every 10 s: a disk that grew (or that others filled) moves it.
+    private var diskLimit: Int?
+    private var diskLimitCheckedAt = ContinuousClock.now
+    /// Items evicted for the disk budget whose removals have not committed
+    /// yet: the live bytes still count them, so no more go meanwhile.
+    private var diskEvictionsInFlight = false
+    private var lastDiskLog: ContinuousClock.Instant?
     /// Folds the WAL into `database`'s file.
     private var checkpointer: Checkpointer
     /// Whether a checkpoint was asked for since the last commit while idle.
@@ -416,9 +517,10 @@ final class Writer: @unchecked Sendable {
 
     init(
         database: ItemDatabase, store: SessionStore, source: any ChangeSource, configuration: PersistenceConfiguration, logger: Logger,
-        recovery: RecoveryReport, segments: SegmentDirectory
+        recovery: RecoveryReport, segments: SegmentDirectory, diskLimit: Int?
     ) {
         self.database = database
+        self.diskLimit = diskLimit
         self.segmentDirectory = segments
         segments.publish(database.segments, file: database.inode)
         self.checkpointer = Checkpointer(path: database.path, logger: logger)
@@ -515,6 +617,37 @@ final class Writer: @unchecked Sendable {
         checkpointer.stop()
         database.close()
         finished.signal()
+    }
+
+    /// Past the disk budget: the store refuses data that would add to it
+    /// (without evictions), or evicts its least recently used items, cold
+    /// ones first, whose removals free their rows at the next commits.
+    /// Returns whether the live bytes are over the budget.
+    private func enforceDiskLimit(liveBytes: Int) -> Bool {
+        if configuration.diskLimit == .automatic, ContinuousClock.now - diskLimitCheckedAt >= .seconds(10) {
+            diskLimitCheckedAt = ContinuousClock.now
+            diskLimit = Persistence.resolve(.automatic, directory: (database.path as NSString).deletingLastPathComponent, database: database.path)
+        }
+        guard let limit = diskLimit else { return false }
+        let over = liveBytes - limit
+        store.setDiskFull(over > 0)
+        guard over > 0 else {
+            diskEvictionsInFlight = false
+            return false
+        }
+        if lastDiskLog.map({ ContinuousClock.now - $0 >= Self.errorLogInterval }) ?? true {
+            lastDiskLog = ContinuousClock.now
+            logger.warning("the log's live data is over the disk budget", metadata: [
+                "live_bytes": "\(liveBytes)", "disk_limit": "\(limit)",
+                "action": store.configuration.evictionsEnabled ? "evicting the least recently used items" : "refusing new data (-M)",
+            ])
+        }
+        guard store.configuration.evictionsEnabled else { return true }
+        // The previous evictions' removals have committed once the pending
+        // changes are gone; until then the live bytes still count them.
+        if diskEvictionsInFlight, source.pendingChanges > 0 { return true }
+        diskEvictionsInFlight = store.evictForDisk(bytes: over, rowOverhead: ItemDatabase.rowOverhead) > 0
+        return true
     }
 
     /// When freed memory was last handed back, and how many values had left RAM then.
@@ -676,7 +809,10 @@ final class Writer: @unchecked Sendable {
             lastErrorLog = nil
         }
         let (segments, logBytes, liveBytes, compactions) = (database.segments.count, database.totalBytes, database.liveBytes, compactions)
+        let diskFull = enforceDiskLimit(liveBytes: liveBytes)
         shared.withLock {
+            $0.statistics.diskLimit = diskLimit
+            $0.statistics.diskFull = diskFull
             $0.statistics.segments = segments
             $0.statistics.logBytes = logBytes
             $0.statistics.liveBytes = liveBytes

@@ -184,3 +184,37 @@ extension SessionStore {
         }
     }
 }
+
+extension SessionStore {
+    /// Tells the store whether the log's live data is over its disk budget:
+    /// without evictions (`-M`), writes that would add data are then refused.
+    public func setDiskFull(_ full: Bool) {
+        diskFullFlag.store(full, ordering: .relaxed)
+    }
+
+    /// Whether the log's live data is over its disk budget.
+    public var isDiskFull: Bool { diskFullFlag.load(ordering: .relaxed) }
+
+    /// Evicts least recently used items, cold ones first, until their rows
+    /// (key, value and `rowOverhead` each) add up to `bytes`: the disk budget
+    /// is spent, and this is a real loss, counted in `evictions`. Spread over
+    /// the shards in turn. Returns the items evicted.
+    @discardableResult
+    public func evictForDisk(bytes: Int, rowOverhead: Int) -> Int {
+        let now = clock.nowMillis()
+        var freed = 0
+        var evicted = 0
+        var progress = true
+        while freed < bytes, progress {
+            progress = false
+            let share = max(1, (bytes - freed) / shards.count)
+            for shard in shards where freed < bytes {
+                let (bytesFreed, items) = shard.state.withLock { $0.evictForDisk(bytes: share, rowOverhead: rowOverhead, now: now) }
+                freed += bytesFreed
+                evicted += items
+                if items > 0 { progress = true }
+            }
+        }
+        return evicted
+    }
+}

@@ -285,6 +285,8 @@ public final class SessionStore: Sendable {
     let flushStampValue = Atomic<UInt64>(0)
     /// Where cold values are read from (`attachColdValueReader(_:)`).
     let coldReader = Mutex<(any ColdValueReading)?>(nil)
+    /// The log's live data is over its disk budget (`setDiskFull`).
+    let diskFullFlag = Atomic<Bool>(false)
     private let pressure: MemoryPressure
 
     /// Whether a shard is over its memory limit with values that are not yet
@@ -521,6 +523,11 @@ public final class SessionStore: Sendable {
                 return .stored(cas: request.explicitCas ?? stamp, size: bytes.count - key.count)
             }
 
+            let size = bytes.count - key.count
+            // Without evictions, a spent disk budget refuses data that would add to it.
+            if !configuration.evictionsEnabled, diskFullFlag.load(ordering: .relaxed) {
+                if existing.map({ size > state.item($0).valueLength }) ?? true { return .outOfMemory }
+            }
             let cas: UInt64
             if let explicit = request.explicitCas {
                 cas = explicit
@@ -528,7 +535,6 @@ public final class SessionStore: Sendable {
             } else {
                 cas = state.takeCas(stampBase(now))
             }
-            let size = bytes.count - key.count
             if let slot = existing {
                 let old = state.item(slot)
                 state.bump(slot)

@@ -316,6 +316,28 @@ struct ShardState {
         return true
     }
 
+    /// Evicts least recently used items, cold ones first (their values are
+    /// only on disk), until their committed rows add up to `bytes`. Returns
+    /// the row bytes freed and the items evicted.
+    mutating func evictForDisk(bytes: Int, rowOverhead: Int, now: Int64) -> (freed: Int, items: Int) {
+        var freed = 0
+        var items = 0
+        while freed < bytes {
+            let victim = coldTail != -1 ? coldTail : tail
+            if victim == -1 { break }
+            let item = slots[Int(victim)]
+            if item.seq != 0 { freed += Int(item.keyLength) + Int(item.rowLength) + rowOverhead }
+            if item.deadline != 0 && item.deadline <= now {
+                counters.reclaimed += 1
+            } else {
+                counters.evictions += 1
+            }
+            remove(victim)
+            items += 1
+        }
+        return (freed, items)
+    }
+
     // MARK: Cold and warm
 
     /// Lets a clean value leave RAM: the item keeps its key and header and

@@ -126,6 +126,9 @@ extension ServerContext {
                 // RAM is a cache of the log: items whose values are only on
                 // disk, the values that left RAM and came back, and the reads
                 // that brought them (mean latency, queueing included).
+                ("disk_limit", persisted.diskLimit.map { "\($0)" } ?? "none"),
+                ("disk_full", persisted.diskFull ? "1" : "0"),
+                ("warming_up", persistence.isWarmingUp ? "1" : "0"),
                 ("cold_items", "\(figures.coldItems)"),
                 ("cold_bytes", "\(figures.coldBytes)"),
                 ("values_evicted", "\(figures.valuesEvicted)"),

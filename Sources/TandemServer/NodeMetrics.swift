@@ -128,6 +128,8 @@ struct NodeMetrics {
         out.gauge("tandem_persistence_log_bytes", "Bytes of the log's rows (keys, values and row headers), dead ones included.", Double(figures.logBytes))
         out.gauge("tandem_persistence_live_bytes", "Bytes of the log's rows that are their key's newest version.", Double(figures.liveBytes))
         out.counter("tandem_persistence_compactions_total", "Log segments dropped by compaction since start.", figures.compactions)
+        out.gauge("tandem_disk_limit_bytes", "Live bytes the log may hold (--disk-limit); absent without a limit.", figures.diskLimit.map(Double.init))
+        out.gauge("tandem_disk_full", "1 while the log's live data is over --disk-limit: items are evicted, or with -M new data refused.", figures.diskFull ? 1 : 0)
         let store = context.store.statistics()
         out.gauge("tandem_cold_items", "Items whose value is only in the log (it left RAM under -m).", Double(store.coldItems))
         out.gauge("tandem_cold_bytes", "Bytes of the values that are only in the log.", Double(store.coldBytes))

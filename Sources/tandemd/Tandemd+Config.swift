@@ -31,6 +31,7 @@ extension Tandemd {
         ConfigKey("data-dir", .string()),
         ConfigKey("flush-interval", .integer),
         ConfigKey("no-persistence", .flag),
+        ConfigKey("disk-limit", .size(accepts: { DiskLimitArgument(argument: $0) != nil })),
         ConfigKey("wire-port", .integer),
         ConfigKey("role", .string(choices: RoleArgument.allCases.map(\.rawValue))),
         ConfigKey("peer", .string()),

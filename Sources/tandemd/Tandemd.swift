@@ -84,6 +84,9 @@ struct Tandemd: AsyncParsableCommand {
     @Flag(name: .customLong("no-persistence"), help: "Keep items in memory only (nothing survives a restart).")
     var noPersistence = false
 
+    @Option(name: .customLong("disk-limit"), help: "Live data the log may hold (k/m/g suffixes), past which the least recently used items are evicted (with -M, new data is refused); auto: half of the data directory's free space at start plus the database; none: no limit. The file stays within about twice this.")
+    var diskLimit: DiskLimitArgument = .automatic
+
     @Option(name: .customLong("wire-port"), help: "Port of Tandem's wire protocol (replication, tandemctl), bound on --listen (default: --port + 100, so 11311; with --port 0, a free port as well).")
     var wirePort: Int?
 
@@ -253,7 +256,11 @@ struct Tandemd: AsyncParsableCommand {
                 memoryLimit: memoryLimit << 20, evictionsEnabled: !disableEvictions, maxItemSize: maxItemSize.bytes
             ).skewed(by: stampSkew),
             verbosity: verbose,
-            persistence: noPersistence ? nil : PersistenceConfiguration(dataDirectory: dataDir, flushIntervalMillis: flushInterval),
+            persistence: noPersistence ? nil : {
+                var persistence = PersistenceConfiguration(dataDirectory: dataDir, flushIntervalMillis: flushInterval)
+                persistence.diskLimit = diskLimit.limit
+                return persistence
+            }(),
             pair: PairConfiguration(
                 wireHost: listen, wirePort: effectiveWirePort, role: role.nodeRole, peer: peer.flatMap(Self.parsePeer),
                 replication: ReplicationConfiguration(
@@ -361,6 +368,35 @@ enum RoleArgument: String, ExpressibleByArgument, CaseIterable {
 extension ReplicationConfiguration.Mode: ExpressibleByArgument {}
 
 /// A size argument with an optional `k`/`m`/`g` suffix, as memcached's `-I` takes.
+/// `--disk-limit`: a size, `auto` or `none`.
+struct DiskLimitArgument: ExpressibleByArgument, Sendable {
+    let limit: PersistenceConfiguration.DiskLimit
+
+    static let automatic = DiskLimitArgument(limit: .automatic)
+
+    init(limit: PersistenceConfiguration.DiskLimit) {
+        self.limit = limit
+    }
+
+    init?(argument: String) {
+        switch argument.lowercased() {
+        case "auto": limit = .automatic
+        case "none": limit = .unlimited
+        default:
+            guard let size = ByteSize(argument: argument), size.bytes >= 1 << 20 else { return nil }
+            limit = .bytes(size.bytes)
+        }
+    }
+
+    var defaultValueDescription: String {
+        switch limit {
+        case .automatic: "auto"
+        case .unlimited: "none"
+        case .bytes(let bytes): ByteSize(bytes: bytes).defaultValueDescription
+        }
+    }
+}
+
 struct ByteSize: ExpressibleByArgument, Sendable {
     let bytes: Int
 

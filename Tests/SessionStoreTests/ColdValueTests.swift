@@ -70,6 +70,10 @@ struct ColdValueTests {
             Array(key.utf8).withUnsafeBytes { store.committedItem($0)?.isCold ?? false }
         }
 
+        func present(_ key: String) -> Bool {
+            Array(key.utf8).withUnsafeBytes { store.committedItem($0) != nil }
+        }
+
         func evict(_ key: String) -> Bool {
             Array(key.utf8).withUnsafeBytes { store.evictValue($0) }
         }
@@ -236,6 +240,30 @@ struct ColdValueTests {
         for index in 0..<40 where evicting.store.set("new\(index)", value) != .outOfMemory { stored.append(index) }
         #expect(evicting.store.statistics().evictions > 0)
         for index in stored { #expect(evicting.store.value("new\(index)") == value, "new\(index) was acknowledged") }
+    }
+
+    @Test("a spent disk budget evicts the least recently used items, cold ones first; with -M it refuses new data but not overwrites")
+    func diskBudget() {
+        let logged = LoggedStore(memory: 1 << 20)
+        let store = logged.store
+        for index in 0..<20 { _ = store.set("k\(index)", String(repeating: "v", count: 100)) }
+        logged.commit()
+        for index in 0..<5 { #expect(logged.evict("k\(index)")) }
+        // Three rows' worth: the three least recently used cold items go.
+        #expect(store.evictForDisk(bytes: 3 * (2 + 100 + 32), rowOverhead: 32) == 3)
+        #expect(store.statistics().evictions == 3)
+        #expect(logged.present("k3") && logged.present("k4") && logged.present("k5"))
+        #expect((0..<3).allSatisfy { !logged.present("k\($0)") })
+
+        let refusing = LoggedStore(memory: 1 << 20, evictions: false)
+        _ = refusing.store.set("old", "12345")
+        refusing.store.setDiskFull(true)
+        #expect(refusing.store.set("new", "x") == .outOfMemory)
+        #expect(refusing.store.set("old", "123456") == .outOfMemory, "a larger value adds data")
+        if case .stored = refusing.store.set("old", "abc") {} else { Issue.record("an overwrite that adds nothing is refused") }
+        #expect(refusing.store.delete("old") == .deleted)
+        refusing.store.setDiskFull(false)
+        if case .stored = refusing.store.set("new", "x") {} else { Issue.record("the budget has room again") }
     }
 
     @Test("recovery may load a header alone: the item is cold until read")

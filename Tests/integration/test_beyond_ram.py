@@ -99,3 +99,41 @@ def test_a_pair_with_data_beyond_ram_fails_over_and_rejoins(pair_factory):
         with pair.node[name].client() as c:
             assert read_all(c, expected) == expected, f"{name} after the rejoin"
         assert stat(pair.node[name], "evictions") == 0
+
+
+def test_the_disk_budget_evicts_the_least_recently_used_or_refuses_with_M(nodes, tmp_path: Path):
+    # 4 MB of values against a 1 MB budget for the log's live data.
+    node = nodes(tmp_path / "evicting", "-m", str(MEMORY_MB), "--disk-limit", "1m")
+    with node.client() as c:
+        written = write_all(c, 1, range(400))
+    node.wait_flushed()
+    stats = node.stats()
+    assert stats["disk_limit"] == str(1 << 20)
+    assert int(stats["evictions"]) > 0, stats
+    # The removals commit, and the live data comes back under the budget.
+    from conftest import poll_until
+    poll_until(lambda: int(node.stats()["persistence_live_bytes"]) <= (1 << 20) + 2 * VALUE_SIZE, 10,
+               what="the live data to come back under the budget")
+    with node.client() as c:
+        kept = read_all(c, written)
+    assert 0 < len(kept) < 400
+    assert all(written[k] == v for k, v in kept.items())
+    # The most recently written survive.
+    assert b"s399" in kept and b"s0" not in kept
+    assert node.terminate() == 0, node.log()
+
+    refusing = nodes(tmp_path / "refusing", "-m", str(MEMORY_MB), "--disk-limit", "1m", "-M")
+    refused = 0
+    with refusing.client() as c:
+        for i in range(400):
+            key = b"s%d" % i
+            reply = c.store(b"set", key, value_for(key, 1, VALUE_SIZE))
+            assert reply in (b"STORED", b"SERVER_ERROR out of memory storing object"), reply
+            if reply != b"STORED":
+                refused += 1
+            if i % 50 == 49:
+                refusing.wait_flushed()
+    assert refused > 0
+    assert int(refusing.stats()["evictions"]) == 0
+    assert refusing.stats()["disk_full"] == "1"
+    assert refusing.terminate() == 0, refusing.log()

@@ -417,7 +417,8 @@ def test_read_only_directory_keeps_serving_then_catches_up(nodes, request):
 def test_disk_full_keeps_serving_then_catches_up(nodes, tmp_path: Path):
     with tmpfs(tmp_path / "mnt", "3m") as mount:
         data = mount / "data"
-        node = nodes(data)
+        # No disk budget: this is about a disk that fills, not about eviction.
+        node = nodes(data, "--disk-limit", "none")
         with node.client() as c:
             for i in range(200):  # ~ 4 MB of values: more than the disk holds
                 assert c.store(b"set", b"big%d" % i, value_for(b"big%d" % i, 0, 20_000)) == b"STORED"
