@@ -56,7 +56,8 @@ let package = Package(
 
         // Tandem's own length-prefixed binary protocol: frame codec and typed messages.
         // Shared by the server, replication and TandemClient; also the
-        // shared-secret authentication of its handshake (HMAC-SHA256).
+        // handshake of a connecting side and its shared-secret
+        // authentication (HMAC-SHA256).
         .target(
             name: "WireProtocol",
             dependencies: [

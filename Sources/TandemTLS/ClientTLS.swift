@@ -56,6 +56,17 @@ public struct ClientTLS: Sendable {
         let handler = try NIOSSLClientHandler(context: context, serverHostname: name)
         try channel.pipeline.syncOperations.addHandlers([handler, UncleanShutdownFilter()], position: .first)
     }
+
+    /// The front of a connection to a node's wire port (call it first in a
+    /// channel initializer): TLS with `tls`; without, a `TLSAnswerDetector`,
+    /// so that a node that speaks TLS is told from one that hangs up.
+    public static func prepare(_ channel: any Channel, host: String, tls: ClientTLS?) throws {
+        if let tls {
+            try tls.secure(channel, host: host)
+        } else {
+            try channel.pipeline.syncOperations.addHandler(TLSAnswerDetector())
+        }
+    }
 }
 
 /// Tells a plaintext client that the server answered in TLS: a TLS server
