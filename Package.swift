@@ -68,11 +68,13 @@ let package = Package(
 
         // Optional TLS: loads and checks the PEM files tandemd and tandemctl are
         // given and builds the server and client contexts from them (mutual TLS
-        // between the nodes). The only target that imports NIOSSL directly.
+        // between the nodes), and opens client connections to a wire port with
+        // them. The only target that imports NIOSSL directly.
         .target(
             name: "TandemTLS",
             dependencies: [
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOTLS", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ]

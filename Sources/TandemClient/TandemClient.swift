@@ -46,17 +46,11 @@ public final class TandemClient: Sendable {
         let handler = ClientHandler()
         let channel: any Channel
         do {
-            channel = try await ClientBootstrap(group: group)
-                .connectTimeout(timeout)
-                .channelOption(.tcpOption(.tcp_nodelay), value: 1)
-                .channelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        // Without TLS: say "this node speaks TLS" rather than "it hung up".
-                        try ClientTLS.prepare(channel, host: host, tls: tls)
-                        try channel.pipeline.syncOperations.addHandlers(ByteToMessageHandler(WireFrameDecoder()), handler)
-                    }
-                }
-                .connect(host: host, port: port).get()
+            // Without TLS, a node that speaks it is told from one that hangs up.
+            channel = try await ClientTLS.connect(host: host, port: port, tls: tls, timeout: timeout, group: group) { channel in
+                try channel.pipeline.syncOperations.addHandlers(ByteToMessageHandler(WireFrameDecoder()), handler)
+                return channel
+            }
         } catch {
             throw TandemClientError.unreachable(host: host, port: port, reason: "\(error)")
         }

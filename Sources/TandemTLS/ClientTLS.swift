@@ -1,4 +1,5 @@
 import NIOCore
+import NIOPosix
 import NIOSSL
 
 /// The client side of TLS: `tandemctl --tls`, and a node's own connections
@@ -66,6 +67,24 @@ public struct ClientTLS: Sendable {
         } else {
             try channel.pipeline.syncOperations.addHandler(TLSAnswerDetector())
         }
+    }
+
+    /// Connects to a node's wire port (`tandemctl`, a node's questions to
+    /// its peer): TCP without delay, `prepare`d, then what `initialize`
+    /// puts behind, on the channel's event loop; returns what it returns.
+    public static func connect<Output: Sendable>(
+        host: String, port: Int, tls: ClientTLS?, timeout: TimeAmount, group: any EventLoopGroup,
+        initialize: @escaping @Sendable (any Channel) throws -> Output
+    ) async throws -> Output {
+        try await ClientBootstrap(group: group)
+            .connectTimeout(timeout)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
+            .connect(host: host, port: port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try prepare(channel, host: host, tls: tls)
+                    return try initialize(channel)
+                }
+            }
     }
 }
 
