@@ -81,7 +81,9 @@ let package = Package(
         ),
 
         // The pair: the primary's backlog and per-backup sessions, the backup's
-        // replication client, sync acknowledgements.
+        // replication client, sync acknowledgements, and the short links on
+        // which a node asks its peer where it stands (typed messages, not the
+        // status shown to people, so the server needs no TandemClient).
         .target(
             name: "Replication",
             dependencies: [
@@ -103,7 +105,6 @@ let package = Package(
                 "MemcacheProtocol",
                 "WireProtocol",
                 "Replication",
-                "TandemClient",
                 "TandemTLS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
