@@ -56,7 +56,8 @@ let package = Package(
 
         // Tandem's own length-prefixed binary protocol: frame codec and typed messages.
         // Shared by the server, replication and TandemClient; also the
-        // shared-secret authentication of its handshake (HMAC-SHA256).
+        // handshake of a connecting side and its shared-secret
+        // authentication (HMAC-SHA256).
         .target(
             name: "WireProtocol",
             dependencies: [
@@ -67,18 +68,22 @@ let package = Package(
 
         // Optional TLS: loads and checks the PEM files tandemd and tandemctl are
         // given and builds the server and client contexts from them (mutual TLS
-        // between the nodes). The only target that imports NIOSSL directly.
+        // between the nodes), and opens client connections to a wire port with
+        // them. The only target that imports NIOSSL directly.
         .target(
             name: "TandemTLS",
             dependencies: [
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOTLS", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ]
         ),
 
         // The pair: the primary's backlog and per-backup sessions, the backup's
-        // replication client, sync acknowledgements.
+        // replication client, sync acknowledgements, and the short links on
+        // which a node asks its peer where it stands (typed messages, not the
+        // status shown to people, so the server needs no TandemClient).
         .target(
             name: "Replication",
             dependencies: [
@@ -100,7 +105,6 @@ let package = Package(
                 "MemcacheProtocol",
                 "WireProtocol",
                 "Replication",
-                "TandemClient",
                 "TandemTLS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -224,12 +224,8 @@ public final class ReplicaClient: Sendable {
             .connectTimeout(configuration.linkTimeout)
             .channelInitializer { [peerHost] channel in
                 channel.eventLoop.makeCompletedFuture {
-                    if let tls {
-                        try tls.secure(channel, host: peerHost)
-                    } else {
-                        // A primary that speaks TLS would otherwise look like one that hangs up.
-                        try channel.pipeline.syncOperations.addHandler(TLSAnswerDetector())
-                    }
+                    // Without TLS: a primary that speaks TLS would otherwise look like one that hangs up.
+                    try ClientTLS.prepare(channel, host: peerHost, tls: tls)
                     try channel.pipeline.syncOperations.addHandlers(
                         ByteToMessageHandler(WireFrameDecoder()), handler
                     )
@@ -559,19 +555,17 @@ final class ReplicaConnectionHandler: ChannelInboundHandler, @unchecked Sendable
     private var lastReceived = NIODeadline.now()
     private var ackOwed: UInt64?
     private var heartbeat: RepeatedTask?
-    /// The nonce of this connection's `hello`, bound into both proofs.
-    private var nonce: [UInt8] = []
+    /// This connection's `hello` and the checks of the primary's answers.
+    private var handshake: WireHandshake?
 
     init(client: ReplicaClient) {
         self.client = client
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        nonce = WireSecret.randomNonce(count: WireSecret.clientNonceLength)
-        send(.hello(Hello(
-            minimumVersion: WireVersion.minimum, maximumVersion: WireVersion.maximum, role: .peer,
-            nodeName: client.configuration.nodeName, nonce: nonce, epoch: client.epoch()
-        )), context: context)
+        let handshake = WireHandshake(role: .peer, nodeName: client.configuration.nodeName, epoch: client.epoch(), secret: client.configuration.secret)
+        self.handshake = handshake
+        send(.hello(handshake.hello), context: context)
         let interval = client.configuration.heartbeatInterval
         let timeout = client.configuration.linkTimeout
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
@@ -618,35 +612,29 @@ final class ReplicaConnectionHandler: ChannelInboundHandler, @unchecked Sendable
             // The primary is alive, even if this node cannot authenticate to it
             // (a wrong secret): that must not start a failover.
             client.contact()
-            switch (ok.authentication, client.configuration.secret) {
-            case (.none, nil):
-                startReplicating(after: ok, context: context)
-            case (.none, .some):
-                // Replicating from a node that cannot prove it knows the secret
-                // would let anyone who can pose as the primary feed this node data.
-                fail("the primary does not require authentication but this node has a secret: start the primary with the same --secret-file", context: context)
-            case (.hmacSHA256, nil):
-                fail("the primary requires authentication; start this node with --secret-file", context: context)
-            case (.hmacSHA256, let secret?):
-                guard ok.nonce.count == WireSecret.serverNonceLength else {
-                    fail("the primary's nonce is \(ok.nonce.count) bytes, not \(WireSecret.serverNonceLength)", context: context)
-                    return
+            do {
+                switch try handshake?.next(after: ok) {
+                case .ready?, nil:
+                    startReplicating(after: ok, context: context)
+                case .authenticate(let auth)?:
+                    send(auth, context: context)
+                    state = .awaitingAuthOK(ok)
                 }
-                send(.auth(proof: secret.clientProof(clientNonce: nonce, serverNonce: ok.nonce, role: .peer)), context: context)
-                state = .awaitingAuthOK(ok)
+            } catch {
+                fail(Self.describe(error), context: context)
             }
 
         case (.awaitingAuthOK(let ok), .authOK(let proof)):
-            guard let secret = client.configuration.secret,
-                secret.isValidServerProof(proof, clientNonce: nonce, serverNonce: ok.nonce)
-            else {
-                fail("the primary's proof is wrong: is the secret the same on both nodes?", context: context)
+            do {
+                try handshake?.check(authOK: proof, after: ok)
+            } catch {
+                fail(Self.describe(error), context: context)
                 return
             }
             startReplicating(after: ok, context: context)
 
         case (.awaitingAuthOK, .error(let error)) where error.code == .authenticationFailed:
-            fail("the primary refused this node's proof: is the secret the same on both nodes?", context: context)
+            fail(Self.describe(.proofRefused), context: context)
 
         case (.awaitingReconcileFrom, .reconcileFrom(let watermark)):
             guard watermark != .max else {
@@ -727,6 +715,28 @@ final class ReplicaConnectionHandler: ChannelInboundHandler, @unchecked Sendable
 
         default:
             fail("unexpected \(message.type) while \(state)", context: context)
+        }
+    }
+
+    /// A failed handshake, in the words of this node's log: what to fix on which node.
+    static func describe(_ error: WireHandshakeError) -> String {
+        switch error {
+        case .nodeWithoutSecret:
+            // Replicating from a node that cannot prove it knows the secret
+            // would let anyone who can pose as the primary feed this node data.
+            return "the primary does not require authentication but this node has a secret: start the primary with the same --secret-file"
+        case .secretRequired:
+            return "the primary requires authentication; start this node with --secret-file"
+        case .badNonce(let count):
+            return "the primary's nonce is \(count) bytes, not \(WireSecret.serverNonceLength)"
+        case .wrongNodeProof:
+            return "the primary's proof is wrong: is the secret the same on both nodes?"
+        case .proofRefused:
+            return "the primary refused this node's proof: is the secret the same on both nodes?"
+        case .refused(let error):
+            return "the primary closed the link: \(error)"
+        case .unexpectedReply(let type, let request):
+            return "unexpected \(type) in answer to \(request)"
         }
     }
 

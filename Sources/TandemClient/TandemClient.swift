@@ -46,21 +46,11 @@ public final class TandemClient: Sendable {
         let handler = ClientHandler()
         let channel: any Channel
         do {
-            channel = try await ClientBootstrap(group: group)
-                .connectTimeout(timeout)
-                .channelOption(.tcpOption(.tcp_nodelay), value: 1)
-                .channelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        if let tls {
-                            try tls.secure(channel, host: host)
-                        } else {
-                            // Say "this node speaks TLS" rather than "it hung up".
-                            try channel.pipeline.syncOperations.addHandler(TLSAnswerDetector())
-                        }
-                        try channel.pipeline.syncOperations.addHandlers(ByteToMessageHandler(WireFrameDecoder()), handler)
-                    }
-                }
-                .connect(host: host, port: port).get()
+            // Without TLS, a node that speaks it is told from one that hangs up.
+            channel = try await ClientTLS.connect(host: host, port: port, tls: tls, timeout: timeout, group: group) { channel in
+                try channel.pipeline.syncOperations.addHandlers(ByteToMessageHandler(WireFrameDecoder()), handler)
+                return channel
+            }
         } catch {
             throw TandemClientError.unreachable(host: host, port: port, reason: "\(error)")
         }
@@ -76,67 +66,27 @@ public final class TandemClient: Sendable {
         }
     }
 
-    /// `hello`, `helloOK` and, with a secret, the authentication.
+    /// `hello`, `helloOK` and, with a secret, the authentication (`WireHandshake`).
     private static func handshake(
         channel: any Channel, handler: ClientHandler, name: String, secret: WireSecret?, timeout: TimeAmount,
         role: ConnectionRole, epoch: UInt64
     ) async throws -> TandemClient {
-        let nonce = WireSecret.randomNonce(count: WireSecret.clientNonceLength)
-        let hello = WireMessage.hello(Hello(
-            minimumVersion: WireVersion.minimum, maximumVersion: WireVersion.maximum, role: role, nodeName: name, nonce: nonce, epoch: epoch
-        ))
-        let reply: WireMessage
+        let handshake = WireHandshake(role: role, nodeName: name, epoch: epoch, secret: secret)
         do {
-            reply = try await handler.request(hello, on: channel, timeout: timeout)
+            let ok = try await handshake.run { message in
+                do {
+                    return try await handler.request(message, on: channel, timeout: timeout)
+                } catch TandemClientError.server(let error) {
+                    return .error(error)
+                }
+            }
+            return TandemClient(channel: channel, handler: handler, server: ok)
+        } catch let error as WireHandshakeError {
+            try? await channel.close()
+            throw TandemClientError(error)
         } catch {
             try? await channel.close()
             throw error
-        }
-        guard case .helloOK(let ok) = reply else {
-            try? await channel.close()
-            throw TandemClientError.unexpectedReply("\(reply.type) to hello")
-        }
-        do {
-            try await authenticate(ok, clientNonce: nonce, secret: secret, role: role, handler: handler, channel: channel, timeout: timeout)
-        } catch {
-            try? await channel.close()
-            throw error
-        }
-        return TandemClient(channel: channel, handler: handler, server: ok)
-    }
-
-    /// Runs the `auth`/`authOK` exchange when the node asks for it (and a secret was given).
-    private static func authenticate(
-        _ ok: HelloOK, clientNonce: [UInt8], secret: WireSecret?, role: ConnectionRole, handler: ClientHandler, channel: any Channel,
-        timeout: TimeAmount
-    ) async throws {
-        switch (ok.authentication, secret) {
-        case (.none, nil):
-            return
-        case (.none, .some):
-            throw TandemClientError.authenticationFailed(
-                reason: "the node does not require authentication, so it cannot prove it knows the secret"
-            )
-        case (.hmacSHA256, nil):
-            throw TandemClientError.authenticationRequired
-        case (.hmacSHA256, let secret?):
-            guard ok.nonce.count == WireSecret.serverNonceLength else {
-                throw TandemClientError.unexpectedReply("a \(ok.nonce.count)-byte nonce in helloOK")
-            }
-            // The proof binds the role hello announced: the node checks it against that role.
-            let proof = secret.clientProof(clientNonce: clientNonce, serverNonce: ok.nonce, role: role)
-            let reply: WireMessage
-            do {
-                reply = try await handler.request(.auth(proof: proof), on: channel, timeout: timeout)
-            } catch TandemClientError.server(let error) where error.code == .authenticationFailed {
-                throw TandemClientError.authenticationFailed(reason: "the node refused the secret; it is not the node's")
-            }
-            guard case .authOK(let serverProof) = reply else {
-                throw TandemClientError.unexpectedReply("\(reply.type) to auth")
-            }
-            guard secret.isValidServerProof(serverProof, clientNonce: clientNonce, serverNonce: ok.nonce) else {
-                throw TandemClientError.authenticationFailed(reason: "the node's proof is wrong; it does not know the secret")
-            }
         }
     }
 
@@ -228,6 +178,19 @@ public enum TandemClientError: Error, CustomStringConvertible, Sendable {
         case .connectionClosed: return "the node closed the connection"
         case .tls(let host, let port, let failure, _): return "TLS with \(host):\(port): \(failure)"
         case .closedBeforeHandshake(let host, let port): return "\(host):\(port) closed the connection before the handshake"
+        }
+    }
+
+    /// A failed handshake, in the words of a tool's user.
+    init(_ error: WireHandshakeError) {
+        switch error {
+        case .secretRequired: self = .authenticationRequired
+        case .nodeWithoutSecret: self = .authenticationFailed(reason: "the node does not require authentication, so it cannot prove it knows the secret")
+        case .badNonce(let count): self = .unexpectedReply("a \(count)-byte nonce in helloOK")
+        case .proofRefused: self = .authenticationFailed(reason: "the node refused the secret; it is not the node's")
+        case .wrongNodeProof: self = .authenticationFailed(reason: "the node's proof is wrong; it does not know the secret")
+        case .refused(let error): self = .server(error)
+        case .unexpectedReply(let type, let request): self = .unexpectedReply("\(type) to \(request)")
         }
     }
 }

@@ -4,7 +4,6 @@ import Replication
 import SessionPersistence
 import SessionStore
 import Synchronization
-import TandemClient
 import TandemTLS
 import WireProtocol
 
@@ -31,6 +30,14 @@ final class PairRole: Sendable {
         case primary(PrimaryReplication)
         /// Follows the primary, serves reads, forwards writes.
         case backup(ReplicaClient)
+
+        var nodeRole: NodeRole {
+            switch self {
+            case .joining: return .joining
+            case .primary: return .primary
+            case .backup: return .backup
+            }
+        }
     }
 
     /// Where the node's data came from when it started.
@@ -74,8 +81,8 @@ final class PairRole: Sendable {
     }
 
     let configuration: PairConfiguration
-    /// TLS for this node's status checks of its peer, as for replication:
-    /// the current contexts, so that a reload applies to the next check.
+    /// TLS for this node's questions to its peer, as for replication: the
+    /// current contexts, so that a reload applies to the next question.
     private var peerTLS: ClientTLS? { configuration.replication.tls?.peerClient }
     let store: SessionStore
     let feed: ChangeFeed
@@ -140,48 +147,68 @@ final class PairRole: Sendable {
         }
     }
 
-    var nodeRole: NodeRole {
-        state.withLock { state in
-            switch state.role {
-            case .joining: return .joining
-            case .primary: return .primary
-            case .backup: return .backup
-            }
-        }
-    }
+    var nodeRole: NodeRole { state.withLock { $0.role.nodeRole } }
 
     var epoch: UInt64 { state.withLock { $0.epoch } }
+
+    /// Where the node's data stands: the position in its history, the role
+    /// it was stored with, and the history the data continued at the node's
+    /// last promotion.
+    private struct DataPosition {
+        var replicationID: ReplicationID
+        var offset: UInt64
+        var roleCode: UInt8
+        var previous: (replicationID: ReplicationID, forkOffset: UInt64)?
+    }
+
+    private func data(of role: Role) -> DataPosition {
+        var data = DataPosition(
+            replicationID: recovered.replicationID, offset: recovered.offset, roleCode: recovered.role?.rawValue ?? NodeRole.joining.rawValue,
+            // Kept until a promotion replaces it: a restart or a spell as a
+            // backup does not make the data forget where it came from.
+            previous: recovered.previous
+        )
+        switch role {
+        case .joining:
+            break
+        case .primary(let primary):
+            (data.replicationID, data.offset) = (primary.replicationID, primary.offset)
+            data.roleCode = NodeRole.primary.rawValue
+            data.previous = primary.previous ?? data.previous
+        case .backup(let client):
+            let followed = client.position
+            (data.replicationID, data.offset) = (followed.replicationID, followed.offset)
+            data.roleCode = NodeRole.backup.rawValue
+        }
+        return data
+    }
 
     /// What every commit stores in the meta table: the position of the data
     /// in its history, the epoch, the role, and the history the data
     /// continued at its last promotion.
     func meta() -> [String: MetaValue] {
         let (role, epoch) = state.withLock { ($0.role, $0.epoch) }
-        var position = (recovered.replicationID, recovered.offset)
-        var roleCode = recovered.role?.rawValue ?? NodeRole.joining.rawValue
-        // Kept until a promotion replaces it: a restart or a spell as a
-        // backup does not make the data forget where it came from.
-        var previous = recovered.previous
-        switch role {
-        case .joining:
-            break
-        case .primary(let primary):
-            position = (primary.replicationID, primary.offset)
-            roleCode = NodeRole.primary.rawValue
-            previous = primary.previous ?? previous
-        case .backup(let client):
-            let followed = client.position
-            position = (followed.replicationID, followed.offset)
-            roleCode = NodeRole.backup.rawValue
-        }
+        let data = data(of: role)
         return [
-            ReplicationMetaKey.replicationID: .blob(position.0.bytes),
-            ReplicationMetaKey.offset: .integer(Int64(bitPattern: position.1)),
+            ReplicationMetaKey.replicationID: .blob(data.replicationID.bytes),
+            ReplicationMetaKey.offset: .integer(Int64(bitPattern: data.offset)),
             ReplicationMetaKey.epoch: .integer(Int64(bitPattern: epoch)),
-            ReplicationMetaKey.role: .integer(Int64(roleCode)),
-            ReplicationMetaKey.previousReplicationID: .blob((previous?.replicationID ?? .none).bytes),
-            ReplicationMetaKey.forkOffset: .integer(Int64(bitPattern: previous?.forkOffset ?? 0)),
+            ReplicationMetaKey.role: .integer(Int64(data.roleCode)),
+            ReplicationMetaKey.previousReplicationID: .blob((data.previous?.replicationID ?? .none).bytes),
+            ReplicationMetaKey.forkOffset: .integer(Int64(bitPattern: data.previous?.forkOffset ?? 0)),
         ]
+    }
+
+    /// This node as its peer asks for it (`pairStatus`): its role now and
+    /// configured, its epoch, and where its data stands.
+    func status() -> PairStatus {
+        let (role, epoch) = state.withLock { ($0.role, $0.epoch) }
+        let data = data(of: role)
+        return PairStatus(
+            nodeName: nodeName(), role: role.nodeRole, configuredRole: configuration.role, epoch: epoch,
+            replicationID: data.replicationID, offset: data.offset,
+            previousReplicationID: data.previous?.replicationID ?? .none, forkOffset: data.previous?.forkOffset ?? 0
+        )
     }
 
     // MARK: Changing roles
@@ -339,11 +366,8 @@ final class PairRole: Sendable {
         guard case .primary = nodeRole else { return epoch }
         let peerEpoch: UInt64
         do {
-            let client = try await TandemClient.connect(
-                host: peer.host, port: peer.port, name: nodeName(), secret: configuration.secret, tls: peerTLS, timeout: .seconds(2), group: group, role: .peer, epoch: epoch
-            )
-            defer { Task { try? await client.close() } }
-            peerEpoch = try await client.promote(reason: "handed over by \(nodeName()): \(reason)")
+            let reason = "handed over by \(nodeName()): \(reason)"
+            peerEpoch = try await ask(peer, timeout: .seconds(2)) { try await $0.promote(reason: reason) }
         } catch {
             throw ChangeError.peerRefused("\(error)")
         }
@@ -391,52 +415,35 @@ final class PairRole: Sendable {
         }
     }
 
-    private struct PeerStatus {
-        var role: String
-        /// The peer's --role ("" from a version that does not say).
-        var configuredRole: String
-        var epoch: UInt64
-        var replicationID: ReplicationID
-        var offset: UInt64
-        var name: String
+    /// Asks the peer on a link of its own, saying hello with this node's
+    /// epoch; the connection and each answer may take up to `timeout`.
+    private func ask<Answer>(
+        _ peer: (host: String, port: Int), timeout: TimeAmount, _ question: (PeerLink) async throws -> Answer
+    ) async throws -> Answer {
+        try await PeerLink.open(
+            host: peer.host, port: peer.port, name: nodeName(), epoch: epoch, secret: configuration.secret, tls: peerTLS,
+            timeout: timeout, group: group, question
+        )
     }
 
-    private func peerStatus(_ peer: (host: String, port: Int)) async -> PeerStatus? {
-        do {
-            let client = try await TandemClient.connect(
-                host: peer.host, port: peer.port, name: nodeName(), secret: configuration.secret, tls: peerTLS, timeout: .milliseconds(500), group: group, role: .peer, epoch: epoch
-            )
-            let properties = try await client.status()
-            try? await client.close()
-            let table = Dictionary(properties.map { ($0.name, $0.value) }, uniquingKeysWith: { first, _ in first })
-            return PeerStatus(
-                role: table["role"] ?? "", configuredRole: table["configured_role"] ?? "", epoch: table["epoch"].flatMap { UInt64($0) } ?? 0,
-                replicationID: table["data_replication_id"].flatMap { ReplicationID(hex: $0) } ?? .none,
-                offset: table["data_offset"].flatMap { UInt64($0) } ?? 0, name: client.server.nodeName
-            )
-        } catch {
-            return nil
-        }
+    private func peerStatus(_ peer: (host: String, port: Int)) async -> PairStatus? {
+        try? await ask(peer, timeout: .milliseconds(500)) { try await $0.status() }
     }
 
     /// Decides the role against the peer's status; false to ask again.
-    private func settle(against peer: PeerStatus, peer address: (host: String, port: Int)) async -> Bool {
+    private func settle(against peer: PairStatus, peer address: (host: String, port: Int)) async -> Bool {
         state.withLock { $0.peerEpoch = max($0.peerEpoch, peer.epoch) }
         switch peer.role {
-        case "primary":
-            becomeBackupNow(reason: "start: \(peer.name) is the primary")
+        case .primary:
+            becomeBackupNow(reason: "start: \(peer.nodeName) is the primary")
             return true
-        case "backup", "joining":
+        case .backup, .joining:
             if peerHoldsNewerData(peer) {
                 logger.notice("the peer holds newer data than this node's storage; it leads", metadata: [
-                    "peer": "\(peer.name)", "peer_offset": "\(peer.offset)", "offset": "\(recovered.offset)",
+                    "peer": "\(peer.nodeName)", "peer_offset": "\(peer.offset)", "offset": "\(recovered.offset)",
                 ])
-                if let client = try? await TandemClient.connect(
-                    host: address.host, port: address.port, name: nodeName(), secret: configuration.secret, tls: peerTLS, timeout: .seconds(1), group: group, role: .peer, epoch: epoch
-                ) {
-                    _ = try? await client.promote(reason: "\(nodeName()) restarted with older data")
-                    try? await client.close()
-                }
+                let reason = "\(nodeName()) restarted with older data"
+                _ = try? await ask(address, timeout: .seconds(1)) { try await $0.promote(reason: reason) }
                 becomeBackupNow(reason: "start: the peer holds newer data")
                 return true
             }
@@ -446,8 +453,6 @@ final class PairRole: Sendable {
             } catch {
                 return false
             }
-        default:
-            return false
         }
     }
 
@@ -457,15 +462,15 @@ final class PairRole: Sendable {
     /// started together both see the other joining: the configured backup
     /// defers to a peer configured as primary, or the pair would be led by
     /// whichever name sorts last.
-    private func peerHoldsNewerData(_ peer: PeerStatus) -> Bool {
+    private func peerHoldsNewerData(_ peer: PairStatus) -> Bool {
         if peer.replicationID == recovered.replicationID, peer.replicationID != .none {
             if peer.offset != recovered.offset { return peer.offset > recovered.offset }
         } else if peer.epoch != epoch {
             return peer.epoch > epoch
         }
         if configuration.role == .primary { return false }
-        if configuration.role == .backup && (peer.role != "joining" || peer.configuredRole == "primary") { return true }
-        return peer.name > nodeName()
+        if configuration.role == .backup && (peer.role != .joining || peer.configuredRole == .primary) { return true }
+        return peer.nodeName > nodeName()
     }
 
     // MARK: Timers
@@ -535,11 +540,7 @@ final class PairRole: Sendable {
     private func checkPeer() async {
         guard let peer = configuration.peer else { return }
         let epoch = self.epoch
-        guard let client = try? await TandemClient.connect(
-            host: peer.host, port: peer.port, name: nodeName(), secret: configuration.secret, tls: peerTLS, timeout: .milliseconds(500), group: group, role: .peer, epoch: epoch
-        ) else { return }
-        let server = client.server
-        try? await client.close()
+        guard let server = try? await ask(peer, timeout: .milliseconds(500), { $0.peer }) else { return }
         guard server.nodeRole == .primary else { return }
         if server.epoch > epoch || (server.epoch == epoch && server.nodeName > nodeName()) {
             becomeBackup(reason: "peer \(server.nodeName) is primary in epoch \(server.epoch)", peerEpoch: server.epoch)
@@ -563,17 +564,14 @@ final class PairRole: Sendable {
             // --role: which node leads when both start with the same data.
             ("configured_role", "\(configuration.role)"),
         ]
-        // The history the node's data belongs to, for the comparison at start.
-        let meta = meta()
-        if case .blob(let id)? = meta[ReplicationMetaKey.replicationID], case .integer(let offset)? = meta[ReplicationMetaKey.offset] {
-            stats.append(("data_replication_id", ReplicationID(bytes: id).description))
-            stats.append(("data_offset", "\(UInt64(bitPattern: offset))"))
-        }
-        if case .blob(let id)? = meta[ReplicationMetaKey.previousReplicationID], case .integer(let fork)? = meta[ReplicationMetaKey.forkOffset] {
-            let previous = ReplicationID(bytes: id)
-            stats.append(("data_previous_replication_id", previous == .none ? "none" : previous.description))
-            stats.append(("data_fork_offset", "\(UInt64(bitPattern: fork))"))
-        }
+        // The history the node's data belongs to: what its peer compares at
+        // start (with `pairStatus`), shown to people.
+        let data = data(of: state.role)
+        stats.append(("data_replication_id", data.replicationID.description))
+        stats.append(("data_offset", "\(data.offset)"))
+        let previous = data.previous?.replicationID ?? .none
+        stats.append(("data_previous_replication_id", previous == .none ? "none" : previous.description))
+        stats.append(("data_fork_offset", "\(data.previous?.forkOffset ?? 0)"))
         if case .backup(let client) = state.role, let summary = client.reconcileSummary {
             stats.append(("last_reconcile_sent", "\(summary.received)"))
         }

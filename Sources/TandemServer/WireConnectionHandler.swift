@@ -231,6 +231,8 @@ final class WireConnectionHandler: ChannelInboundHandler {
                 state = .reconciling(link, conflictsAbove: conflictsAbove, merge: MergeTally())
             }
             send(.reconcileFrom(watermark: watermark), requestID: frame.requestID, context: context)
+        case .pairStatus:
+            servePairStatus(link: link, requestID: frame.requestID, context: context)
         case .promote(let reason):
             changeRole(requestID: frame.requestID, context: context) { pair in
                 try await pair.becomePrimary(reason: "requested by \(name): \(reason)", automatic: false)
@@ -261,6 +263,26 @@ final class WireConnectionHandler: ChannelInboundHandler {
         default:
             reject(.protocolViolation, "unexpected \(message.type): not a request a node serves", requestID: frame.requestID, context: context)
         }
+    }
+
+    /// Tells the other node of the pair where this node and its data stand,
+    /// from the role machine's own state (`PairRole.status()`), typed: the
+    /// nodes do not read each other's status properties.
+    private func servePairStatus(link: Link, requestID: UInt32, context: ChannelHandlerContext) {
+        // A version 3 node does not know the message: answered as it would.
+        guard link.version >= WireVersion.pairStatus else {
+            reject(.unknownMessage, "pairStatus needs wire version \(WireVersion.pairStatus); this connection speaks \(link.version)", requestID: requestID, context: context)
+            return
+        }
+        guard link.role == .peer else {
+            reject(.protocolViolation, Self.peerOnly("pairStatus"), requestID: requestID, context: context)
+            return
+        }
+        guard let pair = node.pair else {
+            refuse(.unavailable, "a node without a pair has no pair status", requestID: requestID, context: context)
+            return
+        }
+        send(.pairStatusReply(pair.status()), requestID: requestID, context: context)
     }
 
     /// Why a message of the replication link is refused on a client's connection.

@@ -1,4 +1,5 @@
 import NIOCore
+import NIOPosix
 import NIOSSL
 
 /// The client side of TLS: `tandemctl --tls`, and a node's own connections
@@ -55,6 +56,35 @@ public struct ClientTLS: Sendable {
         let name = checksHostname && !isAddress ? host : nil
         let handler = try NIOSSLClientHandler(context: context, serverHostname: name)
         try channel.pipeline.syncOperations.addHandlers([handler, UncleanShutdownFilter()], position: .first)
+    }
+
+    /// The front of a connection to a node's wire port (call it first in a
+    /// channel initializer): TLS with `tls`; without, a `TLSAnswerDetector`,
+    /// so that a node that speaks TLS is told from one that hangs up.
+    public static func prepare(_ channel: any Channel, host: String, tls: ClientTLS?) throws {
+        if let tls {
+            try tls.secure(channel, host: host)
+        } else {
+            try channel.pipeline.syncOperations.addHandler(TLSAnswerDetector())
+        }
+    }
+
+    /// Connects to a node's wire port (`tandemctl`, a node's questions to
+    /// its peer): TCP without delay, `prepare`d, then what `initialize`
+    /// puts behind, on the channel's event loop; returns what it returns.
+    public static func connect<Output: Sendable>(
+        host: String, port: Int, tls: ClientTLS?, timeout: TimeAmount, group: any EventLoopGroup,
+        initialize: @escaping @Sendable (any Channel) throws -> Output
+    ) async throws -> Output {
+        try await ClientBootstrap(group: group)
+            .connectTimeout(timeout)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
+            .connect(host: host, port: port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try prepare(channel, host: host, tls: tls)
+                    return try initialize(channel)
+                }
+            }
     }
 }
 

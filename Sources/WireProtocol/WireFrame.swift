@@ -105,6 +105,8 @@ public enum WireMessageType: UInt16, Sendable, Hashable, CaseIterable, CustomStr
     case promote = 0x0050
     case demote = 0x0051
     case roleChanged = 0x0052
+    case pairStatus = 0x0053
+    case pairStatusReply = 0x0054
     case scan = 0x0060
     case scanPage = 0x0061
     case inspect = 0x0062
@@ -146,6 +148,8 @@ public enum WireMessageType: UInt16, Sendable, Hashable, CaseIterable, CustomStr
         case .promote: return "promote"
         case .demote: return "demote"
         case .roleChanged: return "roleChanged"
+        case .pairStatus: return "pairStatus"
+        case .pairStatusReply: return "pairStatusReply"
         case .scan: return "scan"
         case .scanPage: return "scanPage"
         case .inspect: return "inspect"

@@ -29,6 +29,8 @@ extension WireMessage {
         case .promote: return .promote
         case .demote: return .demote
         case .roleChanged: return .roleChanged
+        case .pairStatus: return .pairStatus
+        case .pairStatusReply: return .pairStatusReply
         case .scan: return .scan
         case .scanPage: return .scanPage
         case .inspect: return .inspect
@@ -119,8 +121,10 @@ extension WireMessage {
             return 4 + request.readableBytes
         case .forwardReply(_, let reply):
             return 8 + 4 + reply.readableBytes
-        case .statusRequest, .statsRequest:
+        case .statusRequest, .statsRequest, .pairStatus:
             return 0
+        case .pairStatusReply(let status):
+            return WireEncodedSize.pairStatus + status.nodeName.utf8.count
         case .properties(let properties):
             var size = 4
             for property in properties {
@@ -214,6 +218,8 @@ extension WireMessage {
         case .roleChanged(let role, let epoch):
             buffer.writeInteger(role.rawValue)
             buffer.writeInteger(epoch)
+        case .pairStatusReply(let status):
+            buffer.writePairStatus(status)
         case .scan(let request):
             buffer.writeWireBytes(request.cursor)
             buffer.writeInteger(request.limit)
@@ -263,7 +269,7 @@ extension WireMessage {
         case .forwardReply(let offset, let reply):
             buffer.writeInteger(offset)
             buffer.writeWireBytes(reply)
-        case .statusRequest, .statsRequest:
+        case .statusRequest, .statsRequest, .pairStatus:
             break
         case .properties(let properties):
             buffer.writeInteger(UInt32(properties.count))
@@ -409,6 +415,10 @@ extension WireMessage {
             let role = try reader.enumeration("role", as: NodeRole.self)
             let epoch = try reader.integer("epoch", as: UInt64.self)
             self = .roleChanged(role: role, epoch: epoch)
+        case .pairStatus:
+            self = .pairStatus
+        case .pairStatusReply:
+            self = .pairStatusReply(try reader.pairStatus())
         case .scan:
             let cursor = try reader.byteArray("cursor")
             let limit = try reader.integer("limit", as: UInt32.self)

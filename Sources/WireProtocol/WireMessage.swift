@@ -70,6 +70,10 @@ public enum WireMessage: Sendable, Equatable {
     case demote(reason: String)
     /// Response to `promote`/`demote`: the node's role and epoch now.
     case roleChanged(role: NodeRole, epoch: UInt64)
+    /// From the other node of the pair (version 4 on): where this node and its data stand.
+    case pairStatus
+    /// Response to `pairStatus`.
+    case pairStatusReply(PairStatus)
     /// One page of the items matching a filter, walked in short lock holds.
     case scan(ScanRequest)
     /// Response to `scan` and `inspect`.

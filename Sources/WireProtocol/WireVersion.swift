@@ -9,12 +9,18 @@
 ///   backup asked with: the primary continues the history the backup
 ///   followed (it was promoted from it), and the backup adopts the new ID.
 ///   A version 2 backup would refuse that, so it is given a full resync.
+/// - 4: `pairStatus` (0x0053) and `pairStatusReply` (0x0054): a node asks its
+///   peer where it stands in typed fields instead of reading its status
+///   properties. A node sends `pairStatus` only on a version 4 connection;
+///   a peer that speaks at most version 3 is still read the old way.
 public enum WireVersion {
     public static let minimum: UInt16 = 1
-    public static let maximum: UInt16 = 3
+    public static let maximum: UInt16 = 4
     /// The first version whose `importItems` is answered with `importReport`.
     public static let perItemImport: UInt16 = 2
     /// The first version whose backups resume into a history continued
     /// across a promotion (`partialResync` with the primary's new ID).
     public static let continuedHistory: UInt16 = 3
+    /// The first version with `pairStatus` and `pairStatusReply`.
+    public static let pairStatus: UInt16 = 4
 }

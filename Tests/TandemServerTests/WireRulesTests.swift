@@ -212,7 +212,7 @@ struct WireRulesTests {
         try await withServer(configure: Self.standalone(maxItemSize: 1024)) { server, clock in
             let wire = try RawWire(port: try #require(server.wirePort))
             let ok = try await wire.hello()
-            #expect(ok.version == WireVersion.maximum && ok.version == 3)
+            #expect(ok.version == WireVersion.maximum && ok.version == 4)
             let records = [
                 Self.record(Array("good:1".utf8), Array("one".utf8)),
                 Self.record(Array("has space".utf8), Array("x".utf8)),
@@ -345,15 +345,16 @@ struct WireRulesTests {
 
     // MARK: 4. Messages in the wrong place
 
-    @Test("replicate or reconcile on a client's connection says it needs the peer role")
+    @Test("replicate, reconcile or pairStatus on a client's connection says it needs the peer role")
     func replicateOnClientConnection() async throws {
         try await withServer(configure: Self.standalone()) { server, _ in
-            for message in [WireMessage.replicate(Replicate(replicationID: .none, offset: 0, epoch: 0)), .reconcile(Replicate(replicationID: .none, offset: 0, epoch: 0))] {
+            for message in [WireMessage.replicate(Replicate(replicationID: .none, offset: 0, epoch: 0)), .reconcile(Replicate(replicationID: .none, offset: 0, epoch: 0)), .pairStatus] {
                 let wire = try RawWire(port: try #require(server.wirePort))
                 try await wire.hello(role: .client)
                 try await wire.send(message, requestID: 4)
                 let (error, carrier) = try #require(try await wire.closingError())
                 #expect(error.code == .protocolViolation)
+                #expect(error.message.contains("\(message.type.name) is for the other node"), "\(error.message)")
                 #expect(error.message.contains("role 2 (peer)") && error.message.contains("not 1 (client)"), "\(error.message)")
                 #expect(carrier.requestID == 4 && carrier.isResponse)
             }

@@ -131,7 +131,7 @@ struct BadBodyTests {
     /// Samples small enough to try every truncation of.
     static let smallSamples = samples.filter { encodedBody($0.message).readableBytes <= 2048 }
 
-    @Test("unknown message types", arguments: [0x0000, 0x0006, 0x000F, 0x0012, 0x002C, 0x0043, 0x0053, 0x8000, 0xFFFF] as [UInt16])
+    @Test("unknown message types", arguments: [0x0000, 0x0006, 0x000F, 0x0012, 0x002C, 0x0043, 0x0055, 0x8000, 0xFFFF] as [UInt16])
     func unknownType(type: UInt16) {
         #expect(throws: WireProtocolError.unknownMessageType(type)) {
             try WireMessage(type: type, body: ByteBuffer())
@@ -176,7 +176,7 @@ struct BadBodyTests {
             }
         }
         // Fixed-size bodies only decode at their exact size.
-        let fixedSizes: [WireMessageType: Int] = [.ping: 8, .pong: 8, .snapshotEnd: 8, .ack: 8, .replicate: 32, .fullResync: 40, .partialResync: 24, .statusRequest: 0, .statsRequest: 0]
+        let fixedSizes: [WireMessageType: Int] = [.ping: 8, .pong: 8, .snapshotEnd: 8, .ack: 8, .replicate: 32, .fullResync: 40, .partialResync: 24, .statusRequest: 0, .statsRequest: 0, .pairStatus: 0]
         if let size = fixedSizes[type] {
             for count in 0...64 where count != size {
                 expectMalformed(type, bb(rng.bytes(count)))
@@ -209,9 +209,41 @@ struct BadBodyTests {
         for reason: UInt8 in [0, 4, 0xFF] {
             expectMalformed(.importReport, body { $0.u32(2).u8(1).u8(4).u8(reason).string("why") }, mentioning: "importReport element 1: `reason` has the undefined value \(reason)")
         }
+        for role: UInt8 in [0, 4, 0xFF] {
+            expectMalformed(.pairStatusReply, Self.pairStatusBody(role: role), mentioning: "`role` has the undefined value \(role)")
+            expectMalformed(.pairStatusReply, Self.pairStatusBody(configuredRole: role), mentioning: "`configured_role` has the undefined value \(role)")
+        }
         // The defined values decode.
+        for role: UInt8 in 1...3 {
+            #expect(throws: Never.self) { try WireMessage(type: WireMessageType.pairStatusReply.rawValue, body: Self.pairStatusBody(role: role, configuredRole: role)) }
+        }
         let ok = body { $0.u16(1).string("n").u8(2).u64(1).u8(1).bytes([]) }
         #expect(throws: Never.self) { try WireMessage(type: WireMessageType.helloOK.rawValue, body: ok) }
+    }
+
+    /// A `pairStatusReply` body field by field, with any bytes for the enumerations and the name.
+    static func pairStatusBody(role: UInt8 = 1, configuredRole: UInt8 = 2, name: [UInt8] = Array("b".utf8)) -> ByteBuffer {
+        body { $0.u8(role).u8(configuredRole).u64(3).raw(Array(0..<16)).u64(4).raw([UInt8](repeating: 0, count: 16)).u64(0).bytes(name) }
+    }
+
+    @Test("a pairStatusReply has its fixed fields first, then the node name; pairStatus has an empty body")
+    func pairStatusLayout() throws {
+        let status = PairStatus(
+            nodeName: "b", role: .primary, configuredRole: .backup, epoch: 3, replicationID: ReplicationID(bytes: Array(0..<16)), offset: 4
+        )
+        #expect(encodedBody(.pairStatusReply(status)) == Self.pairStatusBody())
+        #expect(encodedBody(.pairStatusReply(status)).readableBytes == WireEncodedSize.pairStatus + 1)
+        #expect(try WireMessage(type: WireMessageType.pairStatusReply.rawValue, body: Self.pairStatusBody()) == .pairStatusReply(status))
+        // The name's length is checked against what is left, and the name must be UTF-8.
+        var lying = Self.pairStatusBody(name: [])
+        lying.moveWriterIndex(to: lying.writerIndex - 4)
+        lying.writeInteger(UInt32(2))
+        lying.writeBytes([0x41])
+        expectMalformed(.pairStatusReply, lying, mentioning: "`node_name` has length 2")
+        expectMalformed(.pairStatusReply, Self.pairStatusBody(name: [0xC0, 0x80]), mentioning: "`node_name` is not valid UTF-8")
+        // A body that stops inside a fixed field names it.
+        expectMalformed(.pairStatusReply, body { $0.u8(1).u8(2).u64(3).raw(Array(0..<10)) }, mentioning: "`replication_id`")
+        expectMalformed(.pairStatus, bb([0]), mentioning: "1 bytes left over")
     }
 
     @Test("counts that cannot fit are refused before anything is reserved")

@@ -18,7 +18,18 @@ struct DocumentedExampleTests {
         00 00 00 07 62 61 64 20 6b 65 79
         """
 
+    static let pairStatusReplyHex = """
+        00 00 00 47 00 54 00 01 00 00 00 05 01 02 00 00 00 00 00 00 00 02 \
+        10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f 00 00 00 00 00 00 04 b0 \
+        20 21 22 23 24 25 26 27 28 29 2a 2b 2c 2d 2e 2f 00 00 00 00 00 00 03 e8 \
+        00 00 00 01 62
+        """
+
     static let ping = WireMessage.ping(timestampMillis: 1_795_323_600_000)
+    static let pairStatusReply = WireMessage.pairStatusReply(PairStatus(
+        nodeName: "b", role: .primary, configuredRole: .backup, epoch: 2, replicationID: ReplicationID(bytes: Array(0x10...0x1F)), offset: 1200,
+        previousReplicationID: ReplicationID(bytes: Array(0x20...0x2F)), forkOffset: 1000
+    ))
     static let importReport = WireMessage.importReport([.stored, .rejected(ImportRejection(.invalidKey, "bad key"))])
     static let changes = WireMessage.changes([
         ReplicatedChange(offset: 42, kind: .upsert, key: bb("k"), value: bb("hi"), flags: 0, deadlineMillis: 0, cas: 7),
@@ -76,23 +87,33 @@ struct DocumentedExampleTests {
         #expect(try frame.message() == Self.changes)
     }
 
-    @Test("the importReport answering request 3 encodes to the documented bytes")
-    func importReportBytes() throws {
+    /// `message` answering request `requestID` encodes to `documented`, which decodes back to it.
+    func expectAnswer(_ message: WireMessage, requestID: UInt32, encodesTo documented: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
         var buffer = ByteBuffer()
-        try buffer.writeWireMessage(Self.importReport, flags: WireFrame.Flags.response, requestID: 3)
-        #expect(hex(buffer) == Self.importReportHex)
+        try buffer.writeWireMessage(message, flags: WireFrame.Flags.response, requestID: requestID)
+        #expect(hex(buffer) == documented, sourceLocation: sourceLocation)
 
         var decoder = WireFrameDecoder()
-        var wire = bb(bytes(hex: Self.importReportHex))
-        let frame = try #require(try decoder.decode(buffer: &wire))
-        #expect(frame.requestID == 3 && frame.isResponse && frame.messageType == .importReport)
-        #expect(try frame.message() == Self.importReport)
+        var wire = bb(bytes(hex: documented))
+        let frame = try #require(try decoder.decode(buffer: &wire), sourceLocation: sourceLocation)
+        #expect(frame.requestID == requestID && frame.isResponse && frame.messageType == message.type, sourceLocation: sourceLocation)
+        #expect(try frame.message() == message, sourceLocation: sourceLocation)
+    }
+
+    @Test("the importReport answering request 3 encodes to the documented bytes")
+    func importReportBytes() throws {
+        try expectAnswer(Self.importReport, requestID: 3, encodesTo: Self.importReportHex)
+    }
+
+    @Test("the pairStatusReply answering request 5 encodes to the documented bytes")
+    func pairStatusReplyBytes() throws {
+        try expectAnswer(Self.pairStatusReply, requestID: 5, encodesTo: Self.pairStatusReplyHex)
     }
 
     @Test("Protocol.md section 1.6 shows exactly these bytes")
     func documentMatches() throws {
         let frames = try Self.documentedFrames()
-        #expect(frames == [Self.pingHex, Self.changesHex, Self.importReportHex])
+        #expect(frames == [Self.pingHex, Self.changesHex, Self.importReportHex, Self.pairStatusReplyHex])
     }
 
     /// The rows of the message table of section 1.4: type number and name.
@@ -124,6 +145,6 @@ struct DocumentedExampleTests {
     func versionsMatch() throws {
         let text = try Self.protocolText()
         #expect(text.contains("This document is version **\(WireVersion.maximum)**"))
-        #expect(WireVersion.minimum == 1 && WireVersion.perItemImport == 2)
+        #expect(WireVersion.minimum == 1 && WireVersion.perItemImport == 2 && WireVersion.pairStatus == 4)
     }
 }

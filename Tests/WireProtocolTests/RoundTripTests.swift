@@ -108,6 +108,18 @@ let samples: [Sample] = {
         Sample("promote", .promote(reason: "maintenance of node a")),
         Sample("demote empty", .demote(reason: "")),
         Sample("roleChanged", .roleChanged(role: .primary, epoch: 8)),
+        Sample("pairStatus", .pairStatus),
+        Sample("pairStatusReply promoted", .pairStatusReply(PairStatus(
+            nodeName: "tandem-b", role: .primary, configuredRole: .backup, epoch: 2, replicationID: id16, offset: 1200,
+            previousReplicationID: idFF, forkOffset: 1000
+        ))),
+        Sample("pairStatusReply joining, no data", .pairStatusReply(PairStatus(
+            nodeName: "", role: .joining, configuredRole: .primary, epoch: 0, replicationID: .none, offset: 0
+        ))),
+        Sample("pairStatusReply edges", .pairStatusReply(PairStatus(
+            nodeName: "nœud-名前-🚀\u{0}", role: .backup, configuredRole: .joining, epoch: .max, replicationID: idFF, offset: .max,
+            previousReplicationID: id16, forkOffset: .max
+        ))),
         Sample("scan default", .scan(ScanRequest())),
         Sample("scan all filters", .scan(ScanRequest(cursor: [0, 0, 0, 3, 0, 0, 1, 0], limit: 50, prefix: Array("validity:".utf8), match: "*-n1", minimumSize: 100, expiringWithinMillis: 60_000, options: [.values, .countOnly]))),
         Sample("scanPage empty", .scanPage(ScanPage(cursor: [], scanned: 0, matched: 0, records: []))),
@@ -143,7 +155,7 @@ struct RoundTripTests {
     func coverage() {
         let covered = Set(samples.map(\.message.type))
         #expect(covered == Set(WireMessageType.allCases))
-        #expect(WireMessageType.allCases.count == 39)
+        #expect(WireMessageType.allCases.count == 41)
     }
 
     @Test("encode, frame, decode gives the message back", arguments: samples)
@@ -249,7 +261,7 @@ struct RoundTripTests {
             (0x002B, "reconcileDone"),
             (0x0030, "forward"), (0x0031, "forwardReply"),
             (0x0040, "statusRequest"), (0x0041, "statsRequest"), (0x0042, "properties"),
-            (0x0050, "promote"), (0x0051, "demote"), (0x0052, "roleChanged"),
+            (0x0050, "promote"), (0x0051, "demote"), (0x0052, "roleChanged"), (0x0053, "pairStatus"), (0x0054, "pairStatusReply"),
             (0x0060, "scan"), (0x0061, "scanPage"), (0x0062, "inspect"), (0x0063, "deleteKeys"), (0x0064, "deleteResult"),
             (0x0065, "importItems"), (0x0066, "importResult"), (0x0067, "importReport"), (0x0070, "backup"), (0x0071, "backupDone"),
             (0x0080, "watch"), (0x0081, "watchEvent"),

@@ -199,6 +199,12 @@ struct MessageGenerator<R: RandomNumberGenerator> {
         case .promote: return .promote(reason: string())
         case .demote: return .demote(reason: string())
         case .roleChanged: return .roleChanged(role: rng.pick([.primary, .backup, .joining]), epoch: rng.u64())
+        case .pairStatus: return .pairStatus
+        case .pairStatusReply:
+            return .pairStatusReply(PairStatus(
+                nodeName: string(), role: rng.pick([.primary, .backup, .joining]), configuredRole: rng.pick([.primary, .backup, .joining]),
+                epoch: rng.u64(), replicationID: replicationID(), offset: rng.u64(), previousReplicationID: replicationID(), forkOffset: rng.u64()
+            ))
         case .scan:
             return .scan(ScanRequest(cursor: rng.bytes(size()), limit: rng.u32(), prefix: rng.bytes(size()), match: string(), minimumSize: rng.u32(), expiringWithinMillis: rng.i64(), options: ScanRequest.Options(rawValue: UInt8(truncatingIfNeeded: rng.u32()))))
         case .scanPage:
