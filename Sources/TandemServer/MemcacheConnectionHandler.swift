@@ -42,6 +42,8 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
     private static let outboundWriteThreshold = 64 * 1024
     /// Consumed input is compacted away once this much has accumulated.
     private static let inboundCompactThreshold = 64 * 1024
+    /// Input taken in while a command waits for a value, before reading stops.
+    private static let inboundWhileWaitingForValue = 1 << 20
 
     private var decoder: MemcacheDecoder
     /// Set once the first byte of the connection was the binary protocol's magic (0x80).
@@ -97,6 +99,12 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
             inbound = incoming
         } else {
             inbound!.writeBuffer(&incoming)
+        }
+        // A read from the log takes well under a millisecond: reading goes on
+        // meanwhile (no two system calls per cold read to stop and restart
+        // it), unless the peer sends a lot.
+        if case .waitingForValue = state, inbound!.readableBytes > Self.inboundWhileWaitingForValue {
+            context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
         }
         processInbound(context: context)
     }
@@ -315,7 +323,6 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
         _ wanted: [ValueOnDisk], attempt: Int, run: @escaping Command, failure: @escaping (inout ByteBuffer) -> Void, context: ChannelHandlerContext
     ) {
         state = .waitingForValue
-        context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
         let bound = NIOLoopBound((self, context, run, failure), eventLoop: context.eventLoop)
         let cold = wanted[0]
         let reads = wanted.map { dispatcher.context.loadValue($0, on: context.eventLoop) }
