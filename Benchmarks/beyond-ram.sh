@@ -13,6 +13,7 @@
 #   Benchmarks/beyond-ram.sh                       # 64,000 x 2 KB at -m 32, 3 rounds x 10 s
 #   Benchmarks/beyond-ram.sh --items 200000 --memory 64 --rounds 1
 #   Benchmarks/beyond-ram.sh --tandemd .build/release/tandemd
+#   Benchmarks/beyond-ram.sh --items 5000000 --memory 1024 --rounds 1 --servers tandem   # the scale goal
 #
 # Servers:
 #   memcached-extstore  memcached -t 2 -m M -o ext_path=<tmp>/extstore:<4x data>
@@ -30,6 +31,7 @@ duration=10
 rounds=3
 tandemd_bin=""
 results=""
+servers="memcached-extstore tandem"
 
 usage() {
     cat <<EOF
@@ -39,6 +41,7 @@ usage: Benchmarks/beyond-ram.sh [options]
   --duration S     measured seconds of gets per run (default $duration)
   --rounds R       rounds, servers alternating within each (default $rounds)
   --tandemd PATH   this tandemd instead of a release build (.build-bench)
+  --servers LIST   comma-separated, of memcached-extstore,tandem (default both)
   --results DIR    where runs.jsonl, logs and table.md go (default Benchmarks/results/beyond-ram-<date-time>)
 EOF
 }
@@ -50,6 +53,7 @@ while [ $# -gt 0 ]; do
         --duration) duration="$2"; shift 2 ;;
         --rounds) rounds="$2"; shift 2 ;;
         --tandemd) tandemd_bin="$2"; shift 2 ;;
+        --servers) servers="${2//,/ }"; shift 2 ;;
         --results) results="$2"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "beyond-ram: unknown option $1" >&2; usage >&2; exit 2 ;;
@@ -165,7 +169,7 @@ jf() { sed -n "s/.*\"$2\":\"\{0,1\}\([^,\"}]*\).*/\1/p" <<<"$1"; }
 
 failures=0
 for r in $(seq "$rounds"); do
-    for s in memcached-extstore tandem; do
+    for s in $servers; do
         logf="$results/logs/$r-$s.log"; : >"$logf"
         data="$tmp/$s-$r"; mkdir -p "$data"
         if ! start "$s" "$logf" "$data"; then
@@ -176,14 +180,23 @@ for r in $(seq "$rounds"); do
         rss="$(rss_mb "$server_pid")"
         held="$(stat "$server_port" curr_items)"
         held_after_restart="n/a"
+        restart_s="n/a"
+        rss_after_restart="n/a"
         if [ "$s" = tandem ]; then
             stop
-            start "$s" "$logf" "$data" && held_after_restart="$(stat "$server_port" curr_items)"
+            # From the start of the process to the port answering: the
+            # headers are in, the values follow in the background.
+            restart_started=$(date +%s.%N)
+            if start "$s" "$logf" "$data"; then
+                held_after_restart="$(stat "$server_port" curr_items)"
+                restart_s="$(awk -v a="$restart_started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')"
+                rss_after_restart="$(rss_mb "$server_pid")"
+            fi
         fi
         stop
         [ -n "$out" ] || { log "round $r $s: load generator failed"; failures=$((failures + 1)); continue; }
-        printf '%s\n' "${out%\}},\"server\":\"$s\",\"round\":$r,\"rss_mb\":${rss:-0},\"items_held\":\"$held\",\"items_after_restart\":\"$held_after_restart\"}" >>"$runs"
-        log "round $r $(printf '%-18s' "$s") $(printf '%8.0f' "$(jf "$out" throughput)") gets/s  p50 $(jf "$out" p50_us) us  p99 $(jf "$out" p99_us) us  misses $(jf "$out" get_misses) of $(jf "$out" gets)  RSS ${rss} MB  items held $held of $items, after a restart: $held_after_restart"
+        printf '%s\n' "${out%\}},\"server\":\"$s\",\"round\":$r,\"rss_mb\":${rss:-0},\"items_held\":\"$held\",\"items_after_restart\":\"$held_after_restart\",\"restart_s\":\"$restart_s\",\"rss_after_restart_mb\":\"$rss_after_restart\"}" >>"$runs"
+        log "round $r $(printf '%-18s' "$s") $(printf '%8.0f' "$(jf "$out" throughput)") gets/s  p50 $(jf "$out" p50_us) us  p99 $(jf "$out" p99_us) us  misses $(jf "$out" get_misses) of $(jf "$out" gets)  RSS ${rss} MB  items held $held of $items, after a restart: $held_after_restart (serving after ${restart_s} s, RSS ${rss_after_restart} MB)"
     done
 done
 
@@ -193,18 +206,23 @@ median() { sort -g | awk '{ v[NR] = $1 } END { if (!NR) { print "nan"; exit } m 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "nan" || b == "nan" || b == 0) print "–"; else printf "%.2f×", a / b }'; }
 pct() { awk -v m="$1" -v g="$2" 'BEGIN { if (g == "nan" || g == 0) print "–"; else printf "%.1f%%", 100 * m / g }'; }
 ext_thr="$(vals memcached-extstore throughput | median)"
+hits() { awk -v t="$1" -v m="$2" -v g="$3" 'BEGIN { if (t == "nan" || g == "nan" || g == 0) print "nan"; else printf "%.0f", t * (1 - m / g) }'; }
+ext_hits="$(hits "$ext_thr" "$(vals memcached-extstore get_misses | median)" "$(vals memcached-extstore gets | median)")"
 {
     echo "Beyond RAM: $items sessions of 2 KB, -m $memory, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores; medians of $rounds runs of ${duration} s of uniform gets (50 connections)."
     echo "memcached $(memcached -V | awk '{print $2}') with extstore; tandemd $tandemd_bin."
     echo
-    echo "| server | gets/s | vs extstore | p50 µs | p99 µs | misses | items held | after restart | RSS MB |"
-    echo "|---|--:|--:|--:|--:|--:|--:|--:|--:|"
-    for s in memcached-extstore tandem; do
+    echo "A hit is a get that found its session: gets/s × (1 − misses)."
+    echo
+    echo "| server | gets/s | vs extstore | hits/s | vs extstore | p50 µs | p99 µs | misses | items held | after restart | serving after restart | RSS MB | RSS after restart |"
+    echo "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+    for s in $servers; do
         thr="$(vals "$s" throughput | median)"
-        echo "| $s | $(printf '%.0f' "$thr") | $(ratio "$thr" "$ext_thr") | $(vals "$s" p50_us | median) | $(vals "$s" p99_us | median) | $(pct "$(vals "$s" get_misses | median)" "$(vals "$s" gets | median)") | $(vals "$s" items_held | median) | $(vals "$s" items_after_restart | head -1) | $(vals "$s" rss_mb | median) |"
+        h="$(hits "$thr" "$(vals "$s" get_misses | median)" "$(vals "$s" gets | median)")"
+        echo "| $s | $(printf '%.0f' "$thr") | $(ratio "$thr" "$ext_thr") | $h | $(ratio "$h" "$ext_hits") | $(vals "$s" p50_us | median) | $(vals "$s" p99_us | median) | $(pct "$(vals "$s" get_misses | median)" "$(vals "$s" gets | median)") | $(vals "$s" items_held | median) | $(vals "$s" items_after_restart | head -1) | $(vals "$s" restart_s | head -1) s | $(vals "$s" rss_mb | median) | $(vals "$s" rss_after_restart_mb | head -1) |"
     done
     echo
-    echo "Command: Benchmarks/beyond-ram.sh --items $items --memory $memory --duration $duration --rounds $rounds"
+    echo "Command: Benchmarks/beyond-ram.sh --items $items --memory $memory --duration $duration --rounds $rounds --servers ${servers// /,}"
 } >"$results/table.md"
 echo
 cat "$results/table.md"

@@ -652,6 +652,33 @@ final class ItemDatabase {
         try Self.forEachNewestRow(newest, in: logShape, now: now, parts: parts, body)
     }
 
+    /// Every row header of the log from `flush_seq` on, oldest first (a
+    /// segment's hints, or its rows for the head): recovery's one pass when
+    /// values stay in the log.
+    func forEachHeader(_ body: (RowHeader) -> Void) throws(SQLiteError) {
+        for segment in segments {
+            for header in try headers(ofSegment: segment.id) where header.seq >= flushSeq { body(header) }
+        }
+    }
+
+    /// The log's values newest first, on a read-only connection of its own,
+    /// until `body` returns false: the warm-up after recovery. A segment
+    /// compaction drops meanwhile ends it with an error.
+    static func forEachValueNewestFirst(
+        in shape: LogShape, _ body: (UnsafeRawBufferPointer, UnsafeRawBufferPointer, UInt64) -> Bool
+    ) throws(SQLiteError) {
+        let reader = try SQLiteConnection(path: shape.path, mode: .readOnly)
+        defer { reader.close() }
+        try reader.execute("PRAGMA mmap_size = 0")
+        for name in shape.segmentNames.reversed() {
+            let statement = try reader.prepare("SELECT key, value, cas FROM \(name) WHERE seq >= ?1 AND value IS NOT NULL ORDER BY seq DESC")
+            statement.bind(1, Int64(bitPattern: shape.flushSeq))
+            while try statement.step() {
+                guard body(statement.blob(0), statement.blob(1), UInt64(bitPattern: statement.int64(2))) else { return }
+            }
+        }
+    }
+
     /// Where the log's rows are, for a reader on another thread than the writer's.
     struct LogShape: Sendable {
         let path: String

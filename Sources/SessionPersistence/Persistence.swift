@@ -189,8 +189,6 @@ public final class Persistence: Sendable {
 
     /// Values recovery left in the log, to be read into RAM in the background.
     struct WarmUp: Sendable {
-        /// The newest row of each key to read, newest first until `-m`.
-        let rows: [[UInt8]: UInt64]
         let shape: ItemDatabase.LogShape
     }
 
@@ -202,28 +200,16 @@ public final class Persistence: Sendable {
         do {
             let total = try database.rowCount()
             logger.info("recovering items", metadata: ["rows": "\(total)", "segments": "\(database.segments.count)", "file": "\(database.path)"])
-            // First the newest row of each key, from the headers alone (the
-            // hints); then only those rows' values, from several threads:
-            // no value is copied into memory to be replaced a moment later.
-            let newest = try database.newestRows()
-            logger.info("recovery: newest rows found", metadata: [
-                "keys": "\(newest.count)", "seconds": "\(String(format: "%.3f", Self.seconds(ContinuousClock.now - started)))",
-            ])
-            store.reserve(items: newest.count)
             let progress = RecoveryProgress()
-            let (load, warm) = Self.plan(newest, into: store, now: now, progress: progress, logger: logger)
-            let parts = load.count >= Self.parallelRecoveryKeys ? ProcessInfo.processInfo.activeProcessorCount : 1
-            try database.forEachNewestRow(load, now: now, parts: parts) { seq, key, value, flags, deadline, cas in
-                store.restore(key, value: value, flags: flags, deadline: deadline, cas: cas, seq: seq)
-                if progress.loaded(cas: cas) {
-                    let loaded = progress.totals.loaded
-                    let elapsed = Self.seconds(ContinuousClock.now - started)
-                    logger.info("recovery progress", metadata: [
-                        "items": "\(loaded)", "of": "\(newest.count)",
-                        "percent": "\(newest.isEmpty ? 100 : min(100, loaded * 100 / newest.count))",
-                        "items_per_second": "\(Int(Double(loaded) / max(elapsed, 0.001)))",
-                    ])
-                }
+            var warmUp: WarmUp?
+            if store.configuration.valuesLeaveRAM {
+                // Every header, oldest row first, straight into the store,
+                // cold: a newer row replaces an older one, a tombstone
+                // removes it. The values are read after the port opens.
+                try recoverHeaders(database: database, into: store, now: now, progress: progress, started: started, logger: logger)
+                warmUp = WarmUp(shape: database.logShape)
+            } else {
+                try recoverWithValues(database: database, into: store, now: now, progress: progress, started: started, logger: logger)
             }
             var highestCas = progress.totals.highestCas
             let read = Int(total)
@@ -247,52 +233,75 @@ public final class Persistence: Sendable {
                 "items": "\(loaded)", "rows": "\(read)", "seconds": "\(String(format: "%.3f", seconds))",
                 "rows_per_second": "\(Int(Double(read) / max(seconds, 0.001)))",
             ])
-            let warmUp = warm.isEmpty ? nil : WarmUp(rows: warm, shape: database.logShape)
             return (RecoveryReport(items: loaded, seconds: seconds), warmUp)
         } catch {
             throw .unreadable(path: database.path, error: error)
         }
     }
 
-    /// Which newest rows recovery reads the values of now (`load`), and
-    /// which after the port opens (`warm`). Without values leaving RAM, all
-    /// of them now. With them (`-m` with persistence), every live key's
-    /// header is loaded now, cold, and the values newest first as long as
-    /// they fit in nine tenths of `-m` beside the headers are read in the
-    /// background; a get meanwhile reads from the log (docs/storage.md,
-    /// "Recovery").
-    static func plan(
-        _ newest: [[UInt8]: ItemDatabase.RowHeader], into store: SessionStore, now: Int64, progress: RecoveryProgress, logger: Logger
-    ) -> (load: [[UInt8]: UInt64], warm: [[UInt8]: UInt64]) {
-        guard store.configuration.valuesLeaveRAM else { return (newest.mapValues(\.seq), [:]) }
-        let live = newest.values.filter { $0.valueLength != nil && ($0.deadline == 0 || $0.deadline > now) }
-        let headers = live.reduce(0) { $0 + SessionStore.itemCost(keyLength: $1.key.count, valueLength: 0) }
-        let limit = store.configuration.memoryLimit
-        if headers > limit / 2 {
+    /// Recovery when values stay in the log: one pass over the headers.
+    private static func recoverHeaders(
+        database: ItemDatabase, into store: SessionStore, now: Int64, progress: RecoveryProgress, started: ContinuousClock.Instant,
+        logger: Logger
+    ) throws(SQLiteError) {
+        let total = database.segments.reduce(0) { $0 + max(0, Int($1.last) - Int($1.first) + 1) }
+        store.reserve(items: total)
+        var headersSeen = 0
+        try database.forEachHeader { header in
+            headersSeen += 1
+            header.key.withUnsafeBytes { key in
+                if let length = header.valueLength {
+                    store.restoreCold(
+                        key, flags: header.flags, deadline: Deadline(millis: header.deadline), cas: header.cas,
+                        seq: header.seq, length: UInt32(truncatingIfNeeded: length)
+                    )
+                } else {
+                    store.forgetRestored(key)
+                }
+            }
+            if progress.loaded(cas: header.cas) {
+                logger.info("recovery progress", metadata: [
+                    "rows": "\(headersSeen)", "of": "\(total)", "percent": "\(total == 0 ? 100 : min(100, headersSeen * 100 / total))",
+                    "rows_per_second": "\(Int(Double(headersSeen) / max(Self.seconds(ContinuousClock.now - started), 0.001)))",
+                ])
+            }
+        }
+        let statistics = store.statistics()
+        let headerBytes = statistics.bytes
+        if headerBytes > store.configuration.memoryLimit / 2 {
             logger.warning("the items' headers alone take more than half of the memory limit; raise -m, or items will be evicted", metadata: [
-                "headers_bytes": "\(headers)", "memory_limit": "\(limit)", "items": "\(live.count)",
+                "headers_bytes": "\(headerBytes)", "memory_limit": "\(store.configuration.memoryLimit)", "items": "\(statistics.currentItems)",
             ])
         }
-        var room = limit / 10 * 9 - headers
-        var warm: [[UInt8]: UInt64] = [:]
-        for header in live.sorted(by: { $0.seq > $1.seq }) {
-            let length = header.valueLength!
-            // Newest first, and no older value once a newer one did not fit.
-            if room >= length {
-                room -= length
-                warm[header.key] = header.seq
-            } else {
-                room = -1
+    }
+
+    /// Recovery with every value in RAM (a store whose values may not leave
+    /// it): the newest row of each key from the headers, then only those
+    /// rows' values, from several threads, so no value is copied into memory
+    /// to be replaced a moment later.
+    private static func recoverWithValues(
+        database: ItemDatabase, into store: SessionStore, now: Int64, progress: RecoveryProgress, started: ContinuousClock.Instant,
+        logger: Logger
+    ) throws(SQLiteError) {
+        let newest = try database.newestRows()
+        logger.info("recovery: newest rows found", metadata: [
+            "keys": "\(newest.count)", "seconds": "\(String(format: "%.3f", Self.seconds(ContinuousClock.now - started)))",
+        ])
+        store.reserve(items: newest.count)
+        let load = newest.mapValues(\.seq)
+        let parts = load.count >= Self.parallelRecoveryKeys ? ProcessInfo.processInfo.activeProcessorCount : 1
+        try database.forEachNewestRow(load, now: now, parts: parts) { seq, key, value, flags, deadline, cas in
+            store.restore(key, value: value, flags: flags, deadline: deadline, cas: cas, seq: seq)
+            if progress.loaded(cas: cas) {
+                let loaded = progress.totals.loaded
+                let elapsed = Self.seconds(ContinuousClock.now - started)
+                logger.info("recovery progress", metadata: [
+                    "items": "\(loaded)", "of": "\(newest.count)",
+                    "percent": "\(newest.isEmpty ? 100 : min(100, loaded * 100 / newest.count))",
+                    "items_per_second": "\(Int(Double(loaded) / max(elapsed, 0.001)))",
+                ])
             }
-            header.key.withUnsafeBytes { key in
-                _ = store.restoreCold(
-                    key, flags: header.flags, deadline: Deadline(millis: header.deadline), cas: header.cas,
-                    seq: header.seq, length: UInt32(truncatingIfNeeded: length)
-                )
-            }
-            _ = progress.loaded(cas: header.cas)
         }
-        return ([:], warm)
     }
 
     /// The disk budget in bytes of live rows, nil for none.
@@ -328,11 +337,12 @@ public final class Persistence: Sendable {
         if let warmUp { startWarmUp(warmUp) }
     }
 
-    /// Reads the values recovery left in the log into RAM, newest first, on a
-    /// thread of its own while the node serves: each is installed only if
-    /// its item is still cold with that version and there is room without
-    /// evicting anything. A segment compaction dropped meanwhile ends it
-    /// early; those values are read when asked for.
+    /// Reads the values recovery left in the log into RAM, newest row first,
+    /// on a thread of its own while the node serves, until one does not fit
+    /// in nine tenths of `-m`: each is installed only if its item is still
+    /// cold with that version (older rows of a key find it warm or changed)
+    /// and there is room without evicting anything. A segment compaction
+    /// dropped meanwhile ends it early; those values are read when asked for.
     private func startWarmUp(_ warmUp: WarmUp) {
         let (store, logger) = (self.store, self.logger)
         warming.store(true, ordering: .relaxed)
@@ -342,15 +352,23 @@ public final class Persistence: Sendable {
             Thread.current.name = "tandem-warmup"
             let started = ContinuousClock.now
             let installed = Atomic<Int>(0)
+            let room = store.configuration.memoryLimit / 10 * 9
             do {
-                try ItemDatabase.forEachNewestRow(warmUp.rows, in: warmUp.shape, now: store.now(), parts: 1) { _, key, value, _, _, cas in
-                    if store.install(key, value: value, cas: cas) { installed.wrappingAdd(1, ordering: .relaxed) }
+                var used = store.statistics().bytes
+                try ItemDatabase.forEachValueNewestFirst(in: warmUp.shape) { key, value, cas in
+                    // Checked by what was installed, not by asking every shard each time.
+                    guard used + value.count <= room else { return false }
+                    if store.install(key, value: value, cas: cas) {
+                        installed.wrappingAdd(1, ordering: .relaxed)
+                        used += value.count
+                    }
+                    return true
                 }
             } catch {
                 logger.notice("reading values into memory stopped early; the rest are read when asked for", metadata: ["error": "\(error)"])
             }
             logger.info("values read into memory after recovery", metadata: [
-                "values": "\(installed.load(ordering: .relaxed))", "of": "\(warmUp.rows.count)",
+                "values": "\(installed.load(ordering: .relaxed))", "cold_items": "\(store.statistics().coldItems)",
                 "seconds": "\(String(format: "%.3f", Self.seconds(ContinuousClock.now - started)))",
             ])
         }

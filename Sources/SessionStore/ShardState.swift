@@ -347,7 +347,7 @@ struct ShardState {
         let keyLength = Int(slots[Int(slot)].keyLength)
         unlink(slot)
         bytesUsed -= slots[Int(slot)].valueCount
-        slots[Int(slot)].bytes = Array(slots[Int(slot)].bytes[..<keyLength])
+        if slots[Int(slot)].valueCount > 0 { slots[Int(slot)].bytes = Array(slots[Int(slot)].bytes[..<keyLength]) }
         slots[Int(slot)].marks.insert(.cold)
         coldCount += 1
         coldBytes += Int(slots[Int(slot)].rowLength)

@@ -325,8 +325,11 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
         state = .waitingForValue
         let bound = NIOLoopBound((self, context, run, failure), eventLoop: context.eventLoop)
         let cold = wanted[0]
-        let reads = wanted.map { dispatcher.context.loadValue($0, on: context.eventLoop) }
-        EventLoopFuture.whenAllSucceed(reads, on: context.eventLoop).whenComplete { result in
+        // One value (the common case) without the machinery of combining futures.
+        let loaded: EventLoopFuture<[LoadedValue?]> = wanted.count == 1
+            ? dispatcher.context.loadValue(cold, on: context.eventLoop).map { [$0] }
+            : EventLoopFuture.whenAllSucceed(wanted.map { dispatcher.context.loadValue($0, on: context.eventLoop) }, on: context.eventLoop)
+        loaded.whenComplete { result in
             let (handler, context, run, failure) = bound.value
             guard case .waitingForValue = handler.state else { return }
             switch result {
