@@ -619,10 +619,10 @@ final class ItemDatabase {
     // MARK: Reading (start-up)
 
     /// Rows in the log, dead ones included.
-    func rowCount() throws(SQLiteError) -> Int64 {
-        var total: Int64 = 0
-        for segment in segments { total += try connection.integer("SELECT count(*) FROM \(segment.name)") }
-        return total
+    /// The rows of the log, from the segments' seq ranges: `count(*)` would
+    /// read every leaf page of every segment (seconds for a 10 GB log).
+    var rowCount: Int {
+        segments.reduce(0) { $0 + ($1.last >= $1.first ? Int($1.last - $1.first + 1) : 0) }
     }
 
     /// The newest row of every key at or above `flush_seq` (a tombstone

@@ -198,7 +198,7 @@ public final class Persistence: Sendable {
         let started = ContinuousClock.now
         let now = store.now()
         do {
-            let total = try database.rowCount()
+            let total = database.rowCount
             logger.info("recovering items", metadata: ["rows": "\(total)", "segments": "\(database.segments.count)", "file": "\(database.path)"])
             let progress = RecoveryProgress()
             var warmUp: WarmUp?
@@ -244,7 +244,7 @@ public final class Persistence: Sendable {
         database: ItemDatabase, into store: SessionStore, now: Int64, progress: RecoveryProgress, started: ContinuousClock.Instant,
         logger: Logger
     ) throws(SQLiteError) {
-        let total = database.segments.reduce(0) { $0 + max(0, Int($1.last) - Int($1.first) + 1) }
+        let total = database.rowCount
         store.reserve(items: total)
         var headersSeen = 0
         try database.forEachHeader { header in
@@ -988,16 +988,10 @@ final class Writer: @unchecked Sendable {
     /// rolled-back commit or a rewrite.
     private func rebuildLive() {
         database.resetLive()
-        for shard in 0..<store.shardCount {
-            var cursor: Int? = 0
-            while let from = cursor {
-                let page = store.items(inShard: shard, from: from, limit: 1024)
-                for item in page.items where item.seq != 0 {
-                    if let index = database.segmentIndex(holding: item.seq) {
-                        database.addLive(ItemDatabase.rowBytes(keyLength: item.keyLength, valueLength: Int(item.rowLength)), at: index)
-                    }
-                }
-                cursor = page.next
+        let database = self.database
+        store.forEachCommittedRow { seq, keyLength, rowLength in
+            if let index = database.segmentIndex(holding: seq) {
+                database.addLive(ItemDatabase.rowBytes(keyLength: keyLength, valueLength: rowLength), at: index)
             }
         }
     }

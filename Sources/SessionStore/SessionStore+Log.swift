@@ -218,3 +218,15 @@ extension SessionStore {
         return evicted
     }
 }
+
+extension SessionStore {
+    /// Calls `body` with the seq, key length and value length of every live
+    /// item's committed row, shard by shard under its lock, without copying
+    /// anything: the writer's accounting of live bytes at start.
+    public func forEachCommittedRow(_ body: (UInt64, Int, Int) -> Void) {
+        let now = clock.nowMillis()
+        for shard in shards {
+            shard.state.withLock { $0.forEachCommittedRow(now: now, body) }
+        }
+    }
+}

@@ -453,6 +453,15 @@ struct ShardState {
         return (items, index < slots.count ? index : nil)
     }
 
+    /// The committed row (seq, key length, value length) of every live item, read in place.
+    func forEachCommittedRow(now: Int64, _ body: (UInt64, Int, Int) -> Void) {
+        for index in slots.indices where slots[index].seq != 0 && !slots[index].bytes.isEmpty {
+            let deadline = slots[index].deadline
+            guard deadline == 0 || deadline > now else { continue }
+            body(slots[index].seq, Int(slots[index].keyLength), Int(slots[index].rowLength))
+        }
+    }
+
     /// Drops every item. CAS tokens keep increasing.
     mutating func removeAll() {
         setOverdrawn(false)

@@ -248,7 +248,9 @@ struct Status: AsyncParsableCommand {
         "peer_address", "failovers", "failover_after_ms", "last_promotion_time", "last_promotion_reason",
         "reconciled_changes", "reconcile_conflicts",
         "persistence", "persistence_pending", "persistence_lag_ms", "persistence_errors", "persistence_last_error",
-        "curr_items", "bytes", "limit_maxbytes", "curr_connections", "uptime", "version", "tls_ports",
+        "curr_items", "bytes", "limit_maxbytes", "cold_items", "cold_bytes", "cold_reads", "cold_read_mean_us", "warming_up",
+        "persistence_log_bytes", "persistence_live_bytes", "persistence_compactions", "disk_limit", "disk_full", "evictions",
+        "curr_connections", "uptime", "version", "tls_ports",
     ]
 
     func run() async throws {
