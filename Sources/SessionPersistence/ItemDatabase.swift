@@ -265,7 +265,7 @@ final class ItemDatabase {
                 statement.bind(1, Int64(id))
                 if try statement.step() {
                     hinted = true
-                    for header in Self.decodeHints(statement.blob(0)) { Self.count(header, into: &segment) }
+                    Self.forEachHint(statement.blob(0)) { Self.count(seq: $0.seq, keyLength: $0.key.count, valueLength: $0.valueLength, into: &segment) }
                 }
             }
             if !hinted {
@@ -300,9 +300,13 @@ final class ItemDatabase {
     }
 
     private static func count(_ header: RowHeader, into segment: inout Segment) {
-        if segment.last < segment.first { segment.first = header.seq }
-        segment.last = max(segment.last, header.seq)
-        segment.totalBytes += rowBytes(keyLength: header.key.count, valueLength: header.valueLength ?? 0)
+        count(seq: header.seq, keyLength: header.key.count, valueLength: header.valueLength, into: &segment)
+    }
+
+    private static func count(seq: UInt64, keyLength: Int, valueLength: Int?, into segment: inout Segment) {
+        if segment.last < segment.first { segment.first = seq }
+        segment.last = max(segment.last, seq)
+        segment.totalBytes += rowBytes(keyLength: keyLength, valueLength: valueLength ?? 0)
     }
 
     static func rowBytes(keyLength: Int, valueLength: Int) -> Int {
@@ -359,6 +363,29 @@ final class ItemDatabase {
 
     static func decodeHints(_ data: UnsafeRawBufferPointer) -> [RowHeader] {
         var headers: [RowHeader] = []
+        forEachHint(data) { hint in
+            headers.append(RowHeader(
+                key: Array(hint.key), seq: hint.seq, flags: hint.flags, deadline: hint.deadline, cas: hint.cas, valueLength: hint.valueLength
+            ))
+        }
+        return headers
+    }
+
+    /// A row header read in place: `key` points into the buffer it came
+    /// from and is valid only during the call it is given to.
+    struct HeaderView {
+        var key: UnsafeRawBufferPointer
+        var seq: UInt64
+        var flags: UInt32
+        var deadline: Int64
+        var cas: UInt64
+        /// nil: a tombstone.
+        var valueLength: Int?
+    }
+
+    /// The hints of a segment, one header at a time, without copying keys:
+    /// start-up reads millions of them.
+    static func forEachHint(_ data: UnsafeRawBufferPointer, _ body: (HeaderView) -> Void) {
         var offset = 0
         func take<T: FixedWidthInteger>(_: T.Type) -> T {
             var value = T.zero
@@ -369,16 +396,15 @@ final class ItemDatabase {
         while offset + 2 <= data.count {
             let keyLength = Int(take(UInt16.self))
             guard offset + keyLength + 32 <= data.count else { break }
-            let key = Array(data[offset..<(offset + keyLength)])
+            let key = UnsafeRawBufferPointer(rebasing: data[offset..<(offset + keyLength)])
             offset += keyLength
             let seq = take(UInt64.self)
             let flags = take(UInt32.self)
             let deadline = take(Int64.self)
             let cas = take(UInt64.self)
             let length = take(Int32.self)
-            headers.append(RowHeader(key: key, seq: seq, flags: flags, deadline: deadline, cas: cas, valueLength: length < 0 ? nil : Int(length)))
+            body(HeaderView(key: key, seq: seq, flags: flags, deadline: deadline, cas: cas, valueLength: length < 0 ? nil : Int(length)))
         }
-        return headers
     }
 
     /// The headers of a sealed segment's rows, from its hints row (its rows when it has none).
@@ -655,9 +681,25 @@ final class ItemDatabase {
     /// Every row header of the log from `flush_seq` on, oldest first (a
     /// segment's hints, or its rows for the head): recovery's one pass when
     /// values stay in the log.
-    func forEachHeader(_ body: (RowHeader) -> Void) throws(SQLiteError) {
+    func forEachHeader(_ body: (HeaderView) -> Void) throws(SQLiteError) {
+        let flushSeq = self.flushSeq
         for segment in segments {
-            for header in try headers(ofSegment: segment.id) where header.seq >= flushSeq { body(header) }
+            let statement = try connection.prepare("SELECT data FROM hints WHERE segment = ?1")
+            statement.bind(1, Int64(segment.id))
+            if try statement.step() {
+                Self.forEachHint(statement.blob(0)) { if $0.seq >= flushSeq { body($0) } }
+                continue
+            }
+            let rows = try connection.prepare(
+                "SELECT seq, key, flags, deadline, cas, length(value), value IS NULL FROM \(segment.name) WHERE seq >= ?1 ORDER BY seq"
+            )
+            rows.bind(1, Int64(bitPattern: flushSeq))
+            while try rows.step() {
+                body(HeaderView(
+                    key: rows.blob(1), seq: UInt64(bitPattern: rows.int64(0)), flags: UInt32(truncatingIfNeeded: rows.int64(2)),
+                    deadline: rows.int64(3), cas: UInt64(bitPattern: rows.int64(4)), valueLength: rows.int64(6) != 0 ? nil : Int(rows.int64(5))
+                ))
+            }
         }
     }
 

@@ -249,15 +249,13 @@ public final class Persistence: Sendable {
         var headersSeen = 0
         try database.forEachHeader { header in
             headersSeen += 1
-            header.key.withUnsafeBytes { key in
-                if let length = header.valueLength {
-                    store.restoreCold(
-                        key, flags: header.flags, deadline: Deadline(millis: header.deadline), cas: header.cas,
-                        seq: header.seq, length: UInt32(truncatingIfNeeded: length)
-                    )
-                } else {
-                    store.forgetRestored(key)
-                }
+            if let length = header.valueLength {
+                store.restoreCold(
+                    header.key, flags: header.flags, deadline: Deadline(millis: header.deadline), cas: header.cas,
+                    seq: header.seq, length: UInt32(truncatingIfNeeded: length)
+                )
+            } else {
+                store.forgetRestored(header.key)
             }
             if progress.loaded(cas: header.cas) {
                 logger.info("recovery progress", metadata: [
