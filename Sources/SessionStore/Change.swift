@@ -70,9 +70,3 @@ final class ChangeRecorder: Sendable {
         lastSequence.wrappingAdd(1, ordering: .relaxed).newValue
     }
 }
-
-/// How many shards are over their memory limit with values not yet
-/// committed: while any is, writing connections pause (`SessionStore.isOverdrawn`).
-final class MemoryPressure: Sendable {
-    let overdrawnShards = Atomic<Int>(0)
-}

@@ -1,3 +1,5 @@
+import Synchronization
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -20,6 +22,12 @@ struct ShardCounters {
     var valuesEvicted: UInt64 = 0
     /// Cold values read back into RAM.
     var valuesLoaded: UInt64 = 0
+}
+
+/// How many shards are over their memory limit with values not yet
+/// committed: while any is, writing connections pause (`SessionStore.isOverdrawn`).
+final class MemoryPressure: Sendable {
+    let overdrawnShards = Atomic<Int>(0)
 }
 
 /// The contents of one shard: items in contiguous slots, an open-addressing
