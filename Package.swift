@@ -203,6 +203,20 @@ let package = Package(
                 .product(name: "NIOTestUtils", package: "swift-nio"),
             ]
         ),
+        // The pair's rules on their own: transition tables, and a seeded
+        // simulation of two nodes over a faulty network (PairSimulationTests);
+        // the primary's backlog.
+        .testTarget(
+            name: "ReplicationTests",
+            dependencies: [
+                "Replication",
+                "TandemTestSupport",
+                "WireProtocol",
+                "SessionStore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .testTarget(
             name: "TandemServerTests",
             dependencies: [

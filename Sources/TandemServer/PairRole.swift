@@ -7,37 +7,22 @@ import Synchronization
 import TandemTLS
 import WireProtocol
 
-/// A node's role in its pair over time, and the epoch that orders the
-/// primaries: promotion (manual, automatic after `--failover-after`, or at
-/// start when this node holds the newer data), stepping down when a peer
-/// with a higher epoch shows up, and the comparison with the peer at start.
-///
-/// The rules (Protocol.md 2.6):
-/// - Becoming primary raises the epoch above every epoch seen, and the epoch
-///   is committed to SQLite before the node takes a write.
-/// - A primary that meets a primary with a higher epoch (or the same epoch
-///   and a greater name) steps down and becomes its backup; before the
-///   resync it sends what it holds that the other may lack, to be merged
-///   per key by stamp (`reconcile`).
-/// - A node that starts with a peer does not serve until it has compared
-///   its data with the peer's: the node with the newer data leads.
+/// A node's role in its pair over time: the I/O shell around
+/// `PairStateMachine`, which holds the rules (Protocol.md 2.6). The shell
+/// feeds it events (start, the timer's ticks with what the links show, the
+/// peer's hello and answers, promote and demote requests, whether storage
+/// took the epoch) and performs the actions it returns: it asks the peer
+/// (`PeerLink`), commits the epoch, and starts or stops the primary's
+/// replication and the backup's client.
 final class PairRole: Sendable {
-    /// What the node is now.
+    /// What the node runs now.
     enum Role {
-        /// Started; comparing positions with the peer before serving.
+        /// Neither: started, or without a role yet.
         case joining
         /// Takes writes and streams them to the backup.
         case primary(PrimaryReplication)
         /// Follows the primary, serves reads, forwards writes.
         case backup(ReplicaClient)
-
-        var nodeRole: NodeRole {
-            switch self {
-            case .joining: return .joining
-            case .primary: return .primary
-            case .backup: return .backup
-            }
-        }
     }
 
     /// Where the node's data came from when it started.
@@ -50,12 +35,13 @@ final class PairRole: Sendable {
     }
 
     struct State {
+        /// The rules: who leads, in which epoch.
+        var machine: PairStateMachine
+        /// What the node runs for the role the machine settled on.
         var role: Role = .joining
-        var epoch: UInt64
-        /// The highest epoch any peer was seen with.
-        var peerEpoch: UInt64 = 0
-        /// A role change is under way (they are serialised).
-        var changing = false
+        /// A backup about to promote: what its history hands over (set by
+        /// `stopFollowing`, taken by `lead`).
+        var handover: (inherited: (replicationID: ReplicationID, stamp: UInt64), continued: PrimaryReplication.PreviousHistory?)?
         var failovers: UInt64 = 0
         var promotions: UInt64 = 0
         var lastPromotion: (millis: Int64, reason: String)?
@@ -64,21 +50,7 @@ final class PairRole: Sendable {
     }
 
     /// Why a role change did not happen.
-    enum ChangeError: Error, CustomStringConvertible {
-        case inProgress
-        case epochNotPersisted
-        case noPeer
-        case peerRefused(String)
-
-        var description: String {
-            switch self {
-            case .inProgress: return "a role change is already under way; retry in a moment"
-            case .epochNotPersisted: return "the new epoch could not be written to storage, so this node does not take writes; check the data directory"
-            case .noPeer: return "this node has no --peer to hand over to"
-            case .peerRefused(let reason): return "the peer did not take over: \(reason)"
-            }
-        }
-    }
+    typealias ChangeError = PairStateMachine.Refusal
 
     let configuration: PairConfiguration
     /// TLS for this node's questions to its peer, as for replication: the
@@ -90,11 +62,11 @@ final class PairRole: Sendable {
     let group: any EventLoopGroup
     let logger: Logger
     let recovered: Recovered
-    private let name = Mutex("")
     private let state: Mutex<State>
+    /// Orders the machine's steps with the actions they return that change
+    /// what the node runs, so that those happen in the order decided.
+    private let steps = Mutex(())
     private let timers = Mutex<[RepeatedTask]>([])
-    /// When the failover timer first found the primary silent for long.
-    private let suspectSince = Mutex<NIODeadline?>(nil)
 
     init(
         configuration: PairConfiguration, store: SessionStore, feed: ChangeFeed, persistence: Persistence?,
@@ -123,13 +95,19 @@ final class PairRole: Sendable {
         var epoch: UInt64 = 0
         if case .integer(let stored)? = meta[ReplicationMetaKey.epoch] { epoch = UInt64(bitPattern: stored) }
         self.recovered = recovered
-        self.state = Mutex(State(epoch: epoch))
+        let rules = PairStateMachine.Configuration(
+            hasPeer: configuration.peer != nil, configuredRole: configuration.role,
+            failoverAfterMillis: configuration.replication.failoverAfter.nanoseconds / 1_000_000,
+            heartbeatIntervalMillis: configuration.replication.heartbeatInterval.nanoseconds / 1_000_000,
+            recoveredReplicationID: recovered.replicationID, recoveredOffset: recovered.offset
+        )
+        self.state = Mutex(State(machine: PairStateMachine(configuration: rules, epoch: epoch)))
     }
 
     /// The node's name as its peer sees it (set once the wire port is bound).
-    func nodeName() -> String { name.withLock { $0 } }
+    func nodeName() -> String { state.withLock { $0.machine.name } }
 
-    func setName(_ value: String) { name.withLock { $0 = value } }
+    func setName(_ value: String) { state.withLock { $0.machine.name = value } }
 
     // MARK: Reading the role
 
@@ -147,9 +125,9 @@ final class PairRole: Sendable {
         }
     }
 
-    var nodeRole: NodeRole { state.withLock { $0.role.nodeRole } }
+    var nodeRole: NodeRole { state.withLock { $0.machine.nodeRole } }
 
-    var epoch: UInt64 { state.withLock { $0.epoch } }
+    var epoch: UInt64 { state.withLock { $0.machine.epoch } }
 
     /// Where the node's data stands: the position in its history, the role
     /// it was stored with, and the history the data continued at the node's
@@ -187,7 +165,7 @@ final class PairRole: Sendable {
     /// in its history, the epoch, the role, and the history the data
     /// continued at its last promotion.
     func meta() -> [String: MetaValue] {
-        let (role, epoch) = state.withLock { ($0.role, $0.epoch) }
+        let (role, epoch) = state.withLock { ($0.role, $0.machine.epoch) }
         let data = data(of: role)
         return [
             ReplicationMetaKey.replicationID: .blob(data.replicationID.bytes),
@@ -202,10 +180,10 @@ final class PairRole: Sendable {
     /// This node as its peer asks for it (`pairStatus`): its role now and
     /// configured, its epoch, and where its data stands.
     func status() -> PairStatus {
-        let (role, epoch) = state.withLock { ($0.role, $0.epoch) }
+        let (role, nodeRole, epoch, name) = state.withLock { ($0.role, $0.machine.nodeRole, $0.machine.epoch, $0.machine.name) }
         let data = data(of: role)
         return PairStatus(
-            nodeName: nodeName(), role: role.nodeRole, configuredRole: configuration.role, epoch: epoch,
+            nodeName: name, role: nodeRole, configuredRole: configuration.role, epoch: epoch,
             replicationID: data.replicationID, offset: data.offset,
             previousReplicationID: data.previous?.replicationID ?? .none, forkOffset: data.previous?.forkOffset ?? 0
         )
@@ -217,104 +195,230 @@ final class PairRole: Sendable {
     /// Returns the epoch it leads in.
     @discardableResult
     func becomePrimary(reason: String, automatic: Bool) async throws -> UInt64 {
-        let previous = try state.withLock { state -> Role? in
-            if case .primary = state.role { return nil }
-            guard !state.changing else { throw ChangeError.inProgress }
-            state.changing = true
-            return state.role
+        try await request(.promoteRequested(reason: reason, automatic: automatic))
+    }
+
+    /// Hands over to the peer: asks it to promote itself, then follows it.
+    func demote(reason: String) async throws -> UInt64 {
+        try await request(.demoteRequested(reason: reason))
+    }
+
+    /// A peer said hello with its epoch: a primary meeting a higher one steps down.
+    func peerSaidHello(epoch peerEpoch: UInt64, name: String) {
+        let (work, _) = apply(.peerHello(epoch: peerEpoch, name: name))
+        // Stepping down is done here; only the machine's questions would remain.
+        if !work.isEmpty { Task { await self.run(work) } }
+    }
+
+    func countReconciliation(applied: UInt64, conflicts: UInt64) {
+        state.withLock {
+            $0.reconciledChanges += applied
+            $0.reconcileConflicts += conflicts
         }
-        guard let previous else { return epoch }
-        let inherited: (replicationID: ReplicationID, stamp: UInt64)
+    }
+
+    // MARK: Start
+
+    /// Settles the role at start: with a peer, compares data with it first
+    /// (the node with the newer data leads); without one, leads.
+    func join() async {
+        await run(.start(now: Self.monotonicMillis()))
+        while state.withLock({ $0.machine.isStarting }) {
+            try? await Task.sleep(for: .milliseconds(50))
+            await run(.tick(now: Self.monotonicMillis(), observed: observe()))
+        }
+    }
+
+    // MARK: Timers
+
+    /// Ticks the machine every heartbeat interval: the failover timer (on a
+    /// backup) and the peer check (on a primary without a backup).
+    func startTimers() {
+        let interval = configuration.replication.heartbeatInterval
+        guard configuration.replication.failoverAfter.nanoseconds > 0 || configuration.peer != nil else { return }
+        let task = group.next().scheduleRepeatedTask(initialDelay: interval, delay: interval) { [weak self] _ in
+            guard let self else { return }
+            let tick = PairStateMachine.Event.tick(now: Self.monotonicMillis(), observed: self.observe())
+            // Off the event loop: a failover stops the replication client, which waits for a frame being applied.
+            Task { await self.run(tick) }
+        }
+        timers.withLock { $0 = [task] }
+    }
+
+    func stopTimers() {
+        for task in timers.withLock({ $0 }) { task.cancel() }
+    }
+
+    private static func monotonicMillis() -> Int64 { Int64(NIODeadline.now().uptimeNanoseconds / 1_000_000) }
+
+    /// What the machine needs to know of the links at a tick.
+    private func observe() -> PairStateMachine.Observation {
+        let role = state.withLock { $0.role }
+        switch role {
+        case .joining: return PairStateMachine.Observation()
+        case .primary(let primary): return PairStateMachine.Observation(hasBackup: primary.hasBackup)
+        case .backup(let client): return PairStateMachine.Observation(primarySilenceMillis: client.silenceMillis)
+        }
+    }
+
+    // MARK: Performing the machine's actions
+
+    /// Runs a promote or demote request to its answer.
+    private func request(_ event: PairStateMachine.Event) async throws -> UInt64 {
+        let (work, answer) = apply(event)
+        let outcome = await run(work) ?? answer
+        switch outcome {
+        case .success(let epoch)?: return epoch
+        case .failure(let refusal)?: throw refusal
+        case nil: return epoch
+        }
+    }
+
+    /// Feeds `event`, then performs every action until what is left to do is
+    /// a question (to the peer, to storage) for `run`. Returns those and the
+    /// answer to the request, if the event was one.
+    private func apply(_ event: PairStateMachine.Event) -> (work: [PairStateMachine.Action], answer: Result<UInt64, ChangeError>?) {
+        steps.withLock { _ in
+            let actions = state.withLock { $0.machine.step(event) }
+            var work: [PairStateMachine.Action] = []
+            var answer: Result<UInt64, ChangeError>?
+            for action in actions {
+                switch action {
+                case .probePeer, .checkPeer, .askPeerToPromote, .persistEpoch:
+                    work.append(action)
+                case .stopFollowing:
+                    stopFollowing()
+                case .probePrimary:
+                    replica?.probe()
+                case .lead(let lead):
+                    self.lead(lead)
+                case .follow(let reason, let stepsDown):
+                    follow(reason: reason, stepsDown: stepsDown)
+                case .answer(let outcome):
+                    answer = outcome
+                case .log(let level, let message, let metadata):
+                    logger.log(level: Self.level(level), "\(message)", metadata: metadata.mapValues { .string($0) })
+                }
+            }
+            return (work, answer)
+        }
+    }
+
+    /// Asks what `work` asks, feeding each answer back to the machine, until
+    /// nothing is left to ask. Returns the last answer to a request.
+    @discardableResult
+    private func run(_ event: PairStateMachine.Event) async -> Result<UInt64, ChangeError>? {
+        let (work, answer) = apply(event)
+        return await run(work) ?? answer
+    }
+
+    @discardableResult
+    private func run(_ work: [PairStateMachine.Action]) async -> Result<UInt64, ChangeError>? {
+        var pending = work
+        var answer: Result<UInt64, ChangeError>?
+        while !pending.isEmpty {
+            let event = await ask(pending.removeFirst())
+            guard let event else { continue }
+            let (more, outcome) = apply(event)
+            pending += more
+            answer = outcome ?? answer
+        }
+        return answer
+    }
+
+    /// One question of the machine's, and the event its answer is.
+    private func ask(_ action: PairStateMachine.Action) async -> PairStateMachine.Event? {
+        switch action {
+        case .persistEpoch:
+            guard let persistence else { return .epochPersisted(true) }
+            return .epochPersisted(await persistence.commitNow())
+        case .probePeer:
+            guard let peer = configuration.peer else { return .peerStatus(nil) }
+            return .peerStatus(try? await ask(peer, timeout: .milliseconds(500)) { try await $0.status() })
+        case .checkPeer:
+            guard let peer = configuration.peer else { return .peerChecked(nil) }
+            let hello = try? await ask(peer, timeout: .milliseconds(500)) { $0.peer }
+            return .peerChecked(hello.map { PairStateMachine.PeerIdentity(name: $0.nodeName, role: $0.nodeRole, epoch: $0.epoch) })
+        case .askPeerToPromote(let reason, let timeout):
+            guard let peer = configuration.peer else { return .peerPromoted(.failure(.noPeer)) }
+            do {
+                return .peerPromoted(.success(try await ask(peer, timeout: .milliseconds(timeout)) { try await $0.promote(reason: reason) }))
+            } catch {
+                return .peerPromoted(.failure(.peerRefused("\(error)")))
+            }
+        case .stopFollowing, .probePrimary, .lead, .follow, .answer, .log:
+            return nil
+        }
+    }
+
+    /// Asks the peer on a link of its own, saying hello with this node's
+    /// epoch; the connection and each answer may take up to `timeout`.
+    private func ask<Answer>(
+        _ peer: (host: String, port: Int), timeout: TimeAmount, _ question: (PeerLink) async throws -> Answer
+    ) async throws -> Answer {
+        try await PeerLink.open(
+            host: peer.host, port: peer.port, name: nodeName(), epoch: epoch, secret: configuration.secret, tls: peerTLS,
+            timeout: timeout, group: group, question
+        )
+    }
+
+    /// A backup about to promote: no more changes from the old primary
+    /// (writes parked meanwhile wait for the outcome), and what its history
+    /// hands over to the primary this node may become.
+    private func stopFollowing() {
+        guard let client = replica else { return }
+        client.stop(parkedFailure: nil)
+        let (position, exact, backlog) = client.handOver()
         // The history this node's stream continues: only one whose position
         // is exact (`ReplicaClient`'s `exact`). An offset recovered from
         // storage is not: a commit can hold changes after the offset it
         // stores, and a node resuming from this one's stream would never get
         // them.
-        var continued: PrimaryReplication.PreviousHistory?
-        switch previous {
-        case .backup(let client):
-            // No more changes from the old primary; writes parked meanwhile wait for the outcome.
-            client.stop(parkedFailure: nil)
-            let (position, exact, backlog) = client.handOver()
-            inherited = (position.replicationID, store.stampCeiling())
-            if exact {
-                continued = PrimaryReplication.PreviousHistory(replicationID: position.replicationID, forkOffset: position.offset, backlog: backlog)
-            }
-            // The old primary may have written until it went silent; its clock
-            // runs as fast as ours, so its stamps stayed below where its clock
-            // stood at the last contact plus the silence. Writes from here on
-            // order after every one of them, however far its clock is ahead.
-            // (From the peer's clock, not ours: bumps do not pile up when
-            // the nodes change roles again and again.)
-            store.raiseCas(above: client.peerStamp &+ HybridTimestamp.floor(millis: client.silenceMillis))
-        case .joining:
-            inherited = (recovered.replicationID, store.stampCeiling())
-        case .primary:
-            preconditionFailure("handled above")
-        }
-        let (oldEpoch, newEpoch) = state.withLock { state -> (UInt64, UInt64) in
-            let old = state.epoch
-            state.epoch = max(state.epoch, state.peerEpoch) + 1
-            return (old, state.epoch)
-        }
-        if let persistence, await !persistence.commitNow() {
-            state.withLock {
-                $0.epoch = oldEpoch
-                $0.changing = false
-            }
-            logger.error("promotion abandoned: the new epoch could not be stored", metadata: ["epoch": "\(newEpoch)", "reason": "\(reason)"])
-            if case .backup = previous {
-                state.withLock { $0.changing = true }
-                follow(from: previous, reason: "promotion failed")
-            }
-            throw ChangeError.epochNotPersisted
-        }
+        let continued = exact ? PrimaryReplication.PreviousHistory(replicationID: position.replicationID, forkOffset: position.offset, backlog: backlog) : nil
+        let inherited = (position.replicationID, store.stampCeiling())
+        state.withLock { $0.handover = (inherited, continued) }
+        // The old primary may have written until it went silent; its clock
+        // runs as fast as ours, so its stamps stayed below where its clock
+        // stood at the last contact plus the silence. Writes from here on
+        // order after every one of them, however far its clock is ahead.
+        // (From the peer's clock, not ours: bumps do not pile up when
+        // the nodes change roles again and again.)
+        store.raiseCas(above: client.peerStamp &+ HybridTimestamp.floor(millis: client.silenceMillis))
+    }
+
+    /// Becomes the primary the machine decided on.
+    private func lead(_ lead: PairStateMachine.Lead) {
+        let (previous, handover) = state.withLock { ($0.role, $0.handover.take()) }
+        let inherited = handover?.inherited ?? (recovered.replicationID, store.stampCeiling())
         let primary = PrimaryReplication(
-            store: store, feed: feed, configuration: configuration.replication, logger: logger, inherited: inherited, previous: continued
+            store: store, feed: feed, configuration: configuration.replication, logger: logger, inherited: inherited,
+            previous: handover?.continued
         )
         let now = store.now()
         state.withLock { state in
             state.role = .primary(primary)
-            state.changing = false
+            guard lead.isPromotion else { return }
             state.promotions += 1
-            if automatic { state.failovers += 1 }
-            state.lastPromotion = (now, reason)
+            if lead.automatic { state.failovers += 1 }
+            state.lastPromotion = (now, lead.reason)
         }
         if case .backup(let client) = previous {
             // Writes that waited for a primary run here now.
             client.failParked(.roleChanged)
         }
+        guard lead.isPromotion else { return }
         logger.notice("this node is now the primary", metadata: [
-            "epoch": "\(newEpoch)", "reason": "\(reason)", "replication_id": "\(primary.replicationID)",
+            "epoch": "\(lead.epoch)", "reason": "\(lead.reason)", "replication_id": "\(primary.replicationID)",
             "continues": "\(primary.previous.map { "\($0.replicationID) after offset \($0.forkOffset)" } ?? "no history")",
         ])
-        return newEpoch
     }
 
-    /// Steps down (or, while joining, settles) as the backup of the peer.
-    func becomeBackup(reason: String, peerEpoch: UInt64) {
-        state.withLock { $0.peerEpoch = max($0.peerEpoch, peerEpoch) }
-        becomeBackupNow(reason: reason)
-    }
-
-    private func becomeBackupNow(reason: String) {
-        let previous = state.withLock { state -> Role? in
-            if case .backup = state.role { return nil }
-            guard !state.changing else { return nil }
-            state.changing = true
-            state.epoch = max(state.epoch, state.peerEpoch)
+    /// Starts following the peer.
+    private func follow(reason: String, stepsDown: Bool) {
+        guard let peer = configuration.peer else { return }
+        let previous = state.withLock { state -> Role in
+            state.handover = nil
             return state.role
-        }
-        guard let previous else { return }
-        follow(from: previous, reason: reason)
-    }
-
-    /// Starts following the peer; ends the role change begun by the caller.
-    private func follow(from previous: Role, reason: String) {
-        guard let peer = configuration.peer else {
-            state.withLock { $0.changing = false }
-            logger.error("cannot become a backup without --peer", metadata: ["reason": "\(reason)"])
-            return
         }
         var position = ReplicaClient.Position(replicationID: recovered.replicationID, offset: recovered.offset)
         // A stepping-down primary's store may hold changes it never released
@@ -335,12 +439,9 @@ final class PairRole: Sendable {
             configuration: configuration.replication, group: group, logger: logger,
             epoch: { [weak self] in self?.epoch ?? 0 }, positionIsExact: exact
         )
-        state.withLock { state in
-            state.role = .backup(client)
-            state.changing = false
-        }
+        state.withLock { $0.role = .backup(client) }
         if case .backup(let old) = previous { old.failParked(.primaryUnavailable) }
-        if case .primary = previous {
+        if stepsDown {
             logger.warning("this node steps down and follows its peer", metadata: ["reason": "\(reason)", "epoch": "\(epoch)"])
         } else {
             logger.info("following the primary", metadata: ["peer": "\(peer.host):\(peer.port)", "reason": "\(reason)"])
@@ -348,202 +449,12 @@ final class PairRole: Sendable {
         client.start()
     }
 
-    /// A peer said hello with its epoch: a primary meeting a higher one steps down.
-    func peerSaidHello(epoch peerEpoch: UInt64, name: String) {
-        let stepDown = state.withLock { state -> Bool in
-            state.peerEpoch = max(state.peerEpoch, peerEpoch)
-            guard case .primary = state.role, !state.changing else { return false }
-            return peerEpoch > state.epoch
-        }
-        if stepDown {
-            becomeBackup(reason: "peer \(name) leads in epoch \(peerEpoch)", peerEpoch: peerEpoch)
-        }
-    }
-
-    /// Hands over to the peer: asks it to promote itself, then follows it.
-    func demote(reason: String) async throws -> UInt64 {
-        guard let peer = configuration.peer else { throw ChangeError.noPeer }
-        guard case .primary = nodeRole else { return epoch }
-        let peerEpoch: UInt64
-        do {
-            let reason = "handed over by \(nodeName()): \(reason)"
-            peerEpoch = try await ask(peer, timeout: .seconds(2)) { try await $0.promote(reason: reason) }
-        } catch {
-            throw ChangeError.peerRefused("\(error)")
-        }
-        becomeBackup(reason: "handed over: \(reason)", peerEpoch: peerEpoch)
-        return epoch
-    }
-
-    func countReconciliation(applied: UInt64, conflicts: UInt64) {
-        state.withLock {
-            $0.reconciledChanges += applied
-            $0.reconcileConflicts += conflicts
-        }
-    }
-
-    // MARK: Start
-
-    /// Settles the role at start: with a peer, compares data with it first
-    /// (the node with the newer data leads); without one, leads.
-    func join() async {
-        guard let peer = configuration.peer else {
-            // Nobody to compare with or to fence: a node without --peer leads in
-            // its stored epoch (a backup without one is refused earlier).
-            let primary = PrimaryReplication(
-                store: store, feed: feed, configuration: configuration.replication, logger: logger,
-                inherited: (recovered.replicationID, store.stampCeiling())
-            )
-            state.withLock { $0.role = .primary(primary) }
-            return
-        }
-        let deadline = ContinuousClock.now + .milliseconds(max(Int64(1000), configuration.replication.failoverAfter.nanoseconds / 1_000_000))
-        while ContinuousClock.now < deadline {
-            if let status = await peerStatus(peer) {
-                if await settle(against: status, peer: peer) { return }
-            }
-            try? await Task.sleep(for: .milliseconds(50))
-        }
-        logger.warning("the peer did not answer at start; taking the configured role", metadata: [
-            "peer": "\(peer.host):\(peer.port)", "role": "\(configuration.role)",
-        ])
-        switch configuration.role {
-        case .primary, .joining:
-            _ = try? await becomePrimary(reason: "start: peer unreachable", automatic: false)
-        case .backup:
-            becomeBackupNow(reason: "start: configured as backup")
-        }
-    }
-
-    /// Asks the peer on a link of its own, saying hello with this node's
-    /// epoch; the connection and each answer may take up to `timeout`.
-    private func ask<Answer>(
-        _ peer: (host: String, port: Int), timeout: TimeAmount, _ question: (PeerLink) async throws -> Answer
-    ) async throws -> Answer {
-        try await PeerLink.open(
-            host: peer.host, port: peer.port, name: nodeName(), epoch: epoch, secret: configuration.secret, tls: peerTLS,
-            timeout: timeout, group: group, question
-        )
-    }
-
-    private func peerStatus(_ peer: (host: String, port: Int)) async -> PairStatus? {
-        try? await ask(peer, timeout: .milliseconds(500)) { try await $0.status() }
-    }
-
-    /// Decides the role against the peer's status; false to ask again.
-    private func settle(against peer: PairStatus, peer address: (host: String, port: Int)) async -> Bool {
-        state.withLock { $0.peerEpoch = max($0.peerEpoch, peer.epoch) }
-        switch peer.role {
-        case .primary:
-            becomeBackupNow(reason: "start: \(peer.nodeName) is the primary")
-            return true
-        case .backup, .joining:
-            if peerHoldsNewerData(peer) {
-                logger.notice("the peer holds newer data than this node's storage; it leads", metadata: [
-                    "peer": "\(peer.nodeName)", "peer_offset": "\(peer.offset)", "offset": "\(recovered.offset)",
-                ])
-                let reason = "\(nodeName()) restarted with older data"
-                _ = try? await ask(address, timeout: .seconds(1)) { try await $0.promote(reason: reason) }
-                becomeBackupNow(reason: "start: the peer holds newer data")
-                return true
-            }
-            do {
-                try await becomePrimary(reason: "start: this node holds the newest data", automatic: false)
-                return true
-            } catch {
-                return false
-            }
-        }
-    }
-
-    /// Whether the peer's data is newer than what this node recovered: the
-    /// same history further on, or another history in a higher epoch (ties:
-    /// the configured primary, then the greater name, leads). Two nodes
-    /// started together both see the other joining: the configured backup
-    /// defers to a peer configured as primary, or the pair would be led by
-    /// whichever name sorts last.
-    private func peerHoldsNewerData(_ peer: PairStatus) -> Bool {
-        if peer.replicationID == recovered.replicationID, peer.replicationID != .none {
-            if peer.offset != recovered.offset { return peer.offset > recovered.offset }
-        } else if peer.epoch != epoch {
-            return peer.epoch > epoch
-        }
-        if configuration.role == .primary { return false }
-        if configuration.role == .backup && (peer.role != .joining || peer.configuredRole == .primary) { return true }
-        return peer.nodeName > nodeName()
-    }
-
-    // MARK: Timers
-
-    /// Starts the failover timer (on a backup) and the peer check (on a primary).
-    func startTimers() {
-        let interval = configuration.replication.heartbeatInterval
-        let failoverAfter = configuration.replication.failoverAfter
-        let loop = group.next()
-        var tasks: [RepeatedTask] = []
-        if failoverAfter.nanoseconds > 0 {
-            tasks.append(loop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { [weak self] _ in
-                self?.checkPrimary(failoverAfter: failoverAfter)
-            })
-        }
-        if configuration.peer != nil {
-            let every = max(interval * 2, .milliseconds(200))
-            tasks.append(loop.scheduleRepeatedTask(initialDelay: every, delay: every) { [weak self] _ in
-                guard let self, let primary = self.primary, !primary.hasBackup else { return }
-                Task { await self.checkPeer() }
-            })
-        }
-        timers.withLock { $0 = tasks }
-    }
-
-    func stopTimers() {
-        for task in timers.withLock({ $0 }) { task.cancel() }
-    }
-
-    /// On a backup: promotes this node once the primary has been silent for
-    /// `failoverAfter`, the last part of it spent trying a fresh connection.
-    /// A node that was itself paused sees a long silence when it resumes; the
-    /// fresh try (and whatever was buffered) answers before it would promote.
-    private func checkPrimary(failoverAfter: TimeAmount) {
-        guard let client = replica else {
-            suspectSince.withLock { $0 = nil }
-            return
-        }
-        let silence = client.silenceMillis
-        let limit = failoverAfter.nanoseconds / 1_000_000
-        let window = min(300, limit / 2)
-        guard silence >= limit - window else {
-            suspectSince.withLock { $0 = nil }
-            return
-        }
-        let now = NIODeadline.now()
-        let since = suspectSince.withLock { since -> NIODeadline in
-            if since == nil { since = now }
-            return since!
-        }
-        client.probe()
-        guard silence >= limit, (now - since).nanoseconds / 1_000_000 >= window else { return }
-        suspectSince.withLock { $0 = nil }
-        Task {
-            do {
-                try await becomePrimary(reason: "failover: no word from the primary for \(silence) ms", automatic: true)
-            } catch ChangeError.inProgress {
-            } catch {
-                logger.error("failover failed", metadata: ["error": "\(error)"])
-            }
-        }
-    }
-
-    /// On a primary without a backup: looks at the peer, and steps down if it
-    /// leads in a higher epoch (or the same epoch with a greater name). Saying
-    /// hello also tells a stale primary there of this node's epoch.
-    private func checkPeer() async {
-        guard let peer = configuration.peer else { return }
-        let epoch = self.epoch
-        guard let server = try? await ask(peer, timeout: .milliseconds(500), { $0.peer }) else { return }
-        guard server.nodeRole == .primary else { return }
-        if server.epoch > epoch || (server.epoch == epoch && server.nodeName > nodeName()) {
-            becomeBackup(reason: "peer \(server.nodeName) is primary in epoch \(server.epoch)", peerEpoch: server.epoch)
+    private static func level(_ level: PairStateMachine.LogLevel) -> Logger.Level {
+        switch level {
+        case .info: return .info
+        case .notice: return .notice
+        case .warning: return .warning
+        case .error: return .error
         }
     }
 
@@ -552,7 +463,7 @@ final class PairRole: Sendable {
     func statistics() -> [(String, String)] {
         let state = self.state.withLock { $0 }
         var stats: [(String, String)] = [
-            ("epoch", "\(state.epoch)"),
+            ("epoch", "\(state.machine.epoch)"),
             ("failovers", "\(state.failovers)"),
             ("promotions", "\(state.promotions)"),
             ("last_promotion_time", state.lastPromotion.map { "\($0.millis / 1000)" } ?? "0"),
