@@ -682,7 +682,7 @@ final class Writer: @unchecked Sendable {
         let evicted = store.statistics().valuesEvicted
         guard evicted != valuesEvictedAtTrim else { return }
         valuesEvictedAtTrim = evicted
-        Self.mallocTrim?(0)
+        _ = Self.mallocTrim?(0)
     }
 
     /// glibc's `malloc_trim`, which Swift's Glibc module does not export
