@@ -172,7 +172,7 @@ public final class Persistence: Sendable {
             database: database, store: store, source: source ?? store, configuration: configuration,
             logger: logger, recovery: report, segments: segments, diskLimit: diskLimit
         )
-        let values = ValueReader(path: database.path, directory: segments, threads: configuration.readerThreads, logger: logger)
+        let values = ValueReader(path: database.path, directory: segments, threads: configuration.readerThreads)
         return Persistence(
             configuration: configuration, recovery: report, recoveredMeta: meta, directory: directory, writer: writer, store: store,
             values: values, warmUp: warmUp, logger: logger

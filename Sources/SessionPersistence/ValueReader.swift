@@ -1,7 +1,6 @@
 import CSQLite
 import Dispatch
 import Foundation
-import Logging
 import SessionStore
 import Synchronization
 
@@ -124,11 +123,34 @@ public final class ValueReader: Sendable {
         let completion: @Sendable (Result<Row?, PersistenceError>) -> Void
     }
 
+    /// Reads waiting for a thread, oldest first; taken from the front
+    /// without moving the rest (a `get` of thousands of cold keys asks for
+    /// all of them at once).
+    private struct JobQueue {
+        var jobs: [Job] = []
+        var head = 0
+
+        mutating func push(_ job: Job) { jobs.append(job) }
+
+        mutating func pop() -> Job? {
+            guard head < jobs.count else { return nil }
+            let job = jobs[head]
+            head += 1
+            if head == jobs.count {
+                jobs.removeAll(keepingCapacity: true)
+                head = 0
+            } else if head >= 1024, head * 2 >= jobs.count {
+                jobs.removeFirst(head)
+                head = 0
+            }
+            return job
+        }
+    }
+
     private let path: String
     private let directory: SegmentDirectory
-    private let logger: Logger
     private let threads: Int
-    private let queue = Mutex<[Job]>([])
+    private let queue = Mutex(JobQueue())
     private let wakeSignal = DispatchSemaphore(value: 0)
     private let finished = DispatchSemaphore(value: 0)
     private let stopping = Atomic<Bool>(false)
@@ -142,11 +164,10 @@ public final class ValueReader: Sendable {
     /// leaves; the kernel's page cache holds the rest.
     static let cacheKibibytes = 2048
 
-    init(path: String, directory: SegmentDirectory, threads: Int, logger: Logger) {
+    init(path: String, directory: SegmentDirectory, threads: Int) {
         self.path = path
         self.directory = directory
         self.threads = max(1, threads)
-        self.logger = logger
     }
 
     func start() {
@@ -177,12 +198,12 @@ public final class ValueReader: Sendable {
             return
         }
         let job = Job(seq: seq, asked: DispatchTime.now().uptimeNanoseconds, completion: completion)
-        queue.withLock { $0.append(job) }
+        queue.withLock { $0.push(job) }
         wakeSignal.signal()
     }
 
-    /// Reads row `seq` and waits for it: for threads that may block (a full
-    /// resync's, a backup's), never an event loop.
+    /// Reads row `seq` and waits for it: for threads that may block, never
+    /// an event loop.
     public func readNow(seq: UInt64) throws(PersistenceError) -> Row? {
         let done = DispatchSemaphore(value: 0)
         let answer = Mutex<Result<Row?, PersistenceError>?>(nil)
@@ -209,7 +230,7 @@ public final class ValueReader: Sendable {
         }
         while true {
             wakeSignal.wait()
-            while let job = queue.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) {
+            while let job = queue.withLock({ $0.pop() }) {
                 answer(job, with: &reader)
             }
             if stopping.load(ordering: .relaxed) { return }

@@ -197,12 +197,23 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
                 wrote = true
                 burstWrote = true
             }
-            let dispatcher = self.dispatcher
-            guard let disposition = execute(
-                { out throws(ValueOnDisk) in try dispatcher.execute(command, into: &out) },
-                failure: { out in dispatcher.replyValueUnreadable(to: command, into: &out) },
-                alsoCold: { dispatcher.coldValues(of: command) }, context: context
-            ) else { break }
+            let mark = outbound.writerIndex
+            let disposition: Disposition
+            do throws(ValueOnDisk) {
+                disposition = try dispatcher.execute(command, into: &outbound)
+                commandDone()
+            } catch {
+                // What it wrote is taken back; it runs again once the value
+                // (and every other cold value of a multi-key get) is read.
+                outbound.moveWriterIndex(to: mark)
+                let dispatcher = self.dispatcher
+                waitForValue(
+                    [error] + dispatcher.coldValues(of: command).filter { $0.key != error.key }, attempt: 1,
+                    run: { out throws(ValueOnDisk) in try dispatcher.execute(command, into: &out) },
+                    failure: { out in dispatcher.replyValueUnreadable(to: command, into: &out) }, context: context
+                )
+                break
+            }
             if case .close = disposition {
                 closeAfterReplies(context: context)
                 return
@@ -263,11 +274,20 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
                 wrote = true
                 burstWrote = true
             }
-            let dispatcher = self.dispatcher
-            guard let disposition = execute(
-                { out throws(ValueOnDisk) in try dispatcher.execute(command, into: &out) },
-                failure: { out in dispatcher.replyValueUnreadable(to: command, into: &out) }, context: context
-            ) else { return true }
+            let mark = outbound.writerIndex
+            let disposition: Disposition
+            do throws(ValueOnDisk) {
+                disposition = try dispatcher.execute(command, into: &outbound)
+                commandDone()
+            } catch {
+                outbound.moveWriterIndex(to: mark)
+                let dispatcher = self.dispatcher
+                waitForValue(
+                    [error], attempt: 1, run: { out throws(ValueOnDisk) in try dispatcher.execute(command, into: &out) },
+                    failure: { out in dispatcher.replyValueUnreadable(to: command, into: &out) }, context: context
+                )
+                return true
+            }
             if case .close = disposition {
                 closeAfterReplies(context: context)
                 return false
@@ -294,26 +314,10 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
     /// (or moved on disk) before it is answered with an error.
     static let coldReadAttempts = 8
 
-    /// Runs a command. nil when it needs a value that is not in RAM: what it
-    /// wrote is taken back, and the connection waits for the value.
-    /// `alsoCold` names the other values the command will need (every cold
-    /// key of a multi-key `get`), read at the same time as the first.
-    private func execute(
-        _ run: @escaping Command, failure: @escaping (inout ByteBuffer) -> Void, alsoCold: () -> [ValueOnDisk] = { [] },
-        context: ChannelHandlerContext
-    ) -> Disposition? {
-        let mark = outbound.writerIndex
-        do throws(ValueOnDisk) {
-            let disposition = try run(&outbound)
-            dispatcher.loadedValues.removeAll()
-            burstAnswered &+= 1
-            return disposition
-        } catch {
-            outbound.moveWriterIndex(to: mark)
-            let others = alsoCold().filter { $0.key != error.key }
-            waitForValue([error] + others, attempt: 1, run: run, failure: failure, context: context)
-            return nil
-        }
+    /// A command has run to the end: the values read for it are no longer needed.
+    private func commandDone() {
+        dispatcher.loadedValues.removeAll()
+        burstAnswered &+= 1
     }
 
     /// Has the value read on a reader thread and installed in the store, then
@@ -361,8 +365,7 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
                 handler.logger.error("cannot read a value from storage", metadata: ["error": "\(error)"])
                 failure(&handler.outbound)
             }
-            handler.dispatcher.loadedValues.removeAll()
-            handler.burstAnswered &+= 1
+            handler.commandDone()
             handler.state = .open
             if handler.burstWrote {
                 handler.holdForReplication(context: context)
