@@ -105,7 +105,8 @@ extension SessionStore {
     /// Gives a cold item its value back, read from row `seq` of the log
     /// for `cas` (a `ValueOnDisk`): installed if the item is still cold with
     /// that CAS, as the most recently used, and other clean values can leave
-    /// RAM to make room. Returns whether the item now holds its value in RAM
+    /// RAM to make room (or, with none, within the overdraft uncommitted
+    /// writes have). Returns whether the item now holds its value in RAM
     /// (false: it changed or went meanwhile, or there was no room).
     @discardableResult
     public func install(_ key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer, cas: UInt64) -> Bool {
@@ -116,9 +117,14 @@ extension SessionStore {
             let item = state.item(slot)
             guard item.marks.contains(.cold) else { return item.cas == cas }
             guard item.cas == cas, Int(item.rowLength) == value.count else { return false }
-            // Room from other values only: a read never costs an item. No
-            // room: the value is not kept (the read that asked has it).
-            guard state.makeRoom(for: value.count, now: now, protecting: slot, losing: false) else { return false }
+            // Room from other values only: a read never costs an item. With
+            // none to free (headers fill -m) the value may overdraw the limit
+            // as uncommitted writes may: a touch or an append of a cold item
+            // needs it in RAM to run at all. Past that it is not kept (a
+            // get that asked has it anyway).
+            guard state.makeRoom(for: value.count, now: now, protecting: slot, losing: false)
+                || state.bytesUsed + value.count <= state.byteLimit + state.byteLimit / 2
+            else { return false }
             state.replaceBytes(slot, with: Self.join(key, value))
             state.counters.valuesLoaded += 1
             return true

@@ -266,6 +266,31 @@ struct ColdValueTests {
         if case .stored = refusing.store.set("new", "x") {} else { Issue.record("the budget has room again") }
     }
 
+    @Test("with headers filling -m, a touch or an append of a cold item still runs: its value overdraws the limit rather than fail")
+    func touchWhenHeadersFillMemory() {
+        let logged = LoggedStore(memory: 24 << 10, maxItem: 1024)
+        let store = logged.store
+        var index = 0
+        // Cold items until their headers alone fill the limit.
+        while store.statistics().bytes < (24 << 10) - 200 {
+            _ = store.set("h\(index)", "value of \(index)")
+            logged.commit()
+            #expect(logged.evict("h\(index)"))
+            index += 1
+        }
+        #expect(store.statistics().coldItems == index)
+        let touched = logged.run { () throws(ValueOnDisk) in try withBytes("h0") { k throws(ValueOnDisk) in try store.touch(k, deadline: .never) } }
+        #expect(touched)
+        let appended = logged.run { () throws(ValueOnDisk) in
+            try withBytes("h1") { k throws(ValueOnDisk) in
+                try withBytes("!") { v throws(ValueOnDisk) in try store.store(k, value: v, request: StoreRequest(mode: .append)) }
+            }
+        }
+        if case .stored = appended {} else { Issue.record("append: \(appended)") }
+        #expect(store.value("h1") == "value of 1!")
+        #expect(store.statistics().evictions == 0)
+    }
+
     @Test("recovery may load a header alone: the item is cold until read")
     func restoreCold() throws {
         let logged = LoggedStore(memory: 1 << 20)
