@@ -447,10 +447,25 @@ public struct PairStateMachine: Sendable {
     /// Raises the epoch above every epoch seen and asks for it to be stored.
     private mutating func promote(reason: String, automatic: Bool, from origin: Origin) -> [Action] {
         let previousEpoch = epoch
-        epoch = max(epoch, peerEpoch) + 1
+        epoch = Self.nextEpoch(above: max(epoch, peerEpoch), configuredRole: configuration.configuredRole)
         state = .promoting(reason: reason, automatic: automatic, previousEpoch: previousEpoch, from: origin)
         let stop: [Action] = origin == .backup ? [.stopFollowing] : []
         return stop + [.persistEpoch(epoch)]
+    }
+
+    /// The epoch a promotion takes: the first above `highest` of the node's
+    /// own parity, odd for the node configured as backup, even for the one
+    /// configured as primary. Two nodes that promote at the same moment
+    /// without hearing each other (a partition healing, a failover timer
+    /// firing while the other node settles) then never lead in one epoch:
+    /// the higher of the two wins as soon as they meet. With two nodes there
+    /// is no quorum to serialise promotions; disjoint epochs keep "one writer
+    /// per epoch" true all the same. (Two nodes configured alike share a
+    /// parity and fall back to the tie-break by name.)
+    static func nextEpoch(above highest: UInt64, configuredRole: NodeRole) -> UInt64 {
+        let parity: UInt64 = configuredRole == .backup ? 1 : 0
+        let next = highest + 1
+        return next % 2 == parity ? next : next + 1
     }
 
     /// Steps down (or, while joining, settles) as the backup of a peer seen in `peerEpoch`.

@@ -25,13 +25,6 @@ struct PairSimulationTests {
                 if failures.count >= 20 { break }
             }
         }
-        // Open (issue 18): after a crash or a failed commit a node can still
-        // lead in an epoch it had heard of; these seeds are reported, not failed.
-        let known = failures.filter { $0.contains("two nodes took writes") }
-        let others = failures.filter { !$0.contains("two nodes took writes") }
-        #expect(others.isEmpty, "\(others.joined(separator: "\n"))")
-        if !known.isEmpty {
-            withKnownIssue { Issue.record("\(known.joined(separator: "\n"))") }
-        }
+        #expect(failures.isEmpty, "\(failures.joined(separator: "\n"))")
     }
 }

@@ -76,10 +76,11 @@ struct PairStateMachineTests {
             event: .peerStatus(status(.joining, offset: 101)), state: .handingOverAtStart, epoch: 3,
             actions: [.log(.notice, "the peer holds newer data than this node's storage; it leads", ["peer": "a", "peer_offset": "101", "offset": "100"]),
                       .askPeerToPromote(reason: "b restarted with older data", timeoutMillis: 1000)]),
-        Row(rule: "joining: this node's data is newer: promote above the peer's epoch", given: machine(.joining(deadline: 1000), role: .primary),
+        Row(rule: "joining: this node's data is newer: promote above the peer's epoch, to the next even one (configured primary)",
+            given: machine(.joining(deadline: 1000), role: .primary),
             event: .peerStatus(status(.backup, epoch: 4, offset: 99)),
             state: .promoting(reason: "start: this node holds the newest data", automatic: false, previousEpoch: 3, from: .joining(deadline: 1000)),
-            epoch: 5, actions: [.persistEpoch(5)]),
+            epoch: 6, actions: [.persistEpoch(6)]),
         Row(rule: "handing over at start: follows whatever the peer answered", given: machine(.handingOverAtStart),
             event: .peerPromoted(.failure(.peerRefused("timed out"))), state: .backup(suspectSince: nil), epoch: 3,
             actions: [follow("start: the peer holds newer data")]),
@@ -92,9 +93,9 @@ struct PairStateMachineTests {
             event: .promoteRequested(reason: "r", automatic: false),
             state: .promoting(reason: "r", automatic: false, previousEpoch: 3, from: .backup), epoch: 5,
             actions: [.stopFollowing, .persistEpoch(5)]),
-        Row(rule: "unsettled: a promote request promotes", given: machine(.unsettled),
+        Row(rule: "unsettled: a promote request promotes, to the next odd epoch (configured backup)", given: machine(.unsettled),
             event: .promoteRequested(reason: "r", automatic: false),
-            state: .promoting(reason: "r", automatic: false, previousEpoch: 3, from: .unsettled), epoch: 4, actions: [.persistEpoch(4)]),
+            state: .promoting(reason: "r", automatic: false, previousEpoch: 3, from: .unsettled), epoch: 5, actions: [.persistEpoch(5)]),
         Row(rule: "primary: a promote request answers its epoch", given: machine(.primary),
             event: .promoteRequested(reason: "r", automatic: false), state: .primary, epoch: 3, actions: [.answer(.success(3))]),
         Row(rule: "demoting: still the primary for a promote request", given: machine(.demoting(reason: "d")),
@@ -183,8 +184,8 @@ struct PairStateMachineTests {
             event: .tick(now: 599, observed: silent), state: .backup(suspectSince: 300), epoch: 3, actions: [.probePrimary]),
         Row(rule: "backup: silent for the failover time, suspected for the window: fail over", given: machine(.backup(suspectSince: 300), peerEpoch: 3),
             event: .tick(now: 600, observed: silent),
-            state: .promoting(reason: "failover: no word from the primary for 10000 ms", automatic: true, previousEpoch: 3, from: .backup), epoch: 4,
-            actions: [.probePrimary, .stopFollowing, .persistEpoch(4)]),
+            state: .promoting(reason: "failover: no word from the primary for 10000 ms", automatic: true, previousEpoch: 3, from: .backup), epoch: 5,
+            actions: [.probePrimary, .stopFollowing, .persistEpoch(5)]),
         Row(rule: "backup with failover off: never promotes", given: machine(.backup(suspectSince: nil), failoverAfter: 0),
             event: .tick(now: 600, observed: silent), state: .backup(suspectSince: nil), epoch: 3, actions: []),
     ]
@@ -230,5 +231,16 @@ struct PairStateMachineTests {
         #expect(Self.machine(.promoting(reason: "", automatic: false, previousEpoch: 0, from: .unsettled)).nodeRole == .joining)
         #expect(Self.machine(.demoting(reason: "")).acceptsWrites)
         #expect(!Self.machine(.promoting(reason: "", automatic: false, previousEpoch: 0, from: .backup)).acceptsWrites)
+    }
+
+    @Test("the two nodes promote into disjoint epochs: odd for the configured backup, even for the configured primary")
+    func disjointEpochs() {
+        #expect(PairStateMachine.nextEpoch(above: 0, configuredRole: .backup) == 1)
+        #expect(PairStateMachine.nextEpoch(above: 1, configuredRole: .backup) == 3)
+        #expect(PairStateMachine.nextEpoch(above: 1, configuredRole: .primary) == 2)
+        #expect(PairStateMachine.nextEpoch(above: 2, configuredRole: .primary) == 4)
+        for highest in 0...20 as ClosedRange<UInt64> {
+            #expect(PairStateMachine.nextEpoch(above: highest, configuredRole: .backup) != PairStateMachine.nextEpoch(above: highest, configuredRole: .primary))
+        }
     }
 }

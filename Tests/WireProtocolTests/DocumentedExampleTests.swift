@@ -19,7 +19,7 @@ struct DocumentedExampleTests {
         """
 
     static let pairStatusReplyHex = """
-        00 00 00 47 00 54 00 01 00 00 00 05 01 02 00 00 00 00 00 00 00 02 \
+        00 00 00 47 00 54 00 01 00 00 00 05 01 02 00 00 00 00 00 00 00 03 \
         10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f 00 00 00 00 00 00 04 b0 \
         20 21 22 23 24 25 26 27 28 29 2a 2b 2c 2d 2e 2f 00 00 00 00 00 00 03 e8 \
         00 00 00 01 62
@@ -27,7 +27,7 @@ struct DocumentedExampleTests {
 
     static let ping = WireMessage.ping(timestampMillis: 1_795_323_600_000)
     static let pairStatusReply = WireMessage.pairStatusReply(PairStatus(
-        nodeName: "b", role: .primary, configuredRole: .backup, epoch: 2, replicationID: ReplicationID(bytes: Array(0x10...0x1F)), offset: 1200,
+        nodeName: "b", role: .primary, configuredRole: .backup, epoch: 3, replicationID: ReplicationID(bytes: Array(0x10...0x1F)), offset: 1200,
         previousReplicationID: ReplicationID(bytes: Array(0x20...0x2F)), forkOffset: 1000
     ))
     static let importReport = WireMessage.importReport([.stored, .rejected(ImportRejection(.invalidKey, "bad key"))])
