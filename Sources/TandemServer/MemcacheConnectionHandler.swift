@@ -197,23 +197,12 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
                 wrote = true
                 burstWrote = true
             }
-            let mark = outbound.writerIndex
-            let disposition: Disposition
-            do throws(ValueOnDisk) {
-                disposition = try dispatcher.execute(command, into: &outbound)
-                commandDone()
-            } catch {
-                // What it wrote is taken back; it runs again once the value
-                // (and every other cold value of a multi-key get) is read.
-                outbound.moveWriterIndex(to: mark)
-                let dispatcher = self.dispatcher
-                waitForValue(
-                    [error] + dispatcher.coldValues(of: command).filter { $0.key != error.key }, attempt: 1,
-                    run: { out throws(ValueOnDisk) in try dispatcher.execute(command, into: &out) },
-                    failure: { out in dispatcher.replyValueUnreadable(to: command, into: &out) }, context: context
-                )
-                break
-            }
+            guard let disposition = run(
+                command, context: context,
+                execute: { dispatcher, command, out throws(ValueOnDisk) in try dispatcher.execute(command, into: &out) },
+                unreadable: { dispatcher, command, out in dispatcher.replyValueUnreadable(to: command, into: &out) },
+                alsoCold: { dispatcher, command in dispatcher.coldValues(of: command) }
+            ) else { break }
             if case .close = disposition {
                 closeAfterReplies(context: context)
                 return
@@ -274,20 +263,11 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
                 wrote = true
                 burstWrote = true
             }
-            let mark = outbound.writerIndex
-            let disposition: Disposition
-            do throws(ValueOnDisk) {
-                disposition = try dispatcher.execute(command, into: &outbound)
-                commandDone()
-            } catch {
-                outbound.moveWriterIndex(to: mark)
-                let dispatcher = self.dispatcher
-                waitForValue(
-                    [error], attempt: 1, run: { out throws(ValueOnDisk) in try dispatcher.execute(command, into: &out) },
-                    failure: { out in dispatcher.replyValueUnreadable(to: command, into: &out) }, context: context
-                )
-                return true
-            }
+            guard let disposition = run(
+                command, context: context,
+                execute: { dispatcher, command, out throws(ValueOnDisk) in try dispatcher.execute(command, into: &out) },
+                unreadable: { dispatcher, command, out in dispatcher.replyValueUnreadable(to: command, into: &out) }
+            ) else { return true }
             if case .close = disposition {
                 closeAfterReplies(context: context)
                 return false
@@ -313,6 +293,34 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
     /// How many times a command may find the same value gone from RAM again
     /// (or moved on disk) before it is answered with an error.
     static let coldReadAttempts = 8
+
+    /// Runs a command (text or binary). nil when it needs a value that is
+    /// not in RAM: what it wrote is taken back, and it runs again once the
+    /// value (and every other cold value `alsoCold` names, e.g. of a
+    /// multi-key get) is read. The closures capture nothing, so a command
+    /// that finds its values in RAM allocates nothing here.
+    private func run<C>(
+        _ command: C, context: ChannelHandlerContext,
+        execute: @escaping (Dispatcher, C, inout ByteBuffer) throws(ValueOnDisk) -> Disposition,
+        unreadable: @escaping (Dispatcher, C, inout ByteBuffer) -> Void,
+        alsoCold: (Dispatcher, C) -> [ValueOnDisk] = { _, _ in [] }
+    ) -> Disposition? {
+        let mark = outbound.writerIndex
+        do throws(ValueOnDisk) {
+            let disposition = try execute(dispatcher, command, &outbound)
+            commandDone()
+            return disposition
+        } catch {
+            outbound.moveWriterIndex(to: mark)
+            let dispatcher = self.dispatcher
+            waitForValue(
+                [error] + alsoCold(dispatcher, command).filter { $0.key != error.key }, attempt: 1,
+                run: { out throws(ValueOnDisk) in try execute(dispatcher, command, &out) },
+                failure: { out in unreadable(dispatcher, command, &out) }, context: context
+            )
+            return nil
+        }
+    }
 
     /// A command has run to the end: the values read for it are no longer needed.
     private func commandDone() {
