@@ -15,7 +15,7 @@ import WireProtocol
 /// `start` binds and returns once the port accepts connections; `shutdown`
 /// stops accepting, lets every connection write the replies it owes, and
 /// releases the event loops.
-public final class MemcacheServer: Sendable {
+public final class TandemNode: Sendable {
     /// The address actually bound (with the real port when 0 was asked for).
     public let localAddress: SocketAddress
     /// The store this node serves (exposed for embedding and tests).
@@ -70,7 +70,7 @@ public final class MemcacheServer: Sendable {
     /// every recovered item is in memory.
     public static func start(
         configuration: ServerConfiguration, clock: any StoreClock = SystemClock(), logger: Logger
-    ) async throws -> MemcacheServer {
+    ) async throws -> TandemNode {
         var storeConfiguration = configuration.store
         // Persistence and replication both consume the change stream.
         storeConfiguration.recordsChanges = configuration.persistence != nil || configuration.pair != nil
@@ -198,7 +198,7 @@ public final class MemcacheServer: Sendable {
                        "shards": "\(store.configuration.shardCount)"]
         )
         metrics?.markServing()
-        return MemcacheServer(
+        return TandemNode(
             localAddress: localAddress, store: store, group: group, serverChannel: serverChannel,
             context: context, connections: connections, reclaimer: reclaimer, wireChannel: wireChannel, pump: pump,
             metrics: metrics
@@ -324,7 +324,7 @@ public struct TandemService: Service {
     }
 
     public func run() async throws {
-        let server = try await MemcacheServer.start(configuration: configuration, logger: logger)
+        let server = try await TandemNode.start(configuration: configuration, logger: logger)
         // Started by systemd as Type=notify: units after this one start now.
         let systemd = SystemdNotifier.fromEnvironment()
         notify(systemd, "READY=1\nSTATUS=serving memcached on \(configuration.host):\(server.port)")
