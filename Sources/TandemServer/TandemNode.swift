@@ -1,6 +1,4 @@
 import Logging
-import MemcacheProtocol
-import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import Replication
@@ -10,67 +8,63 @@ import SessionStore
 import Synchronization
 import WireProtocol
 
-/// A running node: the memcached listener over one store.
+/// A node: one store served by its parts, each a service of one
+/// swift-service-lifecycle `ServiceGroup`.
 ///
-/// `start` binds and returns once the port accepts connections; `shutdown`
-/// stops accepting, lets every connection write the replies it owes, and
-/// releases the event loops.
-public final class TandemNode: Sendable {
-    /// The address actually bound (with the real port when 0 was asked for).
-    public let localAddress: SocketAddress
+/// The parts start one after the other, in this order, each once the one
+/// before it runs:
+/// 1. persistence: recovery already loaded the store when the node was
+///    built, before anything else, and the pair decides from what it found;
+///    starting runs the writer;
+/// 2. the event loops (nothing to start; stopping them closes what is left open);
+/// 3. the metrics listener, before the role is settled, so that /health can
+///    tell the node is still joining (503) until the memcached port opens;
+/// 4. the wire listener: a node compares its data with its peer's over the
+///    wire before its memcached port serves anything;
+/// 5. the pair, which settles the role (comparing data with the peer);
+/// 6. the memcached listener, last: its port accepts connections only once
+///    every recovered item is in memory and the role is settled.
+///
+/// They stop in the reverse order, each once the one after it has stopped:
+/// the memcached connections drain, the pair lets a connected backup catch
+/// up, the listeners close, the event loops end, and persistence commits
+/// last, so a graceful stop (SIGTERM) loses nothing. A part that fails to
+/// start stops the parts that started, in the same reverse order, and `run`
+/// (or `start`) throws its error.
+///
+/// A standalone node has no wire listener and no pair; a node without
+/// persistence or a metrics port has no such part.
+public final class TandemNode: Service, Sendable {
     /// The store this node serves (exposed for embedding and tests).
     public let store: SessionStore
 
-    private let group: MultiThreadedEventLoopGroup
-    private let serverChannel: any Channel
     private let context: ServerContext
-    private let connections: NIOLockedValueBox<[ObjectIdentifier: any Channel]>
-    private let reclaimer: RepeatedTask
-    /// The wire listener, when the node is part of a pair.
-    private let wireChannel: (any Channel)?
-    /// Releases the change stream to replication between the writer's commits.
-    private let pump: RepeatedTask?
-    /// The /metrics and /health listener (`--metrics-port`).
-    private let metrics: MetricsServer?
+    private let services: ServiceGroup
+    private let memcache: MemcacheListener
+    private let wire: WireListener?
+    private let metrics: MetricsPart?
+    /// The memcached listener's gate: open once the node serves.
+    private let serving: StartGate
+    /// `run` in the background, for a node started with `start`.
+    private let running = Mutex<Task<Void, any Error>?>(nil)
 
-    private let stopped = Synchronization.Atomic<Bool>(false)
+    /// The memcached port actually bound (with the real port when 0 was asked for); 0 before it is.
+    public var port: Int { context.boundPort.load(ordering: .relaxed) }
+
+    /// The memcached listener's address, once it is bound.
+    public var localAddress: SocketAddress? { memcache.localAddress }
 
     /// The wire port actually bound, when there is a wire listener.
-    public var wirePort: Int? { wireChannel?.localAddress?.port }
+    public var wirePort: Int? { wire?.port }
 
     /// The metrics port actually bound, when there is a metrics listener.
-    public var metricsPort: Int? { metrics?.port }
+    public var metricsPort: Int? { metrics?.boundPort }
 
-    /// How often expired items nobody reads are swept, and how many slots per shard a sweep examines.
-    static let reclaimInterval = TimeAmount.milliseconds(250)
-    static let reclaimBudgetPerShard = 2048
-
-    /// The port the listener is bound to.
-    public var port: Int { localAddress.port ?? 0 }
-
-    private init(
-        localAddress: SocketAddress, store: SessionStore, group: MultiThreadedEventLoopGroup, serverChannel: any Channel,
-        context: ServerContext, connections: NIOLockedValueBox<[ObjectIdentifier: any Channel]>, reclaimer: RepeatedTask,
-        wireChannel: (any Channel)?, pump: RepeatedTask?, metrics: MetricsServer?
-    ) {
-        self.metrics = metrics
-        self.wireChannel = wireChannel
-        self.pump = pump
-        self.localAddress = localAddress
-        self.store = store
-        self.group = group
-        self.serverChannel = serverChannel
-        self.context = context
-        self.connections = connections
-        self.reclaimer = reclaimer
-    }
-
-    /// Recovers persisted items (when persistence is on), then binds the
-    /// listener and starts serving: the port accepts connections only once
-    /// every recovered item is in memory.
-    public static func start(
-        configuration: ServerConfiguration, clock: any StoreClock = SystemClock(), logger: Logger
-    ) async throws -> TandemNode {
+    /// Builds the node: recovers persisted items into a new store (when
+    /// persistence is on) and prepares the parts. Nothing listens until
+    /// `run`; `start` builds and runs a node in the background.
+    public init(configuration: ServerConfiguration, clock: any StoreClock = SystemClock(), logger: Logger) throws {
+        if let pair = configuration.pair, pair.role == .backup, pair.peer == nil { throw ServerError.backupWithoutPeer }
         var storeConfiguration = configuration.store
         // Persistence and replication both consume the change stream.
         storeConfiguration.recordsChanges = configuration.persistence != nil || configuration.pair != nil
@@ -79,15 +73,15 @@ public final class TandemNode: Sendable {
         storeConfiguration.valuesLeaveRAM = configuration.persistence != nil
         let store = SessionStore(configuration: storeConfiguration, clock: clock)
         let feed = storeConfiguration.recordsChanges ? ChangeFeed(store: store) : nil
-        var persistence: Persistence?
-        if let persistenceConfiguration = configuration.persistence {
-            persistence = try Persistence.open(configuration: persistenceConfiguration, store: store, source: feed?.subscribe(), logger: logger)
-            store.attachColdValueReader(persistence!.values)
+        // The only step that can fail, and it comes first: when it throws,
+        // nothing else has been made.
+        let persistence = try configuration.persistence.map {
+            try Persistence.open(configuration: $0, store: store, source: feed?.subscribe(), logger: logger)
         }
+        if let persistence { store.attachColdValueReader(persistence.values) }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.threads))
         var pair: PairRole?
         if let pairConfiguration = configuration.pair, let feed {
-            if pairConfiguration.role == .backup, pairConfiguration.peer == nil { throw ServerError.backupWithoutPeer }
             let role = PairRole(
                 configuration: pairConfiguration, store: store, feed: feed, persistence: persistence,
                 group: group, logger: logger
@@ -95,7 +89,6 @@ public final class TandemNode: Sendable {
             persistence?.setMetaProvider { role.meta() }
             pair = role
         }
-        persistence?.start()
         var countersByLoop: [ObjectIdentifier: CommandCounters] = [:]
         for loop in group.makeIterator() {
             countersByLoop[ObjectIdentifier(loop)] = CommandCounters()
@@ -104,196 +97,85 @@ public final class TandemNode: Sendable {
             configuration: configuration, store: store, persistence: persistence,
             pair: pair, countersByLoop: countersByLoop, logger: logger
         )
-        let connections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
-        let limits = MemcacheDecoderLimits(maxItemSize: configuration.store.maxItemSize)
-        let frozenCounters = countersByLoop
-
-        let bootstrap = ServerBootstrap(group: group)
-            .serverChannelOption(.backlog, value: 1024)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
-            .childChannelOption(.socketOption(.so_keepalive), value: 1)
-            .childChannelOption(.maxMessagesPerRead, value: 16)
-            .childChannelOption(.writeBufferWaterMark, value: .init(low: 256 * 1024, high: 1024 * 1024))
-            .childChannelInitializer { channel in
-                let counters = frozenCounters[ObjectIdentifier(channel.eventLoop)] ?? CommandCounters()
-                let id = ObjectIdentifier(channel)
-                connections.withLockedValue { $0[id] = channel }
-                channel.closeFuture.whenComplete { _ in
-                    _ = connections.withLockedValue { $0.removeValue(forKey: id) }
-                }
-                let dispatcher = Dispatcher(context: context, counters: counters, eventLoop: channel.eventLoop)
-                return channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandlers(
-                        ConnectionGate(context: context),
-                        MemcacheConnectionHandler(
-                            decoder: MemcacheDecoder(limits: limits), dispatcher: dispatcher,
-                            counters: counters, logger: logger
-                        )
-                    )
-                    try context.secure(channel, port: .memcached)
-                }
-            }
-
-        // The metrics port comes up before the node settles its role, so that
-        // /health can tell it is still joining (503) until the memcached port opens.
-        var metrics: MetricsServer?
-        if let metricsPort = configuration.metricsPort {
-            do {
-                metrics = try await MetricsServer.start(host: configuration.host, port: metricsPort, context: context, logger: logger)
-            } catch {
-                try? await group.shutdownGracefully()
-                persistence?.stop()
-                throw error
-            }
-        }
-
-        // The wire port comes first: a node compares its data with its peer's
-        // (over the wire) before its memcached port serves anything.
-        var wireChannel: (any Channel)?
-        var pump: RepeatedTask?
+        let metrics = configuration.metricsPort.map { MetricsPart(host: configuration.host, port: $0, context: context) }
+        let memcache = MemcacheListener(context: context, group: group, announce: { metrics?.announce($0) })
+        var wire: WireListener?
+        var parts: [any NodePart] = []
+        if let persistence { parts.append(PersistencePart(persistence: persistence, logger: logger)) }
+        parts.append(EventLoopsPart(group: group))
+        if let metrics { parts.append(metrics) }
         if let pairConfiguration = configuration.pair, let feed, let pair {
-            do {
-                wireChannel = try await Self.bindWire(pairConfiguration, group: group, context: context, logger: logger)
-                // Unless named, a node is known by its wire address: stable across restarts on the same port.
-                let configured = pairConfiguration.replication.nodeName
-                pair.setName(configured.isEmpty ? "\(pairConfiguration.wireHost):\(wireChannel?.localAddress?.port ?? 0)" : configured)
-            } catch {
-                await metrics?.stop()
-                try? await group.shutdownGracefully()
-                persistence?.stop()
-                throw error
-            }
-            pump = group.next().scheduleRepeatedTask(initialDelay: pumpInterval, delay: pumpInterval) { _ in feed.pump() }
-            await pair.join()
-            pair.startTimers()
+            let listener = WireListener(configuration: pairConfiguration, context: context, group: group)
+            parts.append(listener)
+            parts.append(PairPart(pair: pair, feed: feed, group: group, logger: logger))
+            wire = listener
         }
-        let serverChannel: any Channel
+        parts.append(memcache)
+
+        var gate: StartGate?
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        for part in parts {
+            let started = StartGate()
+            services.append(.init(
+                service: NodePartService(part: part, after: gate, started: started),
+                // However a part ends, the others stop in order.
+                successTerminationBehavior: .gracefullyShutdownGroup,
+                failureTerminationBehavior: .gracefullyShutdownGroup,
+                serviceName: part.name
+            ))
+            gate = started
+        }
+        self.serving = gate!
+        self.services = ServiceGroup(configuration: ServiceGroupConfiguration(services: services, logger: logger))
+        self.store = store
+        self.context = context
+        self.memcache = memcache
+        self.wire = wire
+        self.metrics = metrics
+    }
+
+    /// Runs the node until graceful shutdown (a signal of the group running
+    /// it, or `shutdown`), then stops it. Throws the error of a part that
+    /// could not start, once the parts that did have stopped.
+    public func run() async throws {
         do {
-            serverChannel = try await bootstrap.bind(host: configuration.host, port: configuration.port).get()
+            try await services.run()
         } catch {
-            let failure = BindFailure(listener: .memcached, host: configuration.host, port: configuration.port, error: error)
-            pair?.stopTimers()
-            pair?.replica?.stop()
-            pump?.cancel()
-            try? await wireChannel?.close()
-            await metrics?.stop()
-            try? await group.shutdownGracefully()
-            persistence?.stop()
-            throw failure
+            context.logger.debug("the node stopped on an error", metadata: ["error": "\(error)"])
+            throw error
         }
-        guard let localAddress = serverChannel.localAddress else {
-            try? await serverChannel.close()
-            await metrics?.stop()
-            try? await group.shutdownGracefully()
-            throw ServerError.noLocalAddress
-        }
-        context.boundPort.store(localAddress.port ?? 0, ordering: .relaxed)
-        let reclaimer = group.next().scheduleRepeatedTask(initialDelay: reclaimInterval, delay: reclaimInterval) { _ in
-            store.reclaimExpired(budgetPerShard: reclaimBudgetPerShard)
-        }
-        logger.info(
-            "listening on \(configuration.host):\(localAddress.port ?? 0)",
-            metadata: ["threads": "\(configuration.threads)", "memory_limit": "\(configuration.store.memoryLimit)",
-                       "shards": "\(store.configuration.shardCount)"]
-        )
-        metrics?.markServing()
-        return TandemNode(
-            localAddress: localAddress, store: store, group: group, serverChannel: serverChannel,
-            context: context, connections: connections, reclaimer: reclaimer, wireChannel: wireChannel, pump: pump,
-            metrics: metrics
-        )
+        context.logger.info("stopped")
     }
 
-    /// How often the change stream is released to replication when no write triggers it
-    /// (expiry, eviction, and changes whose predecessor was still being recorded).
-    static let pumpInterval = TimeAmount.milliseconds(5)
+    /// Returns once the memcached port serves (true), or once it is clear it
+    /// never will: a part failed to start, or the node was asked to stop first (false).
+    public func waitUntilServing() async -> Bool {
+        await serving.wait() == .started
+    }
 
-    private static func bindWire(_ pair: PairConfiguration, group: MultiThreadedEventLoopGroup, context: ServerContext, logger: Logger) async throws -> any Channel {
-        let channel: any Channel
-        do {
-            channel = try await wireBootstrap(group: group, context: context, logger: logger)
-                .bind(host: pair.wireHost, port: pair.wirePort).get()
-        } catch {
-            throw BindFailure(listener: .wire, host: pair.wireHost, port: pair.wirePort, error: error)
+    /// Builds a node and runs it in the background; returns once the
+    /// memcached port accepts connections, or throws why the node could
+    /// not start (having stopped whatever had started).
+    public static func start(
+        configuration: ServerConfiguration, clock: any StoreClock = SystemClock(), logger: Logger
+    ) async throws -> TandemNode {
+        let node = try TandemNode(configuration: configuration, clock: clock, logger: logger)
+        let task = Task { try await node.run() }
+        node.running.withLock { $0 = task }
+        guard await node.waitUntilServing() else {
+            try await task.value
+            // Unreachable in practice: a node that never served was stopped, by an error or by `shutdown`.
+            throw ServerError.stoppedBeforeServing
         }
-        logger.info(
-            "wire protocol ready on \(pair.wireHost):\(channel.localAddress?.port ?? 0)",
-            metadata: ["role": "\(pair.role)", "peer": "\(pair.peer.map { "\($0.host):\($0.port)" } ?? "none")",
-                       "replication": "\(pair.replication.mode.rawValue)"]
-        )
-        return channel
+        return node
     }
 
-    private static func wireBootstrap(group: MultiThreadedEventLoopGroup, context: ServerContext, logger: Logger) -> ServerBootstrap {
-        ServerBootstrap(group: group)
-            .serverChannelOption(.backlog, value: 64)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
-            .childChannelOption(.writeBufferWaterMark, value: .init(low: 1 << 20, high: 4 << 20))
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandlers(
-                        ByteToMessageHandler(WireFrameDecoder()),
-                        WireConnectionHandler(node: context, logger: logger)
-                    )
-                    try context.secure(channel, port: .wire)
-                }
-            }
-    }
-
-    /// How long a stopping primary waits for its backup to acknowledge the rest of the stream.
-    static let backupCatchUpTimeout = TimeAmount.seconds(2)
-
-    /// Stops accepting, drains open connections (bounded by the drain timeout),
-    /// lets a connected backup catch up (bounded too), and stops the event loops.
+    /// Stops a node started with `start`: the parts stop in reverse order
+    /// (connections drain, a backup catches up, persistence commits last).
+    /// Returns once every part has stopped; a second call waits as well.
     public func shutdown() async {
-        // A second call (an embedder's, after a test's) has nothing left to do.
-        guard !stopped.exchange(true, ordering: .relaxed) else { return }
-        context.logger.info("stopping: no longer accepting connections")
-        // /health says so while the node drains; the listener itself closes last.
-        metrics?.markStopping()
-        try? await serverChannel.close()
-        reclaimer.cancel()
-        context.pair?.stopTimers()
-        context.replica?.stop()
-        try? await wireChannel?.close()
-        context.cancelPendingFlush()
-        let open = connections.withLockedValue { Array($0.values) }
-        for channel in open {
-            channel.pipeline.fireUserInboundEventTriggered(DrainRequest())
-        }
-        let deadline = NIODeadline.now() + .seconds(context.configuration.drainTimeoutSeconds)
-        for channel in open {
-            let closed = channel.closeFuture
-            let timeout = channel.eventLoop.scheduleTask(deadline: deadline) { channel.close(promise: nil) }
-            try? await closed.get()
-            timeout.cancel()
-        }
-        if let primary = context.primary {
-            // No client writes arrive any more: let the backup receive what is
-            // still on its way, so that when it takes over it has everything.
-            switch await primary.waitForBackupToCatchUp(timeout: Self.backupCatchUpTimeout, on: group.next()) {
-            case .noBackup:
-                break
-            case .caughtUp(let offset):
-                context.logger.info("backup has every change", metadata: ["offset": "\(offset)"])
-            case .behind(let acknowledged, let end):
-                context.logger.warning("backup did not catch up before the stop", metadata: [
-                    "acknowledged": "\(acknowledged)", "offset": "\(end)",
-                    "waited_ms": "\(Self.backupCatchUpTimeout.nanoseconds / 1_000_000)",
-                ])
-            }
-        }
-        pump?.cancel()
-        await metrics?.stop()
-        try? await group.shutdownGracefully()
-        if let persistence = context.persistence {
-            // Every acknowledged change reaches the file before the process exits.
-            persistence.stop()
-            context.logger.info("persistence flushed", metadata: ["file": "\(persistence.dataDirectory)"])
-        }
-        context.logger.info("stopped", metadata: ["drained_connections": "\(open.count)"])
+        await services.triggerGracefulShutdown()
+        _ = try? await running.withLock({ $0 })?.value
     }
 }
 
@@ -303,42 +185,14 @@ public enum ServerError: Error, CustomStringConvertible {
     case noLocalAddress
     /// A backup needs a primary to replicate from.
     case backupWithoutPeer
+    /// The node was stopped before its memcached port opened.
+    case stoppedBeforeServing
 
     public var description: String {
         switch self {
         case .noLocalAddress: return "the listening socket has no local address"
         case .backupWithoutPeer: return "a backup needs --peer HOST:PORT, the primary's wire address"
-        }
-    }
-}
-
-/// Runs a node inside a swift-service-lifecycle `ServiceGroup`: serves until
-/// graceful shutdown is requested (SIGTERM/SIGINT), then drains and stops.
-public struct TandemService: Service {
-    public let configuration: ServerConfiguration
-    public let logger: Logger
-
-    public init(configuration: ServerConfiguration, logger: Logger) {
-        self.configuration = configuration
-        self.logger = logger
-    }
-
-    public func run() async throws {
-        let server = try await TandemNode.start(configuration: configuration, logger: logger)
-        // Started by systemd as Type=notify: units after this one start now.
-        let systemd = SystemdNotifier.fromEnvironment()
-        notify(systemd, "READY=1\nSTATUS=serving memcached on \(configuration.host):\(server.port)")
-        try? await gracefulShutdown()
-        notify(systemd, "STOPPING=1\nSTATUS=stopping: draining connections")
-        await server.shutdown()
-    }
-
-    private func notify(_ systemd: SystemdNotifier?, _ state: String) {
-        guard let systemd else { return }
-        do {
-            try systemd.notify(state)
-        } catch {
-            logger.warning("cannot notify systemd", metadata: ["error": "\(error)"])
+        case .stoppedBeforeServing: return "the node was stopped before its memcached port opened"
         }
     }
 }
