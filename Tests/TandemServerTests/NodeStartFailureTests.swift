@@ -98,6 +98,21 @@ struct NodeStartFailureTests {
         #expect(persistenceReleased(directory))
     }
 
+    @Test("a node asked to stop before it serves never opens its memcached port, and stops what started")
+    func stopBeforeServing() async throws {
+        let directory = NSTemporaryDirectory() + "tandem-start-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let node = try TandemNode(configuration: configuration(directory: directory), logger: quietLogger)
+        // Remembered until the node runs: it then stops at once, last part first.
+        await node.shutdown()
+        try await node.run()
+        #expect(await !node.waitUntilServing())
+        #expect(node.port == 0)
+        #expect(persistenceReleased(directory))
+        if let wirePort = node.wirePort { #expect(!accepts(wirePort)) }
+        if let metricsPort = node.metricsPort { #expect(!accepts(metricsPort)) }
+    }
+
     @Test("a node stopped and started again on its data directory has everything it acknowledged")
     func restartKeepsWhatWasAcknowledged() async throws {
         let directory = NSTemporaryDirectory() + "tandem-start-\(UUID().uuidString)"
