@@ -11,11 +11,11 @@ import WireProtocol
 /// A node: one store served by its parts, each a service of one
 /// swift-service-lifecycle `ServiceGroup`.
 ///
-/// The parts start one after the other, in this order, each once the one
-/// before it runs:
-/// 1. persistence: recovery already loaded the store when the node was
-///    built, before anything else, and the pair decides from what it found;
-///    starting runs the writer;
+/// `run` first recovers persisted items into the store (a data directory
+/// that cannot be used throws here, before anything listens). Then the parts
+/// start one after the other, in this order, each once the one before it runs:
+/// 1. persistence: recovery loaded the store before anything else, and the
+///    pair decides from what it found; starting runs the writer;
 /// 2. the event loops (nothing to start; stopping them closes what is left open);
 /// 3. the metrics listener, before the role is settled, so that /health can
 ///    tell the node is still joining (503) until the memcached port opens;
@@ -38,31 +38,55 @@ public final class TandemNode: Service, Sendable {
     /// The store this node serves (exposed for embedding and tests).
     public let store: SessionStore
 
-    private let context: ServerContext
-    private let services: ServiceGroup
-    private let memcache: MemcacheListener
-    private let wire: WireListener?
-    private let metrics: MetricsPart?
+    private let configuration: ServerConfiguration
+    private let logger: Logger
     /// The memcached listener's gate: open once the node serves.
-    private let serving: StartGate
+    private let serving = StartGate()
+    private let lifecycle = Mutex(Lifecycle.created(stopRequested: false))
     /// `run` in the background, for a node started with `start`.
     private let running = Mutex<Task<Void, any Error>?>(nil)
 
+    /// Where the node is in its life.
+    private enum Lifecycle {
+        /// Not run yet: nothing recovered, bound or started. A stop asked for
+        /// now is remembered, and the node stops as soon as it runs.
+        case created(stopRequested: Bool)
+        /// Recovered, with its parts running in their group (or stopped).
+        case assembled(Parts)
+        /// Its recovery failed: no part was made.
+        case failed
+    }
+
+    /// A recovered node's parts, and the group that runs them.
+    private struct Parts {
+        let context: ServerContext
+        let services: ServiceGroup
+        let memcache: MemcacheListener
+        let wire: WireListener?
+        let metrics: MetricsPart?
+    }
+
+    private var parts: Parts? {
+        lifecycle.withLock { lifecycle in
+            if case .assembled(let parts) = lifecycle { return parts }
+            return nil
+        }
+    }
+
     /// The memcached port actually bound (with the real port when 0 was asked for); 0 before it is.
-    public var port: Int { context.boundPort.load(ordering: .relaxed) }
+    public var port: Int { parts?.context.boundPort.load(ordering: .relaxed) ?? 0 }
 
     /// The memcached listener's address, once it is bound.
-    public var localAddress: SocketAddress? { memcache.localAddress }
+    public var localAddress: SocketAddress? { parts?.memcache.localAddress }
 
     /// The wire port actually bound, when there is a wire listener.
-    public var wirePort: Int? { wire?.port }
+    public var wirePort: Int? { parts?.wire?.port }
 
     /// The metrics port actually bound, when there is a metrics listener.
-    public var metricsPort: Int? { metrics?.boundPort }
+    public var metricsPort: Int? { parts?.metrics?.boundPort }
 
-    /// Builds the node: recovers persisted items into a new store (when
-    /// persistence is on) and prepares the parts. Nothing listens until
-    /// `run`; `start` builds and runs a node in the background.
+    /// A node for `configuration`, with its (empty) store. Nothing is read
+    /// or bound until `run`; `start` builds and runs a node in the background.
     public init(configuration: ServerConfiguration, clock: any StoreClock = SystemClock(), logger: Logger) throws {
         if let pair = configuration.pair, pair.role == .backup, pair.peer == nil { throw ServerError.backupWithoutPeer }
         var storeConfiguration = configuration.store
@@ -71,10 +95,17 @@ public final class TandemNode: Service, Sendable {
         // With persistence, RAM is a cache of the log: a full store lets clean
         // values go before it loses an item (docs/storage.md).
         storeConfiguration.valuesLeaveRAM = configuration.persistence != nil
-        let store = SessionStore(configuration: storeConfiguration, clock: clock)
-        let feed = storeConfiguration.recordsChanges ? ChangeFeed(store: store) : nil
-        // The only step that can fail, and it comes first: when it throws,
-        // nothing else has been made.
+        self.store = SessionStore(configuration: storeConfiguration, clock: clock)
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    /// Recovers the store (when persistence is on) and makes the parts.
+    /// Recovery is the only step that can fail, and it comes first: when it
+    /// throws, nothing else has been made.
+    private func assemble() throws -> Parts {
+        let (configuration, store, logger) = (self.configuration, self.store, self.logger)
+        let feed = store.configuration.recordsChanges ? ChangeFeed(store: store) : nil
         let persistence = try configuration.persistence.map {
             try Persistence.open(configuration: $0, store: store, source: feed?.subscribe(), logger: logger)
         }
@@ -114,8 +145,9 @@ public final class TandemNode: Service, Sendable {
 
         var gate: StartGate?
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
-        for part in parts {
-            let started = StartGate()
+        for (index, part) in parts.enumerated() {
+            // The last part's gate says the node serves.
+            let started = index == parts.count - 1 ? serving : StartGate()
             services.append(.init(
                 service: NodePartService(part: part, after: gate, started: started),
                 // However a part ends, the others stop in order.
@@ -125,30 +157,43 @@ public final class TandemNode: Service, Sendable {
             ))
             gate = started
         }
-        self.serving = gate!
-        self.services = ServiceGroup(configuration: ServiceGroupConfiguration(services: services, logger: logger))
-        self.store = store
-        self.context = context
-        self.memcache = memcache
-        self.wire = wire
-        self.metrics = metrics
+        return Parts(
+            context: context, services: ServiceGroup(configuration: ServiceGroupConfiguration(services: services, logger: logger)),
+            memcache: memcache, wire: wire, metrics: metrics
+        )
     }
 
-    /// Runs the node until graceful shutdown (a signal of the group running
-    /// it, or `shutdown`), then stops it. Throws the error of a part that
-    /// could not start, once the parts that did have stopped.
+    /// Recovers the store, then runs the node's parts until graceful shutdown
+    /// (a signal of the group running the node, or `shutdown`) and stops
+    /// them. Throws why the node could not start: a data directory it cannot
+    /// use, or the error of a part, once the parts that did start have stopped.
     public func run() async throws {
+        let parts: Parts
         do {
-            try await services.run()
+            parts = try assemble()
         } catch {
-            context.logger.debug("the node stopped on an error", metadata: ["error": "\(error)"])
+            lifecycle.withLock { $0 = .failed }
+            serving.settle(.abandoned)
             throw error
         }
-        context.logger.info("stopped")
+        let stopRequested = lifecycle.withLock { lifecycle -> Bool in
+            defer { lifecycle = .assembled(parts) }
+            if case .created(let requested) = lifecycle { return requested }
+            return false
+        }
+        // The group remembers it, and stops the parts as soon as it runs them.
+        if stopRequested { await parts.services.triggerGracefulShutdown() }
+        do {
+            try await parts.services.run()
+        } catch {
+            logger.debug("the node stopped on an error", metadata: ["error": "\(error)"])
+            throw error
+        }
+        logger.info("stopped")
     }
 
     /// Returns once the memcached port serves (true), or once it is clear it
-    /// never will: a part failed to start, or the node was asked to stop first (false).
+    /// never will: recovery or a part failed, or the node was asked to stop first (false).
     public func waitUntilServing() async -> Bool {
         await serving.wait() == .started
     }
@@ -170,11 +215,23 @@ public final class TandemNode: Service, Sendable {
         return node
     }
 
-    /// Stops a node started with `start`: the parts stop in reverse order
-    /// (connections drain, a backup catches up, persistence commits last).
-    /// Returns once every part has stopped; a second call waits as well.
+    /// Stops the node: the parts stop in reverse order (connections drain,
+    /// a backup catches up, persistence commits last). For a node started
+    /// with `start`, returns once every part has stopped (a second call
+    /// waits as well); for one not run yet, the node stops as soon as it runs.
     public func shutdown() async {
-        await services.triggerGracefulShutdown()
+        let services = lifecycle.withLock { lifecycle -> ServiceGroup? in
+            switch lifecycle {
+            case .created:
+                lifecycle = .created(stopRequested: true)
+                return nil
+            case .assembled(let parts):
+                return parts.services
+            case .failed:
+                return nil
+            }
+        }
+        await services?.triggerGracefulShutdown()
         _ = try? await running.withLock({ $0 })?.value
     }
 }

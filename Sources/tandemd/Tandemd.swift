@@ -277,12 +277,11 @@ struct Tandemd: AsyncParsableCommand {
         let hangup = Self.reloadOnHangup(tls, logger: logger)
         defer { hangup.cancel() }
         do {
-            // Building the node recovers its data: a data directory that
-            // cannot be used stops here, before anything listens.
             let node = try TandemNode(configuration: configuration, logger: logger)
-            // The node's parts start in order and stop in reverse on SIGTERM
-            // or SIGINT; systemd hears READY=1 once the memcached port serves
-            // and STOPPING=1 before the node drains.
+            // The node recovers its data once the group runs it, so a SIGTERM
+            // or SIGINT during recovery is a graceful stop too. Its parts
+            // start in order and stop in reverse; systemd hears READY=1 once
+            // the memcached port serves and STOPPING=1 before the node drains.
             let group = ServiceGroup(
                 services: [node, SystemdAnnouncer(node: node, host: configuration.host, logger: logger)],
                 gracefulShutdownSignals: [.sigterm, .sigint],

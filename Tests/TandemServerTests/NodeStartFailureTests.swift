@@ -98,6 +98,21 @@ struct NodeStartFailureTests {
         #expect(persistenceReleased(directory))
     }
 
+    @Test("a data directory that cannot be used stops the node before anything listens")
+    func unusableDataDirectory() async throws {
+        // A file where the directory should be.
+        let file = NSTemporaryDirectory() + "tandem-start-\(UUID().uuidString)"
+        try #require(FileManager.default.createFile(atPath: file, contents: Data("not a directory".utf8)))
+        defer { try? FileManager.default.removeItem(atPath: file) }
+
+        let node = try TandemNode(configuration: configuration(directory: file), logger: quietLogger)
+        await #expect(throws: PersistenceError.self) { try await node.run() }
+        #expect(await !node.waitUntilServing())
+        #expect(node.port == 0)
+        #expect(node.wirePort == nil)
+        #expect(node.metricsPort == nil)
+    }
+
     @Test("a node asked to stop before it serves never opens its memcached port, and stops what started")
     func stopBeforeServing() async throws {
         let directory = NSTemporaryDirectory() + "tandem-start-\(UUID().uuidString)"
