@@ -7,8 +7,8 @@ import SessionStore
 import Synchronization
 
 /// The write-behind: its writer thread commits the change stream into the
-/// data directory. Recovery happened when the node was built (the pair and
-/// the store are made from what it found); starting runs the writer.
+/// data directory. Recovery happened before the parts were made (the pair
+/// is made from what it found); starting runs the writer.
 ///
 /// The node starts it first and stops it last: every change the other parts
 /// acknowledged reaches the file before the process exits.

@@ -43,6 +43,8 @@ public final class TandemNode: Service, Sendable {
     /// The memcached listener's gate: open once the node serves.
     private let serving = StartGate()
     private let lifecycle = Mutex(Lifecycle.created(stopRequested: false))
+    /// Whether `run` was called: a node runs once.
+    private let ran = Atomic<Bool>(false)
     /// `run` in the background, for a node started with `start`.
     private let running = Mutex<Task<Void, any Error>?>(nil)
 
@@ -168,6 +170,8 @@ public final class TandemNode: Service, Sendable {
     /// them. Throws why the node could not start: a data directory it cannot
     /// use, or the error of a part, once the parts that did start have stopped.
     public func run() async throws {
+        // Its data directory and ports are the node's own: a second run would find them taken.
+        guard !ran.exchange(true, ordering: .relaxed) else { throw ServerError.alreadyRun }
         let parts: Parts
         do {
             parts = try assemble()
@@ -244,12 +248,15 @@ public enum ServerError: Error, CustomStringConvertible {
     case backupWithoutPeer
     /// The node was stopped before its memcached port opened.
     case stoppedBeforeServing
+    /// `run` was called on a node that already ran.
+    case alreadyRun
 
     public var description: String {
         switch self {
         case .noLocalAddress: return "the listening socket has no local address"
         case .backupWithoutPeer: return "a backup needs --peer HOST:PORT, the primary's wire address"
         case .stoppedBeforeServing: return "the node was stopped before its memcached port opened"
+        case .alreadyRun: return "this node has already run; make a new one"
         }
     }
 }

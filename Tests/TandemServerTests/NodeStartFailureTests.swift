@@ -124,6 +124,8 @@ struct NodeStartFailureTests {
         #expect(await !node.waitUntilServing())
         #expect(node.port == 0)
         #expect(persistenceReleased(directory))
+        // A node runs once.
+        await #expect(throws: ServerError.self) { try await node.run() }
         if let wirePort = node.wirePort { #expect(!accepts(wirePort)) }
         if let metricsPort = node.metricsPort { #expect(!accepts(metricsPort)) }
     }
