@@ -112,6 +112,9 @@ public struct PairStateMachine: Sendable {
         case peerChecked(PeerIdentity?)
         /// The peer said hello on a connection to this node, with its epoch.
         case peerHello(epoch: UInt64, name: String)
+        /// The primary this node follows answered the replication link's
+        /// hello, with the epoch it leads in.
+        case primaryGreeted(epoch: UInt64, name: String)
         /// The answer to `askPeerToPromote`: the peer's epoch once it leads, or why not.
         case peerPromoted(Result<UInt64, Refusal>)
         /// Someone (an operator, the peer) asks this node to lead.
@@ -177,6 +180,16 @@ public struct PairStateMachine: Sendable {
     public internal(set) var state: State
     /// The epoch this node leads or follows in (stored with every commit).
     public internal(set) var epoch: UInt64
+    /// The epoch an ordinary commit stores: while a promotion waits for
+    /// storage, the epoch it started from. A promotion's own epoch reaches the
+    /// file by the commit `persistEpoch` asks for; were every commit to carry
+    /// it, a promotion abandoned because storage failed could leave on disk an
+    /// epoch the node never led in, and the node, restarted, would take its
+    /// data for newer than a peer that did lead.
+    public var committableEpoch: UInt64 {
+        if case .promoting(_, _, let previousEpoch, _) = state { return previousEpoch }
+        return epoch
+    }
     /// The highest epoch any peer was seen with.
     public internal(set) var peerEpoch: UInt64 = 0
     /// The node's name as its peer sees it (set before `start`).
@@ -226,6 +239,7 @@ public struct PairStateMachine: Sendable {
         case .peerStatus(let status): return settle(against: status)
         case .peerChecked(let peer): return checked(peer)
         case .peerHello(let peerEpoch, let name): return hello(epoch: peerEpoch, name: name)
+        case .primaryGreeted(let primaryEpoch, _): return greeted(epoch: primaryEpoch)
         case .peerPromoted(let outcome): return peerPromoted(outcome)
         case .promoteRequested(let reason, let automatic): return promoteRequested(reason: reason, automatic: automatic)
         case .demoteRequested(let reason): return demoteRequested(reason: reason)
@@ -359,6 +373,25 @@ public struct PairStateMachine: Sendable {
         case .joining, .handingOverAtStart, .unsettled, .promoting, .backup:
             return []
         }
+    }
+
+    /// The replication link reached the primary: a backup follows in its
+    /// epoch. Without this a backup that settled while its peer was still
+    /// promoting (its answer to the hand-over was "in progress") would know
+    /// no epoch of it, and a failover would promote into an epoch below the
+    /// one the old primary led in: that node, restarted, would then take the
+    /// lead back and force a full resync.
+    private mutating func greeted(epoch primaryEpoch: UInt64) -> [Action] {
+        peerEpoch = max(peerEpoch, primaryEpoch)
+        switch state {
+        case .backup:
+            epoch = max(epoch, primaryEpoch)
+        case .joining, .handingOverAtStart, .unsettled, .promoting, .primary, .demoting:
+            // A link that outlived the role it was opened for: the epoch is
+            // remembered (above), the role is not this link's to change.
+            break
+        }
+        return []
     }
 
     private mutating func peerPromoted(_ outcome: Result<UInt64, Refusal>) -> [Action] {

@@ -106,10 +106,13 @@ public final class ReplicaClient: Sendable {
 
     /// This node's epoch, sent in `hello` and `replicate`.
     let epoch: @Sendable () -> UInt64
+    /// Told the primary's name and epoch each time the link's handshake completes.
+    let greeted: @Sendable (_ epoch: UInt64, _ name: String) -> Void
 
     public init(
         peerHost: String, peerPort: Int, store: SessionStore, position: Position, configuration: ReplicationConfiguration,
-        group: any EventLoopGroup, logger: Logger, epoch: @escaping @Sendable () -> UInt64 = { 0 }, positionIsExact: Bool = false
+        group: any EventLoopGroup, logger: Logger, epoch: @escaping @Sendable () -> UInt64 = { 0 }, positionIsExact: Bool = false,
+        greeted: @escaping @Sendable (_ epoch: UInt64, _ name: String) -> Void = { _, _ in }
     ) {
         self.peerHost = peerHost
         self.peerPort = peerPort
@@ -118,6 +121,7 @@ public final class ReplicaClient: Sendable {
         self.group = group
         self.logger = logger
         self.epoch = epoch
+        self.greeted = greeted
         self.shared = Mutex(Shared(position: position, exact: positionIsExact))
         self.backlog = Backlog(capacity: configuration.backlogSize)
         backlog.startRecording()
@@ -283,6 +287,7 @@ public final class ReplicaClient: Sendable {
             shared.parkedForwards = []
             return (shared.position, parked)
         }
+        greeted(primaryEpoch, primaryName)
         for forward in parked {
             forward.timeout?.cancel()
             send(forward.request, promise: forward.promise, on: channel)

@@ -47,6 +47,9 @@ final class PairRole: Sendable {
         var lastPromotion: (millis: Int64, reason: String)?
         var reconciledChanges: UInt64 = 0
         var reconcileConflicts: UInt64 = 0
+        /// The epoch a promotion asked storage to take (`persistEpoch`):
+        /// commits store it from then on, unless storage refused it.
+        var persistingEpoch: UInt64 = 0
     }
 
     /// Why a role change did not happen.
@@ -165,7 +168,7 @@ final class PairRole: Sendable {
     /// in its history, the epoch, the role, and the history the data
     /// continued at its last promotion.
     func meta() -> [String: MetaValue] {
-        let (role, epoch) = state.withLock { ($0.role, $0.machine.epoch) }
+        let (role, epoch) = state.withLock { ($0.role, max($0.machine.committableEpoch, $0.persistingEpoch)) }
         let data = data(of: role)
         return [
             ReplicationMetaKey.replicationID: .blob(data.replicationID.bytes),
@@ -207,6 +210,12 @@ final class PairRole: Sendable {
     func peerSaidHello(epoch peerEpoch: UInt64, name: String) {
         let (work, _) = apply(.peerHello(epoch: peerEpoch, name: name))
         // Stepping down is done here; only the machine's questions would remain.
+        if !work.isEmpty { Task { await self.run(work) } }
+    }
+
+    /// The replication link reached the primary, which leads in `epoch`.
+    func primaryGreeted(epoch primaryEpoch: UInt64, name: String) {
+        let (work, _) = apply(.primaryGreeted(epoch: primaryEpoch, name: name))
         if !work.isEmpty { Task { await self.run(work) } }
     }
 
@@ -329,9 +338,12 @@ final class PairRole: Sendable {
     /// One question of the machine's, and the event its answer is.
     private func ask(_ action: PairStateMachine.Action) async -> PairStateMachine.Event? {
         switch action {
-        case .persistEpoch:
+        case .persistEpoch(let epoch):
             guard let persistence else { return .epochPersisted(true) }
-            return .epochPersisted(await persistence.commitNow())
+            state.withLock { $0.persistingEpoch = max($0.persistingEpoch, epoch) }
+            let stored = await persistence.commitNow()
+            if !stored { state.withLock { $0.persistingEpoch = $0.machine.committableEpoch } }
+            return .epochPersisted(stored)
         case .probePeer:
             guard let peer = configuration.peer else { return .peerStatus(nil) }
             return .peerStatus(try? await ask(peer, timeout: .milliseconds(500)) { try await $0.status() })
@@ -437,7 +449,8 @@ final class PairRole: Sendable {
         let client = ReplicaClient(
             peerHost: peer.host, peerPort: peer.port, store: store, position: position,
             configuration: configuration.replication, group: group, logger: logger,
-            epoch: { [weak self] in self?.epoch ?? 0 }, positionIsExact: exact
+            epoch: { [weak self] in self?.epoch ?? 0 }, positionIsExact: exact,
+            greeted: { [weak self] epoch, name in self?.primaryGreeted(epoch: epoch, name: name) }
         )
         state.withLock { $0.role = .backup(client) }
         if case .backup(let old) = previous { old.failParked(.primaryUnavailable) }

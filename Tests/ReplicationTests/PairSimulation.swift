@@ -20,6 +20,8 @@ struct PairSimulation {
         case answer(operation: Int, Machine.Event)
         /// The backup's replication link saying hello (and asking to replicate).
         case replicate(from: Int, epoch: UInt64, name: String)
+        /// The primary's answer to `replicate`: the handshake's hello, with its epoch.
+        case greeting(from: Int, epoch: UInt64, name: String)
         /// The primary's stream or heartbeat, with where its data stands.
         case heartbeat(from: Int, data: Position)
     }
@@ -65,6 +67,9 @@ struct PairSimulation {
         var lastHeard: Int64 = 0
         var backupUntil: Int64 = 0
         var settledEpoch: UInt64 = 0
+        /// The highest epoch of a primary this node followed in this life
+        /// (what the simulation saw, whatever the machine made of it).
+        var followedEpoch: UInt64 = 0
     }
 
     let seed: UInt64
@@ -211,6 +216,7 @@ struct PairSimulation {
         nodes[index].machine = machine
         nodes[index].data = node.storedData
         nodes[index].settledEpoch = node.storedEpoch
+        nodes[index].followedEpoch = 0
         log("\(node.name) starts in epoch \(node.storedEpoch)")
         step(index, .start(now: now(index)), replyTo: nil)
         schedule(in: 50, .tick(node: index, life: nodes[index].life))
@@ -252,17 +258,20 @@ struct PairSimulation {
         case .stored(let id):
             guard let operation = operations.removeValue(forKey: id) else { return }
             let stored = !nodes[operation.node].storageFails
-            if stored { commit(operation.node) }
+            if stored { commit(operation.node, epoch: nodes[operation.node].machine?.epoch) }
             complete(operation, with: .epochPersisted(stored))
         case .deliver(let to, let message):
             deliver(message, to: to)
         }
     }
 
-    mutating func commit(_ node: Int) {
+    /// Stores the node's data and epoch: `epoch` for a promotion's own
+    /// commit, else the one every commit carries.
+    mutating func commit(_ node: Int, epoch: UInt64? = nil) {
         guard let machine = nodes[node].machine else { return }
-        if machine.epoch < nodes[node].storedEpoch { storedEpochWentBack = "\(machine.name) stored epoch \(machine.epoch) over \(nodes[node].storedEpoch)" }
-        nodes[node].storedEpoch = machine.epoch
+        let epoch = epoch ?? machine.committableEpoch
+        if epoch < nodes[node].storedEpoch { storedEpochWentBack = "\(machine.name) stored epoch \(epoch) over \(nodes[node].storedEpoch)" }
+        nodes[node].storedEpoch = epoch
         nodes[node].storedData = nodes[node].data
     }
 
@@ -302,8 +311,14 @@ struct PairSimulation {
             step(node, .peerHello(epoch: epoch, name: name), replyTo: nil)
             guard nodes[node].machine!.acceptsWrites else { return }
             nodes[node].backupUntil = time + 3 * Self.heartbeat
+            let primary = nodes[node].machine!
+            send(from: node, .greeting(from: node, epoch: primary.epoch, name: primary.name))
             send(from: node, .heartbeat(from: node, data: nodes[node].data))
             _ = from
+        case .greeting(_, let epoch, let name):
+            guard case .backup = machine.state else { return }
+            nodes[node].followedEpoch = max(nodes[node].followedEpoch, epoch)
+            step(node, .primaryGreeted(epoch: epoch, name: name), replyTo: nil)
         case .heartbeat:
             guard case .backup = machine.state else { return }
             nodes[node].lastHeard = time
@@ -374,6 +389,12 @@ struct PairSimulation {
         for index in 0..<2 {
             guard let machine = nodes[index].machine else { continue }
             if machine.acceptsWrites {
+                // A node that followed a primary and then leads (a failover,
+                // a hand-over) must lead above it: else the old primary,
+                // back, finds its own epoch higher and takes the lead again.
+                if machine.epoch <= nodes[index].followedEpoch {
+                    return "\(machine.name) leads in epoch \(machine.epoch), not above the epoch \(nodes[index].followedEpoch) of the primary it followed"
+                }
                 writers[machine.epoch, default: []].insert(machine.name)
                 // The nodes promote into disjoint epochs (odd for the one
                 // configured as backup, even for the primary), so no two ever

@@ -161,6 +161,12 @@ struct PairStateMachineTests {
             actions: [follow("peer a leads in epoch 5", stepsDown: true)]),
         Row(rule: "backup: a hello only raises the peer epoch", given: machine(.backup(suspectSince: nil)),
             event: .peerHello(epoch: 9, name: "a"), state: .backup(suspectSince: nil), epoch: 3, actions: []),
+        Row(rule: "backup: the primary's greeting on the replication link: follow in its epoch", given: machine(.backup(suspectSince: nil)),
+            event: .primaryGreeted(epoch: 8, name: "a"), state: .backup(suspectSince: nil), epoch: 8, actions: []),
+        Row(rule: "backup: a greeting from a lower epoch keeps the epoch", given: machine(.backup(suspectSince: nil), epoch: 6),
+            event: .primaryGreeted(epoch: 2, name: "a"), state: .backup(suspectSince: nil), epoch: 6, actions: []),
+        Row(rule: "primary: a late greeting of an old link changes nothing", given: machine(.primary),
+            event: .primaryGreeted(epoch: 8, name: "a"), state: .primary, epoch: 3, actions: []),
         Row(rule: "primary: the peer leads in the same epoch with a greater name: step down", given: machine(.primary),
             event: .peerChecked(.init(name: "c", role: .primary, epoch: 3)), state: .backup(suspectSince: nil), epoch: 3,
             actions: [follow("peer c is primary in epoch 3", stepsDown: true)]),
@@ -189,6 +195,30 @@ struct PairStateMachineTests {
         Row(rule: "backup with failover off: never promotes", given: machine(.backup(suspectSince: nil), failoverAfter: 0),
             event: .tick(now: 600, observed: silent), state: .backup(suspectSince: nil), epoch: 3, actions: []),
     ]
+
+    /// A configured backup that starts beside a joining primary hands over,
+    /// and the primary, already promoting on its own, answers "in progress":
+    /// the backup follows without having heard an epoch. The replication
+    /// link's greeting must give it one, or its failover would promote into
+    /// an epoch below the old primary's, which, restarted, would lead again.
+    @Test func aBackupThatFollowedWithoutAnEpochLearnsItFromTheLinkAndFailsOverAboveIt() {
+        var backup = Machine(
+            configuration: .init(hasPeer: true, configuredRole: .backup, failoverAfterMillis: 600, heartbeatIntervalMillis: 100),
+            epoch: 0
+        )
+        backup.name = "b"
+        _ = backup.step(.start(now: 0))
+        let handOver = backup.step(.peerStatus(Self.status(.joining, epoch: 0, history: .none, offset: 0, configured: .primary)))
+        #expect(handOver.contains(.askPeerToPromote(reason: "b restarted with older data", timeoutMillis: 1000)))
+        _ = backup.step(.peerPromoted(.failure(.inProgress)))
+        #expect(backup.state == .backup(suspectSince: nil))
+        _ = backup.step(.primaryGreeted(epoch: 2, name: "a"))
+        #expect(backup.epoch == 2)
+        _ = backup.step(.tick(now: 1_000, observed: Self.silent))
+        let failover = backup.step(.tick(now: 2_000, observed: Self.silent))
+        #expect(failover.contains(.persistEpoch(3)))
+        #expect(backup.epoch > 2)
+    }
 
     @Test(arguments: rows)
     func transition(_ row: Row) {
