@@ -259,6 +259,12 @@ public final class MemcacheServer: Sendable {
         context.replica?.stop()
         try? await wireChannel?.close()
         context.cancelPendingFlush()
+        // Wire clients stop taking data writes first (they are answered
+        // `unavailable`, not run), so every write this node acknowledged is
+        // in the stream the backup catches up on below.
+        for channel in context.wireConnections.withLockedValue({ Array($0.values) }) {
+            channel.pipeline.fireUserInboundEventTriggered(DrainRequest())
+        }
         let open = connections.withLockedValue { Array($0.values) }
         for channel in open {
             channel.pipeline.fireUserInboundEventTriggered(DrainRequest())

@@ -440,7 +440,7 @@ final class PairRole: Sendable {
             epoch: { [weak self] in self?.epoch ?? 0 }, positionIsExact: exact
         )
         state.withLock { $0.role = .backup(client) }
-        if case .backup(let old) = previous { old.failParked(.primaryUnavailable) }
+        if case .backup(let old) = previous { old.failParked(.notSent) }
         if stepsDown {
             logger.warning("this node steps down and follows its peer", metadata: ["reason": "\(reason)", "epoch": "\(epoch)"])
         } else {

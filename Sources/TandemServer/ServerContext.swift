@@ -40,6 +40,9 @@ final class ServerContext: Sendable {
     let boundPort = Synchronization.Atomic<Int>(0)
     /// memcached's `verbosity`, settable at run time.
     let verbosity: Synchronization.Atomic<Int>
+    /// Open wire connections, told when the node stops (`DrainRequest`) so
+    /// that they stop taking data writes before the backup's last catch-up.
+    let wireConnections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
     /// A pending delayed `flush_all`; a newer one replaces it.
     private let pendingFlush = NIOLockedValueBox<Scheduled<Void>?>(nil)
 
