@@ -178,21 +178,21 @@ extension WireConnectionHandler {
                 if wasWaiting { continueData(context: context) }
                 return
             }
-            waitForValue(error, of: request, attempt: attempt, withOthers: lastCold == nil, context: context)
+            waitForValue(error, of: request, attempt: attempt, context: context)
             return
         }
         dispatcher.loadedValues.removeAll()
         answerData(answer, requestID: request.requestID, wrote: wrote, context: context)
     }
 
-    /// `withOthers`: also read every other cold value of a `get` (on its
-    /// first wait only: the values read are kept for the request, whether or
-    /// not they stay in RAM, so later waits are for keys that left since).
-    private func waitForValue(_ cold: ValueOnDisk, of request: DataRequest, attempt: Int, withOthers: Bool, context: ChannelHandlerContext) {
+    /// A `get` of several keys also reads every other value of it that is
+    /// on disk and not read yet: the values read are kept for the request
+    /// whether or not they stay in RAM, so each wait reads what left since.
+    private func waitForValue(_ cold: ValueOnDisk, of request: DataRequest, attempt: Int, context: ChannelHandlerContext) {
         let dispatcher = dataDispatcher(context)
         var wanted = [cold]
-        if withOthers, case .get(let keys) = request.message {
-            wanted += dispatcher.coldValues(of: keys).filter { $0.key != cold.key }
+        if case .get(let keys) = request.message {
+            wanted += dispatcher.coldValues(of: keys).filter { $0.key != cold.key && !dispatcher.loadedValues.contains($0.key) }
         }
         data.busy = true
         let loads = wanted.map { node.loadValue($0, on: context.eventLoop) }
