@@ -5,7 +5,10 @@ import TandemTLS
 import WireProtocol
 
 /// A connection to a Tandem node's wire port, for administration tools
-/// (`tandemctl`) and Swift applications.
+/// (`tandemctl`) and Swift applications: status and role changes, scans and
+/// imports, and (`TandemClient+Data`) an application's typed reads and
+/// writes, pipelined. For both nodes of a pair, or several pairs, with
+/// failover and retries, use `TandemPairClient`.
 ///
 /// ```swift
 /// let client = try await TandemClient.connect(host: "127.0.0.1", port: 11311)

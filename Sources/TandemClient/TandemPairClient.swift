@@ -236,6 +236,14 @@ public final class TandemPairClient: Sendable {
         }
     }
 
+    /// Whether a request that failed so may be sent again.
+    static func mayRetry(_ failure: Failure, _ operation: Operation) -> Bool {
+        switch (failure, operation) {
+        case (.final, _), (.outcomeUnknown, .write): return false
+        case (.notRun, _), (.outcomeUnknown, .read), (.outcomeUnknown, .repeatableWrite): return true
+        }
+    }
+
     private func run<T: Sendable>(_ key: String, _ operation: Operation, _ body: @Sendable (TandemClient) async throws -> T) async throws -> T {
         let pair = links[pairIndex(for: key)]
         let clock = ContinuousClock()
@@ -247,13 +255,7 @@ public final class TandemPairClient: Sendable {
                 let client = try await node.connection()
                 return try await body(client)
             } catch {
-                let failure = Self.classify(error)
-                switch (failure, operation) {
-                case (.final, _), (.outcomeUnknown, .write):
-                    throw error
-                case (.notRun, _), (.outcomeUnknown, .read), (.outcomeUnknown, .repeatableWrite):
-                    break
-                }
+                guard Self.mayRetry(Self.classify(error), operation) else { throw error }
                 pair.failed(node)
                 attempt += 1
                 // Back off a little, so that a pair in the middle of a
@@ -319,14 +321,14 @@ final class PairLinks: Sendable {
         return leader
     }
 
-    /// A request to `node` failed in a way that may mean it no longer leads.
+    /// A request to `node` failed in a way that may mean it no longer leads:
+    /// the next request asks the nodes again. (A node that failed but was
+    /// not the one believed leading leaves that belief as it is.)
     func failed(_ node: NodeLinks) {
         guard let index = nodes.firstIndex(where: { $0 === node }) else { return }
         state.withLockedValue { state in
             if state.leader == index { state.leader = nil }
         }
-        // A node that was not leading but failed: the other may be leading now.
-        if nodes.count == 1 { state.withLockedValue { $0.leader = nil } }
     }
 
     func close() async {

@@ -20,7 +20,8 @@ struct WireDataTests {
             configuration.pair = PairConfiguration(wireHost: "127.0.0.1", wirePort: 0, role: .primary)
             configure(&configuration)
         }) { memcached, server, clock in
-            let wire = try await TandemClient.connect(host: "127.0.0.1", port: server.wirePort!, maxInFlight: 256)
+            // A generous answer timeout: the suite shares two cores with every other test.
+            let wire = try await TandemClient.connect(host: "127.0.0.1", port: server.wirePort!, maxInFlight: 256, requestTimeout: .seconds(30))
             do {
                 try await body(server, clock, memcached, wire)
             } catch {
