@@ -164,6 +164,14 @@ let package = Package(
             ]
         ),
 
+        // Drives a TandemPairClient while the process-level tests kill nodes
+        // under it (Tests/integration/test_pair_client.py).
+        .executableTarget(
+            name: "tandem-pair-client-driver",
+            dependencies: ["TandemClient"],
+            path: "Tests/integration/pair-client"
+        ),
+
         // What several test targets share: the seeded generator and its draws.
         .target(name: "TandemTestSupport", path: "Tests/TandemTestSupport"),
 
