@@ -122,15 +122,15 @@ public final class Backlog: Sendable {
                             offset: change.sequence &+ offsetShift,
                             key: UnsafeRawBufferPointer(rebasing: all[..<change.keyLength]),
                             value: UnsafeRawBufferPointer(rebasing: all[change.keyLength...]),
-                            flags: change.flags, deadlineMillis: change.deadline.millis, cas: change.cas
+                            flags: change.flags, deadlineMillis: change.deadline.millis, cas: change.stamp
                         )
                     }
                 case .remove:
                     bodyBytes += change.withKeyBytes { buffer.writeChangeRemove(offset: change.sequence &+ offsetShift, key: $0) }
                 case .delete:
-                    bodyBytes += change.withKeyBytes { buffer.writeChangeDelete(offset: change.sequence &+ offsetShift, key: $0, stamp: change.cas) }
+                    bodyBytes += change.withKeyBytes { buffer.writeChangeDelete(offset: change.sequence &+ offsetShift, key: $0, stamp: change.stamp) }
                 case .flushAll:
-                    bodyBytes += buffer.writeChangeFlush(offset: change.sequence &+ offsetShift, stamp: change.cas)
+                    bodyBytes += buffer.writeChangeFlush(offset: change.sequence &+ offsetShift, stamp: change.stamp)
                 }
                 count += 1
                 index += 1

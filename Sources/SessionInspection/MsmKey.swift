@@ -6,10 +6,11 @@ public struct MsmKey: Sendable, Hashable {
         case session
         /// `validity:P(<id>)`: the session's validity record (non-sticky).
         case validity
-        /// `bak:P(<id>)`: the secondary copy of the session on another node.
-        case backupSession
+        /// `bak:P(<id>)`: the secondary copy of the session that msm keeps on
+        /// another memcached node (msm calls it the backup; not a Tandem backup node).
+        case secondarySession
         /// `bak:P(validity:P(<id>))`: the secondary copy of the validity record.
-        case backupValidity
+        case secondaryValidity
         /// `lock:P(<id>)`: held while a request uses the session (non-sticky locking).
         case lock
         /// `P(ping-<nodeId>)`: read by msm to probe a node; msm never stores it.
@@ -17,7 +18,7 @@ public struct MsmKey: Sendable, Hashable {
     }
 
     static let validityPrefix = "validity:"
-    static let backupPrefix = "bak:"
+    static let secondaryPrefix = "bak:"
     static let lockPrefix = "lock:"
     static let nodeProbePrefix = "ping-"
     /// msm's storage-key prefixes end in this (`StorageKeyFormat`).
@@ -31,12 +32,12 @@ public struct MsmKey: Sendable, Hashable {
 
     public init(_ key: String) {
         self.key = key
-        if let rest = key.dropPrefix(Self.backupPrefix) {
+        if let rest = key.dropPrefix(Self.secondaryPrefix) {
             if let validity = Self.validitySessionKey(rest) {
-                role = .backupValidity
+                role = .secondaryValidity
                 sessionKey = validity
             } else {
-                role = .backupSession
+                role = .secondarySession
                 sessionKey = rest
             }
         } else if let rest = key.dropPrefix(Self.validityPrefix) {
@@ -62,7 +63,7 @@ public struct MsmKey: Sendable, Hashable {
         return prefix.isEmpty || prefix.last == Self.storagePrefixEnd
     }
 
-    /// `validity:<key>` inside a backup key, with or without a storage prefix in front
+    /// `validity:<key>` inside a secondary copy's key, with or without a storage prefix in front
     /// (`bak:validity:<id>`, `bak:app1_validity:app1_<id>`).
     private static func validitySessionKey(_ rest: String) -> String? {
         if let key = rest.dropPrefix(validityPrefix) { return key }

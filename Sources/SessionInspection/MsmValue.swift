@@ -24,10 +24,10 @@ public enum MsmValue {
         guard let key else { return decodeWithoutKey(value) }
         let msmKey = MsmKey(key)
         switch msmKey.role {
-        case .session, .backupSession:
+        case .session, .secondarySession:
             if value == pingMarkerValue { return .pingMarker }
             return decodeSession(value, key: msmKey)
-        case .validity, .backupValidity:
+        case .validity, .secondaryValidity:
             switch validityRecord(value) {
             case .record(let validity):
                 return .validity(validity)
@@ -83,8 +83,8 @@ public enum MsmValue {
         switch role {
         case .session: return "session"
         case .validity: return MsmKey.validityPrefix
-        case .backupSession: return MsmKey.backupPrefix
-        case .backupValidity: return MsmKey.backupPrefix + MsmKey.validityPrefix
+        case .secondarySession: return MsmKey.secondaryPrefix
+        case .secondaryValidity: return MsmKey.secondaryPrefix + MsmKey.validityPrefix
         case .lock: return MsmKey.lockPrefix
         case .nodeProbe: return MsmKey.nodeProbePrefix
         }

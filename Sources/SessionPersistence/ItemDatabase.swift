@@ -478,7 +478,7 @@ final class ItemDatabase {
             let key = UnsafeRawBufferPointer(rebasing: all[..<change.keyLength])
             let value: UnsafeRawBufferPointer? = change.kind == .upsert ? UnsafeRawBufferPointer(rebasing: all[change.keyLength...]) : nil
             return Result { () throws(SQLiteError) in
-                try append(key: key, value: value, flags: change.flags, deadline: change.deadline.millis, cas: change.cas)
+                try append(key: key, value: value, flags: change.flags, deadline: change.deadline.millis, cas: change.stamp)
             }
         }
         return try result.get()

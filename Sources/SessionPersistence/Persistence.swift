@@ -386,10 +386,11 @@ public final class Persistence: Sendable {
         writer.wake()
     }
 
-    /// Whether writing connections should pause: the oldest uncommitted
-    /// change is older than the lag bound, or too many changes wait. Never
+    /// Whether the writer lags, so writing connections should pause: the
+    /// oldest uncommitted change is older than the lag bound, or too many
+    /// changes wait. Never
     /// while storage is failing: then the node serves from memory.
-    public var isBackedUp: Bool {
+    public var writerLags: Bool {
         guard !writer.failing.load(ordering: .relaxed) else { return false }
         let pending = writer.source.pendingChanges
         guard pending > 0 else { return false }
@@ -426,21 +427,21 @@ public final class Persistence: Sendable {
     /// `--data-dir`. Changes not yet committed by the writer are not in it.
     ///
     /// Blocks for as long as the copy takes: call it from a thread that may
-    /// block (see `backupInBackground(to:)`), never from an event loop. It uses
+    /// block (see `copyDatabaseInBackground(to:)`), never from an event loop. It uses
     /// its own read connection and never stops the writer (SQLite's WAL lets
     /// both go on at once).
-    public func backup(to directory: String) throws(PersistenceError) -> BackupReport {
-        try DatabaseBackup.run(from: self.directory.databasePath, into: directory, now: store.now())
+    public func copyDatabase(to directory: String) throws(PersistenceError) -> DatabaseCopyReport {
+        try DatabaseCopy.run(from: self.directory.databasePath, into: directory, now: store.now())
     }
 
-    /// `backup(to:)` on a thread of its own, so that neither an event loop
+    /// `copyDatabase(to:)` on a thread of its own, so that neither an event loop
     /// nor Swift's cooperative pool is blocked for the minutes a large copy takes.
-    public func backupInBackground(to directory: String) async throws(PersistenceError) -> BackupReport {
-        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<BackupReport, PersistenceError>, Never>) in
+    public func copyDatabaseInBackground(to directory: String) async throws(PersistenceError) -> DatabaseCopyReport {
+        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<DatabaseCopyReport, PersistenceError>, Never>) in
             let thread = Thread { [self] in
-                continuation.resume(returning: Result { () throws(PersistenceError) in try backup(to: directory) })
+                continuation.resume(returning: Result { () throws(PersistenceError) in try copyDatabase(to: directory) })
             }
-            thread.name = "tandem-backup"
+            thread.name = "tandem-dbcopy"
             thread.start()
         }
         return try result.get()
@@ -770,7 +771,7 @@ final class Writer: @unchecked Sendable {
                     case .upsert:
                         guard !rewrote else { continue }
                         let seq = try database.append(change)
-                        rows.append(CommittedRow(storage: change.storage, keyLength: change.keyLength, seq: seq, length: UInt32(change.valueCount), cas: change.cas))
+                        rows.append(CommittedRow(storage: change.storage, keyLength: change.keyLength, seq: seq, length: UInt32(change.valueCount), cas: change.stamp))
                         countLive(seq: seq, keyLength: change.keyLength, valueLength: change.valueCount)
                     case .remove:
                         // A tombstone row even for an expiry: the key's last
@@ -779,7 +780,7 @@ final class Writer: @unchecked Sendable {
                         if !rewrote { _ = try database.append(change) }
                     case .delete:
                         if !rewrote { _ = try database.append(change) }
-                        try database.insertTombstone(key: change.key, stamp: change.cas)
+                        try database.insertTombstone(key: change.key, stamp: change.stamp)
                     case .flushAll: break
                     }
                 }

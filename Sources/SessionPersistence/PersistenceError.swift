@@ -14,9 +14,9 @@ public enum PersistenceError: Error, CustomStringConvertible, Sendable {
     case unreadable(path: String, error: SQLiteError)
     /// A backup's target cannot be used: no path, a parent that does not exist,
     /// something there that is not an empty directory, no permission.
-    case backupTargetUnusable(path: String, reason: String)
+    case copyTargetUnusable(path: String, reason: String)
     /// Copying the database into a backup failed; nothing usable was left in the target.
-    case backupFailed(path: String, reason: String)
+    case copyFailed(path: String, reason: String)
     /// Reading a value that is not in RAM back from the log failed.
     case valueUnreadable(path: String, error: SQLiteError)
     /// The node is stopping: no more values are read from the log.
@@ -36,9 +36,9 @@ public enum PersistenceError: Error, CustomStringConvertible, Sendable {
             return "\(path) has schema version \(found), newer than this tandemd supports (\(supported)); run a newer tandemd. The file was left untouched"
         case .unreadable(let path, let error):
             return "\(path) cannot be read: \(error.message) (SQLite code \(error.code)); the file was left untouched. Restore it from a backup or move it away"
-        case .backupTargetUnusable(let path, let reason):
+        case .copyTargetUnusable(let path, let reason):
             return "cannot back up into \(path.isEmpty ? "\"\"" : path): \(reason)"
-        case .backupFailed(let path, let reason):
+        case .copyFailed(let path, let reason):
             return "backup into \(path) failed: \(reason); the partial copy was removed"
         case .valueUnreadable(let path, let error):
             return "cannot read a value from \(path): \(error.message) (SQLite code \(error.code))"

@@ -17,8 +17,10 @@ import SessionStore
 /// hint about msm's key names, never a rule: keys it does not recognise are
 /// written in an arbitrary order, as before.
 enum RowPlacement {
-    /// Prefixes msm puts before a session's key, outermost first.
-    private static let backupPrefix = Array("bak:".utf8)
+    /// Prefixes msm puts before a session's key, outermost first: its
+    /// secondary copy of a session kept on another node (`bak:`), then the
+    /// key's role.
+    private static let secondaryPrefix = Array("bak:".utf8)
     private static let rolePrefixes = [Array("validity:".utf8), Array("lock:".utf8)]
 
     /// The changes in write order: grouped by session, the session's own key
@@ -39,8 +41,8 @@ enum RowPlacement {
     static func group(_ key: UnsafeRawBufferPointer) -> (group: Int, rank: Int) {
         var rest = key[...]
         var rank = 0
-        if rest.starts(with: backupPrefix) {
-            rest = rest.dropFirst(backupPrefix.count)
+        if rest.starts(with: secondaryPrefix) {
+            rest = rest.dropFirst(secondaryPrefix.count)
             rank += rolePrefixes.count + 1
         }
         for (index, prefix) in rolePrefixes.enumerated() where rest.starts(with: prefix) {

@@ -29,6 +29,9 @@ final class SegmentDirectory: Sendable {
         published.withLock { $0 = Published(entries: entries, file: file) }
     }
 
+    /// The file the directory describes.
+    var file: UInt64? { published.withLock { $0.file } }
+
     /// The id of the segment that holds `seq` if any does (the last one that
     /// begins at or before it), and the file it is in.
     func segment(holding seq: UInt64) -> (id: Int?, file: UInt64?) {
@@ -132,10 +135,12 @@ public final class ValueReader: Sendable {
 
         mutating func push(_ job: Job) { jobs.append(job) }
 
-        mutating func pop() -> Job? {
-            guard head < jobs.count else { return nil }
-            let job = jobs[head]
-            head += 1
+        /// Up to `limit` jobs from the front, oldest first.
+        mutating func pop(upTo limit: Int) -> [Job] {
+            let end = min(jobs.count, head + limit)
+            guard head < end else { return [] }
+            let taken = Array(jobs[head..<end])
+            head = end
             if head == jobs.count {
                 jobs.removeAll(keepingCapacity: true)
                 head = 0
@@ -143,8 +148,9 @@ public final class ValueReader: Sendable {
                 jobs.removeFirst(head)
                 head = 0
             }
-            return job
+            return taken
         }
+
     }
 
     private let path: String
@@ -230,11 +236,41 @@ public final class ValueReader: Sendable {
         }
         while true {
             wakeSignal.wait()
-            while let job = queue.withLock({ $0.pop() }) {
-                answer(job, with: &reader)
+            while true {
+                let batch = queue.withLock { $0.pop(upTo: Self.batchLimit) }
+                if batch.isEmpty { break }
+                answer(batch, with: &reader)
             }
             if stopping.load(ordering: .relaxed) { return }
         }
+    }
+
+    /// Jobs a thread takes at once: read in one read transaction (one
+    /// shared lock and one look at the WAL for all of them), and few enough
+    /// that the other threads get their share of a burst.
+    static let batchLimit = 16
+
+    private func answer(_ batch: [Job], with reader: inout RowReader?) {
+        guard batch.count > 1 else {
+            answer(batch[0], with: &reader)
+            return
+        }
+        // The transaction is only an optimisation: reads still work without it.
+        let inTransaction = (try? openIfNeeded(&reader).connection.execute("BEGIN")) != nil
+        for job in batch { answer(job, with: &reader) }
+        if inTransaction, let reader { try? reader.connection.execute("COMMIT") }
+    }
+
+    private func openIfNeeded(_ reader: inout RowReader?) throws(SQLiteError) -> RowReader {
+        let file = directory.file
+        if let current = reader, current.file != file {
+            current.connection.close()
+            reader = nil
+        }
+        if let reader { return reader }
+        let opened = try openReader(file: file)
+        reader = opened
+        return opened
     }
 
     private func answer(_ job: Job, with reader: inout RowReader?) {

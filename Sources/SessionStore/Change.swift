@@ -7,15 +7,15 @@ import Synchronization
 public struct Change: Sendable {
     /// What happened to the key.
     public enum Kind: Sendable, Equatable {
-        /// The key now holds this value, flags, deadline and CAS (set, add, append,
-        /// incr, touch, …: every write leaves a complete item).
+        /// The key now holds this value, flags, deadline and stamp (set, add,
+        /// append, incr, touch, …: every write leaves a complete item).
         case upsert
         /// The key is gone through expiry or eviction: the other node expires it
         /// too (deadlines are absolute), so no tombstone is kept.
         case remove
-        /// A client deleted the key; `cas` is the delete's stamp, kept as a tombstone.
+        /// A client deleted the key; `stamp` is the delete's, kept as a tombstone.
         case delete
-        /// Every item is gone (`flush_all`), as of the stamp in `cas`; recorded
+        /// Every item is gone (`flush_all`), as of `stamp`; recorded
         /// once per shard with one sequence number.
         case flushAll
     }
@@ -27,7 +27,10 @@ public struct Change: Sendable {
     public var storage: [UInt8]
     public var keyLength: Int
     public var flags: UInt32
-    public var cas: UInt64
+    /// The hybrid logical clock stamp of the write: the item's CAS for an
+    /// upsert, the delete's or the flush's own stamp otherwise. Merges
+    /// compare it (newest wins) and the other node keeps it unchanged.
+    public var stamp: UInt64
     public var deadline: Deadline
     /// The key's newest committed row when the change was recorded, and that
     /// row's value length (0: none): the row a removal makes dead.
@@ -36,13 +39,13 @@ public struct Change: Sendable {
 
     public var valueCount: Int { storage.count - keyLength }
 
-    public init(kind: Kind, sequence: UInt64, storage: [UInt8], keyLength: Int, flags: UInt32, cas: UInt64, deadline: Deadline) {
+    public init(kind: Kind, sequence: UInt64, storage: [UInt8], keyLength: Int, flags: UInt32, stamp: UInt64, deadline: Deadline) {
         self.kind = kind
         self.sequence = sequence
         self.storage = storage
         self.keyLength = keyLength
         self.flags = flags
-        self.cas = cas
+        self.stamp = stamp
         self.deadline = deadline
     }
 

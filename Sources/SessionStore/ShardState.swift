@@ -544,7 +544,7 @@ struct ShardState {
         let item = slots[Int(slot)]
         var change = Change(
             kind: kind, sequence: recorder.nextSequence(), storage: item.bytes, keyLength: Int(item.keyLength),
-            flags: item.flags, cas: item.cas, deadline: Deadline(millis: item.deadline)
+            flags: item.flags, stamp: item.cas, deadline: Deadline(millis: item.deadline)
         )
         change.committedSeq = item.seq
         change.committedLength = item.rowLength
@@ -555,7 +555,7 @@ struct ShardState {
     /// Records a flush of every shard under one sequence number.
     mutating func recordFlush(sequence: UInt64, stamp: UInt64) {
         guard let recorder else { return }
-        changes.append(Change(kind: .flushAll, sequence: sequence, storage: [], keyLength: 0, flags: 0, cas: stamp, deadline: .never))
+        changes.append(Change(kind: .flushAll, sequence: sequence, storage: [], keyLength: 0, flags: 0, stamp: stamp, deadline: .never))
         recorder.pending.wrappingAdd(1, ordering: .relaxed)
     }
 

@@ -5,7 +5,7 @@ import TandemTLS
 import WireProtocol
 
 /// A node's wire address.
-public struct TandemNode: Sendable, Hashable, CustomStringConvertible {
+public struct TandemNodeAddress: Sendable, Hashable, CustomStringConvertible {
     public var host: String
     /// The node's wire port (`--wire-port`), not its memcached port.
     public var port: Int
@@ -23,10 +23,10 @@ public struct TandemPair: Sendable, Hashable {
     /// Names the pair on the hash ring: every client given the same names
     /// places every key on the same pair. Keep it when a pair's nodes move.
     public var name: String
-    public var nodes: [TandemNode]
+    public var nodes: [TandemNodeAddress]
 
     /// `name` defaults to the first node's address.
-    public init(_ nodes: TandemNode..., name: String? = nil) {
+    public init(_ nodes: TandemNodeAddress..., name: String? = nil) {
         precondition(!nodes.isEmpty, "a pair has at least one node")
         self.nodes = nodes
         self.name = name ?? nodes[0].description
@@ -72,7 +72,7 @@ public struct TandemPair: Sendable, Hashable {
 ///
 /// ```swift
 /// let sessions = TandemPairClient(pairs: [
-///     TandemPair(TandemNode(host: "10.0.0.1", port: 11311), TandemNode(host: "10.0.0.2", port: 11311)),
+///     TandemPair(TandemNodeAddress(host: "10.0.0.1", port: 11311), TandemNodeAddress(host: "10.0.0.2", port: 11311)),
 /// ])
 /// try await sessions.set("session:42", value: Array("hello".utf8), expiry: .after(.seconds(1800)))
 /// let item = try await sessions.get("session:42")
@@ -338,7 +338,7 @@ final class PairLinks: Sendable {
 
 /// A few connections to one node, opened on first use and again after they close.
 final class NodeLinks: Sendable {
-    let node: TandemNode
+    let node: TandemNodeAddress
     let configuration: TandemPairClient.Configuration
 
     private enum Slot {
@@ -358,7 +358,7 @@ final class NodeLinks: Sendable {
 
     private let state: NIOLockedValueBox<State>
 
-    init(node: TandemNode, configuration: TandemPairClient.Configuration) {
+    init(node: TandemNodeAddress, configuration: TandemPairClient.Configuration) {
         self.node = node
         self.configuration = configuration
         self.state = NIOLockedValueBox(State(slots: Array(repeating: .empty, count: max(1, configuration.connectionsPerNode))))

@@ -473,14 +473,14 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
     private static let storageRecheckInterval = TimeAmount.milliseconds(2)
 
     /// Wakes the writer early when much is pending, and pauses this writing
-    /// connection while the backlog is over its bound.
+    /// connection while the writer lags (its uncommitted changes are over their bound).
     private func applyStorageBackpressure(context: ChannelHandlerContext) {
         guard let persistence = dispatcher.context.persistence, case .open = state else { return }
         // Writes that cannot leave RAM until committed have filled -m: commit
         // now, and wait for it (unless commits fail: then nothing would come).
         let overdrawn = dispatcher.store.isOverdrawn && !persistence.isFailing
         if persistence.wantsEarlyFlush || overdrawn { persistence.wake() }
-        guard persistence.isBackedUp || overdrawn else { return }
+        guard persistence.writerLags || overdrawn else { return }
         state = .waitingForStorage
         context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
         scheduleStorageRecheck(context: context)
@@ -497,7 +497,7 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
     private func resumeIfStorageCaughtUp(context: ChannelHandlerContext) {
         guard case .waitingForStorage = state else { return }
         if let persistence = dispatcher.context.persistence,
-            persistence.isBackedUp || (dispatcher.store.isOverdrawn && !persistence.isFailing)
+            persistence.writerLags || (dispatcher.store.isOverdrawn && !persistence.isFailing)
         {
             persistence.wake()
             scheduleStorageRecheck(context: context)

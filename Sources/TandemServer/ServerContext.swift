@@ -84,6 +84,19 @@ final class ServerContext: Sendable {
     func cancelPendingFlush() {
         pendingFlush.withLockedValue { $0?.cancel() }
     }
+
+    /// Tells every open wire connection to stop taking data writes (from now
+    /// on they are answered `unavailable`: not run). Returns once each
+    /// connection has taken it in, so that every data write this node
+    /// acknowledges from then on was already in the change stream.
+    func stopWireDataWrites() async {
+        let open = wireConnections.withLockedValue { Array($0.values) }
+        for channel in open {
+            try? await channel.eventLoop.submit {
+                channel.pipeline.fireUserInboundEventTriggered(DrainRequest())
+            }.get()
+        }
+    }
 }
 
 extension ServerContext {

@@ -1,3 +1,6 @@
+import Logging
+import ServiceLifecycle
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -72,5 +75,44 @@ public struct SystemdNotifier: Sendable {
             }
         }
         guard sent == message.count else { throw .system(call: "sendto", errno: sent < 0 ? errno : EMSGSIZE) }
+    }
+}
+
+/// Tells systemd (`Type=notify`) how a node's life goes: `READY=1` once its
+/// memcached port serves, `STOPPING=1` once graceful shutdown begins.
+///
+/// Runs after the node in the process's `ServiceGroup`, so that it is told
+/// of the shutdown first and says `STOPPING=1` before the node drains.
+public struct SystemdAnnouncer: Service {
+    let node: TandemNode
+    let systemd: SystemdNotifier?
+    /// The memcached listener's address, for the `STATUS=` line.
+    let host: String
+    let logger: Logger
+
+    public init(node: TandemNode, host: String, systemd: SystemdNotifier? = .fromEnvironment(), logger: Logger) {
+        self.node = node
+        self.systemd = systemd
+        self.host = host
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        let node = self.node
+        // Units after this one start now; a node that never serves (it failed, or was stopped first) is not ready.
+        if await cancelWhenGracefulShutdown({ await node.waitUntilServing() }) {
+            notify("READY=1\nSTATUS=serving memcached on \(host):\(node.port)")
+        }
+        try? await gracefulShutdown()
+        notify("STOPPING=1\nSTATUS=stopping: draining connections")
+    }
+
+    private func notify(_ state: String) {
+        guard let systemd else { return }
+        do {
+            try systemd.notify(state)
+        } catch {
+            logger.warning("cannot notify systemd", metadata: ["error": "\(error)"])
+        }
     }
 }

@@ -27,7 +27,7 @@ extension WireConnectionHandler {
             let committed = await persistence.commitNow()
             let message: WireMessage
             do {
-                let report = try await persistence.backupInBackground(to: path)
+                let report = try await persistence.copyDatabaseInBackground(to: path)
                 logger.info("backup written", metadata: [
                     "directory": "\(report.directory)", "items": "\(report.items)", "bytes": "\(report.bytes)",
                     "seconds": "\(String(format: "%.3f", report.seconds))", "committed_first": "\(committed)",

@@ -267,7 +267,7 @@ extension WireConnectionHandler {
         guard let persistence = node.persistence else { return false }
         let overdrawn = node.store.isOverdrawn && !persistence.isFailing
         if persistence.wantsEarlyFlush || overdrawn { persistence.wake() }
-        guard persistence.isBackedUp || overdrawn else { return false }
+        guard persistence.writerLags || overdrawn else { return false }
         data.busy = true
         recheckStorage(context: context)
         return true
@@ -279,7 +279,7 @@ extension WireConnectionHandler {
             let (handler, context) = bound.value
             if case .closed = handler.state { return }
             if let persistence = handler.node.persistence,
-                persistence.isBackedUp || (handler.node.store.isOverdrawn && !persistence.isFailing)
+                persistence.writerLags || (handler.node.store.isOverdrawn && !persistence.isFailing)
             {
                 persistence.wake()
                 handler.recheckStorage(context: context)

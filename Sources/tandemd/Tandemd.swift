@@ -276,12 +276,17 @@ struct Tandemd: AsyncParsableCommand {
         configuration.tls = tls
         let hangup = Self.reloadOnHangup(tls, logger: logger)
         defer { hangup.cancel() }
-        let group = ServiceGroup(
-            services: [TandemService(configuration: configuration, logger: logger)],
-            gracefulShutdownSignals: [.sigterm, .sigint],
-            logger: logger
-        )
         do {
+            let node = try TandemNode(configuration: configuration, logger: logger)
+            // The node recovers its data once the group runs it, so a SIGTERM
+            // or SIGINT during recovery is a graceful stop too. Its parts
+            // start in order and stop in reverse; systemd hears READY=1 once
+            // the memcached port serves and STOPPING=1 before the node drains.
+            let group = ServiceGroup(
+                services: [node, SystemdAnnouncer(node: node, host: configuration.host, logger: logger)],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            )
             try await group.run()
         } catch let error as PersistenceError {
             // One clear line naming the file, and a non-zero exit.

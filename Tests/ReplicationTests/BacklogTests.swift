@@ -13,7 +13,7 @@ struct BacklogTests {
         let key = Array("key:\(offset)".utf8)
         return Change(
             kind: .upsert, sequence: offset, storage: key + [UInt8](repeating: 0x61, count: valueBytes),
-            keyLength: key.count, flags: 0, cas: offset, deadline: .never
+            keyLength: key.count, flags: 0, stamp: offset, deadline: .never
         )
     }
 

@@ -136,15 +136,15 @@ struct MsmValueTests {
         let cases: [(String, MsmKey.Role, String)] = [
             (Self.id, .session, Self.id),
             ("validity:" + Self.id, .validity, Self.id),
-            ("bak:" + Self.id, .backupSession, Self.id),
-            ("bak:validity:" + Self.id, .backupValidity, Self.id),
+            ("bak:" + Self.id, .secondarySession, Self.id),
+            ("bak:validity:" + Self.id, .secondaryValidity, Self.id),
             ("lock:" + Self.id, .lock, Self.id),
             ("ping-n1", .nodeProbe, "ping-n1"),
             // With storageKeyPrefix=static:app1 (FORMAT.md 1.2).
             ("app1_" + Self.id, .session, "app1_" + Self.id),
             ("validity:app1_" + Self.id, .validity, "app1_" + Self.id),
-            ("bak:app1_" + Self.id, .backupSession, "app1_" + Self.id),
-            ("bak:app1_validity:app1_" + Self.id, .backupValidity, "app1_" + Self.id),
+            ("bak:app1_" + Self.id, .secondarySession, "app1_" + Self.id),
+            ("bak:app1_validity:app1_" + Self.id, .secondaryValidity, "app1_" + Self.id),
             ("app1_ping-n1", .nodeProbe, "app1_ping-n1"),
         ]
         for (key, role, sessionKey) in cases {

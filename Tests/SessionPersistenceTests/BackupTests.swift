@@ -50,7 +50,7 @@ struct BackupTests {
         let load = BackgroundWriter(store: node.store)
         // Let the load get going, so that commits happen while the copy is made.
         #expect(eventually { node.persistence.statistics().flushes > 3 })
-        let report = try await node.persistence.backupInBackground(to: target.path)
+        let report = try await node.persistence.copyDatabaseInBackground(to: target.path)
         let during = load.stop()
         #expect(await node.persistence.commitNow())
         node.persistence.stop()
@@ -87,7 +87,7 @@ struct BackupTests {
         defer { node.persistence.stop() }
         for i in 0..<100 { _ = node.store.put("k\(i)", [UInt8(i)]) }
         #expect(eventually { node.persistence.statistics().pending == 0 })
-        let report = try node.persistence.backup(to: target.path + "/")
+        let report = try node.persistence.copyDatabase(to: target.path + "/")
         #expect(report.items == 100 && report.directory == target.path && report.bytes > 0)
         _ = node.store.put("after", [1])
         #expect(eventually { node.persistence.statistics().pending == 0 && node.persistence.statistics().errors == 0 })
@@ -103,10 +103,10 @@ struct BackupTests {
 
         func expectRefusal(_ path: String, mentioning words: String) {
             do {
-                _ = try node.persistence.backup(to: path)
+                _ = try node.persistence.copyDatabase(to: path)
                 Issue.record("expected a refusal to back up into \(path)")
             } catch {
-                guard case .backupTargetUnusable = error else {
+                guard case .copyTargetUnusable = error else {
                     Issue.record("unexpected error: \(error)")
                     return
                 }

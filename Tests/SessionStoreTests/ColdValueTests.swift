@@ -39,9 +39,9 @@ struct ColdValueTests {
             for change in newest.values where change.kind == .upsert {
                 let seq = nextSeq
                 nextSeq += 1
-                rows[seq] = (change.withValueBytes { Array($0) }, change.cas)
+                rows[seq] = (change.withValueBytes { Array($0) }, change.stamp)
                 committed.append(CommittedRow(
-                    storage: change.storage, keyLength: change.keyLength, seq: seq, length: UInt32(change.valueCount), cas: change.cas
+                    storage: change.storage, keyLength: change.keyLength, seq: seq, length: UInt32(change.valueCount), cas: change.stamp
                 ))
             }
             _ = store.markCommitted(committed)
@@ -122,7 +122,7 @@ struct ColdValueTests {
         _ = store.set("k", "two")
         // The writer commits the first version only (the second was recorded after it took its batch).
         _ = store.markCommitted(first.map {
-            CommittedRow(storage: $0.storage, keyLength: $0.keyLength, seq: 1, length: UInt32($0.valueCount), cas: $0.cas)
+            CommittedRow(storage: $0.storage, keyLength: $0.keyLength, seq: 1, length: UInt32($0.valueCount), cas: $0.stamp)
         })
         #expect(!logged.evict("k"))
         #expect(store.value("k") == "two")

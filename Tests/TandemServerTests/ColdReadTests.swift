@@ -18,7 +18,7 @@ struct ColdReadTests {
 
     /// A node with persistence and 256 KB of memory (the data is 2.3 times
     /// that), a wire port for the admin requests, and its data directory.
-    func withSmallNode(_ body: (MemcacheServer, TestClient) async throws -> Void) async throws {
+    func withSmallNode(_ body: (TandemNode, TestClient) async throws -> Void) async throws {
         let directory = NSTemporaryDirectory() + "tandem-cold-\(UUID().uuidString)"
         defer { try? FileManager.default.removeItem(atPath: directory) }
         try await withServer(configure: { configuration in
@@ -148,7 +148,7 @@ struct ColdReadTests {
                 wireHost: "127.0.0.1", wirePort: 0, role: .backup, peer: ("127.0.0.1", try #require(server.wirePort)),
                 replication: ReplicationConfiguration(mode: .sync, nodeName: "B")
             )
-            let backup = try await MemcacheServer.start(configuration: configuration, logger: quietLogger)
+            let backup = try await TandemNode.start(configuration: configuration, logger: quietLogger)
             do {
                 let onBackup = try TestClient(port: backup.port)
                 defer { onBackup.close() }

@@ -132,7 +132,7 @@ import Testing
         }
     }
 
-    private static func timedShutdown(_ server: MemcacheServer) async -> Duration {
+    private static func timedShutdown(_ server: TandemNode) async -> Duration {
         let started = ContinuousClock.now
         await server.shutdown()
         return ContinuousClock.now - started
@@ -143,7 +143,7 @@ import Testing
         // the drain short: replies cut off by the timeout would be legitimate.
         var configuration = testConfiguration()
         configuration.drainTimeoutSeconds = 20
-        let server = try await MemcacheServer.start(configuration: configuration, clock: ManualClock(), logger: quietLogger)
+        let server = try await TandemNode.start(configuration: configuration, clock: ManualClock(), logger: quietLogger)
         let client: TestClient
         do {
             // A small receive window: replies the server has written wait in its send queue.

@@ -140,12 +140,12 @@ struct MetricsTests {
 
     @Test("/health is 503 on a backup whose primary is unreachable when it may not fail over, and /metrics says why")
     func backupWithoutPrimary() async throws {
-        let gone = try await MemcacheServer.start(configuration: pairConfiguration(role: .primary), logger: quietLogger)
+        let gone = try await TandemNode.start(configuration: pairConfiguration(role: .primary), logger: quietLogger)
         let deadPort = try #require(gone.wirePort)
         await gone.shutdown()
         var configuration = pairConfiguration(role: .backup, peerPort: deadPort, failoverAfter: .zero)
         configuration.metricsPort = 0
-        let backup = try await MemcacheServer.start(configuration: configuration, logger: quietLogger)
+        let backup = try await TandemNode.start(configuration: configuration, logger: quietLogger)
         do {
             let port = try #require(backup.metricsPort)
             let health = try await HTTPExchange.send(port: port, "GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -169,12 +169,12 @@ struct MetricsTests {
     func pair() async throws {
         var primaryConfiguration = pairConfiguration(role: .primary)
         primaryConfiguration.metricsPort = 0
-        let primary = try await MemcacheServer.start(configuration: primaryConfiguration, logger: quietLogger)
+        let primary = try await TandemNode.start(configuration: primaryConfiguration, logger: quietLogger)
         var backupConfiguration = pairConfiguration(role: .backup, peerPort: primary.wirePort)
         backupConfiguration.metricsPort = 0
-        let backup: MemcacheServer
+        let backup: TandemNode
         do {
-            backup = try await MemcacheServer.start(configuration: backupConfiguration, logger: quietLogger)
+            backup = try await TandemNode.start(configuration: backupConfiguration, logger: quietLogger)
         } catch {
             await primary.shutdown()
             throw error

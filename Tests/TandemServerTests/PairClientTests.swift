@@ -10,14 +10,14 @@ import WireProtocol
 
 /// A primary and its backup, in this process, replicating in sync.
 struct RunningPair {
-    let primary: MemcacheServer
-    let backup: MemcacheServer
+    let primary: TandemNode
+    let backup: TandemNode
 
     var wireNodes: TandemPair { wireNodes(name: "pair-\(primary.wirePort!)") }
 
     func wireNodes(name: String) -> TandemPair {
         TandemPair(
-            TandemNode(host: "127.0.0.1", port: primary.wirePort!), TandemNode(host: "127.0.0.1", port: backup.wirePort!), name: name
+            TandemNodeAddress(host: "127.0.0.1", port: primary.wirePort!), TandemNodeAddress(host: "127.0.0.1", port: backup.wirePort!), name: name
         )
     }
 
@@ -33,12 +33,12 @@ struct RunningPair {
 
     /// Starts both nodes and waits until the primary replicates in sync.
     static func start(failoverAfter: TimeAmount) async throws -> RunningPair {
-        let primary = try await MemcacheServer.start(
+        let primary = try await TandemNode.start(
             configuration: configuration(role: .primary, name: "P", peerPort: nil, failoverAfter: failoverAfter), logger: quietLogger
         )
-        let backup: MemcacheServer
+        let backup: TandemNode
         do {
-            backup = try await MemcacheServer.start(
+            backup = try await TandemNode.start(
                 configuration: configuration(role: .backup, name: "B", peerPort: primary.wirePort, failoverAfter: failoverAfter), logger: quietLogger
             )
         } catch {
@@ -79,6 +79,24 @@ func withPairs(_ count: Int, failoverAfter: TimeAmount = .zero, _ body: ([Runnin
         throw error
     }
     for pair in pairs { await pair.shutdown() }
+}
+
+/// What writers saw: writes acknowledged (key: value), writes refused as not run, and how each writer ended.
+final class Seen: Sendable {
+    struct Writes {
+        var acknowledged: [String: [UInt8]] = [:]
+        var refused = 0
+        /// Writers ended by the connection closing.
+        var endings = 0
+        /// Writers ended by anything else.
+        var unexpected: [String] = []
+    }
+
+    private let writes = Mutex(Writes())
+
+    func withLock<T>(_ body: (inout Writes) -> T) -> T {
+        writes.withLock { body(&$0) }
+    }
 }
 
 /// A flag one task sets and another reads.
@@ -183,6 +201,68 @@ struct PairClientTests {
         }
     }
 
+    @Test("a primary stopping under wire data writes refuses new ones as not run before its backup's last catch-up; every write it acknowledged is on the backup")
+    func stopRefusesDataWrites() async throws {
+        try await withPairs(1) { pairs in
+            let pair = pairs[0]
+            let seen = Seen()
+            var connected: [TandemClient] = []
+            for _ in 0..<4 {
+                connected.append(try await TandemClient.connect(host: "127.0.0.1", port: pair.primary.wirePort!, requestTimeout: .seconds(30)))
+            }
+            let clients = connected
+            let writers = Task {
+                await withTaskGroup(of: Void.self) { group in
+                    for (lane, client) in clients.enumerated() {
+                        for task in 0..<4 {
+                            group.addTask {
+                                var index = 0
+                                while true {
+                                    let key = "stop-\(lane)-\(task)-\(index)"
+                                    let value = Array(key.utf8)
+                                    index += 1
+                                    do {
+                                        try await client.set(key, value: value)
+                                        seen.withLock { $0.acknowledged[key] = value }
+                                    } catch TandemClientError.server(let error) where error.code == .unavailable {
+                                        seen.withLock { $0.refused += 1 }
+                                    } catch {
+                                        // The connection closed as the node stopped: the writer is done.
+                                        switch error {
+                                        case TandemClientError.connectionClosed, TandemClientError.notSent:
+                                            seen.withLock { $0.endings += 1 }
+                                        default:
+                                            seen.withLock { $0.unexpected.append("\(error)") }
+                                        }
+                                        return
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            #expect(try await eventually { seen.withLock { $0.acknowledged.count } >= 200 })
+            await pair.primary.shutdown()
+            await writers.value
+            let result = seen.withLock { $0 }
+            // The connections stayed open after the refusal began, and the writers kept writing.
+            #expect(result.refused > 0, "no data write was refused while the primary stopped")
+            // Each writer ended when the connection closed, with the request it sent then not answered or not sent.
+            #expect(result.endings == 16 && result.unexpected.isEmpty, "\(result.unexpected.prefix(3))")
+            let backup = try await TandemClient.connect(host: "127.0.0.1", port: pair.backup.wirePort!)
+            let keys = Array(result.acknowledged.keys)
+            var held: [String: TandemItem] = [:]
+            for start in stride(from: 0, to: keys.count, by: 500) {
+                held.merge(try await backup.get(Array(keys[start..<min(keys.count, start + 500)]))) { first, _ in first }
+            }
+            #expect(held.count == keys.count, "\(keys.count - held.count) acknowledged writes are missing on the backup")
+            #expect(result.acknowledged.allSatisfy { held[$0.key]?.value == $0.value })
+            try await backup.close()
+            for client in clients { try? await client.close() }
+        }
+    }
+
     @Test("reads from either node are spread over both and see synchronously replicated writes")
     func readsFromEither() async throws {
         try await withPairs(1) { pairs in
@@ -194,7 +274,7 @@ struct PairClientTests {
                 // Sync replication: acknowledged means applied on the backup too.
                 #expect(try await client.get("e\(index)")?.value == bytes("\(index)"))
             }
-            let stats = { (server: MemcacheServer) async throws -> Int in
+            let stats = { (server: TandemNode) async throws -> Int in
                 let admin = try await TandemClient.connect(host: "127.0.0.1", port: server.wirePort!)
                 let hits = try await admin.stats().first { $0.name == "get_hits" }?.value
                 try await admin.close()
@@ -225,12 +305,12 @@ struct PairClientTests {
 
     @Test("a pair that cannot be reached fails within the failover timeout, saying why")
     func unreachable() async throws {
-        let gone = try await MemcacheServer.start(configuration: RunningPair.configuration(role: .primary, name: "X", peerPort: nil, failoverAfter: .milliseconds(600)), logger: quietLogger)
+        let gone = try await TandemNode.start(configuration: RunningPair.configuration(role: .primary, name: "X", peerPort: nil, failoverAfter: .milliseconds(600)), logger: quietLogger)
         let port = gone.wirePort!
         await gone.shutdown()
         var configuration = TandemPairClient.Configuration()
         configuration.failoverTimeout = .milliseconds(500)
-        let client = TandemPairClient(pairs: [TandemPair(TandemNode(host: "127.0.0.1", port: port))], configuration: configuration)
+        let client = TandemPairClient(pairs: [TandemPair(TandemNodeAddress(host: "127.0.0.1", port: port))], configuration: configuration)
         let started = ContinuousClock.now
         await #expect {
             _ = try await client.add("k", value: [1])

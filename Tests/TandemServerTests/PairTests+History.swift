@@ -27,7 +27,7 @@ extension PairTests {
     func startNode(
         role: NodeRole, name: String, wirePort: Int, peerPort: Int, directory: String?,
         failoverAfter: TimeAmount = .milliseconds(300)
-    ) async throws -> MemcacheServer {
+    ) async throws -> TandemNode {
         var configuration = testConfiguration()
         var replication = ReplicationConfiguration(mode: .sync, nodeName: name)
         replication.failoverAfter = failoverAfter
@@ -35,17 +35,17 @@ extension PairTests {
             wireHost: "127.0.0.1", wirePort: wirePort, role: role, peer: ("127.0.0.1", peerPort), replication: replication
         )
         configuration.persistence = directory.map { PersistenceConfiguration(dataDirectory: $0, flushIntervalMillis: 10) }
-        return try await MemcacheServer.start(configuration: configuration, logger: quietLogger)
+        return try await TandemNode.start(configuration: configuration, logger: quietLogger)
     }
 
-    func status(_ server: MemcacheServer) async throws -> [String: String] {
+    func status(_ server: TandemNode) async throws -> [String: String] {
         let client = try await TandemClient.connect(host: "127.0.0.1", port: server.wirePort!)
         defer { Task { try? await client.close() } }
         return Dictionary(try await client.status().map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a })
     }
 
     /// Every key in `keys` as both nodes answer it.
-    func expectSameData(_ a: MemcacheServer, _ b: MemcacheServer, keys: [String]) async throws {
+    func expectSameData(_ a: TandemNode, _ b: TandemNode, keys: [String]) async throws {
         let ca = try TestClient(port: a.port)
         let cb = try TestClient(port: b.port)
         defer {
@@ -66,7 +66,7 @@ extension PairTests {
         for node in ["a", "b"] { try FileManager.default.createDirectory(atPath: base + "/" + node, withIntermediateDirectories: true) }
         let first = try await startNode(role: .primary, name: "A", wirePort: portA, peerPort: portB, directory: base + "/a")
         let b = try await startNode(role: .backup, name: "B", wirePort: portB, peerPort: portA, directory: base + "/b")
-        var rejoined: MemcacheServer?
+        var rejoined: TandemNode?
         do {
             try await failoverAndRejoin(first, b, portA: portA, portB: portB, base: base, rejoined: &rejoined)
         } catch {
@@ -78,7 +78,7 @@ extension PairTests {
     }
 
     private func failoverAndRejoin(
-        _ a: MemcacheServer, _ b: MemcacheServer, portA: Int, portB: Int, base: String, rejoined: inout MemcacheServer?
+        _ a: TandemNode, _ b: TandemNode, portA: Int, portB: Int, base: String, rejoined: inout TandemNode?
     ) async throws {
         var a = a
         #expect(try await eventually { try await status(a)["replication_state"] == "sync" })
@@ -143,7 +143,7 @@ extension PairTests {
         await b.shutdown()
     }
 
-    private func promoteAndFollow(_ a: MemcacheServer, _ b: MemcacheServer, portB: Int) async throws {
+    private func promoteAndFollow(_ a: TandemNode, _ b: TandemNode, portB: Int) async throws {
         #expect(try await eventually { try await status(a)["replication_state"] == "sync" })
         let writer = try TestClient(port: a.port)
         for index in 0..<20 {

@@ -24,12 +24,12 @@ struct PairTests {
     }
 
     func withPair(
-        failoverAfter: TimeAmount = .milliseconds(600), _ body: (MemcacheServer, MemcacheServer) async throws -> Void
+        failoverAfter: TimeAmount = .milliseconds(600), _ body: (TandemNode, TandemNode) async throws -> Void
     ) async throws {
-        let primary = try await MemcacheServer.start(configuration: pairConfiguration(role: .primary), logger: quietLogger)
-        let backup: MemcacheServer
+        let primary = try await TandemNode.start(configuration: pairConfiguration(role: .primary), logger: quietLogger)
+        let backup: TandemNode
         do {
-            backup = try await MemcacheServer.start(
+            backup = try await TandemNode.start(
                 configuration: pairConfiguration(role: .backup, peerPort: primary.wirePort, failoverAfter: failoverAfter), logger: quietLogger
             )
         } catch {
@@ -115,10 +115,10 @@ struct PairTests {
     @Test("without failover, a backup with no reachable primary answers writes with a clear server error and keeps serving reads")
     func primaryUnavailable() async throws {
         // A port nobody listens on: take one from a server and stop it.
-        let gone = try await MemcacheServer.start(configuration: pairConfiguration(role: .primary), logger: quietLogger)
+        let gone = try await TandemNode.start(configuration: pairConfiguration(role: .primary), logger: quietLogger)
         let deadPort = gone.wirePort!
         await gone.shutdown()
-        let backup = try await MemcacheServer.start(
+        let backup = try await TandemNode.start(
             configuration: pairConfiguration(role: .backup, peerPort: deadPort, failoverAfter: .zero), logger: quietLogger
         )
         let client = try TestClient(port: backup.port)

@@ -28,12 +28,12 @@ struct WireAuthenticationPairTests {
     /// runs `body`, and stops both.
     func withPair(
         backupSecret: WireSecret?, backupLog: LogRecorder = LogRecorder(),
-        _ body: (MemcacheServer, MemcacheServer) async throws -> Void
+        _ body: (TandemNode, TandemNode) async throws -> Void
     ) async throws {
-        let primary = try await MemcacheServer.start(configuration: configuration(role: .primary, secret: secret), logger: quietLogger)
-        let backup: MemcacheServer
+        let primary = try await TandemNode.start(configuration: configuration(role: .primary, secret: secret), logger: quietLogger)
+        let backup: TandemNode
         do {
-            backup = try await MemcacheServer.start(
+            backup = try await TandemNode.start(
                 configuration: configuration(role: .backup, peerPort: primary.wirePort, secret: backupSecret), logger: backupLog.logger
             )
         } catch {
@@ -206,7 +206,7 @@ struct WireAuthenticationPairTests {
         }
 
         let log = LogRecorder()
-        let backup = try await MemcacheServer.start(configuration: configuration(role: .backup, peerPort: port, secret: secret), logger: log.logger)
+        let backup = try await TandemNode.start(configuration: configuration(role: .backup, peerPort: port, secret: secret), logger: log.logger)
         #expect(await eventually { log.contains("the primary's proof is wrong: is the secret the same on both nodes?") })
         await backup.shutdown()
         try await impostor.close()

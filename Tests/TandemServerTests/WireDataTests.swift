@@ -14,7 +14,7 @@ struct WireDataTests {
     /// A standalone node with a wire port, its clock, a memcached client and a wire client.
     func withNode(
         configure: (inout ServerConfiguration) -> Void = { _ in },
-        _ body: (MemcacheServer, ManualClock, TestClient, TandemClient) async throws -> Void
+        _ body: (TandemNode, ManualClock, TestClient, TandemClient) async throws -> Void
     ) async throws {
         try await withClient(configure: { configuration in
             configuration.pair = PairConfiguration(wireHost: "127.0.0.1", wirePort: 0, role: .primary)

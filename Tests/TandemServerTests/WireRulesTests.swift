@@ -491,10 +491,10 @@ struct WireRulesTests {
             #expect(names.subtracting(documented).isEmpty, "undocumented: \(names.subtracting(documented).sorted())")
         }
         let pairs = PairTests()
-        let primary = try await MemcacheServer.start(configuration: pairs.pairConfiguration(role: .primary), logger: quietLogger)
-        let backup: MemcacheServer
+        let primary = try await TandemNode.start(configuration: pairs.pairConfiguration(role: .primary), logger: quietLogger)
+        let backup: TandemNode
         do {
-            backup = try await MemcacheServer.start(configuration: pairs.pairConfiguration(role: .backup, peerPort: primary.wirePort), logger: quietLogger)
+            backup = try await TandemNode.start(configuration: pairs.pairConfiguration(role: .backup, peerPort: primary.wirePort), logger: quietLogger)
         } catch {
             await primary.shutdown()
             throw error

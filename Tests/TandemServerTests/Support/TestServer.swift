@@ -21,11 +21,11 @@ func testConfiguration() -> ServerConfiguration {
 func withServer(
     clock: ManualClock = ManualClock(),
     configure: (inout ServerConfiguration) -> Void = { _ in },
-    _ body: (MemcacheServer, ManualClock) async throws -> Void
+    _ body: (TandemNode, ManualClock) async throws -> Void
 ) async throws {
     var configuration = testConfiguration()
     configure(&configuration)
-    let server = try await MemcacheServer.start(configuration: configuration, clock: clock, logger: quietLogger)
+    let server = try await TandemNode.start(configuration: configuration, clock: clock, logger: quietLogger)
     do {
         try await body(server, clock)
     } catch {
@@ -39,7 +39,7 @@ func withServer(
 func withClient(
     clock: ManualClock = ManualClock(),
     configure: (inout ServerConfiguration) -> Void = { _ in },
-    _ body: (TestClient, MemcacheServer, ManualClock) async throws -> Void
+    _ body: (TestClient, TandemNode, ManualClock) async throws -> Void
 ) async throws {
     try await withServer(clock: clock, configure: configure) { server, clock in
         let client = try TestClient(port: server.port)

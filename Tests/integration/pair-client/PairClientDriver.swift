@@ -24,9 +24,9 @@ guard arguments.count >= 4, let writes = Int(arguments[3]) else {
     print("usage: tandem-pair-client-driver <host:port> <host:port> <writes> [workers]")
     exit(1)
 }
-func node(_ text: String) -> TandemNode {
+func node(_ text: String) -> TandemNodeAddress {
     let parts = text.split(separator: ":")
-    return TandemNode(host: String(parts[0]), port: Int(parts[1])!)
+    return TandemNodeAddress(host: String(parts[0]), port: Int(parts[1])!)
 }
 let workers = arguments.count > 4 ? Int(arguments[4]) ?? 4 : 4
 var configuration = TandemPairClient.Configuration()

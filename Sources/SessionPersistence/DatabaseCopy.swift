@@ -5,8 +5,8 @@ import Foundation
 import Glibc
 #endif
 
-/// What a backup wrote.
-public struct BackupReport: Sendable, Equatable {
+/// What a copy of the database (`tandemctl backup`) wrote.
+public struct DatabaseCopyReport: Sendable, Equatable {
     /// The directory holding the copy, absolute; usable as `--data-dir`.
     public var directory: String
     /// The size of the copy's database file.
@@ -26,7 +26,7 @@ public struct BackupReport: Sendable, Equatable {
 
 /// Copies a live database with SQLite's online backup API into a new
 /// directory, in a form a node opens as its data directory.
-enum DatabaseBackup {
+enum DatabaseCopy {
     /// Pages copied per `sqlite3_backup_step` (16 MiB with the log's 64 KiB pages):
     /// small enough that a failure is noticed early, large enough that the
     /// per-step overhead does not matter. No pause between steps: the copy
@@ -42,7 +42,7 @@ enum DatabaseBackup {
     /// happened to the node during the backup.
     static let partialSuffix = ".partial"
 
-    static func run(from source: String, into target: String, now: Int64) throws(PersistenceError) -> BackupReport {
+    static func run(from source: String, into target: String, now: Int64) throws(PersistenceError) -> DatabaseCopyReport {
         let started = ContinuousClock.now
         let (directory, created) = try prepareTarget(target)
         let partial = directory + "/" + DataDirectory.databaseFileName + partialSuffix
@@ -58,12 +58,12 @@ enum DatabaseBackup {
             try copy(from: source, to: partial, directory: directory)
             let items = try seal(partial, directory: directory, now: now)
             guard rename(partial, final) == 0 else {
-                throw PersistenceError.backupFailed(path: directory, reason: "cannot rename the copy into place: \(errorText())")
+                throw PersistenceError.copyFailed(path: directory, reason: "cannot rename the copy into place: \(errorText())")
             }
             syncDirectory(directory)
             var info = stat()
             let bytes = stat(final, &info) == 0 ? UInt64(info.st_size) : 0
-            return BackupReport(directory: directory, bytes: bytes, items: items, seconds: Persistence.seconds(ContinuousClock.now - started))
+            return DatabaseCopyReport(directory: directory, bytes: bytes, items: items, seconds: Persistence.seconds(ContinuousClock.now - started))
         } catch {
             // Leave nothing that could be mistaken for a copy, nor a directory the next attempt would find not empty.
             for suffix in ["", "-journal", "-wal", "-shm"] { unlink(partial + suffix) }
@@ -76,7 +76,7 @@ enum DatabaseBackup {
     /// needed. Returns whether it was created here.
     static func prepareTarget(_ target: String) throws(PersistenceError) -> (path: String, created: Bool) {
         guard !target.isEmpty else {
-            throw .backupTargetUnusable(path: target, reason: "no directory given; name a new or empty directory")
+            throw .copyTargetUnusable(path: target, reason: "no directory given; name a new or empty directory")
         }
         // Relative to this process's working directory; reported absolute so the operator knows where it went.
         var path = target.hasPrefix("/") ? target : FileManager.default.currentDirectoryPath + "/" + target
@@ -87,23 +87,23 @@ enum DatabaseBackup {
         case EEXIST:
             var info = stat()
             guard stat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR else {
-                throw .backupTargetUnusable(path: path, reason: "it exists and is not a directory")
+                throw .copyTargetUnusable(path: path, reason: "it exists and is not a directory")
             }
             let entries: [String]
             do {
                 entries = try FileManager.default.contentsOfDirectory(atPath: path)
             } catch {
-                throw .backupTargetUnusable(path: path, reason: "cannot list it: \(error.localizedDescription)")
+                throw .copyTargetUnusable(path: path, reason: "cannot list it: \(error.localizedDescription)")
             }
             guard entries.isEmpty else {
-                throw .backupTargetUnusable(path: path, reason: "the directory is not empty; back up into a new or empty directory")
+                throw .copyTargetUnusable(path: path, reason: "the directory is not empty; back up into a new or empty directory")
             }
             return (path, false)
         case ENOENT:
             let parent = path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
-            throw .backupTargetUnusable(path: path, reason: "its parent directory \(parent.isEmpty ? "/" : parent) does not exist")
+            throw .copyTargetUnusable(path: path, reason: "its parent directory \(parent.isEmpty ? "/" : parent) does not exist")
         default:
-            throw .backupTargetUnusable(path: path, reason: "cannot create it: \(errorText(failure))")
+            throw .copyTargetUnusable(path: path, reason: "cannot create it: \(errorText(failure))")
         }
     }
 
@@ -113,7 +113,7 @@ enum DatabaseBackup {
         // Sessions are private: readable by the node's user and group only.
         let descriptor = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o640)
         guard descriptor >= 0 else {
-            throw .backupTargetUnusable(path: path, reason: "cannot create the copy: \(errorText())")
+            throw .copyTargetUnusable(path: path, reason: "cannot create the copy: \(errorText())")
         }
         close(descriptor)
     }
@@ -159,7 +159,7 @@ enum DatabaseBackup {
         } catch {
             reason = "\(error)"
         }
-        throw .backupFailed(path: directory, reason: reason)
+        throw .copyFailed(path: directory, reason: reason)
     }
 
     /// Reopens the finished copy, counts its items, and makes it one
@@ -177,7 +177,7 @@ enum DatabaseBackup {
             }
             return UInt64(max(items, 0))
         } catch {
-            throw .backupFailed(path: directory, reason: "the copy cannot be read back: \(error)")
+            throw .copyFailed(path: directory, reason: "the copy cannot be read back: \(error)")
         }
     }
 
