@@ -266,8 +266,16 @@ final class ClientHandler: ChannelInboundHandler, Sendable {
             throw error
         }
         // A write that fails never reached the socket: the node never saw it.
+        // When TLS failed (TLS reports why before it drops the writes it
+        // held for its handshake), that is the reason to give.
         channel.writeAndFlush(buffer).whenFailure { [pending] error in
-            pending.withLockedValue { $0.promises.removeValue(forKey: id) }?.fail(TandemClientError.notSent(reason: "\(error)"))
+            let (promise, tlsFailure) = pending.withLockedValue { ($0.promises.removeValue(forKey: id), $0.tlsFailure) }
+            guard let promise else { return }
+            if let failure = tlsFailure ?? TLSHandshakeFailure(error) {
+                promise.fail(failure)
+            } else {
+                promise.fail(TandemClientError.notSent(reason: "\(error)"))
+            }
         }
         let timer = channel.eventLoop.scheduleTask(in: timeout) { [pending] in
             pending.withLockedValue { $0.promises.removeValue(forKey: id) }?.fail(TandemClientError.timedOut)
