@@ -164,6 +164,27 @@ let package = Package(
             ]
         ),
 
+        // The data path side by side: TandemClient against the memcached text
+        // protocol on one tandemd (Benchmarks/wire-data.sh runs it).
+        .executableTarget(
+            name: "wire-data-bench",
+            dependencies: [
+                "TandemClient",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
+            path: "Benchmarks/wire-data"
+        ),
+
+        // Drives a TandemPairClient while the process-level tests kill nodes
+        // under it (Tests/integration/test_pair_client.py).
+        .executableTarget(
+            name: "tandem-pair-client-driver",
+            dependencies: ["TandemClient"],
+            path: "Tests/integration/pair-client"
+        ),
+
         // What several test targets share: the seeded generator and its draws.
         .target(name: "TandemTestSupport", path: "Tests/TandemTestSupport"),
 

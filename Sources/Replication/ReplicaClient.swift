@@ -143,7 +143,7 @@ public final class ReplicaClient: Sendable {
     /// `parkedFailure` (`.roleChanged` when this node was promoted: they are
     /// then run here); writes already sent fail as unavailable.
     /// With `parkedFailure` nil, writes keep parking until `failParked(_:)`.
-    public func stop(parkedFailure: ForwardError? = .primaryUnavailable) {
+    public func stop(parkedFailure: ForwardError? = .notSent) {
         // Waits for a frame being applied: after this nothing changes the position.
         applyGate.withLock { $0 = true }
         let channel = shared.withLock { shared -> (any Channel)? in
@@ -427,7 +427,10 @@ public final class ReplicaClient: Sendable {
 
     /// Why a forwarded write got no answer from the primary.
     public enum ForwardError: Error, CustomStringConvertible {
+        /// Sent to the primary, which did not answer: the write may have run there.
         case primaryUnavailable
+        /// Never sent: no primary was reachable while the write waited (it did not run).
+        case notSent
         case rejected(WireError)
         /// This node became the primary before the write could be sent: run it here.
         case roleChanged
@@ -435,6 +438,7 @@ public final class ReplicaClient: Sendable {
         public var description: String {
             switch self {
             case .primaryUnavailable: return "primary unavailable"
+            case .notSent: return "primary unavailable; the write was not sent"
             case .rejected(let error): return "primary refused: \(error.message)"
             case .roleChanged: return "this node is now the primary"
             }
@@ -469,7 +473,7 @@ public final class ReplicaClient: Sendable {
         case .parked:
             break
         case .refused:
-            promise.fail(ForwardError.primaryUnavailable)
+            promise.fail(ForwardError.notSent)
         }
         let applied = self.applied
         return promise.futureResult.flatMap { offset, reply in
@@ -505,7 +509,7 @@ public final class ReplicaClient: Sendable {
             shared.parkedForwards.remove(at: index)
             return true
         }
-        if expired { promise.fail(ForwardError.primaryUnavailable) }
+        if expired { promise.fail(ForwardError.notSent) }
     }
 
     // MARK: Statistics

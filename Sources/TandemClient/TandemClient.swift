@@ -5,7 +5,10 @@ import TandemTLS
 import WireProtocol
 
 /// A connection to a Tandem node's wire port, for administration tools
-/// (`tandemctl`) and Swift applications.
+/// (`tandemctl`) and Swift applications: status and role changes, scans and
+/// imports, and (`TandemClient+Data`) an application's typed reads and
+/// writes, pipelined. For both nodes of a pair, or several pairs, with
+/// failover and retries, use `TandemPairClient`.
 ///
 /// ```swift
 /// let client = try await TandemClient.connect(host: "127.0.0.1", port: 11311)
@@ -20,12 +23,21 @@ public final class TandemClient: Sendable {
     // Internal, not private: the requests in the TandemClient+… files use them.
     let channel: any Channel
     let handler: ClientHandler
+    /// How long a data request may wait for its answer once sent.
+    let requestTimeout: TimeAmount
+    /// Bounds the data requests in flight on this connection (backpressure).
+    let slots: InFlightSlots
 
-    private init(channel: any Channel, handler: ClientHandler, server: HelloOK) {
+    private init(channel: any Channel, handler: ClientHandler, server: HelloOK, requestTimeout: TimeAmount, maxInFlight: Int) {
         self.channel = channel
         self.handler = handler
         self.server = server
+        self.requestTimeout = requestTimeout
+        self.slots = InFlightSlots(max(1, maxInFlight))
     }
+
+    /// Whether the connection is still open (a closed one fails every request).
+    public var isOpen: Bool { channel.isActive }
 
     /// Connects and runs the handshake.
     ///
@@ -37,11 +49,16 @@ public final class TandemClient: Sendable {
     /// With `tls`, the connection runs inside TLS (the node's wire port must
     /// use it too); the handshake happens before `hello`, and its failures
     /// are thrown as `TandemClientError.tls`.
+    ///
+    /// `timeout` bounds the connection and the handshake; `requestTimeout`
+    /// (by default `timeout`) each data request's wait for its answer. At
+    /// most `maxInFlight` data requests are in flight on the connection at
+    /// once; more wait for a slot.
     public static func connect(
         host: String, port: Int, name: String = "tandem-client", secret: WireSecret? = nil,
         tls: ClientTLS? = nil,
         timeout: TimeAmount = .seconds(5), group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-        role: ConnectionRole = .client, epoch: UInt64 = 0
+        role: ConnectionRole = .client, epoch: UInt64 = 0, maxInFlight: Int = 128, requestTimeout: TimeAmount? = nil
     ) async throws -> TandemClient {
         let handler = ClientHandler()
         let channel: any Channel
@@ -56,11 +73,15 @@ public final class TandemClient: Sendable {
         }
         do {
             return try await handshake(
-                channel: channel, handler: handler, name: name, secret: secret, timeout: timeout, role: role, epoch: epoch
+                channel: channel, handler: handler, name: name, secret: secret, timeout: timeout, role: role, epoch: epoch,
+                maxInFlight: maxInFlight, requestTimeout: requestTimeout ?? timeout
             )
         } catch let failure as TLSHandshakeFailure {
             throw TandemClientError.tls(host: host, port: port, failure: failure, usingTLS: tls != nil)
         } catch TandemClientError.connectionClosed where tls == nil {
+            // A TLS port that closes on plaintext without a word looks like this.
+            throw TandemClientError.closedBeforeHandshake(host: host, port: port)
+        } catch TandemClientError.notSent where tls == nil {
             // A TLS port that closes on plaintext without a word looks like this.
             throw TandemClientError.closedBeforeHandshake(host: host, port: port)
         }
@@ -69,7 +90,7 @@ public final class TandemClient: Sendable {
     /// `hello`, `helloOK` and, with a secret, the authentication (`WireHandshake`).
     private static func handshake(
         channel: any Channel, handler: ClientHandler, name: String, secret: WireSecret?, timeout: TimeAmount,
-        role: ConnectionRole, epoch: UInt64
+        role: ConnectionRole, epoch: UInt64, maxInFlight: Int, requestTimeout: TimeAmount
     ) async throws -> TandemClient {
         let handshake = WireHandshake(role: role, nodeName: name, epoch: epoch, secret: secret)
         do {
@@ -80,7 +101,7 @@ public final class TandemClient: Sendable {
                     return .error(error)
                 }
             }
-            return TandemClient(channel: channel, handler: handler, server: ok)
+            return TandemClient(channel: channel, handler: handler, server: ok, requestTimeout: requestTimeout, maxInFlight: maxInFlight)
         } catch let error as WireHandshakeError {
             try? await channel.close()
             throw TandemClientError(error)
@@ -166,6 +187,11 @@ public enum TandemClientError: Error, CustomStringConvertible, Sendable {
     case tls(host: String, port: Int, failure: TLSHandshakeFailure, usingTLS: Bool)
     /// A plaintext connection was closed before the node said `helloOK`.
     case closedBeforeHandshake(host: String, port: Int)
+    /// The request was never sent: the connection was already closed. The
+    /// node did not run it, so it may be sent again on another connection.
+    case notSent(reason: String)
+    /// The node speaks an older version of the protocol than this request needs.
+    case unsupported(nodeVersion: UInt16, needed: UInt16)
 
     public var description: String {
         switch self {
@@ -178,6 +204,8 @@ public enum TandemClientError: Error, CustomStringConvertible, Sendable {
         case .connectionClosed: return "the node closed the connection"
         case .tls(let host, let port, let failure, _): return "TLS with \(host):\(port): \(failure)"
         case .closedBeforeHandshake(let host, let port): return "\(host):\(port) closed the connection before the handshake"
+        case .notSent(let reason): return "the request was not sent: \(reason)"
+        case .unsupported(let version, let needed): return "the node speaks wire version \(version); this request needs \(needed) (upgrade the node)"
         }
     }
 
@@ -227,8 +255,8 @@ final class ClientHandler: ChannelInboundHandler, Sendable {
         }
         guard let id else {
             // Every promise must be completed, even one never sent.
-            promise.fail(TandemClientError.connectionClosed)
-            throw TandemClientError.connectionClosed
+            promise.fail(TandemClientError.notSent(reason: "the connection is closed"))
+            throw TandemClientError.notSent(reason: "the connection is closed")
         }
         var buffer = channel.allocator.buffer(capacity: 64)
         do {
@@ -237,7 +265,18 @@ final class ClientHandler: ChannelInboundHandler, Sendable {
             pending.withLockedValue { $0.promises.removeValue(forKey: id) }?.fail(error)
             throw error
         }
-        channel.writeAndFlush(buffer, promise: nil)
+        // A write that fails never reached the socket: the node never saw it.
+        // When TLS failed (TLS reports why before it drops the writes it
+        // held for its handshake), that is the reason to give.
+        channel.writeAndFlush(buffer).whenFailure { [pending] error in
+            let (promise, tlsFailure) = pending.withLockedValue { ($0.promises.removeValue(forKey: id), $0.tlsFailure) }
+            guard let promise else { return }
+            if let failure = tlsFailure ?? TLSHandshakeFailure(error) {
+                promise.fail(failure)
+            } else {
+                promise.fail(TandemClientError.notSent(reason: "\(error)"))
+            }
+        }
         let timer = channel.eventLoop.scheduleTask(in: timeout) { [pending] in
             pending.withLockedValue { $0.promises.removeValue(forKey: id) }?.fail(TandemClientError.timedOut)
         }

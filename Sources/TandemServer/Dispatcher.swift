@@ -282,6 +282,11 @@ final class LoadedValues {
         return byKey[Array(key.readableBytesView)]
     }
 
+    /// Whether a value was loaded for `key`.
+    func contains(_ key: [UInt8]) -> Bool {
+        byKey[key] != nil
+    }
+
     func removeAll() {
         if !byKey.isEmpty { byKey.removeAll() }
     }

@@ -96,6 +96,8 @@ final class PairPart: NodePart {
     let name = "pair"
     private let pair: PairRole
     private let feed: ChangeFeed
+    /// The node's wire connections, told to stop taking data writes.
+    private let context: ServerContext
     private let group: MultiThreadedEventLoopGroup
     private let logger: Logger
     /// Releases the change stream to replication between the writer's commits.
@@ -108,9 +110,10 @@ final class PairPart: NodePart {
     /// How long a stopping primary waits for its backup to acknowledge the rest of the stream.
     static let backupCatchUpTimeout = TimeAmount.seconds(2)
 
-    init(pair: PairRole, feed: ChangeFeed, group: MultiThreadedEventLoopGroup, logger: Logger) {
+    init(pair: PairRole, feed: ChangeFeed, context: ServerContext, group: MultiThreadedEventLoopGroup, logger: Logger) {
         self.pair = pair
         self.feed = feed
+        self.context = context
         self.group = group
         self.logger = logger
     }
@@ -124,11 +127,13 @@ final class PairPart: NodePart {
     }
 
     /// Stops changing roles and following, lets a connected backup receive
-    /// what is still on its way (the memcached connections have drained, so
-    /// no client write arrives any more), then stops releasing the stream.
+    /// what is still on its way (the memcached connections have drained and
+    /// the wire port's clients take no more data writes, so no client write
+    /// arrives any more), then stops releasing the stream.
     func stop() async {
         pair.stopTimers()
         pair.replica?.stop()
+        await context.stopWireDataWrites()
         if let primary = pair.primary {
             // When the backup takes over, it has everything.
             switch await primary.waitForBackupToCatchUp(timeout: Self.backupCatchUpTimeout, on: group.next()) {

@@ -453,7 +453,7 @@ final class PairRole: Sendable {
             greeted: { [weak self] epoch, name in self?.primaryGreeted(epoch: epoch, name: name) }
         )
         state.withLock { $0.role = .backup(client) }
-        if case .backup(let old) = previous { old.failParked(.primaryUnavailable) }
+        if case .backup(let old) = previous { old.failParked(.notSent) }
         if stepsDown {
             logger.warning("this node steps down and follows its peer", metadata: ["reason": "\(reason)", "epoch": "\(epoch)"])
         } else {

@@ -40,6 +40,9 @@ final class ServerContext: Sendable {
     let boundPort = Synchronization.Atomic<Int>(0)
     /// memcached's `verbosity`, settable at run time.
     let verbosity: Synchronization.Atomic<Int>
+    /// Open wire connections, told when the node stops (`DrainRequest`) so
+    /// that they stop taking data writes before the backup's last catch-up.
+    let wireConnections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
     /// A pending delayed `flush_all`; a newer one replaces it.
     private let pendingFlush = NIOLockedValueBox<Scheduled<Void>?>(nil)
 
@@ -80,6 +83,19 @@ final class ServerContext: Sendable {
 
     func cancelPendingFlush() {
         pendingFlush.withLockedValue { $0?.cancel() }
+    }
+
+    /// Tells every open wire connection to stop taking data writes (from now
+    /// on they are answered `unavailable`: not run). Returns once each
+    /// connection has taken it in, so that every data write this node
+    /// acknowledges from then on was already in the change stream.
+    func stopWireDataWrites() async {
+        let open = wireConnections.withLockedValue { Array($0.values) }
+        for channel in open {
+            try? await channel.eventLoop.submit {
+                channel.pipeline.fireUserInboundEventTriggered(DrainRequest())
+            }.get()
+        }
     }
 }
 

@@ -26,9 +26,10 @@ import WireProtocol
 ///    every recovered item is in memory and the role is settled.
 ///
 /// They stop in the reverse order, each once the one after it has stopped:
-/// the memcached connections drain, the pair lets a connected backup catch
-/// up, the listeners close, the event loops end, and persistence commits
-/// last, so a graceful stop (SIGTERM) loses nothing. A part that fails to
+/// the memcached connections drain, the pair stops the wire port's data
+/// writes and lets a connected backup catch up, the listeners close, the
+/// event loops end, and persistence commits last, so a graceful stop
+/// (SIGTERM) loses nothing. A part that fails to
 /// start stops the parts that started, in the same reverse order, and `run`
 /// (or `start`) throws its error.
 ///
@@ -140,7 +141,7 @@ public final class TandemNode: Service, Sendable {
         if let pairConfiguration = configuration.pair, let feed, let pair {
             let listener = WireListener(configuration: pairConfiguration, context: context, group: group)
             parts.append(listener)
-            parts.append(PairPart(pair: pair, feed: feed, group: group, logger: logger))
+            parts.append(PairPart(pair: pair, feed: feed, context: context, group: group, logger: logger))
             wire = listener
         }
         parts.append(memcache)

@@ -51,7 +51,10 @@ final class WireConnectionHandler: ChannelInboundHandler {
 
     let node: ServerContext
     let logger: Logger
-    private var state: State = .awaitingHello
+    // Internal, not private: the requests in the WireConnectionHandler+… files use them.
+    var state: State = .awaitingHello
+    /// The connection's data requests (Protocol.md 1.4.5).
+    var data = DataPath()
 
     init(node: ServerContext, logger: Logger) {
         self.node = node
@@ -253,6 +256,8 @@ final class WireConnectionHandler: ChannelInboundHandler {
             Self.backUp(to: path, persistence: node.persistence, eventLoop: context.eventLoop, logger: logger) { [self] answer in
                 send(answer, requestID: frame.requestID, context: context)
             }
+        case .get, .store, .touch, .delete:
+            receiveData(message, requestID: frame.requestID, link: link, context: context)
         case .watch(let prefix):
             // The watcher unsubscribes itself when the connection closes.
             guard let watcher = Watcher.start(prefix: prefix, requestID: frame.requestID, channel: context.channel, node: node) else {
@@ -410,9 +415,36 @@ final class WireConnectionHandler: ChannelInboundHandler {
         }
     }
 
+    func channelReadComplete(context: ChannelHandlerContext) {
+        flushData(context: context)
+        context.fireChannelReadComplete()
+    }
+
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         if case .replicating(let session) = state { session.writabilityChanged() }
+        if case .ready = state, context.channel.isWritable, !data.busy, data.queue.count < Self.maximumQueuedDataRequests {
+            // Reading stopped while the client did not read its answers.
+            context.channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
+        }
         context.fireChannelWritabilityChanged()
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        let channel = context.channel
+        node.wireConnections.withLockedValue { $0[ObjectIdentifier(channel)] = channel }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        let id = ObjectIdentifier(context.channel)
+        node.wireConnections.withLockedValue { _ = $0.removeValue(forKey: id) }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is DrainRequest {
+            data.draining = true
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
     }
 
     func channelInactive(context: ChannelHandlerContext) {

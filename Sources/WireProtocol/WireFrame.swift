@@ -119,6 +119,12 @@ public enum WireMessageType: UInt16, Sendable, Hashable, CaseIterable, CustomStr
     case backupDone = 0x0071
     case watch = 0x0080
     case watchEvent = 0x0081
+    case get = 0x0090
+    case items = 0x0091
+    case store = 0x0092
+    case touch = 0x0093
+    case delete = 0x0094
+    case writeResult = 0x0095
 
     /// The name Protocol.md uses, e.g. `helloOK`.
     public var name: String {
@@ -162,6 +168,12 @@ public enum WireMessageType: UInt16, Sendable, Hashable, CaseIterable, CustomStr
         case .backupDone: return "backupDone"
         case .watch: return "watch"
         case .watchEvent: return "watchEvent"
+        case .get: return "get"
+        case .items: return "items"
+        case .store: return "store"
+        case .touch: return "touch"
+        case .delete: return "delete"
+        case .writeResult: return "writeResult"
         case .statsRequest: return "statsRequest"
         case .properties: return "properties"
         }

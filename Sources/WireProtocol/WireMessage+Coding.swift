@@ -48,6 +48,12 @@ extension WireMessage {
         case .statusRequest: return .statusRequest
         case .statsRequest: return .statsRequest
         case .properties: return .properties
+        case .get: return .get
+        case .items: return .items
+        case .store: return .store
+        case .touch: return .touch
+        case .delete: return .delete
+        case .writeResult: return .writeResult
         }
     }
 
@@ -131,6 +137,18 @@ extension WireMessage {
                 size += WireEncodedSize.property + property.name.utf8.count + property.value.utf8.count
             }
             return size
+        case .get(let keys):
+            return 4 + keys.reduce(0) { $0 + 4 + $1.readableBytes }
+        case .items(let items):
+            return 4 + items.reduce(0) { $0 + WireEncodedSize.dataItem + $1.key.readableBytes + $1.value.readableBytes }
+        case .store(let write):
+            return WireEncodedSize.dataWrite + write.key.readableBytes + write.value.readableBytes
+        case .touch(let key, _):
+            return 4 + key.readableBytes + 8
+        case .delete(let key):
+            return 4 + key.readableBytes
+        case .writeResult:
+            return 1 + 8
         }
     }
 
@@ -277,6 +295,22 @@ extension WireMessage {
                 buffer.writeWireString(property.name)
                 buffer.writeWireString(property.value)
             }
+        case .get(let keys):
+            buffer.writeInteger(UInt32(keys.count))
+            for key in keys { buffer.writeWireBytes(key) }
+        case .items(let items):
+            buffer.writeInteger(UInt32(items.count))
+            for item in items { buffer.writeDataItem(item) }
+        case .store(let write):
+            buffer.writeDataWrite(write)
+        case .touch(let key, let ttl):
+            buffer.writeWireBytes(key)
+            buffer.writeInteger(ttl)
+        case .delete(let key):
+            buffer.writeWireBytes(key)
+        case .writeResult(let result):
+            buffer.writeInteger(result.outcome.rawValue)
+            buffer.writeInteger(result.stamp)
         }
     }
 
@@ -496,6 +530,22 @@ extension WireMessage {
             }
             reader.element = nil
             self = .properties(properties)
+        case .get:
+            self = .get(keys: try reader.dataKeys())
+        case .items:
+            self = .items(try reader.dataItems())
+        case .store:
+            self = .store(try reader.dataWrite())
+        case .touch:
+            let key = try reader.bytes("key")
+            let ttl = try reader.integer("ttl_ms", as: Int64.self)
+            self = .touch(key: key, ttlMillis: ttl)
+        case .delete:
+            self = .delete(key: try reader.bytes("key"))
+        case .writeResult:
+            let outcome = try reader.enumeration("outcome", as: WriteResult.Outcome.self)
+            let stamp = try reader.integer("stamp", as: UInt64.self)
+            self = .writeResult(WriteResult(outcome, stamp: stamp))
         }
         try reader.finish()
     }

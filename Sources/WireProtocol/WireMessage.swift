@@ -98,6 +98,21 @@ public enum WireMessage: Sendable, Equatable {
     case watch(prefix: [UInt8])
     /// One change, sent as a response to `watch` (same request id).
     case watchEvent(WatchEvent)
+
+    // MARK: Data (version 5 on)
+
+    /// An application's read of one or more keys (memcached `gets`).
+    case get(keys: [ByteBuffer])
+    /// Response to `get`: the items found, in the request's order (misses left out).
+    case items([DataItem])
+    /// An application's `set`, `add`, `replace` or `cas`.
+    case store(DataWrite)
+    /// An application's `touch`: a new TTL for an item, its value unchanged.
+    case touch(key: ByteBuffer, ttlMillis: Int64)
+    /// An application's `delete`.
+    case delete(key: ByteBuffer)
+    /// Response to `store`, `touch` and `delete`.
+    case writeResult(WriteResult)
 }
 
 /// The first frame's content.
@@ -207,6 +222,10 @@ public enum WireErrorCode: UInt16, Sendable, Equatable {
     case internalError = 9
     case notFound = 10
     case unavailable = 11
+    /// A data message's key that memcached's protocols cannot address (Protocol.md 1.4.5).
+    case invalidKey = 12
+    /// A data write the node sent on to the primary got no answer: it may or may not have run.
+    case outcomeUnknown = 13
     /// A code this implementation does not know (kept so that it can be reported).
     case unknown = 0xFFFF
 }

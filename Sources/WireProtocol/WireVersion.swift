@@ -13,9 +13,13 @@
 ///   peer where it stands in typed fields instead of reading its status
 ///   properties. A node sends `pairStatus` only on a version 4 connection;
 ///   a peer that speaks at most version 3 is still read the old way.
+/// - 5: the data messages (0x0090–0x0095): an application's get, set, add,
+///   replace, cas, touch and delete, typed. A version 4 node answers them
+///   `unknownMessage` and closes, so a client checks `helloOK.version`
+///   before sending one.
 public enum WireVersion {
     public static let minimum: UInt16 = 1
-    public static let maximum: UInt16 = 4
+    public static let maximum: UInt16 = 5
     /// The first version whose `importItems` is answered with `importReport`.
     public static let perItemImport: UInt16 = 2
     /// The first version whose backups resume into a history continued
@@ -23,4 +27,6 @@ public enum WireVersion {
     public static let continuedHistory: UInt16 = 3
     /// The first version with `pairStatus` and `pairStatusReply`.
     public static let pairStatus: UInt16 = 4
+    /// The first version with the data messages (`get`, `store`, `touch`, `delete`).
+    public static let dataMessages: UInt16 = 5
 }

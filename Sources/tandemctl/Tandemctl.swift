@@ -153,9 +153,9 @@ struct Failure: Error, CustomStringConvertible {
             self.init(code: 4, message: "authentication required: the node has a shared secret; give it with --secret-file PATH (or TANDEM_SECRET_FILE)")
         case .authenticationFailed(let reason):
             self.init(code: 4, message: "authentication failed: \(reason)")
-        case .timedOut, .connectionClosed:
+        case .timedOut, .connectionClosed, .notSent:
             self.init(code: 3, message: "the node stopped answering: \(error)")
-        case .server, .unexpectedReply:
+        case .server, .unexpectedReply, .unsupported:
             self.init(code: 5, message: "\(error)")
         case .tls(let host, let port, let failure, let usingTLS):
             self.init(tls: failure, host: host, port: port, usingTLS: usingTLS, options: nil)

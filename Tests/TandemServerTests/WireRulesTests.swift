@@ -212,7 +212,7 @@ struct WireRulesTests {
         try await withServer(configure: Self.standalone(maxItemSize: 1024)) { server, clock in
             let wire = try RawWire(port: try #require(server.wirePort))
             let ok = try await wire.hello()
-            #expect(ok.version == WireVersion.maximum && ok.version == 4)
+            #expect(ok.version == WireVersion.maximum && ok.version == 5)
             let records = [
                 Self.record(Array("good:1".utf8), Array("one".utf8)),
                 Self.record(Array("has space".utf8), Array("x".utf8)),

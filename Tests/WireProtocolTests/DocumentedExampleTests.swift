@@ -25,6 +25,21 @@ struct DocumentedExampleTests {
         00 00 00 01 62
         """
 
+    static let storeHex = """
+        00 00 00 28 00 92 00 00 00 00 00 09 02 00 00 00 01 6b 00 00 00 02 68 69 \
+        00 00 00 00 00 00 00 00 00 00 ea 60 00 00 00 00 00 00 00 00
+        """
+
+    static let itemsHex = """
+        00 00 00 2b 00 91 00 01 00 00 00 0a 00 00 00 01 00 00 00 01 6b 00 00 00 02 68 69 \
+        00 00 00 00 00 00 01 a2 01 a1 06 e0 66 0d 65 97 13 64 00 01
+        """
+
+    static let store = WireMessage.store(DataWrite(mode: .add, key: bb("k"), value: bb("hi"), flags: 0, ttlMillis: 60_000))
+    static let items = WireMessage.items([
+        DataItem(key: bb("k"), value: bb("hi"), flags: 0, deadlineMillis: 1_795_323_660_000, stamp: 7_353_645_466_105_675_777),
+    ])
+
     static let ping = WireMessage.ping(timestampMillis: 1_795_323_600_000)
     static let pairStatusReply = WireMessage.pairStatusReply(PairStatus(
         nodeName: "b", role: .primary, configuredRole: .backup, epoch: 3, replicationID: ReplicationID(bytes: Array(0x10...0x1F)), offset: 1200,
@@ -110,10 +125,27 @@ struct DocumentedExampleTests {
         try expectAnswer(Self.pairStatusReply, requestID: 5, encodesTo: Self.pairStatusReplyHex)
     }
 
+    @Test("the store request with id 9 encodes to the documented bytes")
+    func storeBytes() throws {
+        var buffer = ByteBuffer()
+        try buffer.writeWireMessage(Self.store, requestID: 9)
+        #expect(hex(buffer) == Self.storeHex)
+        var decoder = WireFrameDecoder()
+        var wire = bb(bytes(hex: Self.storeHex))
+        let frame = try #require(try decoder.decode(buffer: &wire))
+        #expect(frame.requestID == 9 && !frame.isResponse && frame.messageType == .store)
+        #expect(try frame.message() == Self.store)
+    }
+
+    @Test("the items answering request 10 encode to the documented bytes")
+    func itemsBytes() throws {
+        try expectAnswer(Self.items, requestID: 10, encodesTo: Self.itemsHex)
+    }
+
     @Test("Protocol.md section 1.6 shows exactly these bytes")
     func documentMatches() throws {
         let frames = try Self.documentedFrames()
-        #expect(frames == [Self.pingHex, Self.changesHex, Self.importReportHex, Self.pairStatusReplyHex])
+        #expect(frames == [Self.pingHex, Self.changesHex, Self.importReportHex, Self.pairStatusReplyHex, Self.storeHex, Self.itemsHex])
     }
 
     /// The rows of the message table of section 1.4: type number and name.
@@ -145,6 +177,6 @@ struct DocumentedExampleTests {
     func versionsMatch() throws {
         let text = try Self.protocolText()
         #expect(text.contains("This document is version **\(WireVersion.maximum)**"))
-        #expect(WireVersion.minimum == 1 && WireVersion.perItemImport == 2 && WireVersion.pairStatus == 4)
+        #expect(WireVersion.minimum == 1 && WireVersion.perItemImport == 2 && WireVersion.pairStatus == 4 && WireVersion.dataMessages == 5)
     }
 }

@@ -142,8 +142,29 @@ let samples: [Sample] = {
         Sample("watch", .watch(prefix: [])),
         Sample("watchEvent", .watchEvent(WatchEvent(kind: .delete, key: Array("k".utf8), size: 0, deadlineMillis: 0, timeMillis: 1_795_323_600_000))),
         Sample("watchEvent dropped", .watchEvent(WatchEvent(kind: .dropped, key: [], size: 1234, deadlineMillis: 0, timeMillis: 1))),
+        Sample("get one", .get(keys: [bb("session:abc")])),
+        Sample("get none", .get(keys: [])),
+        Sample("get many", .get(keys: (0..<1000).map { bb("k\($0)") })),
+        Sample("get 250-byte key", .get(keys: [bb(String(repeating: "k", count: 250)), bb("")])),
+        Sample("items empty", .items([])),
+        Sample("items", .items([
+            DataItem(key: bb("k"), value: bb("hi"), flags: 0, deadlineMillis: 0, stamp: 1),
+            DataItem(key: bb("validity:x"), value: ByteBuffer(), flags: .max, deadlineMillis: 1_795_323_660_000, stamp: .max),
+        ])),
+        Sample("items 1 MiB value", .items([DataItem(key: bb("big"), value: largeValue, flags: 3, deadlineMillis: -1, stamp: 9)])),
+        Sample("store set", .store(DataWrite(mode: .set, key: bb("k"), value: bb("v"), flags: 7, ttlMillis: 1_800_000))),
+        Sample("store add expired", .store(DataWrite(mode: .add, key: bb("lock:x"), value: ByteBuffer(), ttlMillis: -1))),
+        Sample("store replace edges", .store(DataWrite(mode: .replace, key: ByteBuffer(), value: bb([0, 0x0D, 0x0A]), flags: .max, ttlMillis: .max, stamp: 0))),
+        Sample("store cas 1 MiB", .store(DataWrite(mode: .compareAndSet, key: bb("big"), value: largeValue, flags: 1, ttlMillis: .min, stamp: .max))),
+        Sample("touch", .touch(key: bb("k"), ttlMillis: 60_000)),
+        Sample("touch never", .touch(key: ByteBuffer(), ttlMillis: 0)),
+        Sample("delete", .delete(key: bb("lock:abc"))),
+        Sample("writeResult done", .writeResult(WriteResult(.done, stamp: 7_353_645_466_105_675_777))),
+        Sample("writeResult notStored", .writeResult(WriteResult(.notStored))),
+        Sample("writeResult exists", .writeResult(WriteResult(.exists))),
+        Sample("writeResult notFound max", .writeResult(WriteResult(.notFound, stamp: .max))),
     ]
-    for code: UInt16 in 1...11 {
+    for code: UInt16 in 1...13 {
         samples.append(Sample("error code \(code)", .error(WireError(WireErrorCode(rawValue: code)!, "code \(code)"))))
     }
     return samples
@@ -155,7 +176,7 @@ struct RoundTripTests {
     func coverage() {
         let covered = Set(samples.map(\.message.type))
         #expect(covered == Set(WireMessageType.allCases))
-        #expect(WireMessageType.allCases.count == 41)
+        #expect(WireMessageType.allCases.count == 47)
     }
 
     @Test("encode, frame, decode gives the message back", arguments: samples)
@@ -265,10 +286,26 @@ struct RoundTripTests {
             (0x0060, "scan"), (0x0061, "scanPage"), (0x0062, "inspect"), (0x0063, "deleteKeys"), (0x0064, "deleteResult"),
             (0x0065, "importItems"), (0x0066, "importResult"), (0x0067, "importReport"), (0x0070, "backup"), (0x0071, "backupDone"),
             (0x0080, "watch"), (0x0081, "watchEvent"),
+            (0x0090, "get"), (0x0091, "items"), (0x0092, "store"), (0x0093, "touch"), (0x0094, "delete"), (0x0095, "writeResult"),
         ]
         #expect(WireMessageType.allCases.map { ($0.rawValue) } == expected.map(\.0))
         #expect(WireMessageType.allCases.map(\.name) == expected.map(\.1))
         #expect(WireMessageType.ping.description == "ping (0x0010)")
+    }
+
+    @Test("data messages refuse undefined modes and outcomes, short bodies and lengths past the end")
+    func malformedData() {
+        expectMalformed(.store, body { $0.u8(0).bytes([0x6b]).bytes([]).u32(0).u64(0).u64(0) }, mentioning: "mode")
+        expectMalformed(.store, body { $0.u8(5).bytes([0x6b]).bytes([]).u32(0).u64(0).u64(0) }, mentioning: "mode")
+        expectMalformed(.store, body { $0.u8(1).bytes([0x6b]).bytes([]).u32(0).u64(0) }, mentioning: "stamp")
+        expectMalformed(.store, body { $0.u8(1).bytes([0x6b]).u32(100).raw([1, 2]) }, mentioning: "value")
+        expectMalformed(.writeResult, body { $0.u8(9).u64(0) }, mentioning: "outcome")
+        expectMalformed(.writeResult, body { $0.u8(1).u64(0).u8(0) }, mentioning: "left over")
+        expectMalformed(.get, body { $0.u32(3).bytes([0x6b]) }, mentioning: "count")
+        expectMalformed(.get, body { $0.u32(1).u32(2).raw([0x6b]) }, mentioning: "key")
+        expectMalformed(.items, body { $0.u32(1).bytes([0x6b]).bytes([0x76]).u32(0).u64(0) }, mentioning: "count")
+        expectMalformed(.touch, body { $0.bytes([0x6b]).u32(0) }, mentioning: "ttl_ms")
+        expectMalformed(.delete, body { $0.u32(1) }, mentioning: "key")
     }
 
     @Test("replication IDs parse only 32 hex digits")

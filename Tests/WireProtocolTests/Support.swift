@@ -175,7 +175,7 @@ struct MessageGenerator<R: RandomNumberGenerator> {
         case .auth: return .auth(proof: rng.bytes(rng.pick([32, size()])))
         case .authOK: return .authOK(proof: rng.bytes(rng.pick([32, size()])))
         case .error:
-            let codes: [WireErrorCode] = [.unsupportedVersion, .authenticationRequired, .authenticationFailed, .unknownMessage, .malformed, .notPrimary, .protocolViolation, .tooLarge, .internalError, .notFound, .unavailable, .unknown]
+            let codes: [WireErrorCode] = [.unsupportedVersion, .authenticationRequired, .authenticationFailed, .unknownMessage, .malformed, .notPrimary, .protocolViolation, .tooLarge, .internalError, .notFound, .unavailable, .invalidKey, .outcomeUnknown, .unknown]
             return .error(WireError(rng.pick(codes), string()))
         case .ping: return .ping(timestampMillis: rng.i64())
         case .pong: return .pong(timestampMillis: rng.i64())
@@ -218,6 +218,19 @@ struct MessageGenerator<R: RandomNumberGenerator> {
         case .backup: return .backup(path: string())
         case .backupDone: return .backupDone(BackupSummary(path: string(), bytes: rng.u64(), items: rng.u64()))
         case .watch: return .watch(prefix: rng.bytes(size()))
+        case .get: return .get(keys: (0..<rng.int(0...5)).map { _ in buffer() })
+        case .items:
+            return .items((0..<rng.int(0...5)).map { _ in
+                DataItem(key: buffer(), value: buffer(), flags: rng.u32(), deadlineMillis: rng.i64(), stamp: rng.u64())
+            })
+        case .store:
+            return .store(DataWrite(
+                mode: rng.pick([.set, .add, .replace, .compareAndSet]), key: buffer(), value: buffer(), flags: rng.u32(),
+                ttlMillis: rng.i64(), stamp: rng.u64()
+            ))
+        case .touch: return .touch(key: buffer(), ttlMillis: rng.i64())
+        case .delete: return .delete(key: buffer())
+        case .writeResult: return .writeResult(WriteResult(rng.pick([.done, .notStored, .exists, .notFound]), stamp: rng.u64()))
         case .watchEvent:
             return .watchEvent(WatchEvent(kind: rng.pick([.upsert, .remove, .flushAll, .delete, .dropped]), key: rng.bytes(size()), size: rng.u32(), deadlineMillis: rng.i64(), timeMillis: rng.i64()))
         }

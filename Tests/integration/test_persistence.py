@@ -267,6 +267,9 @@ def test_large_binary_and_many_items(nodes, tmp_path: Path):
         assert c.store(b"set", b"bin", every_byte, flags=4294967295) == b"STORED"
         for start in range(0, 100_000, 10_000):
             c.send(b"".join(b"set i%d 0 0 8 noreply\r\n%08d\r\n" % (i, i) for i in range(start, start + 10_000)))
+        # mn answers once all 100,000 sets ran: a debug build on two loaded
+        # cores has needed about 10 s, the client's usual read timeout.
+        c.sock.settimeout(60)
         assert c.call(b"mn") == b"MN"
     assert node.terminate() == 0
 
