@@ -1,0 +1,64 @@
+import TandemClient
+import WireProtocol
+
+/// Node addresses as people write them: `host:port,host:port` for the two
+/// nodes of a pair (the wire ports), one such string per pair.
+package enum NodeList {
+    package enum Error: Swift.Error, CustomStringConvertible, Equatable {
+        case noPairs
+        case badAddress(String)
+
+        package var description: String {
+            switch self {
+            case .noPairs: return "no Tandem nodes given (one or more pairs, each \"host:port,host:port\")"
+            case .badAddress(let address): return "\"\(address)\" is not a node address (host:port, the node's wire port)"
+            }
+        }
+    }
+
+    /// Pairs from strings of one or two comma-separated `host:port` each;
+    /// a string may also hold several pairs separated by `;`.
+    package static func pairs(_ specs: [String]) throws -> [TandemPair] {
+        var pairs: [TandemPair] = []
+        for spec in specs.flatMap({ $0.split(separator: ";") }) {
+            let addresses = spec.split(separator: ",").map { $0.trimmingWhitespace() }.filter { !$0.isEmpty }
+            guard !addresses.isEmpty else { continue }
+            let nodes = try addresses.map(node)
+            pairs.append(TandemPair(nodes))
+        }
+        guard !pairs.isEmpty else { throw Error.noPairs }
+        return pairs
+    }
+
+    /// One `host:port` (an IPv6 host in brackets: `[::1]:11311`).
+    package static func node(_ address: String) throws -> TandemNode {
+        guard let colon = address.lastIndex(of: ":"),
+            let port = Int(address[address.index(after: colon)...]), (1...65535).contains(port)
+        else { throw Error.badAddress(address) }
+        var host = String(address[..<colon])
+        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard !host.isEmpty else { throw Error.badAddress(address) }
+        return TandemNode(host: host, port: port)
+    }
+
+    /// The pair's shared secret from `file`, if given.
+    package static func secret(file: String?) throws -> WireSecret? {
+        guard let file, !file.isEmpty else { return nil }
+        return try WireSecret(contentsOfFile: file)
+    }
+}
+
+extension TandemPair {
+    /// The variadic initializer, from an array.
+    init(_ nodes: [TandemNode]) {
+        precondition(!nodes.isEmpty)
+        self.init(nodes[0])
+        self.nodes = nodes
+    }
+}
+
+extension Substring {
+    fileprivate func trimmingWhitespace() -> String {
+        String(drop(while: { $0 == " " }).reversed().drop(while: { $0 == " " }).reversed())
+    }
+}
