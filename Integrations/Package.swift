@@ -14,10 +14,13 @@ let package = Package(
     products: [
         .library(name: "HummingbirdTandem", targets: ["HummingbirdTandem"]),
         .library(name: "VaporTandem", targets: ["VaporTandem"]),
+        .executable(name: "hummingbird-sessions", targets: ["HummingbirdSessions"]),
+        .executable(name: "vapor-sessions", targets: ["VaporSessions"]),
     ],
     dependencies: [
         .package(name: "Tandem", path: ".."),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", exact: "2.28.1"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird-auth.git", exact: "2.5.0"),
         .package(url: "https://github.com/vapor/vapor.git", exact: "4.122.3"),
     ],
     targets: [
@@ -53,6 +56,25 @@ let package = Package(
             ]
         ),
 
+        // The example apps (Examples/README.md).
+        .executableTarget(
+            name: "HummingbirdSessions",
+            dependencies: [
+                "HummingbirdTandem",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdAuth", package: "hummingbird-auth"),
+            ],
+            path: "Examples/HummingbirdSessions"
+        ),
+        .executableTarget(
+            name: "VaporSessions",
+            dependencies: [
+                "VaporTandem",
+                .product(name: "Vapor", package: "vapor"),
+            ],
+            path: "Examples/VaporSessions"
+        ),
+
         // Starts real tandemd processes (a standalone node, a pair) on
         // 127.0.0.1 with ports the kernel picks, for the tests below.
         .target(
@@ -65,16 +87,19 @@ let package = Package(
             name: "HummingbirdTandemTests",
             dependencies: [
                 "HummingbirdTandem",
+                "HummingbirdSessions",
                 "TandemNodeSupport",
                 .product(name: "TandemClient", package: "Tandem"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "HummingbirdAuth", package: "hummingbird-auth"),
             ]
         ),
         .testTarget(
             name: "VaporTandemTests",
             dependencies: [
                 "VaporTandem",
+                "VaporSessions",
                 "TandemNodeSupport",
                 .product(name: "TandemClient", package: "Tandem"),
                 .product(name: "Vapor", package: "vapor"),
