@@ -21,39 +21,33 @@ package enum NodeList {
     package static func pairs(_ specs: [String]) throws -> [TandemPair] {
         var pairs: [TandemPair] = []
         for spec in specs.flatMap({ $0.split(separator: ";") }) {
-            let addresses = spec.split(separator: ",").map { $0.trimmingWhitespace() }.filter { !$0.isEmpty }
-            guard !addresses.isEmpty else { continue }
-            let nodes = try addresses.map(node)
-            pairs.append(TandemPair(nodes))
+            let addresses = try spec.split(separator: ",").map { $0.trimmingWhitespace() }.filter { !$0.isEmpty }.map(address)
+            guard let first = addresses.first else { continue }
+            // The client's address type is left to inference, so that a
+            // rename of it on the client's side changes nothing here.
+            var pair = TandemPair(.init(host: first.host, port: first.port))
+            pair.nodes = addresses.map { .init(host: $0.host, port: $0.port) }
+            pairs.append(pair)
         }
         guard !pairs.isEmpty else { throw Error.noPairs }
         return pairs
     }
 
     /// One `host:port` (an IPv6 host in brackets: `[::1]:11311`).
-    package static func node(_ address: String) throws -> TandemNode {
+    package static func address(_ address: String) throws -> (host: String, port: Int) {
         guard let colon = address.lastIndex(of: ":"),
             let port = Int(address[address.index(after: colon)...]), (1...65535).contains(port)
         else { throw Error.badAddress(address) }
         var host = String(address[..<colon])
         if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
         guard !host.isEmpty else { throw Error.badAddress(address) }
-        return TandemNode(host: host, port: port)
+        return (host, port)
     }
 
     /// The pair's shared secret from `file`, if given.
     package static func secret(file: String?) throws -> WireSecret? {
         guard let file, !file.isEmpty else { return nil }
         return try WireSecret(contentsOfFile: file)
-    }
-}
-
-extension TandemPair {
-    /// The variadic initializer, from an array.
-    init(_ nodes: [TandemNode]) {
-        precondition(!nodes.isEmpty)
-        self.init(nodes[0])
-        self.nodes = nodes
     }
 }
 

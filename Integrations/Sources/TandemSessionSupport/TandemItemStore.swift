@@ -117,13 +117,15 @@ package struct TandemItemStore: Sendable {
     /// Stores `bytes` at `key`. With `expires` the item expires that long
     /// from now; with nil it keeps the expiry it has (none for a new item).
     ///
-    /// Tandem, as memcached, keeps expiry in whole seconds and a write
-    /// gives a TTL relative to when the node runs it, so writing the time
-    /// left again on every update would move the expiry by up to a second
-    /// each time. The driver instead records the expiry it was asked for
-    /// in the item's flags (Unix seconds) and rewrites from that, by a
-    /// compare-and-set on the stamp it read, so an item that is updated
-    /// every second still expires when it was first told to.
+    /// Tandem, as memcached, takes a TTL in whole seconds from when the
+    /// node runs the write, so writing the time left again on every update
+    /// would move the expiry by up to a second each time, and an item
+    /// updated often would never expire. The driver instead records the
+    /// expiry it was asked for in the item's flags (Unix seconds, to the
+    /// nearest) and rewrites from that, by a compare-and-set on the stamp
+    /// it read, sending the whole seconds nearest to what is left: however
+    /// often it is updated, the item expires within a second of the time it
+    /// was first given.
     package func write(_ key: String, _ bytes: [UInt8], expires: Duration?) async throws {
         let tandemKey = try tandemKey(key)
         if expires != nil {
@@ -170,20 +172,34 @@ package struct TandemItemStore: Sendable {
         guard let expires else { return (.never, 0) }
         guard expires > .zero else { return (.after(.zero), 0) }
         let deadline = now.timeIntervalSince1970 + Double(expires.components.seconds) + Double(expires.components.attoseconds) / 1e18
-        let seconds = deadline.rounded(.up)
-        // Past 2106 the flags cannot hold it: such an item keeps the deadline
-        // the node reports instead (and may move by a second when rewritten).
-        let flags = seconds < Double(UInt32.max) ? UInt32(seconds) : 0
-        return (.after(expires), flags)
+        return (.after(expires), record(deadline))
     }
 
-    /// What a write that keeps an item's expiry sends: the recorded one, or
-    /// else the deadline the node reports (recorded from then on).
-    static func keptExpiry(flags: UInt32, expiresAt: Date?) -> (expiry: TandemExpiry, flags: UInt32) {
-        if flags != 0 { return (.at(Date(timeIntervalSince1970: Double(flags))), flags) }
-        guard let expiresAt else { return (.never, 0) }
-        let seconds = expiresAt.timeIntervalSince1970.rounded(.up)
-        return (.at(expiresAt), seconds < Double(UInt32.max) ? UInt32(seconds) : 0)
+    /// What a write that keeps an item's expiry sends: the whole seconds
+    /// nearest to the time left until the recorded expiry (or, with none
+    /// recorded, the deadline the node reports, recorded from then on), so
+    /// that the node need not round them up.
+    static func keptExpiry(flags: UInt32, expiresAt: Date?, now: Date = Date()) -> (expiry: TandemExpiry, flags: UInt32) {
+        let deadline: Double
+        if flags != 0 {
+            deadline = Double(flags)
+        } else if let expiresAt {
+            deadline = expiresAt.timeIntervalSince1970
+        } else {
+            return (.never, 0)
+        }
+        let left = (deadline - now.timeIntervalSince1970).rounded()
+        // Less than half a second left: it expires now, as it was about to.
+        guard left >= 1 else { return (.after(.zero), flags) }
+        return (.after(.seconds(Int64(min(left, Double(Int64.max / 2_000))))), flags != 0 ? flags : record(deadline))
+    }
+
+    /// A deadline (Unix seconds) as the flags record it: the nearest whole
+    /// second; 0 (nothing recorded) past 2106, which the flags cannot hold:
+    /// such an item keeps the deadline the node reports instead.
+    static func record(_ deadline: Double) -> UInt32 {
+        let seconds = deadline.rounded()
+        return seconds >= 1 && seconds < Double(UInt32.max) ? UInt32(seconds) : 0
     }
 
     static func duration(until date: Date, now: Date = Date()) -> Duration {

@@ -7,11 +7,10 @@ import Vapor
 import VaporTandem
 import VaporTesting
 
-/// The nodes as a client-side pair (the one place these tests name the client's address types).
+/// The nodes as a client-side pair (the node address type left to inference).
 func pair(_ nodes: TandemTestNodes) -> TandemPair {
-    let addresses = nodes.nodes.map { TandemNode(host: "127.0.0.1", port: $0.wirePort) }
-    var pair = TandemPair(addresses[0])
-    pair.nodes = addresses
+    var pair = TandemPair(.init(host: "127.0.0.1", port: nodes.nodes[0].wirePort))
+    pair.nodes = nodes.nodes.map { .init(host: "127.0.0.1", port: $0.wirePort) }
     return pair
 }
 
