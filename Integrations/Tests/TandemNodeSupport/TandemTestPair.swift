@@ -1,17 +1,24 @@
 import Foundation
+import Synchronization
 import TandemClient
 
 /// Two tandemd processes replicating in sync, A the primary and B its
 /// backup, or one standalone node; stopped (and their directories
 /// removed) by `stop()`.
 public final class TandemTestNodes: Sendable {
-    public let nodes: [TandemdProcess]
+    private let running: Mutex<[TandemdProcess]>
     public let directory: URL
+    /// The flags every node of these was started with (a restart keeps them).
+    public let flags: [String]
 
-    init(nodes: [TandemdProcess], directory: URL) {
-        self.nodes = nodes
+    init(nodes: [TandemdProcess], directory: URL, flags: [String] = []) {
+        self.running = Mutex(nodes)
         self.directory = directory
+        self.flags = flags
     }
+
+    /// The nodes, as they run now (a restarted node replaces its old process).
+    public var nodes: [TandemdProcess] { running.withLock { $0 } }
 
     /// What the drivers are given: the nodes' wire addresses, `host:port,host:port`.
     public var pairSpec: String { nodes.map(\.wireAddress).joined(separator: ",") }
@@ -39,7 +46,7 @@ public final class TandemTestNodes: Sendable {
             await primary.kill9()
             throw error
         }
-        let nodes = TandemTestNodes(nodes: [primary, backup], directory: directory)
+        let nodes = TandemTestNodes(nodes: [primary, backup], directory: directory, flags: flags)
         do {
             try await nodes.waitUntil("the primary replicates in sync", on: primary) { $0["replication_state"] == "sync" }
         } catch {
@@ -75,6 +82,23 @@ public final class TandemTestNodes: Sendable {
         defer { Task { try? await client.close() } }
         let status = try await client.status()
         return Dictionary(status.map { ($0.name, $0.value) }, uniquingKeysWith: { _, last in last })
+    }
+
+    /// Stops node `index` with `signal`, runs `whileStopped`, and starts it
+    /// again on the same ports and data with `flags` and `extra` (its role
+    /// now, say); returns the new process.
+    @discardableResult
+    public func restart(
+        _ index: Int, signal: Int32 = SIGTERM, extra: [String], whileStopped: () async throws -> Void = {}
+    ) async throws -> TandemdProcess {
+        let old = nodes[index]
+        await old.stop(signal: signal)
+        try await whileStopped()
+        let new = try await TandemdProcess.start(
+            name: old.name, in: old.directory, extra: flags + extra, ports: (memcached: old.port, wire: old.wirePort)
+        )
+        running.withLock { $0[index] = new }
+        return new
     }
 
     /// Stops every node still running (SIGTERM) and removes their directories.
