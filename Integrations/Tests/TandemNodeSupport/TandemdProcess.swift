@@ -46,7 +46,7 @@ public final class TandemdProcess: Sendable {
         throw StartError.noBinary(candidates.map(\.path))
     }
 
-    /// Starts tandemd with `-l 127.0.0.1 -p 0 --wire-port 0 --data-dir <directory>`
+    /// Starts tandemd with `-l 127.0.0.1 -p 0 --wire-port 0 --data-dir <directory> -t 1`
     /// and `extra`, and returns once both ports listen (at most 30 s).
     /// - Parameter ports: The memcached and wire ports to bind again (a restart), instead of free ones.
     public static func start(
@@ -61,6 +61,8 @@ public final class TandemdProcess: Sendable {
         let arguments = [
             "-l", "127.0.0.1", "-p", String(ports?.memcached ?? 0), "--wire-port", String(ports?.wire ?? 0),
             "--data-dir", directory.appendingPathComponent("data").path, "--node-name", name,
+            // One event loop: many tests run at once, each with its own nodes.
+            "-t", "1",
         ] + extra
         let process = Process()
         process.executableURL = try binary()
