@@ -4,6 +4,7 @@ import WireProtocol
 /// Node addresses as people write them: `host:port,host:port` for the two
 /// nodes of a pair (the wire ports), one such string per pair.
 package enum NodeList {
+    /// Why a node list was refused.
     package enum Error: Swift.Error, CustomStringConvertible, Equatable {
         case noPairs
         case badAddress(String)

@@ -11,13 +11,16 @@ import TandemClient
 /// An item as the drivers read it: the bytes stored, when it expires, and
 /// the stamp that a conditional write names.
 package struct StoredItem: Sendable {
+    /// The value as stored (the drivers' JSON).
     package var bytes: [UInt8]
     /// Time left before the node drops the item; nil: no expiry.
     package var timeToLive: Duration?
+    /// The item's CAS token, for a conditional rewrite.
     package var stamp: UInt64
     /// The expiry the driver was asked for, in whole Unix seconds (0: none;
     /// see `TandemItemStore.write`).
     package var intendedExpiry: UInt32
+    /// The node's deadline for the item; nil: none.
     package var expiresAt: Date?
 }
 
@@ -42,11 +45,14 @@ package enum TandemItemStoreError: Error, CustomStringConvertible, Equatable {
 /// A `TandemPairClient` as the drivers use it: keys under a prefix and made
 /// valid for memcached, and a write that keeps an item's expiry.
 package struct TandemItemStore: Sendable {
+    /// The client of the Tandem pairs.
     package let client: TandemPairClient
+    /// Put before every key.
     package let keyPrefix: String
     /// Whether `close()` closes the client (the driver opened it).
     package let ownsClient: Bool
 
+    /// A store over `client`; `ownsClient`: `close()` closes it.
     package init(client: TandemPairClient, keyPrefix: String, ownsClient: Bool) {
         self.client = client
         self.keyPrefix = keyPrefix
@@ -76,6 +82,7 @@ package struct TandemItemStore: Sendable {
     /// memcached's limit on a key, in bytes.
     package static let maximumKeyLength = 250
 
+    /// `key` with the bytes a memcached key cannot hold, and `%`, as `%XX`.
     package static func escape(_ key: String) -> String {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(key.utf8.count)
