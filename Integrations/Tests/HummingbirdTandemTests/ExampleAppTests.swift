@@ -114,7 +114,10 @@ struct ExampleAppTests {
                 }
                 #expect(status == .unauthorized)
                 let lived = Date().timeIntervalSince(loggedIn)
-                #expect(lived >= 0.9 && lived < 4.5, "the session lived \(lived) s")
+                // No lower bound beyond the first /me: the node keeps deadlines
+                // in whole seconds, so a 1 s session may end at the next second's
+                // boundary, however soon that comes.
+                #expect(lived < 4.5, "the session lived \(lived) s")
             }
         }
     }
