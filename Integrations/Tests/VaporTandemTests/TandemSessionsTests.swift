@@ -136,7 +136,10 @@ struct TandemSessionsTests {
                 }
                 #expect(value == "none")
                 let lived = Date().timeIntervalSince(created)
-                #expect(lived >= 0.9 && lived < 4.5, "the session lived \(lived) s")
+                // No lower bound beyond the read above: the node keeps deadlines
+                // in whole seconds, so a 1 s lifetime may end at the next
+                // second's boundary, however soon that comes.
+                #expect(lived < 4.5, "the session lived \(lived) s")
                 try await app.testing().test(.GET, "get?key=user", headers: cookie(id)) { #expect($0.body.string == "none") }
             }
             // The client was given to the provider: it stays open after the app.
