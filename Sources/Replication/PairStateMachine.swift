@@ -79,11 +79,15 @@ public struct PairStateMachine: Sendable {
     public struct Observation: Sendable, Equatable {
         /// A backup's: milliseconds since it last heard its primary.
         public var primarySilenceMillis: Int64
+        /// A backup's: the epoch its primary leads in, as the `helloOK` of
+        /// the replication link said (0: not connected yet).
+        public var primaryEpoch: UInt64
         /// A primary's: whether a backup follows it now.
         public var hasBackup: Bool
 
-        public init(primarySilenceMillis: Int64 = 0, hasBackup: Bool = false) {
+        public init(primarySilenceMillis: Int64 = 0, primaryEpoch: UInt64 = 0, hasBackup: Bool = false) {
             self.primarySilenceMillis = primarySilenceMillis
+            self.primaryEpoch = primaryEpoch
             self.hasBackup = hasBackup
         }
     }
@@ -260,6 +264,12 @@ public struct PairStateMachine: Sendable {
             }
             return actions
         case .backup(let suspectSince):
+            // A backup follows in its primary's epoch, whatever it learnt
+            // before it followed (a hand-over refused at start says none):
+            // a failover then goes above it, and the old primary, back, finds
+            // itself in a lower epoch and follows.
+            if observed.primaryEpoch > epoch { epoch = observed.primaryEpoch }
+            peerEpoch = max(peerEpoch, observed.primaryEpoch)
             return checkPrimary(now: now, silence: observed.primarySilenceMillis, suspectSince: suspectSince)
         case .primary, .demoting:
             guard configuration.hasPeer, now >= nextPeerCheck else { return [] }

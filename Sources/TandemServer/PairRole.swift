@@ -257,7 +257,7 @@ final class PairRole: Sendable {
         switch role {
         case .joining: return PairStateMachine.Observation()
         case .primary(let primary): return PairStateMachine.Observation(hasBackup: primary.hasBackup)
-        case .backup(let client): return PairStateMachine.Observation(primarySilenceMillis: client.silenceMillis)
+        case .backup(let client): return PairStateMachine.Observation(primarySilenceMillis: client.silenceMillis, primaryEpoch: client.primaryEpoch)
         }
     }
 

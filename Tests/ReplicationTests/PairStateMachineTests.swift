@@ -188,6 +188,20 @@ struct PairStateMachineTests {
             actions: [.probePrimary, .stopFollowing, .persistEpoch(5)]),
         Row(rule: "backup with failover off: never promotes", given: machine(.backup(suspectSince: nil), failoverAfter: 0),
             event: .tick(now: 600, observed: silent), state: .backup(suspectSince: nil), epoch: 3, actions: []),
+        Row(rule: "backup: follows in the epoch its primary's helloOK said", given: machine(.backup(suspectSince: nil), epoch: 0),
+            event: .tick(now: 500, observed: .init(primarySilenceMillis: 10, primaryEpoch: 2)), state: .backup(suspectSince: nil), epoch: 2,
+            actions: []),
+        // Found by the pair simulation (PairSimulationTests, the failover and partition scenarios, seed 10): b's
+        // hand-over at start was refused, so it followed a in epoch 2 while still in epoch 0; its failover went to
+        // epoch 1, and a, back in epoch 2, took over again with older data and a full resync.
+        Row(rule: "backup: a failover goes above its primary's epoch, though it learnt none before following",
+            given: machine(.backup(suspectSince: 300), epoch: 0),
+            event: .tick(now: 600, observed: .init(primarySilenceMillis: 700, primaryEpoch: 2)),
+            state: .promoting(reason: "failover: no word from the primary for 700 ms", automatic: true, previousEpoch: 2, from: .backup), epoch: 3,
+            actions: [.probePrimary, .stopFollowing, .persistEpoch(3)]),
+        Row(rule: "backup: a primary's epoch lower than its own changes nothing", given: machine(.backup(suspectSince: nil), epoch: 5),
+            event: .tick(now: 500, observed: .init(primarySilenceMillis: 10, primaryEpoch: 2)), state: .backup(suspectSince: nil), epoch: 5,
+            actions: []),
     ]
 
     @Test(arguments: rows)
