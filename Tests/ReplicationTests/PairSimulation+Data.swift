@@ -782,19 +782,20 @@ extension PairSimulation {
         var done: [(write: Int, acknowledged: UInt64)] = []
     }
 
-    /// A client writes to a node that takes writes (either, while both do).
-    mutating func clientWrite() {
-        guard !writesPaused else { return }
+    /// A client writes to a node that takes writes (either, while both do):
+    /// a set or a delete of a key drawn, or of `key` when scripted.
+    mutating func clientWrite(_ scripted: (key: String, delete: Bool)? = nil) {
+        guard !writesPaused || scripted != nil else { return }
         let candidates = (0..<2).filter { nodes[$0].machine?.acceptsWrites == true && nodes[$0].data.primary != nil }
         guard !candidates.isEmpty else { return }
         let node = candidates.count == 1 ? candidates[0] : random.pick(candidates)
         let primary = nodes[node].data.primary!
         let store = nodes[node].data.store
-        let key = "k\(random.int(0...Self.keyCount - 1))"
+        let key = scripted?.key ?? "k\(random.int(0...Self.keyCount - 1))"
         let id = writes.count
         let value: [UInt8]?
         let stamp: UInt64
-        if random.chance(20) {
+        if scripted?.delete ?? random.chance(20) {
             value = nil
             let outcome = try! Array(key.utf8).withUnsafeBytes { try store.delete($0) }
             guard outcome == .deleted else { return }

@@ -87,6 +87,8 @@ struct PairSimulation {
         case demote(Int)
         /// Clients stop writing, or start again.
         case pauseWrites, resumeWrites
+        /// A client sets `key` (or deletes it), paused or not.
+        case write(key: String, delete: Bool)
     }
 
     /// How a run is set up.
@@ -367,6 +369,8 @@ struct PairSimulation {
         case .resumeWrites:
             writesPaused = false
             log("clients write again")
+        case .write(let key, let delete):
+            clientWrite((key, delete))
         }
     }
 
@@ -422,7 +426,9 @@ struct PairSimulation {
             apply(fault)
         case .tick(let node, let life):
             guard nodes[node].life == life, let machine = nodes[node].machine else { return }
-            // The writer's periodic commit.
+            // The node's periodic pump of its change feed (every 5 ms in
+            // `NodeParts`, here at each tick), and the writer's commit.
+            nodes[node].data.feed.pump()
             if !nodes[node].storageFails { commit(node) }
             tickLinks(of: node)
             let observed = Machine.Observation(

@@ -68,10 +68,12 @@ struct PairSimulationTests {
 
     /// Runs `script` over several seeds (timing, clocks and loss vary);
     /// returns the totals, having recorded any broken invariant.
-    func run(_ script: [(at: Int64, fault: PairSimulation.Fault)], seeds: ClosedRange<UInt64> = 1...12) -> PairSimulation.Stats {
+    func run(
+        _ script: [(at: Int64, fault: PairSimulation.Fault)], seeds: ClosedRange<UInt64> = 1...12, backlogBytes: Int = 256 << 20
+    ) -> PairSimulation.Stats {
         var total = PairSimulation.Stats()
         for seed in seeds {
-            let options = PairSimulation.Options(mode: .sync, backlogBytes: 256 << 20, script: script, startTogether: true)
+            let options = PairSimulation.Options(mode: .sync, backlogBytes: backlogBytes, script: script, startTogether: true)
             var simulation = PairSimulation(seed: seed, options: options)
             let broken = simulation.run()
             if broken != nil {
