@@ -116,6 +116,36 @@ struct PairSimulationTests {
         #expect(stats.partialResyncsAfterPromotion >= 12)
     }
 
+    /// Found by this simulation: a full resync dropped the backup's
+    /// tombstones (the snapshot carries live items only), so a version older
+    /// than a delete the backup had acknowledged came back with the old
+    /// primary's reconciliation, once that primary had crashed with the
+    /// delete not yet on its disk.
+    @Test("a delete the backup acknowledged survives its full resync and the primary's crash with its storage failing")
+    func deleteSurvivesFullResync() {
+        let stats = run(
+            [
+                (0, .pauseWrites),
+                (2_000, .write(key: "k1", delete: false)),
+                (2_100, .storage(0, fails: true)),
+                (2_200, .write(key: "k1", delete: true)),
+                // The backup's messages are lost: the primary closes the link
+                // after its timeout and writes on, beyond what its small
+                // backlog holds, so the backup comes back to a full resync.
+                (2_300, .cut(from: 1)),
+                (2_400, .write(key: "k2", delete: false)),
+                (2_500, .write(key: "k3", delete: false)),
+                (3_450, .write(key: "k4", delete: false)),
+                (3_580, .write(key: "k5", delete: false)),
+                (3_650, .heal),
+                (4_500, .crash(0, restartAfter: 1_000)),
+            ],
+            backlogBytes: 64
+        )
+        #expect((stats.fullResyncReasons["backlog no longer holds offset"] ?? 0) >= 12)
+        #expect(stats.reconciledVersions == 0, "the old primary's version of k1 came back")
+    }
+
     @Test("a partition with writes on both sides: the histories diverged, reconciliation merges, nothing acknowledged is lost")
     func partitionWithDivergence() {
         let stats = run([(3_000, .partition), (6_000, .heal)])
