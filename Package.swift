@@ -225,8 +225,8 @@ let package = Package(
             ]
         ),
         // The pair's rules on their own: transition tables, and a seeded
-        // simulation of two nodes over a faulty network (PairSimulationTests);
-        // the primary's backlog.
+        // simulation of two nodes, their stores and replication over a faulty
+        // network (PairSimulationTests); the primary's backlog.
         .testTarget(
             name: "ReplicationTests",
             dependencies: [
@@ -235,6 +235,7 @@ let package = Package(
                 "WireProtocol",
                 "SessionStore",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

@@ -79,11 +79,15 @@ public struct PairStateMachine: Sendable {
     public struct Observation: Sendable, Equatable {
         /// A backup's: milliseconds since it last heard its primary.
         public var primarySilenceMillis: Int64
+        /// A backup's: the epoch its primary leads in, as the `helloOK` of
+        /// the replication link said (0: not connected yet).
+        public var primaryEpoch: UInt64
         /// A primary's: whether a backup follows it now.
         public var hasBackup: Bool
 
-        public init(primarySilenceMillis: Int64 = 0, hasBackup: Bool = false) {
+        public init(primarySilenceMillis: Int64 = 0, primaryEpoch: UInt64 = 0, hasBackup: Bool = false) {
             self.primarySilenceMillis = primarySilenceMillis
+            self.primaryEpoch = primaryEpoch
             self.hasBackup = hasBackup
         }
     }
@@ -112,9 +116,6 @@ public struct PairStateMachine: Sendable {
         case peerChecked(PeerIdentity?)
         /// The peer said hello on a connection to this node, with its epoch.
         case peerHello(epoch: UInt64, name: String)
-        /// The primary this node follows answered the replication link's
-        /// hello, with the epoch it leads in.
-        case primaryGreeted(epoch: UInt64, name: String)
         /// The answer to `askPeerToPromote`: the peer's epoch once it leads, or why not.
         case peerPromoted(Result<UInt64, Refusal>)
         /// Someone (an operator, the peer) asks this node to lead.
@@ -239,7 +240,6 @@ public struct PairStateMachine: Sendable {
         case .peerStatus(let status): return settle(against: status)
         case .peerChecked(let peer): return checked(peer)
         case .peerHello(let peerEpoch, let name): return hello(epoch: peerEpoch, name: name)
-        case .primaryGreeted(let primaryEpoch, _): return greeted(epoch: primaryEpoch)
         case .peerPromoted(let outcome): return peerPromoted(outcome)
         case .promoteRequested(let reason, let automatic): return promoteRequested(reason: reason, automatic: automatic)
         case .demoteRequested(let reason): return demoteRequested(reason: reason)
@@ -274,6 +274,12 @@ public struct PairStateMachine: Sendable {
             }
             return actions
         case .backup(let suspectSince):
+            // A backup follows in its primary's epoch, whatever it learnt
+            // before it followed (a hand-over refused at start says none):
+            // a failover then goes above it, and the old primary, back, finds
+            // itself in a lower epoch and follows.
+            if observed.primaryEpoch > epoch { epoch = observed.primaryEpoch }
+            peerEpoch = max(peerEpoch, observed.primaryEpoch)
             return checkPrimary(now: now, silence: observed.primarySilenceMillis, suspectSince: suspectSince)
         case .primary, .demoting:
             guard configuration.hasPeer, now >= nextPeerCheck else { return [] }
@@ -373,25 +379,6 @@ public struct PairStateMachine: Sendable {
         case .joining, .handingOverAtStart, .unsettled, .promoting, .backup:
             return []
         }
-    }
-
-    /// The replication link reached the primary: a backup follows in its
-    /// epoch. Without this a backup that settled while its peer was still
-    /// promoting (its answer to the hand-over was "in progress") would know
-    /// no epoch of it, and a failover would promote into an epoch below the
-    /// one the old primary led in: that node, restarted, would then take the
-    /// lead back and force a full resync.
-    private mutating func greeted(epoch primaryEpoch: UInt64) -> [Action] {
-        peerEpoch = max(peerEpoch, primaryEpoch)
-        switch state {
-        case .backup:
-            epoch = max(epoch, primaryEpoch)
-        case .joining, .handingOverAtStart, .unsettled, .promoting, .primary, .demoting:
-            // A link that outlived the role it was opened for: the epoch is
-            // remembered (above), the role is not this link's to change.
-            break
-        }
-        return []
     }
 
     private mutating func peerPromoted(_ outcome: Result<UInt64, Refusal>) -> [Action] {

@@ -4,6 +4,15 @@ import SessionStore
 import Synchronization
 import WireProtocol
 
+/// The connection a backup replicates on, as its primary sees it
+/// (`ReplicaSession`, or a simulated one in the tests).
+public protocol BackupConnection: AnyObject, Sendable {
+    /// New changes were released to the backlog (called from any thread).
+    func notify()
+    /// Closes the connection (from any thread); `BackupStream.closed` follows.
+    func close(reason: String)
+}
+
 /// A primary's side of replication: its history (replication ID), the
 /// backlog, the connected backup's session, and whether writes wait for the
 /// backup (sync) or not.
@@ -23,7 +32,7 @@ public final class PrimaryReplication: Sendable {
     }
 
     struct Shared {
-        var session: ReplicaSession?
+        var session: (any BackupConnection)?
         var state: State
         var caughtUpAt: Int64
         var fullResyncs: UInt64 = 0
@@ -135,7 +144,7 @@ public final class PrimaryReplication: Sendable {
     /// waiting writes are answered, and the stream no longer fills the backlog.
     public func shutdown(reason: String) {
         if let token = feedToken.withLock({ $0.take() }) { feed.unsubscribe(token) }
-        let session = shared.withLock { shared -> ReplicaSession? in
+        let session = shared.withLock { shared -> (any BackupConnection)? in
             let session = shared.session
             shared.session = nil
             shared.state = .noBackup
@@ -242,12 +251,12 @@ public final class PrimaryReplication: Sendable {
 
     // MARK: Sessions
 
-    /// A backup asked to replicate on `channel`: the new session replaces any previous one.
-    func attach(_ session: ReplicaSession, backupName: String) {
+    /// A backup asked to replicate on `session`: it replaces any previous one.
+    func attach(_ session: any BackupConnection, backupName: String) {
         // Before the session decides between a partial and a full resync, so
         // that every change after its snapshot's offset is kept.
         backlog.startRecording()
-        let previous = shared.withLock { shared -> ReplicaSession? in
+        let previous = shared.withLock { shared -> (any BackupConnection)? in
             let previous = shared.session
             shared.session = session
             shared.state = configuration.mode == .sync ? .resyncing : .async
@@ -257,7 +266,7 @@ public final class PrimaryReplication: Sendable {
         previous?.close(reason: "replaced by a new connection from the backup")
     }
 
-    func detach(_ session: ReplicaSession) {
+    func detach(_ session: any BackupConnection) {
         let detached = shared.withLock { shared -> Bool in
             guard shared.session === session else { return false }
             shared.session = nil

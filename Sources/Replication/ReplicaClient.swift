@@ -34,14 +34,9 @@ public final class ReplicaClient: Sendable {
 
     struct Shared {
         var linkState: LinkState = .down
+        /// The stream's position (`ReplicaStream.position`), as of its last
+        /// change: read without waiting for a frame being applied.
         var position: Position
-        /// Whether the data is exactly the history up to `position`, with no
-        /// later change of it: true after a full resync and the stream that
-        /// follows it. A position recovered from storage may be behind the
-        /// data (a commit can hold changes after the offset it stores), and a
-        /// partial resync from there keeps that doubt. Only an exact position
-        /// may be continued by this node's own stream once it is promoted.
-        var exact: Bool
         /// The channel once the handshake is done.
         var channel: (any Channel)?
         var stopped = false
@@ -87,13 +82,11 @@ public final class ReplicaClient: Sendable {
     /// The stream positions applied; forwarded replies wait here.
     public let applied = OffsetWaiters()
     private let shared: Mutex<Shared>
-    /// The stream as received, kept so that this node, once promoted, can
-    /// serve it to a node that followed the same history (Protocol.md 2.2).
-    let backlog: Backlog
-    /// True once `stop` was called: no change is applied after it, so the
-    /// position read after `stop` is exactly where the data stands. Held
-    /// through each frame's application.
-    private let applyGate = Mutex(false)
+    /// What the primary's messages do to the data, the position and the
+    /// backlog of the stream as received. Held through each frame's
+    /// application, so that once `stop` took it no change is applied and the
+    /// position read after it is exactly where the data stands.
+    private let stream: Mutex<ReplicaStream>
 
     /// Back-off between connection attempts: doubles from the first to the last.
     /// Short enough that a backup notices a returning primary well within a failover timeout.
@@ -106,13 +99,10 @@ public final class ReplicaClient: Sendable {
 
     /// This node's epoch, sent in `hello` and `replicate`.
     let epoch: @Sendable () -> UInt64
-    /// Told the primary's name and epoch each time the link's handshake completes.
-    let greeted: @Sendable (_ epoch: UInt64, _ name: String) -> Void
 
     public init(
         peerHost: String, peerPort: Int, store: SessionStore, position: Position, configuration: ReplicationConfiguration,
-        group: any EventLoopGroup, logger: Logger, epoch: @escaping @Sendable () -> UInt64 = { 0 }, positionIsExact: Bool = false,
-        greeted: @escaping @Sendable (_ epoch: UInt64, _ name: String) -> Void = { _, _ in }
+        group: any EventLoopGroup, logger: Logger, epoch: @escaping @Sendable () -> UInt64 = { 0 }, positionIsExact: Bool = false
     ) {
         self.peerHost = peerHost
         self.peerPort = peerPort
@@ -121,11 +111,8 @@ public final class ReplicaClient: Sendable {
         self.group = group
         self.logger = logger
         self.epoch = epoch
-        self.greeted = greeted
-        self.shared = Mutex(Shared(position: position, exact: positionIsExact))
-        self.backlog = Backlog(capacity: configuration.backlogSize)
-        backlog.startRecording()
-        backlog.reset(end: position.offset)
+        self.shared = Mutex(Shared(position: position))
+        self.stream = Mutex(ReplicaStream(store: store, position: position, exact: positionIsExact, backlogCapacity: configuration.backlogSize))
         applied.reset(to: position.offset)
     }
 
@@ -145,7 +132,7 @@ public final class ReplicaClient: Sendable {
     /// With `parkedFailure` nil, writes keep parking until `failParked(_:)`.
     public func stop(parkedFailure: ForwardError? = .notSent) {
         // Waits for a frame being applied: after this nothing changes the position.
-        applyGate.withLock { $0 = true }
+        stream.withLock { $0.stop() }
         let channel = shared.withLock { shared -> (any Channel)? in
             shared.stopped = true
             shared.linkState = .stopped
@@ -171,15 +158,16 @@ public final class ReplicaClient: Sendable {
         }
     }
 
-    /// After `stop`: where this node's data stands in the history it
-    /// followed, exactly, and that history's frames as received up to there.
-    public func handOver() -> (position: Position, exact: Bool, backlog: Backlog) {
-        applyGate.withLock { stopped in
-            precondition(stopped, "handOver() before stop()")
-            let (position, exact) = shared.withLock { ($0.position, $0.exact) }
-            return (position, exact, backlog)
-        }
+    /// After `stop`: what this node's data hands over to the primary it
+    /// becomes (where it stands in the history it followed, exactly or not,
+    /// and that history's frames as received up to there).
+    public func handOver() -> Handover {
+        stream.withLock { $0.handOver() }
     }
+
+    /// Whether the data is exactly the history up to `position`
+    /// (`ReplicaStream.exact`).
+    public var positionIsExact: Bool { stream.withLock { $0.exact } }
 
     /// Milliseconds since anything was heard from the primary.
     public var silenceMillis: Int64 {
@@ -287,7 +275,6 @@ public final class ReplicaClient: Sendable {
             shared.parkedForwards = []
             return (shared.position, parked)
         }
-        greeted(primaryEpoch, primaryName)
         for forward in parked {
             forward.timeout?.cancel()
             send(forward.request, promise: forward.promise, on: channel)
@@ -308,16 +295,18 @@ public final class ReplicaClient: Sendable {
     }
 
     func fullResyncStarted(_ resync: FullResync) {
+        let position = stream.withLock { stream -> Position? in
+            guard stream.startFullResync() else { return nil }
+            return stream.position
+        }
+        // Stopped: the node no longer follows, and its data stays as it is.
+        guard let position else { return }
         shared.withLock { shared in
             // Until the snapshot is complete the local data matches no position.
-            shared.position = Position(replicationID: .none, offset: 0)
-            shared.exact = false
+            shared.position = position
             shared.fullResyncs += 1
         }
         applied.reset(to: 0)
-        backlog.reset(end: 0)
-        // Not a client's flush_all: the snapshot replaces the data, and no stamp says "deleted".
-        store.flushAll(stamp: 0)
         logger.info("full resync: receiving a snapshot", metadata: [
             "replication_id": "\(resync.replicationID)", "offset": "\(resync.offset)",
             "items": "\(resync.estimatedItems)", "bytes": "\(resync.estimatedBytes)",
@@ -325,14 +314,15 @@ public final class ReplicaClient: Sendable {
     }
 
     func fullResyncFinished(replicationID: ReplicationID, offset: UInt64, items: UInt64, seconds: Double) {
+        let position = stream.withLock { stream in
+            stream.finishFullResync(replicationID: replicationID, offset: offset)
+            return stream.position
+        }
         shared.withLock { shared in
-            shared.position = Position(replicationID: replicationID, offset: offset)
-            shared.exact = true
+            shared.position = position
             shared.linkState = .streaming
         }
-        applied.reset(to: offset)
-        // The stream this backlog keeps starts after the snapshot.
-        backlog.reset(end: offset)
+        applied.reset(to: position.offset)
         logger.info("full resync done", metadata: ["items": "\(items)", "seconds": "\(seconds)", "offset": "\(offset)"])
     }
 
@@ -341,23 +331,23 @@ public final class ReplicaClient: Sendable {
     /// was promoted from it, Protocol.md 2.2): the offsets go on, and this
     /// node's data is now a position in the new history.
     func partialResync(replicationID: ReplicationID, offset: UInt64) -> Bool {
-        let adopted = shared.withLock { shared -> ReplicationID?? in
-            guard shared.position.offset == offset, shared.position.replicationID != .none else { return nil }
-            let was = shared.position.replicationID
-            shared.position.replicationID = replicationID
+        let taken = stream.withLock { stream -> (ReplicaStream.PartialResync, Position)? in
+            guard let taken = stream.partialResync(replicationID: replicationID, offset: offset) else { return nil }
+            return (taken, stream.position)
+        }
+        guard let (taken, position) = taken else { return false }
+        shared.withLock { shared in
+            shared.position = position
             shared.linkState = .streaming
             shared.partialResyncs += 1
-            guard was != replicationID else { return .some(nil) }
-            shared.partialResyncsAfterPromotion += 1
-            return .some(was)
+            if case .adopted = taken { shared.partialResyncsAfterPromotion += 1 }
         }
-        guard let adopted else { return false }
-        if backlog.extent.last != offset { backlog.reset(end: offset) }
-        if let previous = adopted {
+        switch taken {
+        case .adopted(let previous):
             logger.info("partial resync: the primary continues the history this node followed", metadata: [
                 "from_offset": "\(offset + 1)", "previous_replication_id": "\(previous)", "replication_id": "\(replicationID)",
             ])
-        } else {
+        case .sameHistory:
             logger.info("partial resync", metadata: ["from_offset": "\(offset + 1)"])
         }
         return true
@@ -367,36 +357,8 @@ public final class ReplicaClient: Sendable {
     /// backlog); returns the new applied offset. Nothing is applied once
     /// `stop` was called.
     func apply(_ changes: [ReplicatedChange], body: ByteBuffer) -> UInt64 {
-        applyGate.withLock { stopped in
-            guard !stopped else { return shared.withLock { $0.position.offset } }
-            let offset = applyUngated(changes)
-            if let first = changes.first?.offset, let last = changes.last?.offset {
-                backlog.appendReceived(body: body, first: first, last: last)
-            }
-            return offset
-        }
-    }
-
-    private func applyUngated(_ changes: [ReplicatedChange]) -> UInt64 {
-        var offset = shared.withLock { $0.position.offset }
-        var highest: UInt64 = 0
-        for change in changes where change.offset > offset {
-            highest = max(highest, change.cas)
-            switch change.kind {
-            case .upsert:
-                change.key.withUnsafeReadableBytes { key in
-                    change.value.withUnsafeReadableBytes { value in
-                        _ = store.applyUpsert(key, value: value, flags: change.flags, deadline: Deadline(millis: change.deadlineMillis), cas: change.cas)
-                    }
-                }
-            case .remove:
-                change.key.withUnsafeReadableBytes { _ = store.applyRemove($0) }
-            case .delete:
-                change.key.withUnsafeReadableBytes { _ = store.applyDelete($0, stamp: change.cas) }
-            case .flushAll:
-                store.flushAll(stamp: change.cas)
-            }
-            offset = change.offset
+        let (offset, highest) = stream.withLock { stream in
+            (stream.apply(changes, body: body), stream.highestStamp)
         }
         shared.withLock {
             $0.position.offset = offset
@@ -408,14 +370,11 @@ public final class ReplicaClient: Sendable {
 
     /// Applies snapshot items (the position stays none until the snapshot ends).
     func applySnapshot(_ items: [ReplicatedItem]) {
-        heardStamp(items.reduce(0) { max($0, $1.cas) })
-        for item in items {
-            item.key.withUnsafeReadableBytes { key in
-                item.value.withUnsafeReadableBytes { value in
-                    _ = store.applyUpsert(key, value: value, flags: item.flags, deadline: Deadline(millis: item.deadlineMillis), cas: item.cas)
-                }
-            }
+        let highest = stream.withLock { stream in
+            stream.applySnapshot(items)
+            return stream.highestStamp
         }
+        heardStamp(highest)
     }
 
     func completeForward(requestID: UInt32, result: Result<(UInt64, ByteBuffer), any Error>) {
@@ -784,18 +743,14 @@ final class ReplicaConnectionHandler: ChannelInboundHandler, @unchecked Sendable
                     for (item, coldValue) in zip(page.items, coldValues) {
                         // Gone since the page was taken: its delete is a tombstone now.
                         guard let coldValue else { continue }
-                        let key = ByteBuffer(bytes: item.storage[..<item.keyLength])
-                        let value = item.isCold ? ByteBuffer(bytes: coldValue) : ByteBuffer(bytes: item.storage[item.keyLength...])
-                        chunk.append(ReplicatedChange(
-                            offset: 0, kind: .upsert, key: key, value: value, flags: item.flags,
-                            deadlineMillis: item.deadline.millis, cas: item.cas
-                        ))
-                        chunkBytes += key.readableBytes + value.readableBytes + 40
+                        let version = ReconcileMerge.version(of: item, coldValue: coldValue)
+                        chunk.append(version)
+                        chunkBytes += version.key.readableBytes + version.value.readableBytes + 40
                         if chunkBytes >= 1 << 20 { try await flush() }
                     }
                 }
                 for tombstone in store.tombstones(inShard: shard, newerThan: watermark) {
-                    chunk.append(ReplicatedChange(offset: 0, kind: .delete, key: ByteBuffer(bytes: tombstone.key), cas: tombstone.stamp))
+                    chunk.append(ReconcileMerge.version(ofDelete: tombstone.key, stamp: tombstone.stamp))
                     chunkBytes += tombstone.key.count + 24
                     if chunkBytes >= 1 << 20 { try await flush() }
                 }

@@ -3,36 +3,25 @@ import NIOCore
 import SessionStore
 import WireProtocol
 
-/// The primary's end of one backup's replication connection: decides between
-/// a partial and a full resync, streams the snapshot and then the backlog,
-/// takes acknowledgements, and keeps the link alive.
+/// The primary's end of one backup's replication connection: the I/O of a
+/// `BackupStream` (which decides between a partial and a full resync, which
+/// frames go next and which acknowledgements count): streams the snapshot
+/// and then the backlog, and keeps the link alive.
 ///
 /// Everything but `notify()` and `close(reason:)` runs on the channel's event loop.
-public final class ReplicaSession: @unchecked Sendable {
-    // @unchecked: `state`, `lastSent`, `lastReceived` and `heartbeat` are
+public final class ReplicaSession: BackupConnection, @unchecked Sendable {
+    // @unchecked: `stream`, `lastSent`, `lastReceived` and `heartbeat` are
     // only touched on `channel.eventLoop`; the other members are immutable.
-
-    /// Where the session is.
-    enum State {
-        /// Sending the snapshot; the stream resumes at `resumeAt` once it is done.
-        case snapshotting(resumeAt: UInt64)
-        /// Sending the stream; `next` is the first offset not yet sent.
-        case streaming(next: UInt64)
-        /// The connection is closed or closing.
-        case closed
-    }
 
     let channel: any Channel
     let primary: PrimaryReplication
     let backupName: String
     private let logger: Logger
-    private var state: State = .closed
+    /// The stream's rules and where it is (closed until `begin`).
+    private var stream: BackupStream
     private var lastSent = NIODeadline.now()
     private var lastReceived = NIODeadline.now()
     private var heartbeat: RepeatedTask?
-    /// The lowest offset the backup may acknowledge next: where its resync
-    /// started, then its last acknowledgement. Acknowledgements never go back.
-    private var acknowledgedFloor: UInt64 = 0
 
     /// Items per snapshot chunk are cut at about this many bytes.
     static let snapshotChunkBytes = 1 << 20
@@ -41,6 +30,7 @@ public final class ReplicaSession: @unchecked Sendable {
         self.channel = channel
         self.primary = primary
         self.backupName = backupName
+        self.stream = BackupStream(primary: primary)
         var logger = primary.logger
         logger[metadataKey: "backup"] = "\(backupName.isEmpty ? "\(channel.remoteAddress.map { "\($0)" } ?? "?")" : backupName)"
         self.logger = logger
@@ -53,57 +43,36 @@ public final class ReplicaSession: @unchecked Sendable {
         on channel: any Channel, primary: PrimaryReplication, request: Replicate, backupName: String, continuingHistories: Bool
     ) -> ReplicaSession {
         let session = ReplicaSession(channel: channel, primary: primary, backupName: backupName)
-        primary.attach(session, backupName: backupName)
-        session.begin(request, continuingHistories: continuingHistories)
+        session.begin(request, backupName: backupName, continuingHistories: continuingHistories)
         return session
     }
 
-    private func begin(_ request: Replicate, continuingHistories: Bool) {
+    private func begin(_ request: Replicate, backupName: String, continuingHistories: Bool) {
         channel.eventLoop.assertInEventLoop()
         startHeartbeat()
-        primary.feed.pump()
-        let resumption = primary.resumption(for: request, continuingHistories: continuingHistories)
-        primary.countResync(resumption)
-        let reason: String
-        switch resumption {
-        case .partial, .partialAfterPromotion:
-            let next = request.offset &+ 1
+        switch stream.open(for: request, on: self, backupName: backupName, continuingHistories: continuingHistories) {
+        case .partial(let replicationID, let offset, let resumption):
             logger.info("partial resync", metadata: [
-                "from_offset": "\(next)", "to_offset": "\(primary.offset)",
+                "from_offset": "\(offset &+ 1)", "to_offset": "\(primary.offset)",
                 "history": "\(resumption == .partial ? "current" : "previous, continued since the promotion")",
             ])
-            // Always this node's ID: a backup coming from the previous history adopts it.
-            send(.partialResync(replicationID: primary.replicationID, offset: request.offset))
-            state = .streaming(next: next)
-            acknowledgedFloor = request.offset
-            // The backup's request states what it has applied: that is an
-            // acknowledgement, and may be all it needs (nothing new to send).
-            primary.acknowledged(request.offset)
+            send(.partialResync(replicationID: replicationID, offset: offset))
             pushPending()
-            return
-        case .full(let why):
-            reason = why
+        case .full(let resync, let reason):
+            logger.info("full resync", metadata: [
+                "reason": "\(reason)",
+                "items": "\(resync.estimatedItems)", "offset": "\(resync.offset)",
+            ])
+            send(.fullResync(resync))
+            let session = self
+            Task { await session.streamSnapshot(after: resync.offset) }
         }
-        let offset = primary.offset
-        let statistics = primary.store.statistics()
-        logger.info("full resync", metadata: [
-            "reason": "\(reason)",
-            "items": "\(statistics.currentItems)", "offset": "\(offset)",
-        ])
-        send(.fullResync(FullResync(
-            replicationID: primary.replicationID, offset: offset,
-            estimatedItems: UInt64(statistics.currentItems), estimatedBytes: UInt64(statistics.bytes)
-        )))
-        state = .snapshotting(resumeAt: offset + 1)
-        acknowledgedFloor = offset
-        let session = self
-        Task { await session.streamSnapshot(resumeAt: offset + 1) }
     }
 
     /// Walks the store shard by shard in short lock holds and sends it in
     /// chunks, each written before the next is built: no second copy of the
     /// data, and a slow backup slows the walk rather than filling memory.
-    private func streamSnapshot(resumeAt: UInt64) async {
+    private func streamSnapshot(after offset: UInt64) async {
         let store = primary.store
         let started = ContinuousClock.now
         var lastReport = started
@@ -140,8 +109,8 @@ public final class ReplicaSession: @unchecked Sendable {
                             buffer = ByteBuffer()
                             chunk = buffer.beginSnapshotChunkFrame()
                             count = 0
-                            guard primary.backlog.covers(resumeAt) else {
-                                throw SessionError.backlogOverflow(resumeAt)
+                            guard BackupStream.snapshotCanResume(after: offset, on: primary) else {
+                                throw SessionError.backlogOverflow(offset + 1)
                             }
                             if ContinuousClock.now - lastReport >= .seconds(1) {
                                 lastReport = ContinuousClock.now
@@ -160,8 +129,7 @@ public final class ReplicaSession: @unchecked Sendable {
                 "items": "\(sent)", "bytes": "\(bytes)", "seconds": "\(Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)",
             ])
             channel.eventLoop.execute {
-                guard case .snapshotting = self.state else { return }
-                self.state = .streaming(next: resumeAt)
+                self.stream.snapshotSent()
                 self.pushPending()
             }
         } catch {
@@ -190,16 +158,17 @@ public final class ReplicaSession: @unchecked Sendable {
 
     /// Sends every backlog frame from the next unsent offset, while the channel takes them.
     func pushPending() {
-        guard case .streaming(let next) = state, channel.isWritable else { return }
-        guard let (frames, end) = primary.backlog.frames(from: next) else {
-            close(reason: SessionError.backlogOverflow(next).description)
+        guard channel.isWritable else { return }
+        switch stream.pending() {
+        case .nothing:
             return
+        case .overflow(let next):
+            close(reason: SessionError.backlogOverflow(next).description)
+        case .frames(let frames):
+            for frame in frames { channel.write(frame, promise: nil) }
+            channel.flush()
+            lastSent = .now()
         }
-        guard !frames.isEmpty else { return }
-        for frame in frames { channel.write(frame, promise: nil) }
-        channel.flush()
-        lastSent = .now()
-        state = .streaming(next: end + 1)
     }
 
     /// The channel can take more again.
@@ -224,40 +193,18 @@ public final class ReplicaSession: @unchecked Sendable {
         }
     }
 
-    /// The last offset sent on this link: the snapshot's position while it
-    /// is sent (the backup acknowledges it after `snapshotEnd`, which may
-    /// arrive before this side moves on to the stream), then the stream's.
-    private var sentThrough: UInt64? {
-        switch state {
-        case .snapshotting(let resumeAt): return resumeAt - 1
-        case .streaming(let next): return next - 1
-        case .closed: return nil
-        }
-    }
-
     /// Takes an acknowledgement, unless it claims what was never sent or goes
-    /// back: either would make writes count as replicated that are not (or
-    /// shows a backup that lost track of the stream), so the link is closed.
+    /// back (`BackupStream.acknowledge`): then the link is closed.
     private func acknowledge(_ offset: UInt64) {
-        guard let sentThrough else { return }
-        guard offset <= sentThrough else {
-            violation("ack of offset \(offset) beyond the last offset sent, \(sentThrough)")
-            return
-        }
-        guard offset >= acknowledgedFloor else {
-            violation("ack of offset \(offset) goes back from \(acknowledgedFloor)")
-            return
-        }
-        acknowledgedFloor = offset
-        primary.acknowledged(offset)
+        if case .violation(let reason) = stream.acknowledge(offset) { violation(reason) }
     }
 
     /// The backup broke the protocol: tell it why (unsolicited `error`
     /// `protocolViolation`), log it, and close the link (on the event loop).
     private func violation(_ reason: String) {
-        guard sentThrough != nil else { return }
+        guard stream.sentThrough != nil else { return }
         logger.warning("closing replication connection: protocol violation", metadata: ["reason": "\(reason)"])
-        state = .closed
+        stream.close()
         var buffer = channel.allocator.buffer(capacity: 64 + reason.utf8.count)
         guard (try? buffer.writeWireMessage(.error(WireError(.protocolViolation, reason)))) != nil else {
             channel.close(promise: nil)
@@ -269,11 +216,10 @@ public final class ReplicaSession: @unchecked Sendable {
 
     /// The connection closed (on the event loop).
     public func closed() {
-        if case .closed = state {} else { logger.info("replication connection closed") }
-        state = .closed
+        if stream.state != .closed { logger.info("replication connection closed") }
         heartbeat?.cancel()
         heartbeat = nil
-        primary.detach(self)
+        stream.closed(self)
     }
 
     /// Closes the connection (any thread).

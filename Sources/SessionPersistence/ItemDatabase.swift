@@ -555,10 +555,10 @@ final class ItemDatabase {
     /// flush_all: every row written so far is void (`flush_seq`), the head is
     /// sealed, and the deletes remembered are replaced by the flush's stamp.
     /// The old segments are dropped by compaction over the next commits.
-    func flushAll() throws(SQLiteError) {
+    func flushAll(keepingTombstones: Bool = false) throws(SQLiteError) {
         flushSeq = nextSeq
         try setMeta("flush_seq", Int64(bitPattern: flushSeq))
-        try connection.execute("DELETE FROM tombstones")
+        if !keepingTombstones { try connection.execute("DELETE FROM tombstones") }
         try seal()
         resetLive()
     }

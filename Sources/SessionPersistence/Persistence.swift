@@ -450,7 +450,7 @@ public final class Persistence: Sendable {
 
 /// The writer thread and the state only it touches.
 final class Writer: @unchecked Sendable {
-    // @unchecked: `database`, `carry`, `flushPending`, `flushedThrough`,
+    // @unchecked: `database`, `carry`, `flushPending`, `flushDropsTombstones`, `flushedThrough`,
     // `needsRewrite`, `lastErrorLog` and `failingSince` are touched only by the
     // writer thread (and by `init` before it starts); everything shared
     // is in `shared` (a Mutex) or an Atomic.
@@ -517,6 +517,10 @@ final class Writer: @unchecked Sendable {
     private var carry: [ChangeKey: Change] = [:]
     /// A flush_all to apply before `carry`.
     private var flushPending = false
+    /// Whether the pending flush drops the tombstones: a client's flush_all
+    /// does (its stamp stands for every delete before it), a full resync's
+    /// (stamp 0) does not (`SessionStore.flushAll(stamp:)`).
+    private var flushDropsTombstones = false
     /// Changes at or before the newest applied flush_all are void.
     private var flushedThrough: UInt64 = 0
     /// The database file vanished: write the whole store into the new one.
@@ -763,7 +767,7 @@ final class Writer: @unchecked Sendable {
                     // older versions with newer seqs.
                     try rewriteFromMemory(&rows)
                 } else if flushPending {
-                    try database.flushAll()
+                    try database.flushAll(keepingTombstones: !flushDropsTombstones)
                     victim = nil
                 }
                 for change in RowPlacement.ordered(carry.values) {
@@ -814,6 +818,7 @@ final class Writer: @unchecked Sendable {
         let commitDuration = ContinuousClock.now - commitStarted
         carry.removeAll(keepingCapacity: true)
         flushPending = false
+        flushDropsTombstones = false
         needsRewrite = false
         if !meta.isEmpty { lastWrittenMeta = meta }
         metaDirty = false
@@ -870,7 +875,14 @@ final class Writer: @unchecked Sendable {
                 // Every shard records the same flush; apply it once.
                 guard change.sequence > flushedThrough else { continue }
                 flushedThrough = change.sequence
-                carry.removeAll(keepingCapacity: true)
+                if change.stamp == 0 {
+                    // A full resync replaces the items, not the deletes seen:
+                    // those carried are still written, with their tombstones.
+                    carry = carry.filter { $0.value.kind == .delete }
+                } else {
+                    carry.removeAll(keepingCapacity: true)
+                    flushDropsTombstones = true
+                }
                 flushPending = true
             case .upsert, .remove, .delete:
                 guard change.sequence > flushedThrough else { continue }

@@ -656,6 +656,10 @@ public final class SessionStore: Sendable {
     }
 
     /// A flush with a given stamp (one received from the peer), or a new one.
+    /// Stamp 0 is a backup's full resync, whose snapshot replaces the items:
+    /// it stands for no delete, so the tombstones stay. The snapshot holds
+    /// only live items, and the deletes this node saw still order after the
+    /// older versions a peer may bring back when it reconciles.
     public func flushAll(stamp given: UInt64?) {
         let now = clock.nowMillis()
         let stamp: UInt64
@@ -683,7 +687,7 @@ public final class SessionStore: Sendable {
         guard index < shards.count else { return recorder?.nextSequence() ?? 0 }
         return shards[index].state.withLock { state in
             let sequence = flushShards(from: index + 1, stamp: stamp)
-            state.removeAll()
+            state.removeAll(keepingTombstones: stamp == 0)
             state.recordFlush(sequence: sequence, stamp: stamp)
             return sequence
         }

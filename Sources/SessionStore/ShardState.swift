@@ -470,8 +470,9 @@ struct ShardState {
         }
     }
 
-    /// Drops every item. CAS tokens keep increasing.
-    mutating func removeAll() {
+    /// Drops every item. CAS tokens keep increasing. The tombstones go too,
+    /// unless `keepingTombstones` (a flush that stands for no delete).
+    mutating func removeAll(keepingTombstones: Bool = false) {
         setOverdrawn(false)
         slots = []
         freeSlots = []
@@ -487,7 +488,7 @@ struct ShardState {
         bytesUsed = 0
         reclaimCursor = 0
         // The flush's own stamp now stands for every delete before it.
-        tombstones.removeAll()
+        if !keepingTombstones { tombstones.removeAll() }
     }
 
     /// Linear probing deletion by backward shift: no tombstones, so probe

@@ -41,7 +41,7 @@ final class PairRole: Sendable {
         var role: Role = .joining
         /// A backup about to promote: what its history hands over (set by
         /// `stopFollowing`, taken by `lead`).
-        var handover: (inherited: (replicationID: ReplicationID, stamp: UInt64), continued: PrimaryReplication.PreviousHistory?)?
+        var handover: Handover?
         var failovers: UInt64 = 0
         var promotions: UInt64 = 0
         var lastPromotion: (millis: Int64, reason: String)?
@@ -213,12 +213,6 @@ final class PairRole: Sendable {
         if !work.isEmpty { Task { await self.run(work) } }
     }
 
-    /// The replication link reached the primary, which leads in `epoch`.
-    func primaryGreeted(epoch primaryEpoch: UInt64, name: String) {
-        let (work, _) = apply(.primaryGreeted(epoch: primaryEpoch, name: name))
-        if !work.isEmpty { Task { await self.run(work) } }
-    }
-
     func countReconciliation(applied: UInt64, conflicts: UInt64) {
         state.withLock {
             $0.reconciledChanges += applied
@@ -266,7 +260,7 @@ final class PairRole: Sendable {
         switch role {
         case .joining: return PairStateMachine.Observation()
         case .primary(let primary): return PairStateMachine.Observation(hasBackup: primary.hasBackup)
-        case .backup(let client): return PairStateMachine.Observation(primarySilenceMillis: client.silenceMillis)
+        case .backup(let client): return PairStateMachine.Observation(primarySilenceMillis: client.silenceMillis, primaryEpoch: client.primaryEpoch)
         }
     }
 
@@ -380,31 +374,24 @@ final class PairRole: Sendable {
     private func stopFollowing() {
         guard let client = replica else { return }
         client.stop(parkedFailure: nil)
-        let (position, exact, backlog) = client.handOver()
-        // The history this node's stream continues: only one whose position
-        // is exact (`ReplicaClient`'s `exact`). An offset recovered from
-        // storage is not: a commit can hold changes after the offset it
-        // stores, and a node resuming from this one's stream would never get
-        // them.
-        let continued = exact ? PrimaryReplication.PreviousHistory(replicationID: position.replicationID, forkOffset: position.offset, backlog: backlog) : nil
-        let inherited = (position.replicationID, store.stampCeiling())
-        state.withLock { $0.handover = (inherited, continued) }
-        // The old primary may have written until it went silent; its clock
-        // runs as fast as ours, so its stamps stayed below where its clock
-        // stood at the last contact plus the silence. Writes from here on
-        // order after every one of them, however far its clock is ahead.
-        // (From the peer's clock, not ours: bumps do not pile up when
-        // the nodes change roles again and again.)
-        store.raiseCas(above: client.peerStamp &+ HybridTimestamp.floor(millis: client.silenceMillis))
+        // The history this node's stream continues, if its position is
+        // exact, and the one its data came from (`Handover`).
+        let handover = client.handOver()
+        state.withLock { $0.handover = handover }
+        // The old primary may have written until it went silent: writes from
+        // here on order after every one of them (`Handover.stampFloor`).
+        store.raiseCas(above: Handover.stampFloor(peerStamp: client.peerStamp, silenceMillis: client.silenceMillis))
     }
 
     /// Becomes the primary the machine decided on.
     private func lead(_ lead: PairStateMachine.Lead) {
-        let (previous, handover) = state.withLock { ($0.role, $0.handover.take()) }
-        let inherited = handover?.inherited ?? (recovered.replicationID, store.stampCeiling())
+        let (previous, handedOver) = state.withLock { ($0.role, $0.handover.take()) }
+        let handover = handedOver ?? Handover(
+            recovered: ReplicaClient.Position(replicationID: recovered.replicationID, offset: recovered.offset), stampCeiling: store.stampCeiling()
+        )
         let primary = PrimaryReplication(
-            store: store, feed: feed, configuration: configuration.replication, logger: logger, inherited: inherited,
-            previous: handover?.continued
+            store: store, feed: feed, configuration: configuration.replication, logger: logger, inherited: handover.inherited,
+            previous: handover.continued
         )
         let now = store.now()
         state.withLock { state in
@@ -432,25 +419,25 @@ final class PairRole: Sendable {
             state.handover = nil
             return state.role
         }
-        var position = ReplicaClient.Position(replicationID: recovered.replicationID, offset: recovered.offset)
         // A stepping-down primary's store may hold changes it never released
-        // (so beyond its offset); a recovered position may be behind the data.
-        var exact = false
+        // (so beyond its offset); a recovered position may be behind the data
+        // (`ReplicaStream.start`).
+        let recoveredPosition = ReplicaClient.Position(replicationID: recovered.replicationID, offset: recovered.offset)
+        var (position, exact) = ReplicaStream.start(steppingDownFrom: nil, recovered: recoveredPosition)
         switch previous {
         case .primary(let primary):
-            position = ReplicaClient.Position(replicationID: primary.replicationID, offset: primary.offset)
+            (position, exact) = ReplicaStream.start(steppingDownFrom: primary, recovered: recoveredPosition)
             primary.shutdown(reason: "this node steps down: \(reason)")
         case .backup(let client):
             position = client.position
-            exact = client.handOver().exact
+            exact = client.positionIsExact
         case .joining:
             break
         }
         let client = ReplicaClient(
             peerHost: peer.host, peerPort: peer.port, store: store, position: position,
             configuration: configuration.replication, group: group, logger: logger,
-            epoch: { [weak self] in self?.epoch ?? 0 }, positionIsExact: exact,
-            greeted: { [weak self] epoch, name in self?.primaryGreeted(epoch: epoch, name: name) }
+            epoch: { [weak self] in self?.epoch ?? 0 }, positionIsExact: exact
         )
         state.withLock { $0.role = .backup(client) }
         if case .backup(let old) = previous { old.failParked(.notSent) }

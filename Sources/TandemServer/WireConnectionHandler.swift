@@ -28,9 +28,8 @@ final class WireConnectionHandler: ChannelInboundHandler {
         case awaitingAuth(Link, epoch: UInt64, clientNonce: [UInt8], serverNonce: [UInt8])
         /// Handshake done: requests are served.
         case ready(Link)
-        /// A node about to follow this primary sends its versions for merging;
-        /// a version stamped above `conflictsAbove` is one this node never saw.
-        case reconciling(Link, conflictsAbove: UInt64, merge: MergeTally)
+        /// A node about to follow this primary sends its versions for merging.
+        case reconciling(Link, merge: ReconcileMerge)
         /// The backup's replication connection, run by its session.
         case replicating(ReplicaSession)
         /// Streaming changes for a `watch` (Protocol.md 1.4): only `ping` is served besides.
@@ -137,11 +136,11 @@ final class WireConnectionHandler: ChannelInboundHandler {
         case .ready(let link):
             serve(message, frame: frame, link: link, context: context)
 
-        case .reconciling(let link, let conflictsAbove, var merge):
+        case .reconciling(let link, var merge):
             switch message {
             case .reconcileChunk(let changes):
-                merge.merge(changes, into: node.store, conflictsAbove: conflictsAbove, from: link.name, logger: logger)
-                state = .reconciling(link, conflictsAbove: conflictsAbove, merge: merge)
+                merge.merge(changes, into: node.store, from: link.name, logger: logger)
+                state = .reconciling(link, merge: merge)
             case .reconcileEnd(let count):
                 guard count == merge.received else {
                     reject(.protocolViolation, "reconcileEnd announced \(count) versions but \(merge.received) arrived", requestID: frame.requestID, context: context)
@@ -152,7 +151,7 @@ final class WireConnectionHandler: ChannelInboundHandler {
                     "received": "\(merge.received)", "applied": "\(merge.applied)", "conflicts": "\(merge.conflicts)",
                 ])
                 state = .ready(link)
-                send(.reconcileDone(ReconcileSummary(received: merge.received, applied: merge.applied, conflicts: merge.conflicts)), requestID: frame.requestID, context: context)
+                send(.reconcileDone(merge.summary), requestID: frame.requestID, context: context)
             default:
                 serve(message, frame: frame, link: link, context: context)
             }
@@ -227,11 +226,7 @@ final class WireConnectionHandler: ChannelInboundHandler {
                     "its_replication_id": "\(position.replicationID)", "its_offset": "\(position.offset)",
                     "watermark": "\(watermark)",
                 ])
-                // Versions up to the watermark plus its margin are ones this node's
-                // history saw: meeting another version of the key there is no conflict.
-                let (seenUpTo, overflow) = watermark.addingReportingOverflow(PrimaryReplication.stampMargin)
-                let conflictsAbove = watermark == 0 ? 0 : (overflow ? .max : seenUpTo)
-                state = .reconciling(link, conflictsAbove: conflictsAbove, merge: MergeTally())
+                state = .reconciling(link, merge: ReconcileMerge(watermark: watermark))
             }
             send(.reconcileFrom(watermark: watermark), requestID: frame.requestID, context: context)
         case .pairStatus:
@@ -508,53 +503,5 @@ final class WireConnectionHandler: ChannelInboundHandler {
             return
         }
         context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
-    }
-}
-
-/// What merging one node's versions did so far (counted per reconciliation).
-struct MergeTally {
-    var received: UInt64 = 0
-    var applied: UInt64 = 0
-    var conflicts: UInt64 = 0
-
-    /// Merges versions into the store; a conflict (both nodes changed the key
-    /// after the point they last agreed on) is counted and logged with its key.
-    mutating func merge(_ changes: [ReplicatedChange], into store: SessionStore, conflictsAbove: UInt64, from name: String, logger: Logger) {
-        for change in changes {
-            received += 1
-            let outcome: MergeOutcome
-            switch change.kind {
-            case .upsert:
-                outcome = change.key.withUnsafeReadableBytes { key in
-                    change.value.withUnsafeReadableBytes { value in
-                        store.merge(key, value: value, flags: change.flags, deadline: Deadline(millis: change.deadlineMillis), stamp: change.cas)
-                    }
-                }
-            case .delete:
-                outcome = change.key.withUnsafeReadableBytes { store.merge($0, value: nil, flags: 0, deadline: .never, stamp: change.cas) }
-            case .remove, .flushAll:
-                continue
-            }
-            let conflict: (local: UInt64, winner: String)?
-            switch outcome {
-            case .applied(let replaced):
-                applied += 1
-                conflict = replaced.map { ($0, name) }
-            case .kept(let local):
-                conflict = (local, "this node")
-            case .same, .expired:
-                conflict = nil
-            }
-            // Versions at or below `conflictsAbove` may be ones both nodes saw;
-            // only a change made after it, meeting another version, is a conflict.
-            if let conflict, change.cas > conflictsAbove {
-                conflicts += 1
-                logger.warning("reconcile conflict", metadata: [
-                    "key": "\(String(decoding: change.key.readableBytesView, as: UTF8.self))",
-                    "kind": "\(change.kind == .delete ? "delete" : "write")",
-                    "incoming_stamp": "\(change.cas)", "local_stamp": "\(conflict.local)", "winner": "\(conflict.winner)",
-                ])
-            }
-        }
     }
 }

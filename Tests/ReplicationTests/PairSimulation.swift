@@ -1,39 +1,51 @@
-import Replication
+import Logging
+import NIOCore
+import NIOEmbedded
+@testable import Replication
+import SessionStore
 import TandemTestSupport
 import WireProtocol
 
-/// Two nodes' `PairStateMachine`s on simulated time and a simulated network,
-/// driven by one seed: messages are delayed, dropped, cut one way or both and
-/// healed; clocks are skewed; nodes crash and restart with only what they
-/// stored; storage refuses commits for a while; operators ask for promotions
-/// and hand-overs. It models what the shell (`PairRole`) does with each
-/// action: the peer's questions travel as messages and are answered or time
-/// out, the epoch is committed after a delay, a backup hears its primary
-/// through the replication link's heartbeats.
+/// Two nodes of a pair on simulated time and a simulated network, driven by
+/// one seed: messages are delayed, dropped, cut one way or both and healed;
+/// clocks are skewed and jump; nodes crash and restart with only what their
+/// writer committed; storage refuses commits for a while; operators ask for
+/// promotions and hand-overs; clients write to whichever node takes writes.
+///
+/// What decides the outcome is the real code, driven as the node drives it:
+/// - who leads: `PairStateMachine`, whose actions the simulation performs as
+///   `PairRole` does (questions to the peer travel as messages and are
+///   answered or time out, the epoch is committed after a delay);
+/// - the data: each node holds a real `SessionStore` with its `ChangeFeed`;
+///   a primary is a real `PrimaryReplication` (its backlog, histories,
+///   resync decision, reconciliation watermark and sync acknowledgements,
+///   waited for on an `EmbeddedEventLoop` running on simulated time); each
+///   replication link runs `BackupStream` at the primary's end and
+///   `ReplicaStream` at the backup's, over frames encoded and decoded by the
+///   wire protocol's own code; reconciliation merges with `ReconcileMerge`;
+///   a promotion hands over with `Handover`.
+///
+/// Modelled rather than run: the sockets (a replication link is a connection
+/// whose messages arrive in order, and which a cut direction stalls until a
+/// side's link timeout closes it), the timers, and SQLite (see
+/// `PairSimulation+Data.swift`: what a node keeps across a crash is what its
+/// writer committed).
 struct PairSimulation {
     typealias Machine = PairStateMachine
+    typealias Position = ReplicaStream.Position
 
     /// Something the network carries.
     enum Message {
         /// A question on a short link of its own; every one starts with a hello in the sender's epoch.
         case question(from: Int, operation: Int, epoch: UInt64, name: String, Question)
         case answer(operation: Int, Machine.Event)
-        /// The backup's replication link saying hello (and asking to replicate).
-        case replicate(from: Int, epoch: UInt64, name: String)
-        /// The primary's answer to `replicate`: the handshake's hello, with its epoch.
-        case greeting(from: Int, epoch: UInt64, name: String)
-        /// The primary's stream or heartbeat, with where its data stands.
-        case heartbeat(from: Int, data: Position)
+        /// A message on replication link `id`.
+        case link(id: Int, LinkMessage)
     }
 
     enum Question {
         case status, hello
         case promote(reason: String)
-    }
-
-    struct Position: Equatable {
-        var id: ReplicationID
-        var offset: UInt64
     }
 
     /// One question the shell is waiting on: its answer becomes an event for `node`.
@@ -52,6 +64,81 @@ struct PairSimulation {
         case timeout(operation: Int)
         case stored(operation: Int)
         case restart(node: Int)
+        case fault(Fault)
+        case clientWrite
+        /// A backup's next attempt to connect to its primary (`follower`: which following it belongs to).
+        case reconnect(node: Int, follower: Int)
+        /// The next page of the snapshot a primary sends on link `link`.
+        case snapshotPage(link: Int)
+    }
+
+    /// What can go wrong, or be done by an operator.
+    enum Fault: Equatable {
+        case partition
+        /// Messages from `from` to the other node are lost.
+        case cut(from: Int)
+        case heal
+        case loss(percent: Int)
+        case crash(Int, restartAfter: Int64?)
+        case restart(Int)
+        case storage(Int, fails: Bool)
+        case skew(Int, by: Int64)
+        case promote(Int)
+        case demote(Int)
+        /// Clients stop writing, or start again.
+        case pauseWrites, resumeWrites
+        /// A client sets `key` (or deletes it), paused or not.
+        case write(key: String, delete: Bool)
+    }
+
+    /// How a run is set up.
+    struct Options {
+        /// Faults for this long, then everything healed for `healMillis`.
+        var faultMillis: Int64 = 8_000
+        var healMillis: Int64 = 6_000
+        /// nil: drawn (sync four times in five).
+        var mode: ReplicationConfiguration.Mode?
+        /// nil: drawn (the default, or small enough to overflow now and then).
+        var backlogBytes: Int?
+        /// Faults at fixed times instead of drawn ones.
+        var script: [(at: Int64, fault: Fault)]?
+        /// Both nodes start at once (else the second one may start up to 3 s later).
+        var startTogether = false
+        /// Time between two client writes.
+        var writeEvery: ClosedRange<Int> = 50...250
+    }
+
+    /// What a run did, for the report and for assertions.
+    struct Stats {
+        var writes = 0
+        var acknowledged = 0
+        var acknowledgedInSync = 0
+        /// Acknowledged writes lost in a documented window (their only copy
+        /// was in the memory of a node that crashed).
+        var excused = 0
+        var fullResyncs = 0
+        var partialResyncs = 0
+        var partialResyncsAfterPromotion = 0
+        var fullResyncReasons: [String: Int] = [:]
+        var reconciledVersions: UInt64 = 0
+        var reconcileConflicts: UInt64 = 0
+        var crashes = 0
+        var promotions = 0
+
+        mutating func add(_ other: Stats) {
+            writes += other.writes
+            acknowledged += other.acknowledged
+            acknowledgedInSync += other.acknowledgedInSync
+            excused += other.excused
+            fullResyncs += other.fullResyncs
+            partialResyncs += other.partialResyncs
+            partialResyncsAfterPromotion += other.partialResyncsAfterPromotion
+            for (reason, count) in other.fullResyncReasons { fullResyncReasons[reason, default: 0] += count }
+            reconciledVersions += other.reconciledVersions
+            reconcileConflicts += other.reconcileConflicts
+            crashes += other.crashes
+            promotions += other.promotions
+        }
     }
 
     struct Node {
@@ -62,20 +149,28 @@ struct PairSimulation {
         var skew: Int64 = 0
         var storageFails = false
         var storedEpoch: UInt64 = 0
-        var storedData = Position(id: .none, offset: 0)
-        var data = Position(id: .none, offset: 0)
-        var lastHeard: Int64 = 0
-        var backupUntil: Int64 = 0
         var settledEpoch: UInt64 = 0
-        /// The highest epoch of a primary this node followed in this life
-        /// (what the simulation saw, whatever the machine made of it).
-        var followedEpoch: UInt64 = 0
+        /// The highest epoch the node took writes in.
+        var ledEpoch: UInt64 = 0
+        /// A backup's: when it last heard its primary (or started following).
+        var lastHeard: Int64 = 0
+        /// The machine's wall clock (the simulation's time plus the skew).
+        let clock: ManualClock
+        var data: NodeData
+
+        init(name: String, configuredRole: NodeRole) {
+            self.name = name
+            self.configuredRole = configuredRole
+            clock = ManualClock(millis: PairSimulation.wallBase)
+            data = NodeData(recovering: Disk(), clock: clock)
+        }
     }
 
     let seed: UInt64
+    let options: Options
     var random: SplitMix64
     var time: Int64 = 0
-    var nodes = [Node(name: "a", configuredRole: .primary), Node(name: "b", configuredRole: .backup)]
+    var nodes: [Node]
     /// Whether messages from one node to the other get through, and how many in a hundred are lost.
     var linkUp = [[true, true], [true, true]]
     var lossPercent = 0
@@ -89,36 +184,89 @@ struct PairSimulation {
     final class Trace { var lines: [String] = [] }
     let trace = Trace()
     var storedEpochWentBack: String?
+    /// The first broken rule a link or a write noticed.
+    var broken: String?
     let tracing: Bool
     static let failoverAfter: Int64 = 600
     static let heartbeat: Int64 = 100
 
-    init(seed: UInt64, tracing: Bool = false) {
+    // The data (PairSimulation+Data.swift).
+    let replication: ReplicationConfiguration
+    /// The event loop sync writes wait on: its time is the simulation's.
+    let loop = EmbeddedEventLoop()
+    let completions = Completions()
+    var links: [Int: Link] = [:]
+    var nextLink = 0
+    var nextFollower = 0
+    var writes: [Write] = []
+    var writesPaused = false
+    var stats = Stats()
+
+    init(seed: UInt64, tracing: Bool = false, options: Options = Options()) {
         self.seed = seed
         self.random = SplitMix64(seed: seed)
         self.tracing = tracing
+        self.options = options
+        var replication = ReplicationConfiguration(
+            syncTimeout: .milliseconds(Self.syncTimeout), heartbeatInterval: .milliseconds(Self.heartbeat),
+            linkTimeout: .milliseconds(Self.linkTimeout)
+        )
+        nodes = [Node(name: "a", configuredRole: .primary), Node(name: "b", configuredRole: .backup)]
+        if let mode = options.mode {
+            replication.mode = mode
+        } else {
+            replication.mode = random.chance(80) ? .sync : .async
+        }
+        if let bytes = options.backlogBytes {
+            replication.backlogSize = bytes
+        } else if random.chance(20) {
+            replication.backlogSize = 2048
+        }
+        self.replication = replication
     }
 
     // MARK: Running
 
-    /// Faults for `faultMillis`, then everything healed for `healMillis`;
-    /// returns the first broken invariant, if any.
-    mutating func run(faultMillis: Int64 = 8_000, healMillis: Int64 = 8_000) -> String? {
+    /// Faults for `faultMillis`, then everything healed for `healMillis`
+    /// (clients write for its first half); returns the first broken
+    /// invariant, if any.
+    mutating func run() -> String? {
+        let broken = runSchedule()
+        // Every timer left on the loop (sync waits of crashed primaries) runs
+        // out, so the loop is released empty.
+        loop.advanceTime(by: .hours(1))
+        return broken
+    }
+
+    private mutating func runSchedule() -> String? {
+        let faultMillis = options.faultMillis
+        let healMillis = options.healMillis
         nodes[0].skew = Int64(random.int(-500...500))
         nodes[1].skew = Int64(random.int(-500...500))
         restart(0)
-        if random.chance(70) { restart(1) } else { schedule(in: Int64(random.int(0...3000)), .restart(node: 1)) }
-        var nextFault: Int64 = Int64(random.int(0...500))
-        while time < faultMillis {
-            if time >= nextFault {
-                fault()
-                nextFault = time + Int64(random.int(50...1500))
-            }
-            if let broken = advance(until: min(nextFault, faultMillis)) { return broken }
+        if options.startTogether || random.chance(70) {
+            restart(1)
+        } else {
+            schedule(in: Int64(random.int(0...3000)), .restart(node: 1))
         }
-        // Heal: both nodes up, the network whole, storage working.
+        schedule(in: Int64(random.int(options.writeEvery)), .clientWrite)
+        if let script = options.script {
+            for (at, fault) in script { schedule(in: at, .fault(fault)) }
+            if let broken = advance(until: faultMillis) { return broken }
+        } else {
+            var nextFault: Int64 = Int64(random.int(0...500))
+            while time < faultMillis {
+                if time >= nextFault {
+                    fault()
+                    nextFault = time + Int64(random.int(50...1500))
+                }
+                if let broken = advance(until: min(nextFault, faultMillis)) { return broken }
+            }
+        }
+        // Heal: both nodes up, the network whole, storage working, clients writing.
         linkUp = [[true, true], [true, true]]
         lossPercent = 0
+        writesPaused = false
         for index in 0..<2 {
             nodes[index].storageFails = false
             if nodes[index].machine == nil { restart(index) }
@@ -132,7 +280,7 @@ struct PairSimulation {
         guard primaries == 1, backups == 1 else { return "after healing, not one primary and one backup: \(states)" }
         let backup = nodes.firstIndex { if case .backup? = $0.machine?.state { return true } else { return false } }!
         guard time - nodes[backup].lastHeard < 1000 else { return "after healing, the backup does not hear its primary: \(states)" }
-        return nil
+        return checkData(primary: 1 - backup, backup: backup)
     }
 
     /// Runs what happens until `end`, checking the invariants after each step.
@@ -140,16 +288,23 @@ struct PairSimulation {
         while let next = queue.first, next.time <= end {
             queue.removeFirst()
             time = next.time
+            runClocks()
             happen(next.what)
+            settleData()
             if let broken = check() { return broken }
         }
         time = end
+        runClocks()
         return nil
     }
 
     mutating func schedule(in delay: Int64, _ what: Happening) {
+        schedule(at: time + delay, what)
+    }
+
+    mutating func schedule(at when: Int64, _ what: Happening) {
         order += 1
-        let entry = (time: time + delay, order: order, what: what)
+        let entry = (time: when, order: order, what: what)
         let index = queue.firstIndex { ($0.time, $0.order) > (entry.time, entry.order) } ?? queue.endIndex
         queue.insert(entry, at: index)
     }
@@ -160,64 +315,94 @@ struct PairSimulation {
 
     // MARK: Faults
 
+    /// Draws a fault (or nothing).
     mutating func fault() {
         let node = random.int(0...1)
         switch random.int(0...11) {
-        case 0:
+        case 0: apply(.partition)
+        case 1: apply(.cut(from: node))
+        case 2, 3: apply(.heal)
+        case 4: apply(.loss(percent: random.pick([5, 20, 50])))
+        case 5: apply(.crash(node, restartAfter: Int64(random.int(100...2000))))
+        case 6: apply(.storage(node, fails: !nodes[node].storageFails))
+        case 7: apply(.skew(node, by: Int64(random.int(-200...200))))
+        case 8: apply(.promote(node))
+        case 9: apply(.demote(node))
+        default: break
+        }
+    }
+
+    mutating func apply(_ fault: Fault) {
+        switch fault {
+        case .partition:
             linkUp = [[true, false], [false, true]]
             log("partition")
-        case 1:
+        case .cut(let node):
             linkUp[node][1 - node] = false
             log("\(nodes[node].name) cannot reach \(nodes[1 - node].name)")
-        case 2, 3:
+        case .heal:
             linkUp = [[true, true], [true, true]]
             lossPercent = 0
             log("network healed")
-        case 4:
-            lossPercent = random.pick([5, 20, 50])
+        case .loss(let percent):
+            lossPercent = percent
             log("\(lossPercent)% of messages lost")
-        case 5:
-            if nodes[node].machine != nil {
-                crash(node)
-                schedule(in: Int64(random.int(100...2000)), .restart(node: node))
-            }
-        case 6:
-            nodes[node].storageFails.toggle()
-            log("\(nodes[node].name) storage \(nodes[node].storageFails ? "fails" : "works")")
-        case 7:
-            nodes[node].skew += Int64(random.int(-200...200))
-        case 8:
+        case .crash(let node, let restartAfter):
+            guard nodes[node].machine != nil else { return }
+            crash(node)
+            if let restartAfter { schedule(in: restartAfter, .restart(node: node)) }
+        case .restart(let node):
+            restart(node)
+        case .storage(let node, let fails):
+            nodes[node].storageFails = fails
+            log("\(nodes[node].name) storage \(fails ? "fails" : "works")")
+        case .skew(let node, let delta):
+            nodes[node].skew += delta
+            log("\(nodes[node].name)'s clock jumps \(delta) ms")
+        case .promote(let node):
             request(node, .promoteRequested(reason: "operator", automatic: false))
-        case 9:
+        case .demote(let node):
             request(node, .demoteRequested(reason: "operator"))
-        default:
-            break
+        case .pauseWrites:
+            writesPaused = true
+            log("clients pause")
+        case .resumeWrites:
+            writesPaused = false
+            log("clients write again")
+        case .write(let key, let delete):
+            clientWrite((key, delete))
         }
     }
 
     mutating func crash(_ node: Int) {
         log("\(nodes[node].name) crashes")
+        stats.crashes += 1
+        excuseWritesLost(crashing: node)
+        dropLinks(of: node)
         nodes[node].machine = nil
         nodes[node].life += 1
+        nodes[node].data.role = .none
+        nodes[node].data.handover = nil
     }
 
     mutating func restart(_ index: Int) {
         guard nodes[index].machine == nil else { return }
         nodes[index].life += 1
+        // What the writer committed is all the node has.
+        nodes[index].data = NodeData(recovering: nodes[index].data.disk, clock: nodes[index].clock)
         let node = nodes[index]
+        let recovered = node.data.recovered
         var machine = Machine(
             configuration: .init(
                 hasPeer: true, configuredRole: node.configuredRole, failoverAfterMillis: Self.failoverAfter,
-                heartbeatIntervalMillis: Self.heartbeat, recoveredReplicationID: node.storedData.id, recoveredOffset: node.storedData.offset
+                heartbeatIntervalMillis: Self.heartbeat, recoveredReplicationID: recovered.replicationID, recoveredOffset: recovered.offset
             ),
             epoch: node.storedEpoch
         )
         machine.name = node.name
         nodes[index].machine = machine
-        nodes[index].data = node.storedData
         nodes[index].settledEpoch = node.storedEpoch
-        nodes[index].followedEpoch = 0
-        log("\(node.name) starts in epoch \(node.storedEpoch)")
+        log("\(node.name) starts in epoch \(node.storedEpoch) with \(recovered.replicationID) at \(recovered.offset)")
         step(index, .start(now: now(index)), replyTo: nil)
         schedule(in: 50, .tick(node: index, life: nodes[index].life))
     }
@@ -237,20 +422,21 @@ struct PairSimulation {
         switch what {
         case .restart(let node):
             restart(node)
+        case .fault(let fault):
+            apply(fault)
         case .tick(let node, let life):
             guard nodes[node].life == life, let machine = nodes[node].machine else { return }
-            // The periodic commit, and the writes a primary takes.
-            if machine.acceptsWrites { nodes[node].data.offset += UInt64(random.int(0...5)) }
+            // The node's periodic pump of its change feed (every 5 ms in
+            // `NodeParts`, here at each tick), and the writer's commit.
+            nodes[node].data.feed.pump()
             if !nodes[node].storageFails { commit(node) }
-            if machine.acceptsWrites, time < nodes[node].backupUntil {
-                send(from: node, .heartbeat(from: node, data: nodes[node].data))
-            }
-            if case .backup = machine.state { send(from: node, .replicate(from: node, epoch: machine.epoch, name: machine.name)) }
+            tickLinks(of: node)
             let observed = Machine.Observation(
-                primarySilenceMillis: time - nodes[node].lastHeard, hasBackup: time < nodes[node].backupUntil
+                primarySilenceMillis: time - nodes[node].lastHeard, primaryEpoch: nodes[node].data.follower?.primaryEpoch ?? 0,
+                hasBackup: nodes[node].data.primary?.hasBackup ?? false
             )
             step(node, .tick(now: now(node), observed: observed), replyTo: nil)
-            let every = nodes[node].machine?.isStarting == true ? 50 : Self.heartbeat
+            let every = machine.isStarting ? 50 : Self.heartbeat
             schedule(in: every + Int64(random.int(0...10)), .tick(node: node, life: life))
         case .timeout(let id):
             guard let operation = operations.removeValue(forKey: id) else { return }
@@ -262,17 +448,16 @@ struct PairSimulation {
             complete(operation, with: .epochPersisted(stored))
         case .deliver(let to, let message):
             deliver(message, to: to)
+        case .clientWrite:
+            if time < options.faultMillis + options.healMillis / 2 {
+                schedule(in: Int64(random.int(options.writeEvery)), .clientWrite)
+            }
+            clientWrite()
+        case .reconnect(let node, let follower):
+            reconnect(node, follower: follower)
+        case .snapshotPage(let link):
+            sendSnapshotPage(link)
         }
-    }
-
-    /// Stores the node's data and epoch: `epoch` for a promotion's own
-    /// commit, else the one every commit carries.
-    mutating func commit(_ node: Int, epoch: UInt64? = nil) {
-        guard let machine = nodes[node].machine else { return }
-        let epoch = epoch ?? machine.committableEpoch
-        if epoch < nodes[node].storedEpoch { storedEpochWentBack = "\(machine.name) stored epoch \(epoch) over \(nodes[node].storedEpoch)" }
-        nodes[node].storedEpoch = epoch
-        nodes[node].storedData = nodes[node].data
     }
 
     mutating func complete(_ operation: Operation, with event: Machine.Event) {
@@ -280,6 +465,7 @@ struct PairSimulation {
         step(operation.node, event, replyTo: operation.replyTo)
     }
 
+    /// A short link's message: lost when the way is cut, or now and then.
     mutating func send(from node: Int, _ message: Message) {
         guard linkUp[node][1 - node], !random.chance(lossPercent) else { return }
         schedule(in: Int64(random.int(0...random.pick([2, 20, 200]))), .deliver(to: 1 - node, message))
@@ -293,11 +479,7 @@ struct PairSimulation {
             machine = nodes[node].machine!
             switch question {
             case .status:
-                let status = PairStatus(
-                    nodeName: machine.name, role: machine.nodeRole, configuredRole: nodes[node].configuredRole, epoch: machine.epoch,
-                    replicationID: nodes[node].data.id, offset: nodes[node].data.offset
-                )
-                send(from: node, .answer(operation: operation, .peerStatus(status)))
+                send(from: node, .answer(operation: operation, .peerStatus(status(of: node))))
             case .hello:
                 let identity = Machine.PeerIdentity(name: machine.name, role: machine.nodeRole, epoch: machine.epoch)
                 send(from: node, .answer(operation: operation, .peerChecked(identity)))
@@ -307,23 +489,21 @@ struct PairSimulation {
         case .answer(let id, let event):
             guard let operation = operations.removeValue(forKey: id) else { return }
             complete(operation, with: event)
-        case .replicate(let from, let epoch, let name):
-            step(node, .peerHello(epoch: epoch, name: name), replyTo: nil)
-            guard nodes[node].machine!.acceptsWrites else { return }
-            nodes[node].backupUntil = time + 3 * Self.heartbeat
-            let primary = nodes[node].machine!
-            send(from: node, .greeting(from: node, epoch: primary.epoch, name: primary.name))
-            send(from: node, .heartbeat(from: node, data: nodes[node].data))
-            _ = from
-        case .greeting(_, let epoch, let name):
-            guard case .backup = machine.state else { return }
-            nodes[node].followedEpoch = max(nodes[node].followedEpoch, epoch)
-            step(node, .primaryGreeted(epoch: epoch, name: name), replyTo: nil)
-        case .heartbeat:
-            guard case .backup = machine.state else { return }
-            nodes[node].lastHeard = time
-            if case .heartbeat(_, let data) = message { nodes[node].data = data }
+        case .link(let id, let message):
+            receive(message, on: id, at: node)
         }
+    }
+
+    /// `node` as its peer's `pairStatus` sees it (`PairRole.status()`).
+    func status(of node: Int) -> PairStatus {
+        let machine = nodes[node].machine!
+        let data = dataPosition(of: node)
+        let previous = nodes[node].data.primary?.previous
+        return PairStatus(
+            nodeName: machine.name, role: machine.nodeRole, configuredRole: nodes[node].configuredRole, epoch: machine.epoch,
+            replicationID: data.replicationID, offset: data.offset,
+            previousReplicationID: previous?.replicationID ?? .none, forkOffset: previous?.forkOffset ?? 0
+        )
     }
 
     /// Feeds `event` to `node`'s machine and does what it asks, as the shell does.
@@ -344,16 +524,14 @@ struct PairSimulation {
                 let id = newOperation(node, otherwise: .epochPersisted(false), replyTo: replyTo)
                 schedule(in: Int64(random.int(1...40)), .stored(operation: id))
             case .stopFollowing:
-                break
+                stopFollowing(node)
             case .probePrimary:
-                send(from: node, .replicate(from: node, epoch: machine.epoch, name: machine.name))
-            case .lead:
-                nodes[node].data.id = ReplicationID(bytes: random.bytes(16))
+                probePrimary(node)
+            case .lead(let lead):
+                if lead.isPromotion { stats.promotions += 1 }
+                self.lead(node)
             case .follow:
-                // A new replication client counts its silence from its start.
-                nodes[node].lastHeard = time
-                nodes[node].backupUntil = 0
-                send(from: node, .replicate(from: node, epoch: machine.epoch, name: machine.name))
+                follow(node)
             case .answer(let outcome):
                 if let replyTo {
                     let event: Machine.Event
@@ -386,15 +564,14 @@ struct PairSimulation {
 
     mutating func check() -> String? {
         if let storedEpochWentBack { return storedEpochWentBack }
+        if let broken { return broken }
         for index in 0..<2 {
             guard let machine = nodes[index].machine else { continue }
             if machine.acceptsWrites {
-                // A node that followed a primary and then leads (a failover,
-                // a hand-over) must lead above it: else the old primary,
-                // back, finds its own epoch higher and takes the lead again.
-                if machine.epoch <= nodes[index].followedEpoch {
-                    return "\(machine.name) leads in epoch \(machine.epoch), not above the epoch \(nodes[index].followedEpoch) of the primary it followed"
+                guard nodes[index].storedEpoch >= machine.epoch else {
+                    return "\(machine.name) takes writes in epoch \(machine.epoch), having stored \(nodes[index].storedEpoch)"
                 }
+                nodes[index].ledEpoch = max(nodes[index].ledEpoch, machine.epoch)
                 writers[machine.epoch, default: []].insert(machine.name)
                 // The nodes promote into disjoint epochs (odd for the one
                 // configured as backup, even for the primary), so no two ever

@@ -173,6 +173,36 @@ struct LogTests {
         #expect(reopened.store.tombstoneCount == 1)
     }
 
+    @Test("a full resync's flush (stamp 0) keeps the tombstones on disk, carried deletes included; a client's flush_all drops them")
+    func resyncFlushKeepsTombstones() throws {
+        let directory = TemporaryDirectory()
+        let node = try openLogNode(directory.path)
+        _ = node.store.put("committed", Array("v".utf8))
+        _ = node.store.put("carried", Array("v".utf8))
+        #expect(eventually(within: 10) { node.persistence.statistics().pending == 0 })
+        #expect(Array("committed".utf8).withUnsafeBytes { try! node.store.delete($0) } == .deleted)
+        #expect(eventually(within: 10) { node.persistence.statistics().pending == 0 })
+        // A delete and the resync's flush in one batch: the flush must not void the delete's tombstone.
+        node.persistence.stop()
+        let paused = try openLogNode(directory.path, start: false)
+        #expect(Array("carried".utf8).withUnsafeBytes { try! paused.store.delete($0) } == .deleted)
+        paused.store.flushAll(stamp: 0)
+        _ = paused.store.put("from the snapshot", Array("v".utf8))
+        paused.persistence.start()
+        #expect(eventually(within: 10) { paused.persistence.statistics().pending == 0 })
+        paused.persistence.stop()
+
+        let reopened = try openLogNode(directory.path)
+        #expect(reopened.store.tombstoneCount == 2)
+        #expect(reopened.persistence.recovery.items == 1)
+        reopened.store.flushAll()
+        #expect(eventually(within: 10) { reopened.persistence.statistics().pending == 0 })
+        reopened.persistence.stop()
+        let flushed = try openLogNode(directory.path)
+        defer { flushed.persistence.stop() }
+        #expect(flushed.store.tombstoneCount == 0)
+    }
+
     @Test("a large log gets larger segments: far fewer than its size in segments of the configured size")
     func segmentCount() throws {
         let directory = TemporaryDirectory()

@@ -120,6 +120,25 @@ struct MergeTests {
         #expect(store.merge("k", "after", stamp: store.flushStamp + 1) == .applied(replaced: nil))
     }
 
+    @Test("a full resync's flush (stamp 0) drops the items, not the deletes seen: an older version merged later stays out")
+    func resyncKeepsTombstones() {
+        let (store, clock) = makeStore()
+        _ = store.set("k", "v")
+        let written = store.cas("k")!
+        clock.advance(millis: 10)
+        #expect(store.delete("k") == .deleted)
+        store.flushAll(stamp: 0)
+        #expect(store.flushStamp == 0)
+        #expect(store.tombstoneCount == 1)
+        // The old primary comes back with the version the delete replaced.
+        #expect(store.merge("k", "v", stamp: written) != .applied(replaced: nil))
+        #expect(store.value("k") == nil)
+        // A client's flush_all stands for every delete before it: its tombstones go.
+        store.flushAll()
+        #expect(store.tombstoneCount == 0)
+        #expect(store.merge("k", "v", stamp: written) == .kept(local: store.flushStamp))
+    }
+
     @Test("an expired incoming item merges to nothing")
     func expired() {
         let (store, clock) = makeStore()
