@@ -177,7 +177,8 @@ import Testing
         #expect(listenerClosed)
         // Past the drain timeout, so that a stop slower than it fails the
         // check on `elapsed` below, which says so, rather than this read.
-        let rest = try await offload { try client.readUntilClosed(timeout: .seconds(configuration.drainTimeoutSeconds + 30)) }
+        let readLimit = configuration.drainTimeoutSeconds + 30
+        let rest = try await offload { try client.readUntilClosed(timeout: .seconds(readLimit)) }
         let elapsed = await shutdownTime
         // Normally well under a second or two; the bound is the drain timeout.
         #expect(elapsed < .seconds(20), "shutdown took \(elapsed)")
