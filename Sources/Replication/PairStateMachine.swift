@@ -181,10 +181,11 @@ public struct PairStateMachine: Sendable {
     public internal(set) var state: State
     /// The epoch this node leads or follows in (stored with every commit).
     public internal(set) var epoch: UInt64
-    /// The epoch an ordinary commit stores: while a promotion waits for
-    /// storage, the epoch it started from. A promotion's own epoch reaches the
-    /// file by the commit `persistEpoch` asks for; were every commit to carry
-    /// it, a promotion abandoned because storage failed could leave on disk an
+    /// The epoch a commit stores: while a promotion waits for storage, the
+    /// epoch it started from. The shell adds the promotion's epoch from the
+    /// moment it asks storage to commit it (`persistEpoch`) and drops it if
+    /// that commit fails; were every commit to carry it from the start, a
+    /// promotion abandoned because storage failed could leave on disk an
     /// epoch the node never led in, and the node, restarted, would take its
     /// data for newer than a peer that did lead.
     public var committableEpoch: UInt64 {

@@ -128,7 +128,8 @@ public final class ReplicaClient: Sendable {
 
     /// Stops replicating. Writes parked while the link was down fail with
     /// `parkedFailure` (`.roleChanged` when this node was promoted: they are
-    /// then run here); writes already sent fail as unavailable.
+    /// then run here); writes already sent fail as `primaryUnavailable`
+    /// (their outcome is unknown: they may have run on the primary).
     /// With `parkedFailure` nil, writes keep parking until `failParked(_:)`.
     public func stop(parkedFailure: ForwardError? = .notSent) {
         // Waits for a frame being applied: after this nothing changes the position.
@@ -455,7 +456,14 @@ public final class ReplicaClient: Sendable {
             completeForward(requestID: requestID, result: .failure(error))
             return
         }
-        channel.writeAndFlush(frame, promise: nil)
+        // A frame the channel could not write never reached the primary (a
+        // part of one is not a request there): the write did not run, and
+        // the client may send it again.
+        let written = channel.eventLoop.makePromise(of: Void.self)
+        written.futureResult.whenFailure { _ in
+            self.completeForward(requestID: requestID, result: .failure(ForwardError.notSent))
+        }
+        channel.writeAndFlush(frame, promise: written)
         let timeout = promise.futureResult.eventLoop.scheduleTask(in: Self.forwardTimeout) {
             self.completeForward(requestID: requestID, result: .failure(ForwardError.primaryUnavailable))
         }

@@ -23,11 +23,19 @@ public struct TandemPair: Sendable, Hashable {
     /// Names the pair on the hash ring: every client given the same names
     /// places every key on the same pair. Keep it when a pair's nodes move.
     public var name: String
+    /// The pair's nodes: two, or one standalone node.
     public var nodes: [TandemNodeAddress]
 
     /// `name` defaults to the first node's address.
     public init(_ nodes: TandemNodeAddress..., name: String? = nil) {
-        precondition(!nodes.isEmpty, "a pair has at least one node")
+        self.init(nodes: nodes, name: name)
+    }
+
+    /// `nodes` holds one node or two (a programming error otherwise: check
+    /// what comes from configuration first); `name` defaults to the first
+    /// node's address.
+    public init(nodes: [TandemNodeAddress], name: String? = nil) {
+        precondition((1...2).contains(nodes.count), "a pair has one node or two")
         self.nodes = nodes
         self.name = name ?? nodes[0].description
     }
@@ -88,6 +96,7 @@ public final class TandemPairClient: Sendable {
         case eitherNode
     }
 
+    /// How the client connects, bounds its requests and follows a failover.
     public struct Configuration: Sendable {
         /// The client's name in its handshakes (the nodes log it).
         public var name: String = "tandem-pair-client"
@@ -101,25 +110,34 @@ public final class TandemPairClient: Sendable {
         public var maxInFlightPerConnection = 64
         /// How long a connection and its handshake may take.
         public var connectTimeout: Duration = .seconds(2)
-        /// How long a sent request may wait for its answer.
-        public var requestTimeout: Duration = .seconds(3)
+        /// How long a sent request may wait for its answer. More than the
+        /// longest a node may take to answer a write sent to the backup
+        /// during a failover (held up to 0.9 s for a primary, up to 3 s for
+        /// the primary's answer, up to 3 s until the backup applied it):
+        /// a shorter wait would report such writes as of unknown outcome.
+        public var requestTimeout: Duration = .seconds(8)
         /// How long an operation keeps retrying (what may be retried) while
         /// it looks for a node that serves it: more than the pair's
         /// failover time (`--failover-after`, 600 ms by default, plus
         /// the promotion).
         public var failoverTimeout: Duration = .seconds(5)
+        /// Which node serves reads.
         public var reads: ReadPreference = .primary
+        /// The event loops the connections run on.
         public var group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
 
+        /// The defaults; set what differs.
         public init() {}
     }
 
+    /// The pairs the keys are spread over.
     public let pairs: [TandemPair]
     public let configuration: Configuration
     private let ring: PairRing
     private let links: [PairLinks]
 
-    /// A client for `pairs` (one or more); connects on first use.
+    /// A client for `pairs` (one or more, each named once: a programming
+    /// error otherwise); connects on first use.
     public init(pairs: [TandemPair], configuration: Configuration = Configuration()) {
         precondition(!pairs.isEmpty, "give at least one pair")
         precondition(Set(pairs.map(\.name)).count == pairs.count, "pair names must differ")

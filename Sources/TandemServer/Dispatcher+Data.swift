@@ -22,15 +22,28 @@ extension Dispatcher {
         return overflow ? Int64.max / 1000 : absolute
     }
 
-    /// `gets` of `keys`: the items found, in order, with flags, deadline and stamp.
-    func dataGet(_ keys: [ByteBuffer]) throws(ValueOnDisk) -> [DataItem] {
+    /// What an item adds to an `items` answer besides its key and value
+    /// (flags, deadline, stamp and the lengths), rounded up.
+    static let itemOverhead = 32
+
+    /// `gets` of `keys`: the items found, in order, with flags, deadline and
+    /// stamp; nil once they would take more than `byteBudget` bytes. It stops
+    /// copying values there: a get may name a large value thousands of times,
+    /// and the answer could never be sent anyway.
+    func dataGet(_ keys: [ByteBuffer], byteBudget: Int) throws(ValueOnDisk) -> [DataItem]? {
         var items: [DataItem] = []
+        var bytes = 0
         var options = FetchOptions()
         for key in keys {
             options.loaded = loadedValues.value(for: key)
             let result = try key.withReadableBytes { key throws(ValueOnDisk) in try store.fetch(key, options: options) }
             guard let result else { continue }
             let item = result.item
+            bytes += key.readableBytes + item.valueCount + Self.itemOverhead
+            guard bytes <= byteBudget else {
+                counters.increment(.cmdGet, by: UInt64(keys.count))
+                return nil
+            }
             let value = item.withValueBytes { ByteBuffer(bytes: $0) }
             items.append(DataItem(key: key, value: value, flags: item.flags, deadlineMillis: item.deadline.millis, stamp: item.cas))
         }
@@ -107,11 +120,18 @@ extension Dispatcher {
     }
 
     /// The cold values a `get` of several keys will need, read at once.
-    func coldValues(of keys: [ByteBuffer]) -> [ValueOnDisk] {
+    func coldValues(of keys: [ByteBuffer], byteBudget: Int) -> [ValueOnDisk] {
         guard keys.count > 1 else { return [] }
         var wanted: [ValueOnDisk] = []
+        var seen = Set<[UInt8]>()
+        var bytes = 0
         for key in keys {
-            if let cold = key.withUnsafeReadableBytes({ store.valueOnDisk($0) }) { wanted.append(cold) }
+            guard let cold = key.withUnsafeReadableBytes({ store.valueOnDisk($0) }), seen.insert(cold.key).inserted else { continue }
+            bytes += Int(cold.length)
+            // Each wait reads at most an answer's worth; the rest, if the
+            // answer can still be sent, at the next.
+            guard bytes <= byteBudget else { break }
+            wanted.append(cold)
         }
         return wanted
     }

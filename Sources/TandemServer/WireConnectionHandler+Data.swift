@@ -148,11 +148,13 @@ extension WireConnectionHandler {
         do throws(ValueOnDisk) {
             switch request.message {
             case .get(let keys):
-                let items = try dispatcher.dataGet(keys)
-                let reply = WireMessage.items(items)
-                answer = reply.encodedBodySize <= WireFrame.maximumBodySize
-                    ? reply
-                    : .error(WireError(.tooLarge, "the items found take more than a frame (16 MiB): ask for fewer keys at a time"))
+                let items = try dispatcher.dataGet(keys, byteBudget: WireFrame.maximumBodySize)
+                let reply = items.map { WireMessage.items($0) }
+                if let reply, reply.encodedBodySize <= WireFrame.maximumBodySize {
+                    answer = reply
+                } else {
+                    answer = .error(WireError(.tooLarge, "the items found take more than a frame (16 MiB): ask for fewer keys at a time"))
+                }
             case .store(let write):
                 wrote = true
                 switch try dispatcher.dataStore(write) {
@@ -192,7 +194,8 @@ extension WireConnectionHandler {
         let dispatcher = dataDispatcher(context)
         var wanted = [cold]
         if case .get(let keys) = request.message {
-            wanted += dispatcher.coldValues(of: keys).filter { $0.key != cold.key && !dispatcher.loadedValues.contains($0.key) }
+            wanted += dispatcher.coldValues(of: keys, byteBudget: WireFrame.maximumBodySize)
+                .filter { $0.key != cold.key && !dispatcher.loadedValues.contains($0.key) }
         }
         data.busy = true
         let loads = wanted.map { node.loadValue($0, on: context.eventLoop) }

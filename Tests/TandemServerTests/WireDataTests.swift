@@ -189,6 +189,35 @@ struct WireDataTests {
         }
     }
 
+    @Test("a get naming one large value thousands of times is refused as too large without copying it thousands of times")
+    func aGetOfOneLargeValueManyTimesStaysWithinAFrame() async throws {
+        try await withNode(configure: { $0.store.maxItemSize = 1024 * 1024 }) { _, _, _, wire in
+            let value = [UInt8](repeating: 7, count: 1024 * 1024 - 512)
+            try await wire.set("huge", value: value)
+            let peakBefore = Self.peakResidentBytes()
+            do {
+                _ = try await wire.get([String](repeating: "huge", count: DataLimits.maximumKeysPerGet))
+                Issue.record("a get of 10 GB of items was answered")
+            } catch TandemClientError.server(let error) {
+                #expect(error.code == .tooLarge)
+            }
+            // Copying every one would take 10 GB; an answer's worth is 16 MiB.
+            let grown = Self.peakResidentBytes() - peakBefore
+            #expect(grown < 1 << 30, "the peak resident memory grew by \(grown) bytes")
+            #expect(try await wire.get("huge")?.value == value)
+        }
+    }
+
+    /// The process's peak resident memory (`VmHWM`), in bytes.
+    static func peakResidentBytes() -> Int {
+        let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+        for line in status.split(separator: "\n") where line.hasPrefix("VmHWM:") {
+            let kilobytes = line.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
+            return kilobytes * 1024
+        }
+        return 0
+    }
+
     @Test("a malformed body closes that connection with malformed; a truncated frame closes quietly; the node serves on")
     func badFrames() async throws {
         try await withNode { server, _, _, wire in

@@ -8,11 +8,17 @@ package enum NodeList {
     package enum Error: Swift.Error, CustomStringConvertible, Equatable {
         case noPairs
         case badAddress(String)
+        /// A pair of more than two nodes.
+        case tooManyNodes(String)
+        /// Two pairs with the same name (by default a pair's first address).
+        case samePair(String)
 
         package var description: String {
             switch self {
             case .noPairs: return "no Tandem nodes given (one or more pairs, each \"host:port,host:port\")"
             case .badAddress(let address): return "\"\(address)\" is not a node address (host:port, the node's wire port)"
+            case .tooManyNodes(let spec): return "\"\(spec)\" names more than two nodes: a pair is one or two (host:port,host:port)"
+            case .samePair(let name): return "two pairs are named \(name) (a pair is named by its first node): give each pair once"
             }
         }
     }
@@ -23,11 +29,10 @@ package enum NodeList {
         var pairs: [TandemPair] = []
         for spec in specs.flatMap({ $0.split(separator: ";") }) {
             let addresses = try spec.split(separator: ",").map { $0.trimmingWhitespace() }.filter { !$0.isEmpty }.map(address)
-            guard let first = addresses.first else { continue }
-            // The client's address type is left to inference, so that a
-            // rename of it on the client's side changes nothing here.
-            var pair = TandemPair(.init(host: first.host, port: first.port))
-            pair.nodes = addresses.map { .init(host: $0.host, port: $0.port) }
+            guard !addresses.isEmpty else { continue }
+            guard addresses.count <= 2 else { throw Error.tooManyNodes(String(spec)) }
+            let pair = TandemPair(nodes: addresses.map { TandemNodeAddress(host: $0.host, port: $0.port) })
+            guard !pairs.contains(where: { $0.name == pair.name }) else { throw Error.samePair(pair.name) }
             pairs.append(pair)
         }
         guard !pairs.isEmpty else { throw Error.noPairs }

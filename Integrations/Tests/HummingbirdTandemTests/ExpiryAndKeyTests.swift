@@ -136,6 +136,9 @@ struct ExpiryAndKeyTests {
         #expect(throws: (any Error).self) { try TandemPersistDriver(pairs: ["localhost"]) }
         #expect(throws: (any Error).self) { try TandemPersistDriver(pairs: ["127.0.0.1:0"]) }
         #expect(throws: (any Error).self) { try TandemPersistDriver(pairs: ["127.0.0.1:11311"], secretFile: "/nonexistent/secret") }
+        // Not a crash: a pair of three nodes, and the same pair twice.
+        #expect(throws: (any Error).self) { try TandemPersistDriver(pairs: ["10.0.0.1:11311,10.0.0.2:11311,10.0.0.3:11311"]) }
+        #expect(throws: (any Error).self) { try TandemPersistDriver(pairs: ["10.0.0.1:11311,10.0.0.2:11311", "10.0.0.1:11311,10.0.0.3:11311"]) }
         #expect(throws: Never.self) { try TandemPersistDriver(pairs: ["127.0.0.1:11311, [::1]:11312; 10.0.0.3:11311"]) }
     }
 }

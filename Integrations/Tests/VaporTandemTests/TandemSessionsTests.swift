@@ -174,5 +174,6 @@ struct TandemSessionsTests {
     func badAddresses() {
         #expect(throws: (any Error).self) { _ = try Application.Sessions.Provider.tandem(pairs: ["nowhere"]) }
         #expect(throws: (any Error).self) { _ = try Application.Sessions.Provider.tandem(pairs: []) }
+        #expect(throws: (any Error).self) { _ = try Application.Sessions.Provider.tandem(pairs: ["10.0.0.1:11311", "10.0.0.1:11311"]) }
     }
 }
