@@ -9,7 +9,9 @@ import WireProtocol
 
 /// An item as a node holds it.
 public struct TandemItem: Sendable, Equatable {
+    /// The key, as given (memcached's rules: 1 to 250 bytes, no spaces or control bytes).
     public var key: String
+    /// The value's bytes.
     public var value: [UInt8]
     /// The flags stored with the value (memcached's client flags).
     public var flags: UInt32
@@ -19,6 +21,7 @@ public struct TandemItem: Sendable, Equatable {
     /// for `compareAndSet`.
     public var stamp: UInt64
 
+    /// An item with these fields (for comparisons in tests, mostly: items come from `get`).
     public init(key: String, value: [UInt8], flags: UInt32 = 0, expiresAt: Date? = nil, stamp: UInt64 = 0) {
         self.key = key
         self.value = value

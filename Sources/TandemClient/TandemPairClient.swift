@@ -6,15 +6,18 @@ import WireProtocol
 
 /// A node's wire address.
 public struct TandemNodeAddress: Sendable, Hashable, CustomStringConvertible {
+    /// A host name or an IP address.
     public var host: String
     /// The node's wire port (`--wire-port`), not its memcached port.
     public var port: Int
 
+    /// The node at `host`, wire port `port`.
     public init(host: String, port: Int) {
         self.host = host
         self.port = port
     }
 
+    /// `host:port`.
     public var description: String { "\(host):\(port)" }
 }
 

@@ -44,7 +44,6 @@ extension WireConnectionHandler {
     /// a client that pipelines behind a slow request can make the node hold.
     static let maximumQueuedDataRequests = 1024
 
-
     /// A data request arrived: run it now, or queue it behind one that waits.
     func receiveData(_ message: WireMessage, requestID: UInt32, link: Link, context: ChannelHandlerContext) {
         // A version 4 node does not know these messages: answered as it would.
