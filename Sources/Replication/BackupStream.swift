@@ -146,7 +146,10 @@ public struct BackupStream: Sendable {
             return .violation("ack of offset \(offset) goes back from \(acknowledgedFloor)")
         }
         acknowledgedFloor = offset
-        primary.acknowledged(offset)
+        // The caller tells the primary (`primary.acknowledged`) once this
+        // returns: that answers writes waiting for the backup, whose
+        // callbacks may close this very connection, and so reach the stream
+        // again while it would still be being changed here.
         return .accepted(offset)
     }
 

@@ -196,7 +196,16 @@ public final class ReplicaSession: BackupConnection, @unchecked Sendable {
     /// Takes an acknowledgement, unless it claims what was never sent or goes
     /// back (`BackupStream.acknowledge`): then the link is closed.
     private func acknowledge(_ offset: UInt64) {
-        if case .violation(let reason) = stream.acknowledge(offset) { violation(reason) }
+        switch stream.acknowledge(offset) {
+        case .accepted(let offset):
+            // Outside the stream's change: answering the writes that waited
+            // for this may close this connection, and `closed()` reads the stream.
+            primary.acknowledged(offset)
+        case .violation(let reason):
+            violation(reason)
+        case .ignored:
+            break
+        }
     }
 
     /// The backup broke the protocol: tell it why (unsolicited `error`

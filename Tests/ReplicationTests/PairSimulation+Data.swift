@@ -534,7 +534,11 @@ extension PairSimulation {
             }
         case .ack(let offset):
             guard var stream = links[id]!.stream else { return }
-            if case .violation(let reason) = stream.acknowledge(offset) { broken = "link \(id): \(reason)" }
+            switch stream.acknowledge(offset) {
+            case .accepted(let offset): stream.primary.acknowledged(offset)
+            case .violation(let reason): broken = "link \(id): \(reason)"
+            case .ignored: break
+            }
             links[id]!.stream = stream
         case .ping, .pong:
             break

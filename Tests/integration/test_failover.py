@@ -105,7 +105,24 @@ class Pair:
             b = next(s for s in stats.values() if s["role"] == "backup")
             return (b["link_state"] == "streaming" and p["link_state"] == "up"
                     and p["peer_offset"] == p["replication_offset"] == b["replication_offset"])
-        poll_until(settled, timeout, what="the pair to settle: one primary, one backup in step")
+        try:
+            poll_until(settled, timeout, what="the pair to settle: one primary, one backup in step")
+        except AssertionError as error:
+            raise AssertionError(f"{error}; the nodes stand at: {self.standing()}") from None
+
+    def standing(self) -> str:
+        """Each node's role, epoch, link and offsets, for a failure message."""
+        keys = ("role", "epoch", "link_state", "replication_state", "replication_id", "replication_offset",
+                "peer_offset", "full_resyncs", "partial_resyncs", "failovers")
+        parts = []
+        for name in self.node:
+            try:
+                stats = self.stats(name)
+            except OSError as error:
+                parts.append(f"{name}: unreachable ({error})")
+                continue
+            parts.append(f"{name}: " + ", ".join(f"{key}={stats.get(key, '-')}" for key in keys))
+        return "; ".join(parts)
 
     def heal(self) -> None:
         self.to_a.heal()
