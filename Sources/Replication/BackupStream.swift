@@ -66,9 +66,10 @@ public struct BackupStream: Sendable {
 
     /// A backup asked to `replicate` from `request`'s position on
     /// `connection`, which replaces any connection the primary had to it.
-    /// Decides between a partial and a full resync (and counts it); a
-    /// partial one counts the position as acknowledged, since the backup's
-    /// request states what it has applied. `continuingHistories`: the
+    /// Decides between a partial and a full resync (and counts it). For a
+    /// partial one the caller then tells the primary the position is
+    /// acknowledged (the backup's request states what it has applied),
+    /// after this returns, as for `acknowledge`. `continuingHistories`: the
     /// backup's wire version (3 on) adopts this node's replication ID when it
     /// resumes from the previous history.
     public mutating func open(
@@ -83,8 +84,6 @@ public struct BackupStream: Sendable {
         case .partial, .partialAfterPromotion:
             state = .streaming(next: request.offset &+ 1)
             acknowledgedFloor = request.offset
-            // It may be all the backup needs (nothing new to send).
-            primary.acknowledged(request.offset)
             // Always this node's ID: a backup coming from the previous history adopts it.
             return .partial(replicationID: primary.replicationID, offset: request.offset, resumption: resumption)
         case .full(let reason):

@@ -52,6 +52,9 @@ public final class ReplicaSession: BackupConnection, @unchecked Sendable {
         startHeartbeat()
         switch stream.open(for: request, on: self, backupName: backupName, continuingHistories: continuingHistories) {
         case .partial(let replicationID, let offset, let resumption):
+            // It may be all the backup needs (nothing new to send); outside
+            // the stream's change, as in `acknowledge`.
+            primary.acknowledged(offset)
             logger.info("partial resync", metadata: [
                 "from_offset": "\(offset &+ 1)", "to_offset": "\(primary.offset)",
                 "history": "\(resumption == .partial ? "current" : "previous, continued since the promotion")",

@@ -519,6 +519,7 @@ extension PairSimulation {
             links[id]!.stream = stream
             switch opening {
             case .partial(let replicationID, let offset, let resumption):
+                primary.acknowledged(offset)
                 stats.partialResyncs += 1
                 if resumption == .partialAfterPromotion { stats.partialResyncsAfterPromotion += 1 }
                 log("\(nodes[node].name) resumes \(backupName) after \(offset) (\(resumption))")
