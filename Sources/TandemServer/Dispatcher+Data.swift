@@ -68,21 +68,7 @@ extension Dispatcher {
             deadline: deadline(Self.exptime(ttlMillis: write.ttlMillis, nowMillis: store.now())),
             compareCas: write.mode == .compareAndSet ? write.stamp : nil
         )
-        let outcome = try write.key.withReadableBytes { key throws(ValueOnDisk) in
-            try write.value.withReadableBytes { value throws(ValueOnDisk) in
-                try store.store(key, value: value, request: request)
-            }
-        }
-        counters.increment(.cmdSet)
-        countOutcome(outcome)
-        if write.mode == .compareAndSet {
-            switch outcome {
-            case .stored: counters.increment(.casHits)
-            case .exists: counters.increment(.casBadval)
-            case .notFound: counters.increment(.casMisses)
-            case .notStored, .tooLarge, .outOfMemory: break
-            }
-        }
+        let outcome = try storeCounted(write.key, value: write.value, request: request)
         switch outcome {
         case .stored(let cas, _): return .success(WriteResult(.done, stamp: cas))
         case .notStored: return .success(WriteResult(.notStored))

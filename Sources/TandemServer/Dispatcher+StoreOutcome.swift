@@ -1,3 +1,4 @@
+import NIOCore
 import SessionStore
 
 extension Dispatcher {
@@ -14,5 +15,26 @@ extension Dispatcher {
         case .notFound: counters.increment(.storeNotFound)
         case .tooLarge, .outOfMemory: break
         }
+    }
+
+    /// Stores `value` under `key` and counts it as a set (and, for a `cas`,
+    /// its hit, bad value or miss), as the text, binary and wire commands do.
+    func storeCounted(_ key: ByteBuffer, value: ByteBuffer, request: StoreRequest) throws(ValueOnDisk) -> StoreOutcome {
+        let outcome = try key.withReadableBytes { key throws(ValueOnDisk) in
+            try value.withReadableBytes { value throws(ValueOnDisk) in
+                try store.store(key, value: value, request: request)
+            }
+        }
+        counters.increment(.cmdSet)
+        countOutcome(outcome)
+        if request.compareCas != nil {
+            switch outcome {
+            case .stored: counters.increment(.casHits)
+            case .exists: counters.increment(.casBadval)
+            case .notFound: counters.increment(.casMisses)
+            case .notStored, .tooLarge, .outOfMemory: break
+            }
+        }
+        return outcome
     }
 }

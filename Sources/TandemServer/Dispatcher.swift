@@ -145,21 +145,7 @@ struct Dispatcher {
             mode: mode, flags: command.flags, deadline: deadline(command.exptime),
             compareCas: command.verb == .cas ? command.casUnique : nil
         )
-        let outcome = try command.key.withReadableBytes { key throws(ValueOnDisk) in
-            try command.value.withReadableBytes { value throws(ValueOnDisk) in
-                try store.store(key, value: value, request: request)
-            }
-        }
-        counters.increment(.cmdSet)
-        countOutcome(outcome)
-        if command.verb == .cas {
-            switch outcome {
-            case .stored: counters.increment(.casHits)
-            case .exists: counters.increment(.casBadval)
-            case .notFound: counters.increment(.casMisses)
-            case .notStored, .tooLarge, .outOfMemory: break
-            }
-        }
+        let outcome = try storeCounted(command.key, value: command.value, request: request)
         switch outcome {
         case .stored:
             if !command.noreply { out.writeStatus(.stored) }
