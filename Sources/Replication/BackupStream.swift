@@ -157,10 +157,11 @@ public struct BackupStream: Sendable {
         state = .closed
     }
 
-    /// `connection` closed: the primary no longer has it as its backup
-    /// (writes waiting for it are answered).
-    public mutating func closed(_ connection: any BackupConnection) {
+    /// The connection closed. The caller then detaches it from the primary
+    /// (`primary.detach`), so writes waiting for it are answered: outside
+    /// this change, since their callbacks may close the connection again and
+    /// so reach the stream while it would still be being changed here.
+    public mutating func closed() {
         state = .closed
-        primary.detach(connection)
     }
 }

@@ -9,7 +9,7 @@ import WireProtocol
 public protocol BackupConnection: AnyObject, Sendable {
     /// New changes were released to the backlog (called from any thread).
     func notify()
-    /// Closes the connection (from any thread); `BackupStream.closed` follows.
+    /// Closes the connection (from any thread); `ReplicaSession.closed` follows.
     func close(reason: String)
 }
 

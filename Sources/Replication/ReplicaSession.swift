@@ -231,7 +231,11 @@ public final class ReplicaSession: BackupConnection, @unchecked Sendable {
         if stream.state != .closed { logger.info("replication connection closed") }
         heartbeat?.cancel()
         heartbeat = nil
-        stream.closed(self)
+        stream.closed()
+        // After the stream's change, as for an acknowledgement: answering the
+        // writes that waited for this backup may close the channel again, and
+        // so call this once more (detaching twice does nothing).
+        primary.detach(self)
     }
 
     /// Closes the connection (any thread).

@@ -443,8 +443,10 @@ final class WireConnectionHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        if case .replicating(let session) = state { session.closed() }
+        // Closed first: the session answers writes whose callbacks may reach this handler again.
+        let was = state
         state = .closed
+        if case .replicating(let session) = was { session.closed() }
         context.fireChannelInactive()
     }
 
@@ -485,8 +487,9 @@ final class WireConnectionHandler: ChannelInboundHandler {
 
     /// Ends the connection's state and logs why; the caller closes the channel.
     private func forget(reason: String, code: WireErrorCode?, context: ChannelHandlerContext) {
-        if case .replicating(let session) = state { session.closed() }
+        let was = state
         state = .closed
+        if case .replicating(let session) = was { session.closed() }
         logger.info("closing wire connection", metadata: [
             "reason": "\(reason)", "code": "\(code.map { "\($0)" } ?? "none")", "peer": "\(context.remoteAddress.map { "\($0)" } ?? "?")",
         ])

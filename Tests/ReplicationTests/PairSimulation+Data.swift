@@ -386,7 +386,8 @@ extension PairSimulation {
         if node == link.primary {
             // `ReplicaSession.closed()`: the primary no longer has it as its backup.
             var stream = stream
-            stream?.closed(link.connection)
+            stream?.closed()
+            stream?.primary.detach(link.connection)
         } else {
             disconnected(link)
         }

@@ -116,6 +116,11 @@ class Pair:
                 "peer_offset", "full_resyncs", "partial_resyncs", "failovers")
         parts = []
         for name in self.node:
+            node = self.node[name]
+            if node.proc.poll() is not None:
+                # A node that died says why in its log: that is the failure to read.
+                parts.append(f"{name}: exited with {node.proc.returncode}; its log ends:\n{node.log()}\n")
+                continue
             try:
                 stats = self.stats(name)
             except OSError as error:
