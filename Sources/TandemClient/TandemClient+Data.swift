@@ -82,8 +82,24 @@ extension TandemClient {
         try await get([key])[key]
     }
 
-    /// The items found at `keys` (missing keys are left out), in one request.
+    /// The items found at `keys` (missing keys are left out): one request,
+    /// or, past the most keys a node takes in one (`DataLimits.maximumKeysPerGet`),
+    /// one per that many keys, pipelined on this connection.
     public func get(_ keys: [String]) async throws -> [String: TandemItem] {
+        let most = DataLimits.maximumKeysPerGet
+        guard keys.count > most else { return try await getOnce(keys) }
+        return try await withThrowingTaskGroup(of: [String: TandemItem].self) { group in
+            for start in stride(from: 0, to: keys.count, by: most) {
+                let part = Array(keys[start..<min(start + most, keys.count)])
+                group.addTask { try await self.getOnce(part) }
+            }
+            var found: [String: TandemItem] = [:]
+            for try await items in group { found.merge(items) { first, _ in first } }
+            return found
+        }
+    }
+
+    private func getOnce(_ keys: [String]) async throws -> [String: TandemItem] {
         let reply = try await data(.get(keys: keys.map(Self.buffer)))
         guard case .items(let items) = reply else { throw TandemClientError.unexpectedReply("\(reply.type) to get") }
         var found: [String: TandemItem] = [:]

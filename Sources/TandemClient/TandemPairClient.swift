@@ -297,6 +297,10 @@ final class PairLinks: Sendable {
         var leader: Int?
         /// The next node for reads spread over both.
         var nextRead = 0
+        /// The nodes being asked who leads: every caller that needs to know
+        /// meanwhile waits for the same answer, so a failover under load
+        /// costs one handshake per node per retry, not one per request.
+        var probe: Task<Int?, Never>?
     }
 
     private let state = NIOLockedValueBox(State())
@@ -323,8 +327,19 @@ final class PairLinks: Sendable {
     }
 
     /// Asks every node where it stands (a fresh handshake each) and takes
-    /// the one that says primary in the highest epoch.
+    /// the one that says primary in the highest epoch; or waits for the
+    /// answer of such a probe already under way.
     private func findLeader() async -> Int? {
+        let probe = state.withLockedValue { state -> Task<Int?, Never> in
+            if let probe = state.probe { return probe }
+            let probe = Task { await self.probeNodes() }
+            state.probe = probe
+            return probe
+        }
+        return await probe.value
+    }
+
+    private func probeNodes() async -> Int? {
         let hellos = await withTaskGroup(of: (Int, HelloOK?).self) { group in
             for (index, node) in nodes.enumerated() {
                 group.addTask { (index, await node.probe()) }
@@ -338,6 +353,7 @@ final class PairLinks: Sendable {
             .max { $0.1.epoch < $1.1.epoch }?.0
         state.withLockedValue { state in
             if state.leader == nil { state.leader = leader }
+            state.probe = nil
         }
         return leader
     }

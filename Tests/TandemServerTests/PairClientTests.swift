@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import NIOPosix
 import Replication
 import Synchronization
 import SessionStore
@@ -320,6 +321,45 @@ struct PairClientTests {
         }
         #expect(started.duration(to: .now) < .seconds(3))
         await client.close()
+    }
+
+    /// Accepts connections, counts them, and closes each at once: a node that never answers a handshake.
+    final class CountingListener: ChannelInboundHandler, Sendable {
+        typealias InboundIn = ByteBuffer
+        let accepted = Atomic<Int>(0)
+        func channelActive(context: ChannelHandlerContext) {
+            accepted.add(1, ordering: .relaxed)
+            context.close(promise: nil)
+        }
+    }
+
+    @Test("requests that find no primary at once share one probe of the nodes: a failover under load is not a burst of handshakes")
+    func concurrentRequestsShareAProbe() async throws {
+        let counter = CountingListener()
+        var channels: [any Channel] = []
+        for _ in 0..<2 {
+            channels.append(try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .childChannelInitializer { channel in channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(counter) } }
+                .bind(host: "127.0.0.1", port: 0).get())
+        }
+        var configuration = TandemPairClient.Configuration()
+        configuration.failoverTimeout = .milliseconds(300)
+        let pair = TandemPair(nodes: channels.map { TandemNodeAddress(host: "127.0.0.1", port: $0.localAddress!.port!) })
+        let client = TandemPairClient(pairs: [pair], configuration: configuration)
+        let callers = 40
+        let failures = await withTaskGroup(of: Bool.self) { group in
+            for index in 0..<callers {
+                group.addTask { (try? await client.add("k\(index)", value: [1])) == nil }
+            }
+            return await group.reduce(0) { $0 + ($1 ? 1 : 0) }
+        }
+        #expect(failures == callers)
+        // Each retry step asks both nodes once (plus the pool's own connection
+        // attempts); a probe per caller would be 80 handshakes in the first step alone.
+        let accepted = counter.accepted.load(ordering: .relaxed)
+        #expect(accepted > 0 && accepted < callers, "\(accepted) connections")
+        await client.close()
+        for channel in channels { try await channel.close() }
     }
 
     @Test("adding a third pair to two moves at most a third of the keys, all of them to the new pair")
