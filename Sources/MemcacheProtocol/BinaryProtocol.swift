@@ -288,4 +288,15 @@ extension BinaryCommand {
             return false
         }
     }
+
+    /// Whether running the write a second time leaves what running it once
+    /// did, and answers the same: a `set` without a CAS token, a `touch`.
+    public var isRepeatableWrite: Bool {
+        guard case .request(let request) = self else { return false }
+        switch request.opcode {
+        case .set, .setQ: return request.cas == 0
+        case .touch: return true
+        default: return false
+        }
+    }
 }

@@ -188,6 +188,19 @@ extension MemcacheCommand {
         }
     }
 
+    /// Whether running the write a second time leaves what running it once
+    /// did, and answers the same (`set`, `touch`): one whose outcome a
+    /// failover made unknown may then be run again for the client.
+    public var isRepeatableWrite: Bool {
+        switch self {
+        case .store(let storage): return storage.verb == .set
+        case .touch: return true
+        case .retrieve, .delete, .arithmetic, .flushAll, .version, .verbosity, .quit, .stats, .meta, .refusedSet,
+            .invalid:
+            return false
+        }
+    }
+
     /// Whether the client asked for no reply (`noreply`). Errors are then not
     /// sent either, as in memcached: the client would take them for the
     /// answer to its next request.

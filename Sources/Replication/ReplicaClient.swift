@@ -48,7 +48,7 @@ public final class ReplicaClient: Sendable {
         var partialResyncsAfterPromotion: UInt64 = 0
         var primaryName = ""
         var nextRequestID: UInt32 = 1
-        var pendingForwards: [UInt32: EventLoopPromise<(UInt64, ByteBuffer)>] = [:]
+        var pendingForwards: [UInt32: SentForward] = [:]
         /// Writes that arrived while the link was down, sent once it is up
         /// again, or run here if this node is promoted first.
         var parkedForwards: [ParkedForward] = []
@@ -69,6 +69,19 @@ public final class ReplicaClient: Sendable {
         var request: ByteBuffer
         var promise: EventLoopPromise<(UInt64, ByteBuffer)>
         var timeout: Scheduled<Void>?
+        var repeatable: Bool
+        /// Sent once already, with no answer: it may have run on the primary.
+        var mayHaveRun: Bool
+
+        /// Why it ends if it is not sent: it did not run, or it may have.
+        var unsent: ForwardError { mayHaveRun ? .primaryUnavailable : .notSent }
+    }
+
+    /// A write sent to the primary and not answered yet.
+    struct SentForward {
+        var request: ByteBuffer
+        var promise: EventLoopPromise<(UInt64, ByteBuffer)>
+        var repeatable: Bool
     }
 
     public let configuration: ReplicationConfiguration
@@ -155,7 +168,8 @@ public final class ReplicaClient: Sendable {
         }
         for forward in parked {
             forward.timeout?.cancel()
-            forward.promise.fail(error)
+            // Not run here: one that may have run on the primary says so.
+            if case .notSent = error { forward.promise.fail(forward.unsent) } else { forward.promise.fail(error) }
         }
     }
 
@@ -254,13 +268,36 @@ public final class ReplicaClient: Sendable {
         group.next().scheduleTask(in: delay) { self.connect() }
     }
 
+    /// The link is gone with writes sent and not answered: whether they ran
+    /// on the primary is unknown. One that may run twice (a `set`, a
+    /// `touch`: the second run leaves what the first did) is held again like
+    /// a write that arrived while the link was down: sent once the link is
+    /// back, or run here if this node is promoted. The others fail.
     private func failForwards() {
-        let pending = shared.withLock { shared -> [EventLoopPromise<(UInt64, ByteBuffer)>] in
-            let pending = Array(shared.pendingForwards.values)
+        let failed = shared.withLock { shared -> [EventLoopPromise<(UInt64, ByteBuffer)>] in
+            let sent = shared.pendingForwards.sorted { $0.key < $1.key }.map(\.value)
             shared.pendingForwards = [:]
-            return pending
+            var failed: [EventLoopPromise<(UInt64, ByteBuffer)>] = []
+            for forward in sent {
+                guard forward.repeatable, !shared.stopped || shared.parking else {
+                    failed.append(forward.promise)
+                    continue
+                }
+                shared.parkedForwards.append(park(forward.request, repeatable: true, mayHaveRun: true, promise: forward.promise))
+            }
+            return failed
         }
-        for promise in pending { promise.fail(ForwardError.primaryUnavailable) }
+        for promise in failed { promise.fail(ForwardError.primaryUnavailable) }
+    }
+
+    /// A write held until the link is back or this node is promoted, at most `parkTimeout`.
+    private func park(
+        _ request: ByteBuffer, repeatable: Bool, mayHaveRun: Bool, promise: EventLoopPromise<(UInt64, ByteBuffer)>
+    ) -> ParkedForward {
+        let timeout = promise.futureResult.eventLoop.scheduleTask(in: Self.parkTimeout) { [weak self] () -> Void in
+            self?.expireParked(promise)
+        }
+        return ParkedForward(request: request, promise: promise, timeout: timeout, repeatable: repeatable, mayHaveRun: mayHaveRun)
     }
 
     // MARK: Events from the connection handler (on its event loop)
@@ -278,7 +315,7 @@ public final class ReplicaClient: Sendable {
         }
         for forward in parked {
             forward.timeout?.cancel()
-            send(forward.request, promise: forward.promise, on: channel)
+            send(forward.request, repeatable: forward.repeatable, promise: forward.promise, on: channel)
         }
         logger.info("connected to the primary", metadata: [
             "peer": "\(peerHost):\(peerPort)", "primary": "\(primaryName)",
@@ -379,8 +416,8 @@ public final class ReplicaClient: Sendable {
     }
 
     func completeForward(requestID: UInt32, result: Result<(UInt64, ByteBuffer), any Error>) {
-        let promise = shared.withLock { $0.pendingForwards.removeValue(forKey: requestID) }
-        promise?.completeWith(result)
+        let forward = shared.withLock { $0.pendingForwards.removeValue(forKey: requestID) }
+        forward?.promise.completeWith(result)
     }
 
     // MARK: Forwarding
@@ -407,7 +444,10 @@ public final class ReplicaClient: Sendable {
 
     /// Sends one memcached request to the primary and returns its reply once
     /// this backup has applied the stream up to the write.
-    public func forward(_ request: ByteBuffer, on eventLoop: any EventLoop) -> EventLoopFuture<ByteBuffer> {
+    /// `repeatable`: running the write twice leaves what running it once
+    /// does (`set`, `touch`), so one whose answer the link's loss took is
+    /// held and sent again rather than failed (see `failForwards`).
+    public func forward(_ request: ByteBuffer, repeatable: Bool = false, on eventLoop: any EventLoop) -> EventLoopFuture<ByteBuffer> {
         let promise = eventLoop.makePromise(of: (UInt64, ByteBuffer).self)
         enum Route {
             case send(any Channel)
@@ -421,15 +461,12 @@ public final class ReplicaClient: Sendable {
             }
             // The link is down: the primary may be back in a moment, or this
             // node promoted; either way the write need not fail yet.
-            let timeout = eventLoop.scheduleTask(in: Self.parkTimeout) { [weak self] () -> Void in
-                self?.expireParked(promise)
-            }
-            shared.parkedForwards.append(ParkedForward(request: request, promise: promise, timeout: timeout))
+            shared.parkedForwards.append(park(request, repeatable: repeatable, mayHaveRun: false, promise: promise))
             return .parked
         }
         switch route {
         case .send(let channel):
-            send(request, promise: promise, on: channel)
+            send(request, repeatable: repeatable, promise: promise, on: channel)
         case .parked:
             break
         case .refused:
@@ -442,11 +479,11 @@ public final class ReplicaClient: Sendable {
         }
     }
 
-    private func send(_ request: ByteBuffer, promise: EventLoopPromise<(UInt64, ByteBuffer)>, on channel: any Channel) {
+    private func send(_ request: ByteBuffer, repeatable: Bool, promise: EventLoopPromise<(UInt64, ByteBuffer)>, on channel: any Channel) {
         let requestID = shared.withLock { shared -> UInt32 in
             let id = shared.nextRequestID
             shared.nextRequestID = shared.nextRequestID >= ReplicaConnectionHandler.reconcileRequestID - 1 ? 1 : shared.nextRequestID + 1
-            shared.pendingForwards[id] = promise
+            shared.pendingForwards[id] = SentForward(request: request, promise: promise, repeatable: repeatable)
             return id
         }
         var frame = channel.allocator.buffer(capacity: request.readableBytes + 32)
@@ -471,12 +508,11 @@ public final class ReplicaClient: Sendable {
     }
 
     private func expireParked(_ promise: EventLoopPromise<(UInt64, ByteBuffer)>) {
-        let expired = shared.withLock { shared -> Bool in
-            guard let index = shared.parkedForwards.firstIndex(where: { $0.promise.futureResult === promise.futureResult }) else { return false }
-            shared.parkedForwards.remove(at: index)
-            return true
+        let expired = shared.withLock { shared -> ParkedForward? in
+            guard let index = shared.parkedForwards.firstIndex(where: { $0.promise.futureResult === promise.futureResult }) else { return nil }
+            return shared.parkedForwards.remove(at: index)
         }
-        if expired { promise.fail(ForwardError.notSent) }
+        if let expired { promise.fail(expired.unsent) }
     }
 
     // MARK: Statistics

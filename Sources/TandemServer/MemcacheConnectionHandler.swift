@@ -250,7 +250,7 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
                     var raw = context.channel.allocator.buffer(capacity: 256)
                     raw.writeBinaryRequest(request)
                     let dispatcher = self.dispatcher
-                    forward(raw: raw, refusedSet: false, noreply: false, to: replica, context: context) { outbound in
+                    forward(raw: raw, refusedSet: false, noreply: false, repeatable: command.isRepeatableWrite, to: replica, context: context) { outbound in
                         // Only a promotion while the write waited brings it here:
                         // a value to read would make it wait again; it is refused.
                         do throws(ValueOnDisk) { _ = try dispatcher.execute(command, into: &outbound) } catch {
@@ -409,7 +409,7 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
         var refusedSet = false
         if case .refusedSet = command { refusedSet = true }
         let dispatcher = self.dispatcher
-        forward(raw: request, refusedSet: refusedSet, noreply: command.noreply, to: replica, context: context) { outbound in
+        forward(raw: request, refusedSet: refusedSet, noreply: command.noreply, repeatable: command.isRepeatableWrite, to: replica, context: context) { outbound in
             // Only a promotion while the write waited brings it here: a value
             // to read would make it wait again; it is refused.
             do throws(ValueOnDisk) { _ = try dispatcher.execute(command, into: &outbound) } catch {
@@ -423,7 +423,7 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
     /// `noreply` (text commands) this node's own errors are not sent either,
     /// as the primary's are not.
     private func forward(
-        raw request: ByteBuffer, refusedSet: Bool, noreply: Bool, to replica: ReplicaClient, context: ChannelHandlerContext,
+        raw request: ByteBuffer, refusedSet: Bool, noreply: Bool, repeatable: Bool, to replica: ReplicaClient, context: ChannelHandlerContext,
         runHere: @escaping (inout ByteBuffer) -> Void
     ) {
         dispatcher.context.countForwardedWrite()
@@ -431,7 +431,7 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
         context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
         // The closure that runs the write here stays on this event loop too.
         let bound = NIOLoopBound((self, context, runHere), eventLoop: context.eventLoop)
-        replica.forward(request, on: context.eventLoop).whenComplete { result in
+        replica.forward(request, repeatable: repeatable, on: context.eventLoop).whenComplete { result in
             let (handler, context, runHere) = bound.value
             guard case .waitingForPrimary = handler.state else { return }
             switch result {

@@ -301,7 +301,7 @@ extension WireConnectionHandler {
         node.countForwardedWrite()
         data.busy = true
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        replica.forward(bytes, on: context.eventLoop).whenComplete { result in
+        replica.forward(bytes, repeatable: Self.isRepeatable(request.message), on: context.eventLoop).whenComplete { result in
             let (handler, context) = bound.value
             if case .closed = handler.state { return }
             switch result {
@@ -329,6 +329,16 @@ extension WireConnectionHandler {
     /// `ms` with `c` (so the reply carries the new stamp) for the four
     /// storage modes, `touch` and `delete` as they are. The TTL becomes the
     /// exptime it means on this node's clock.
+    /// Whether running the write twice leaves what running it once does
+    /// (`set`, `touch`), as `MemcacheCommand.isRepeatableWrite`.
+    static func isRepeatable(_ message: WireMessage) -> Bool {
+        switch message {
+        case .store(let write): return write.mode == .set
+        case .touch: return true
+        default: return false
+        }
+    }
+
     static func writeForwardedRequest(for message: WireMessage, nowMillis: Int64, into out: inout ByteBuffer) {
         switch message {
         case .store(let write):

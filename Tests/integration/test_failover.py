@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Tuple
 import pytest
 
 from checker import Workload, final_reads, check
-from conftest import _free_port, poll_until
+from conftest import RawClient, _free_port, poll_until
 from faultproxy import FaultProxy
 from nodes import Node, nodes  # noqa: F401  (nodes is a fixture)
 
@@ -351,6 +351,37 @@ def test_a_slow_or_flapping_link_never_fails_over(pair_factory):
     run_scenario(pair, faults, seed=800)
     assert pair.roles() == {"A": "primary", "B": "backup"}
     assert pair.stats("B")["failovers"] == "0" and pair.stats("A")["failovers"] == "0"
+
+
+def test_a_set_in_flight_when_the_link_drops_is_sent_again_and_an_add_is_not(pair_factory):
+    """A write the backup forwarded and lost the answer to (the link dropped)
+    may have run on the primary. A set runs the same twice, so the backup
+    sends it again once the link is back and the client gets STORED; an add
+    would answer differently the second time, so its client is told the
+    primary is unavailable."""
+    pair = pair_factory()
+    backup = pair.node["B"]
+    before = int(backup.stats()["forwarded_writes"])
+    with RawClient(backup.address) as setter, RawClient(backup.address) as adder:
+        # Both writes reach the primary's proxy and wait there, unanswered.
+        pair.to_a.stall()
+        setter.send(b"set held 0 0 5\r\nvalue\r\n")
+        adder.send(b"add held-add 0 0 5\r\nvalue\r\n")
+        poll_until(lambda: int(backup.stats()["forwarded_writes"]) == before + 2, 5,
+                   what="the backup to forward both writes")
+        # Well inside the failover timeout: the link drops and comes back.
+        pair.to_a.drop_connections()
+        pair.to_a.heal()
+        assert setter.readline() == b"STORED"
+        assert adder.readline() == b"SERVER_ERROR primary unavailable"
+    pair.settle()
+    for name in ("A", "B"):
+        with RawClient(pair.node[name].address) as client:
+            client.send(b"get held\r\n")
+            assert client.readline() == b"VALUE held 0 5", name
+            assert client.readline() == b"value"
+            assert client.readline() == b"END"
+    assert pair.roles() == {"A": "primary", "B": "backup"}
 
 
 def test_reconciliation_merges_and_counts_conflicts(pair_factory):
