@@ -45,11 +45,11 @@ public struct ReconcileMerge: Sendable {
             case .upsert:
                 outcome = change.key.withUnsafeReadableBytes { key in
                     change.value.withUnsafeReadableBytes { value in
-                        store.merge(key, value: value, flags: change.flags, deadline: Deadline(millis: change.deadlineMillis), stamp: change.cas)
+                        store.merge(key, value: value, flags: change.flags, deadline: Deadline(millis: change.deadlineMillis), stamp: change.stamp)
                     }
                 }
             case .delete:
-                outcome = change.key.withUnsafeReadableBytes { store.merge($0, value: nil, flags: 0, deadline: .never, stamp: change.cas) }
+                outcome = change.key.withUnsafeReadableBytes { store.merge($0, value: nil, flags: 0, deadline: .never, stamp: change.stamp) }
             case .remove, .flushAll:
                 continue
             }
@@ -65,12 +65,12 @@ public struct ReconcileMerge: Sendable {
             }
             // Versions at or below `conflictsAbove` may be ones both nodes saw;
             // only a change made after it, meeting another version, is a conflict.
-            if let conflict, change.cas > conflictsAbove {
+            if let conflict, change.stamp > conflictsAbove {
                 conflicts += 1
                 logger.warning("reconcile conflict", metadata: [
                     "key": "\(String(decoding: change.key.readableBytesView, as: UTF8.self))",
                     "kind": "\(change.kind == .delete ? "delete" : "write")",
-                    "incoming_stamp": "\(change.cas)", "local_stamp": "\(conflict.local)", "winner": "\(conflict.winner)",
+                    "incoming_stamp": "\(change.stamp)", "local_stamp": "\(conflict.local)", "winner": "\(conflict.winner)",
                 ])
             }
         }
@@ -84,12 +84,12 @@ public struct ReconcileMerge: Sendable {
     public static func version(of item: ItemSnapshot, coldValue: [UInt8]) -> ReplicatedChange {
         let key = ByteBuffer(bytes: item.storage[..<item.keyLength])
         let value = item.isCold ? ByteBuffer(bytes: coldValue) : ByteBuffer(bytes: item.storage[item.keyLength...])
-        return ReplicatedChange(offset: 0, kind: .upsert, key: key, value: value, flags: item.flags, deadlineMillis: item.deadline.millis, cas: item.cas)
+        return ReplicatedChange(offset: 0, kind: .upsert, key: key, value: value, flags: item.flags, deadlineMillis: item.deadline.millis, stamp: item.cas)
     }
 
     /// The version a node sends for a delete it remembers, stamped above the
     /// watermark (`SessionStore.tombstones(inShard:newerThan:)`).
     public static func version(ofDelete key: [UInt8], stamp: UInt64) -> ReplicatedChange {
-        ReplicatedChange(offset: 0, kind: .delete, key: ByteBuffer(bytes: key), cas: stamp)
+        ReplicatedChange(offset: 0, kind: .delete, key: ByteBuffer(bytes: key), stamp: stamp)
     }
 }

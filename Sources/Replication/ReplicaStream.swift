@@ -90,10 +90,10 @@ public struct ReplicaStream: Sendable {
     public mutating func applySnapshot(_ items: [ReplicatedItem]) {
         guard !stopped else { return }
         for item in items {
-            highestStamp = max(highestStamp, item.cas)
+            highestStamp = max(highestStamp, item.stamp)
             item.key.withUnsafeReadableBytes { key in
                 item.value.withUnsafeReadableBytes { value in
-                    _ = store.applyUpsert(key, value: value, flags: item.flags, deadline: Deadline(millis: item.deadlineMillis), cas: item.cas)
+                    _ = store.applyUpsert(key, value: value, flags: item.flags, deadline: Deadline(millis: item.deadlineMillis), cas: item.stamp)
                 }
             }
         }
@@ -139,20 +139,20 @@ public struct ReplicaStream: Sendable {
         guard !stopped else { return position.offset }
         var offset = position.offset
         for change in changes where change.offset > offset {
-            highestStamp = max(highestStamp, change.cas)
+            highestStamp = max(highestStamp, change.stamp)
             switch change.kind {
             case .upsert:
                 change.key.withUnsafeReadableBytes { key in
                     change.value.withUnsafeReadableBytes { value in
-                        _ = store.applyUpsert(key, value: value, flags: change.flags, deadline: Deadline(millis: change.deadlineMillis), cas: change.cas)
+                        _ = store.applyUpsert(key, value: value, flags: change.flags, deadline: Deadline(millis: change.deadlineMillis), cas: change.stamp)
                     }
                 }
             case .remove:
                 change.key.withUnsafeReadableBytes { _ = store.applyRemove($0) }
             case .delete:
-                change.key.withUnsafeReadableBytes { _ = store.applyDelete($0, stamp: change.cas) }
+                change.key.withUnsafeReadableBytes { _ = store.applyDelete($0, stamp: change.stamp) }
             case .flushAll:
-                store.flushAll(stamp: change.cas)
+                store.flushAll(stamp: change.stamp)
             }
             offset = change.offset
         }

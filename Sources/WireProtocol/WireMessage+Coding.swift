@@ -199,7 +199,7 @@ extension WireMessage {
                 buffer.writeWireBytes(item.value)
                 buffer.writeInteger(item.flags)
                 buffer.writeInteger(item.deadlineMillis)
-                buffer.writeInteger(item.cas)
+                buffer.writeInteger(item.stamp)
             }
         case .snapshotEnd(let items):
             buffer.writeInteger(items)
@@ -216,9 +216,9 @@ extension WireMessage {
                     buffer.writeWireBytes(change.value)
                     buffer.writeInteger(change.flags)
                     buffer.writeInteger(change.deadlineMillis)
-                    buffer.writeInteger(change.cas)
+                    buffer.writeInteger(change.stamp)
                 } else if change.kind.carriesStampOnly {
-                    buffer.writeInteger(change.cas)
+                    buffer.writeInteger(change.stamp)
                 }
             }
         case .ack(let offset), .reconcileFrom(let offset), .reconcileEnd(let offset):
@@ -390,8 +390,8 @@ extension WireMessage {
                 let value = try reader.bytes("value")
                 let flags = try reader.integer("flags", as: UInt32.self)
                 let deadline = try reader.integer("deadline", as: Int64.self)
-                let cas = try reader.integer("cas", as: UInt64.self)
-                items.append(ReplicatedItem(key: key, value: value, flags: flags, deadlineMillis: deadline, cas: cas))
+                let stamp = try reader.integer("cas", as: UInt64.self)
+                items.append(ReplicatedItem(key: key, value: value, flags: flags, deadlineMillis: deadline, stamp: stamp))
             }
             reader.element = nil
             self = .snapshotChunk(items)
@@ -414,11 +414,11 @@ extension WireMessage {
                     let value = try reader.bytes("value")
                     let flags = try reader.integer("flags", as: UInt32.self)
                     let deadline = try reader.integer("deadline", as: Int64.self)
-                    let cas = try reader.integer("cas", as: UInt64.self)
-                    changes.append(ReplicatedChange(offset: offset, kind: kind, key: key, value: value, flags: flags, deadlineMillis: deadline, cas: cas))
+                    let stamp = try reader.integer("cas", as: UInt64.self)
+                    changes.append(ReplicatedChange(offset: offset, kind: kind, key: key, value: value, flags: flags, deadlineMillis: deadline, stamp: stamp))
                 } else if kind.carriesStampOnly {
                     let stamp = try reader.integer("stamp", as: UInt64.self)
-                    changes.append(ReplicatedChange(offset: offset, kind: kind, key: key, cas: stamp))
+                    changes.append(ReplicatedChange(offset: offset, kind: kind, key: key, stamp: stamp))
                 } else {
                     changes.append(ReplicatedChange(offset: offset, kind: kind, key: key))
                 }

@@ -317,14 +317,15 @@ public struct ReplicatedItem: Sendable, Equatable {
     public var flags: UInt32
     /// Absolute expiry in milliseconds since the epoch; 0 never.
     public var deadlineMillis: Int64
-    public var cas: UInt64
+    /// The item's stamp (Protocol.md 2.6), which memcached clients see as its CAS.
+    public var stamp: UInt64
 
-    public init(key: ByteBuffer, value: ByteBuffer, flags: UInt32, deadlineMillis: Int64, cas: UInt64) {
+    public init(key: ByteBuffer, value: ByteBuffer, flags: UInt32, deadlineMillis: Int64, stamp: UInt64) {
         self.key = key
         self.value = value
         self.flags = flags
         self.deadlineMillis = deadlineMillis
-        self.cas = cas
+        self.stamp = stamp
     }
 }
 
@@ -335,9 +336,9 @@ public struct ReplicatedChange: Sendable, Equatable {
         case upsert = 1
         /// Expiry or eviction: no tombstone.
         case remove = 2
-        /// Carries the flush's stamp in `cas`.
+        /// Carries the flush's stamp.
         case flushAll = 3
-        /// A client's delete; carries its stamp in `cas`.
+        /// A client's delete; carries its stamp.
         case delete = 4
 
         /// Whether the element carries a stamp after its key (and nothing else).
@@ -352,16 +353,17 @@ public struct ReplicatedChange: Sendable, Equatable {
     public var value: ByteBuffer
     public var flags: UInt32
     public var deadlineMillis: Int64
-    public var cas: UInt64
+    /// The change's stamp (Protocol.md 2.6).
+    public var stamp: UInt64
 
-    public init(offset: UInt64, kind: Kind, key: ByteBuffer, value: ByteBuffer = ByteBuffer(), flags: UInt32 = 0, deadlineMillis: Int64 = 0, cas: UInt64 = 0) {
+    public init(offset: UInt64, kind: Kind, key: ByteBuffer, value: ByteBuffer = ByteBuffer(), flags: UInt32 = 0, deadlineMillis: Int64 = 0, stamp: UInt64 = 0) {
         self.offset = offset
         self.kind = kind
         self.key = key
         self.value = value
         self.flags = flags
         self.deadlineMillis = deadlineMillis
-        self.cas = cas
+        self.stamp = stamp
     }
 }
 

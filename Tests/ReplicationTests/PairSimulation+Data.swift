@@ -584,7 +584,7 @@ extension PairSimulation {
             let items = page.items.map { item in
                 ReplicatedItem(
                     key: ByteBuffer(bytes: item.storage[..<item.keyLength]), value: ByteBuffer(bytes: item.storage[item.keyLength...]),
-                    flags: item.flags, deadlineMillis: item.deadline.millis, cas: item.cas
+                    flags: item.flags, deadlineMillis: item.deadline.millis, stamp: item.cas
                 )
             }
             send(on: id, from: link.primary, .snapshotChunk(items))

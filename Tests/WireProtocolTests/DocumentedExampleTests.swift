@@ -47,7 +47,7 @@ struct DocumentedExampleTests {
     ))
     static let importReport = WireMessage.importReport([.stored, .rejected(ImportRejection(.invalidKey, "bad key"))])
     static let changes = WireMessage.changes([
-        ReplicatedChange(offset: 42, kind: .upsert, key: bb("k"), value: bb("hi"), flags: 0, deadlineMillis: 0, cas: 7),
+        ReplicatedChange(offset: 42, kind: .upsert, key: bb("k"), value: bb("hi"), flags: 0, deadlineMillis: 0, stamp: 7),
     ])
 
     /// The hex dumps of the code blocks of section 1.6: on every line, the hex byte

@@ -14,7 +14,7 @@ struct FrameCodecTests {
         let empty = WireFrame(type: WireMessageType.statusRequest, requestID: 1, body: ByteBuffer())
         let unknownType = WireFrame(type: 0xBEEF, flags: 0xFFFF, requestID: .max, body: bb("whatever"))
         let changes = WireFrame(.changes([
-            ReplicatedChange(offset: 42, kind: .upsert, key: bb("k"), value: bb("hi"), cas: 7),
+            ReplicatedChange(offset: 42, kind: .upsert, key: bb("k"), value: bb("hi"), stamp: 7),
             ReplicatedChange(offset: 43, kind: .remove, key: bb("k")),
         ]))
         let forward = WireFrame(.forward(request: bb("set session:1 0 60 5\r\nhello\r\n")), requestID: 9)
@@ -161,11 +161,11 @@ struct FrameCodecTests {
 @Suite("Hot-path writers")
 struct HotPathTests {
     static let changes: [ReplicatedChange] = [
-        ReplicatedChange(offset: 42, kind: .upsert, key: bb("k"), value: bb("hi"), flags: 0, deadlineMillis: 0, cas: 7),
+        ReplicatedChange(offset: 42, kind: .upsert, key: bb("k"), value: bb("hi"), flags: 0, deadlineMillis: 0, stamp: 7),
         ReplicatedChange(offset: 43, kind: .remove, key: bb("session:xyz")),
         ReplicatedChange(offset: 44, kind: .flushAll, key: ByteBuffer()),
-        ReplicatedChange(offset: .max, kind: .upsert, key: ByteBuffer(), value: ByteBuffer(), flags: .max, deadlineMillis: .min, cas: .max),
-        ReplicatedChange(offset: 46, kind: .upsert, key: bb("big"), value: largeValue, flags: 12, deadlineMillis: 1_795_323_600_000, cas: 99),
+        ReplicatedChange(offset: .max, kind: .upsert, key: ByteBuffer(), value: ByteBuffer(), flags: .max, deadlineMillis: .min, stamp: .max),
+        ReplicatedChange(offset: 46, kind: .upsert, key: bb("big"), value: largeValue, flags: 12, deadlineMillis: 1_795_323_600_000, stamp: 99),
     ]
 
     static func write(_ change: ReplicatedChange, into buffer: inout ByteBuffer) -> Int {
@@ -173,13 +173,13 @@ struct HotPathTests {
             change.value.withUnsafeReadableBytes { value in
                 switch change.kind {
                 case .upsert:
-                    return buffer.writeChangeUpsert(offset: change.offset, key: key, value: value, flags: change.flags, deadlineMillis: change.deadlineMillis, cas: change.cas)
+                    return buffer.writeChangeUpsert(offset: change.offset, key: key, value: value, flags: change.flags, deadlineMillis: change.deadlineMillis, cas: change.stamp)
                 case .remove:
                     return buffer.writeChangeRemove(offset: change.offset, key: key)
                 case .flushAll:
-                    return buffer.writeChangeFlush(offset: change.offset, stamp: change.cas)
+                    return buffer.writeChangeFlush(offset: change.offset, stamp: change.stamp)
                 case .delete:
-                    return buffer.writeChangeDelete(offset: change.offset, key: key, stamp: change.cas)
+                    return buffer.writeChangeDelete(offset: change.offset, key: key, stamp: change.stamp)
                 }
             }
         }
@@ -210,16 +210,16 @@ struct HotPathTests {
     @Test("a snapshotChunk frame written item by item equals the encoded message")
     func snapshotChunkFrame() throws {
         let items = [
-            ReplicatedItem(key: bb("a"), value: bb("1"), flags: 1, deadlineMillis: 2, cas: 3),
-            ReplicatedItem(key: ByteBuffer(), value: ByteBuffer(), flags: 0, deadlineMillis: 0, cas: 0),
-            ReplicatedItem(key: bb("big"), value: largeValue, flags: .max, deadlineMillis: .max, cas: .max),
+            ReplicatedItem(key: bb("a"), value: bb("1"), flags: 1, deadlineMillis: 2, stamp: 3),
+            ReplicatedItem(key: ByteBuffer(), value: ByteBuffer(), flags: 0, deadlineMillis: 0, stamp: 0),
+            ReplicatedItem(key: bb("big"), value: largeValue, flags: .max, deadlineMillis: .max, stamp: .max),
         ]
         var buffer = ByteBuffer()
         let start = buffer.beginSnapshotChunkFrame(requestID: 5)
         for item in items {
             let written = item.key.withUnsafeReadableBytes { key in
                 item.value.withUnsafeReadableBytes { value in
-                    buffer.writeSnapshotItem(key: key, value: value, flags: item.flags, deadlineMillis: item.deadlineMillis, cas: item.cas)
+                    buffer.writeSnapshotItem(key: key, value: value, flags: item.flags, deadlineMillis: item.deadlineMillis, cas: item.stamp)
                 }
             }
             #expect(written == WireEncodedSize.snapshotItem(keyCount: item.key.readableBytes, valueCount: item.value.readableBytes))

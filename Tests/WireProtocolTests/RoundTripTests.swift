@@ -53,13 +53,13 @@ let samples: [Sample] = {
         Sample("fullResync max", .fullResync(FullResync(replicationID: idFF, offset: .max, estimatedItems: .max, estimatedBytes: .max))),
         Sample("snapshotChunk empty", .snapshotChunk([])),
         Sample("snapshotChunk edges", .snapshotChunk([
-            ReplicatedItem(key: ByteBuffer(), value: ByteBuffer(), flags: 0, deadlineMillis: 0, cas: 0),
-            ReplicatedItem(key: bb("session:abc"), value: bb("{\"user\":1}"), flags: .max, deadlineMillis: .max, cas: .max),
-            ReplicatedItem(key: bb([0, 0xFF, 0x0D, 0x0A]), value: bb("v"), flags: 1, deadlineMillis: .min, cas: 1),
+            ReplicatedItem(key: ByteBuffer(), value: ByteBuffer(), flags: 0, deadlineMillis: 0, stamp: 0),
+            ReplicatedItem(key: bb("session:abc"), value: bb("{\"user\":1}"), flags: .max, deadlineMillis: .max, stamp: .max),
+            ReplicatedItem(key: bb([0, 0xFF, 0x0D, 0x0A]), value: bb("v"), flags: 1, deadlineMillis: .min, stamp: 1),
         ])),
-        Sample("snapshotChunk 1 MiB value", .snapshotChunk([ReplicatedItem(key: bb("big"), value: largeValue, flags: 3, deadlineMillis: 1_795_323_600_000, cas: 9)])),
+        Sample("snapshotChunk 1 MiB value", .snapshotChunk([ReplicatedItem(key: bb("big"), value: largeValue, flags: 3, deadlineMillis: 1_795_323_600_000, stamp: 9)])),
         Sample("snapshotChunk many", .snapshotChunk((0..<2000).map { index in
-            ReplicatedItem(key: bb("key-\(index)"), value: bb(String(repeating: "v", count: index % 50)), flags: UInt32(index), deadlineMillis: Int64(index) * 1000, cas: UInt64(index) << 32)
+            ReplicatedItem(key: bb("key-\(index)"), value: bb(String(repeating: "v", count: index % 50)), flags: UInt32(index), deadlineMillis: Int64(index) * 1000, stamp: UInt64(index) << 32)
         })),
         Sample("snapshotEnd 0", .snapshotEnd(items: 0)),
         Sample("snapshotEnd max", .snapshotEnd(items: .max)),
@@ -67,17 +67,17 @@ let samples: [Sample] = {
         Sample("partialResync max", .partialResync(replicationID: idFF, offset: .max)),
         Sample("changes empty", .changes([])),
         Sample("changes one of each", .changes([
-            ReplicatedChange(offset: 1, kind: .upsert, key: bb("k"), value: bb("hi"), flags: 0, deadlineMillis: 0, cas: 7),
+            ReplicatedChange(offset: 1, kind: .upsert, key: bb("k"), value: bb("hi"), flags: 0, deadlineMillis: 0, stamp: 7),
             ReplicatedChange(offset: 2, kind: .remove, key: bb("k")),
-            ReplicatedChange(offset: 3, kind: .flushAll, key: ByteBuffer(), cas: 99),
-            ReplicatedChange(offset: 4, kind: .delete, key: bb("gone"), cas: .max),
-            ReplicatedChange(offset: .max, kind: .upsert, key: ByteBuffer(), value: ByteBuffer(), flags: .max, deadlineMillis: .min, cas: .max),
+            ReplicatedChange(offset: 3, kind: .flushAll, key: ByteBuffer(), stamp: 99),
+            ReplicatedChange(offset: 4, kind: .delete, key: bb("gone"), stamp: .max),
+            ReplicatedChange(offset: .max, kind: .upsert, key: ByteBuffer(), value: ByteBuffer(), flags: .max, deadlineMillis: .min, stamp: .max),
             ReplicatedChange(offset: 0, kind: .remove, key: ByteBuffer()),
         ])),
-        Sample("changes 1 MiB value", .changes([ReplicatedChange(offset: 5, kind: .upsert, key: bb("big"), value: largeValue, flags: 1, deadlineMillis: 2, cas: 3)])),
+        Sample("changes 1 MiB value", .changes([ReplicatedChange(offset: 5, kind: .upsert, key: bb("big"), value: largeValue, flags: 1, deadlineMillis: 2, stamp: 3)])),
         Sample("changes many", .changes((0..<10_000).map { index in
             switch index % 3 {
-            case 0: return ReplicatedChange(offset: UInt64(index), kind: .upsert, key: bb("k\(index)"), value: bb("value \(index)"), flags: UInt32(index), deadlineMillis: Int64(index), cas: UInt64(index))
+            case 0: return ReplicatedChange(offset: UInt64(index), kind: .upsert, key: bb("k\(index)"), value: bb("value \(index)"), flags: UInt32(index), deadlineMillis: Int64(index), stamp: UInt64(index))
             case 1: return ReplicatedChange(offset: UInt64(index), kind: .remove, key: bb("k\(index)"))
             default: return ReplicatedChange(offset: UInt64(index), kind: .flushAll, key: ByteBuffer())
             }
@@ -100,8 +100,8 @@ let samples: [Sample] = {
         Sample("reconcileFrom", .reconcileFrom(watermark: 123_456_789)),
         Sample("reconcileFrom none needed", .reconcileFrom(watermark: .max)),
         Sample("reconcileChunk", .reconcileChunk([
-            ReplicatedChange(offset: 0, kind: .upsert, key: bb("k"), value: bb("v"), flags: 1, deadlineMillis: 2, cas: 3),
-            ReplicatedChange(offset: 0, kind: .delete, key: bb("d"), cas: 4),
+            ReplicatedChange(offset: 0, kind: .upsert, key: bb("k"), value: bb("v"), flags: 1, deadlineMillis: 2, stamp: 3),
+            ReplicatedChange(offset: 0, kind: .delete, key: bb("d"), stamp: 4),
         ])),
         Sample("reconcileEnd", .reconcileEnd(count: 2)),
         Sample("reconcileDone", .reconcileDone(ReconcileSummary(received: 10, applied: 4, conflicts: 1))),
@@ -211,13 +211,13 @@ struct RoundTripTests {
 
     @Test("remove carries only offset, kind and key; flushAll adds its stamp")
     func removeDropsUpsertFields() throws {
-        let sent = ReplicatedChange(offset: 9, kind: .remove, key: bb("gone"), value: bb("ignored"), flags: 5, deadlineMillis: 6, cas: 7)
-        let flush = ReplicatedChange(offset: 10, kind: .flushAll, key: ByteBuffer(), value: bb("ignored"), flags: 5, deadlineMillis: 6, cas: 7)
+        let sent = ReplicatedChange(offset: 9, kind: .remove, key: bb("gone"), value: bb("ignored"), flags: 5, deadlineMillis: 6, stamp: 7)
+        let flush = ReplicatedChange(offset: 10, kind: .flushAll, key: ByteBuffer(), value: bb("ignored"), flags: 5, deadlineMillis: 6, stamp: 7)
         let body = encodedBody(.changes([sent, flush]))
         // A flush_all carries its stamp (cas) as well.
         #expect(body.readableBytes == 4 + (8 + 1 + 4 + 4) + (8 + 1 + 4 + 8))
         let decoded = try WireMessage(type: WireMessageType.changes.rawValue, body: body)
-        #expect(decoded == .changes([ReplicatedChange(offset: 9, kind: .remove, key: bb("gone")), ReplicatedChange(offset: 10, kind: .flushAll, key: ByteBuffer(), cas: 7)]))
+        #expect(decoded == .changes([ReplicatedChange(offset: 9, kind: .remove, key: bb("gone")), ReplicatedChange(offset: 10, kind: .flushAll, key: ByteBuffer(), stamp: 7)]))
     }
 
     @Test("keys, values and forwarded bytes are slices of the received body")

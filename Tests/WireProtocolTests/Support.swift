@@ -153,15 +153,15 @@ struct MessageGenerator<R: RandomNumberGenerator> {
     mutating func change() -> ReplicatedChange {
         switch rng.int(0...6) {
         case 0: return ReplicatedChange(offset: rng.u64(), kind: .remove, key: buffer())
-        case 1: return ReplicatedChange(offset: rng.u64(), kind: .flushAll, key: ByteBuffer(), cas: rng.u64())
-        case 2: return ReplicatedChange(offset: rng.u64(), kind: .delete, key: buffer(), cas: rng.u64())
+        case 1: return ReplicatedChange(offset: rng.u64(), kind: .flushAll, key: ByteBuffer(), stamp: rng.u64())
+        case 2: return ReplicatedChange(offset: rng.u64(), kind: .delete, key: buffer(), stamp: rng.u64())
         default:
-            return ReplicatedChange(offset: rng.u64(), kind: .upsert, key: buffer(), value: buffer(), flags: rng.u32(), deadlineMillis: rng.i64(), cas: rng.u64())
+            return ReplicatedChange(offset: rng.u64(), kind: .upsert, key: buffer(), value: buffer(), flags: rng.u32(), deadlineMillis: rng.i64(), stamp: rng.u64())
         }
     }
 
     mutating func item() -> ReplicatedItem {
-        ReplicatedItem(key: buffer(), value: buffer(), flags: rng.u32(), deadlineMillis: rng.i64(), cas: rng.u64())
+        ReplicatedItem(key: buffer(), value: buffer(), flags: rng.u32(), deadlineMillis: rng.i64(), stamp: rng.u64())
     }
 
     mutating func message(of type: WireMessageType) -> WireMessage {
