@@ -13,19 +13,12 @@ final class WireConnectionHandler: ChannelInboundHandler {
     typealias OutboundOut = ByteBuffer
 
     /// Who is at the other end, as its `hello` said (and, with a secret, proved).
-    struct Link {
-        var role: ConnectionRole
-        var name: String
-        /// The protocol version the connection speaks (Protocol.md 1.3).
-        var version: UInt16
-    }
+    typealias Link = WireHandshakeAcceptor.Peer
 
     /// Where the connection is in its life.
     enum State {
-        /// Nothing received yet: the first frame must be `hello`.
-        case awaitingHello
-        /// `helloOK` sent with a challenge: only `auth` may come next.
-        case awaitingAuth(Link, epoch: UInt64, clientNonce: [UInt8], serverNonce: [UInt8])
+        /// `hello`, then `auth` with a secret: the acceptor decides the answers.
+        case handshaking(WireHandshakeAcceptor)
         /// Handshake done: requests are served.
         case ready(Link)
         /// A node about to follow this primary sends its versions for merging.
@@ -43,7 +36,7 @@ final class WireConnectionHandler: ChannelInboundHandler {
         func acceptsResponse(_ frame: WireFrame) -> Bool {
             switch self {
             case .replicating: return frame.messageType == .pong
-            case .awaitingHello, .awaitingAuth, .ready, .reconciling, .watching, .closed: return false
+            case .handshaking, .ready, .reconciling, .watching, .closed: return false
             }
         }
     }
@@ -51,13 +44,14 @@ final class WireConnectionHandler: ChannelInboundHandler {
     let node: ServerContext
     let logger: Logger
     // Internal, not private: the requests in the WireConnectionHandler+… files use them.
-    var state: State = .awaitingHello
+    var state: State
     /// The connection's data requests (Protocol.md 1.4.5).
     var data = DataPath()
 
     init(node: ServerContext, logger: Logger) {
         self.node = node
         self.logger = logger
+        self.state = .handshaking(WireHandshakeAcceptor(secret: node.configuration.pair?.secret))
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -78,60 +72,20 @@ final class WireConnectionHandler: ChannelInboundHandler {
             return
         }
         switch state {
-        case .awaitingHello:
-            guard case .hello(let hello) = message, hello.magic == Hello.magic else {
-                reject(.protocolViolation, "the first frame must be hello", requestID: frame.requestID, context: context)
-                return
+        case .handshaking(var acceptor):
+            let node = self.node
+            let step = acceptor.received(
+                message, node: WireHandshakeAcceptor.Node(name: node.nodeName, role: node.role, epoch: node.pair?.epoch ?? 0)
+            )
+            switch step {
+            case .refuse(let code, let reason):
+                reject(code, reason, requestID: frame.requestID, context: context)
+            case .answer(let answer, let accepted):
+                state = accepted.map { .ready($0) } ?? .handshaking(acceptor)
+                send(answer, requestID: frame.requestID, context: context)
+                // Without a secret a peer's hello counts at once; with one, only once it proved it knows the secret.
+                if let accepted { peerSaidHello(accepted) }
             }
-            guard hello.minimumVersion <= WireVersion.maximum, hello.maximumVersion >= WireVersion.minimum,
-                hello.minimumVersion <= hello.maximumVersion
-            else {
-                reject(.unsupportedVersion, "this node speaks versions \(WireVersion.minimum)...\(WireVersion.maximum)", requestID: frame.requestID, context: context)
-                return
-            }
-            // Required with or without a secret: the nonce is part of the
-            // handshake, not of the authentication, so a client need not know
-            // whether the node has a secret to build a valid hello.
-            guard hello.nonce.count == WireSecret.clientNonceLength else {
-                reject(.malformed, "hello.nonce must be \(WireSecret.clientNonceLength) random bytes, not \(hello.nonce.count)", requestID: frame.requestID, context: context)
-                return
-            }
-            // Everything above refuses the hello; nothing before this point changes the node.
-            let link = Link(role: hello.role, name: hello.nodeName, version: min(hello.maximumVersion, WireVersion.maximum))
-            let secret = node.configuration.pair?.secret
-            // A fresh nonce for every connection, so a proof recorded on one answers no other.
-            let serverNonce = secret == nil ? [] : WireSecret.randomNonce(count: WireSecret.serverNonceLength)
-            // Without a secret a peer's hello counts at once; with one, only once it proved it knows the secret.
-            if secret == nil { peerSaidHello(link, epoch: hello.epoch) }
-            send(.helloOK(HelloOK(
-                version: link.version, nodeName: node.nodeName, nodeRole: node.role, epoch: node.pair?.epoch ?? 0,
-                authentication: secret == nil ? .none : .hmacSHA256, nonce: serverNonce
-            )), requestID: frame.requestID, context: context)
-            if secret == nil {
-                state = .ready(link)
-            } else {
-                state = .awaitingAuth(link, epoch: hello.epoch, clientNonce: hello.nonce, serverNonce: serverNonce)
-            }
-
-        case .awaitingAuth(let link, let epoch, let clientNonce, let serverNonce):
-            guard case .auth(let proof) = message else {
-                reject(.authenticationRequired, "this node requires authentication: send auth after helloOK", requestID: frame.requestID, context: context)
-                return
-            }
-            guard proof.count == WireSecret.proofLength else {
-                reject(.malformed, "auth.proof must be \(WireSecret.proofLength) bytes", requestID: frame.requestID, context: context)
-                return
-            }
-            // The state is entered only with a secret configured, and the configuration does not change.
-            guard let secret = node.configuration.pair?.secret,
-                secret.isValidClientProof(proof, clientNonce: clientNonce, serverNonce: serverNonce, role: link.role)
-            else {
-                reject(.authenticationFailed, "wrong proof: the shared secret differs", requestID: frame.requestID, context: context)
-                return
-            }
-            send(.authOK(proof: secret.serverProof(clientNonce: clientNonce, serverNonce: serverNonce)), requestID: frame.requestID, context: context)
-            state = .ready(link)
-            peerSaidHello(link, epoch: epoch)
 
         case .ready(let link):
             serve(message, frame: frame, link: link, context: context)
@@ -180,9 +134,9 @@ final class WireConnectionHandler: ChannelInboundHandler {
     /// secret, proved): its epoch may make this node step down. Only a node
     /// with a `--peer` has a pair to step down in; on any other the hello of
     /// a connection claiming the peer role changes nothing.
-    private func peerSaidHello(_ link: Link, epoch: UInt64) {
+    private func peerSaidHello(_ link: Link) {
         guard link.role == .peer, node.configuration.pair?.peer != nil else { return }
-        node.pair?.peerSaidHello(epoch: epoch, name: link.name)
+        node.pair?.peerSaidHello(epoch: link.epoch, name: link.name)
     }
 
     private func serve(_ message: WireMessage, frame: WireFrame, link: Link, context: ChannelHandlerContext) {

@@ -1,6 +1,7 @@
 /// The connecting side of a connection's handshake (Protocol.md 1.3):
 /// `hello`, then, when the node asks for it, `auth` with this side's proof,
-/// and the check of the node's proof in `authOK`.
+/// and the check of the node's proof in `authOK`. The node's side is
+/// `WireHandshakeAcceptor`.
 ///
 /// It only decides; the caller moves the frames. `run(_:)` drives it over a
 /// request/response exchange (`TandemClient`, a node's short links to its

@@ -101,3 +101,111 @@ struct WireHandshakeTests {
         }
     }
 }
+
+/// The node's side (`WireHandshakeAcceptor`, what `WireConnectionHandler`
+/// runs), driven by the connecting side's real `WireHandshake`.
+@Suite("Wire handshake, both ends")
+struct WireHandshakeAcceptorTests {
+    let secret = try! WireSecret(bytes: Array("0123456789abcdef0123456789abcdef".utf8))
+    let other = try! WireSecret(bytes: Array("another secret, 32 bytes long!!!".utf8))
+    let node = WireHandshakeAcceptor.Node(name: "n1", role: .primary, epoch: 4)
+
+    /// Runs `handshake` against `acceptor`; the connecting side's error, if any.
+    func run(_ handshake: WireHandshake, _ acceptor: inout WireHandshakeAcceptor) async -> (HelloOK?, WireHandshakeError?) {
+        var node = acceptor
+        defer { acceptor = node }
+        do {
+            let ok = try await handshake.run { message in
+                switch node.received(message, node: self.node) {
+                case .answer(let answer, _): return answer
+                case .refuse(let code, let reason): return .error(WireError(code, reason))
+                }
+            }
+            return (ok, nil)
+        } catch {
+            return (nil, error as? WireHandshakeError)
+        }
+    }
+
+    @Test("every pairing of secrets ends as section 1.3 says, on both sides")
+    func secrets() async {
+        let peer = WireHandshakeAcceptor.Peer(role: .peer, name: "a", version: WireVersion.maximum, epoch: 9)
+        let cases: [(client: WireSecret?, node: WireSecret?, error: WireHandshakeError?, state: WireHandshakeAcceptor.State?)] = [
+            (nil, nil, nil, .accepted(peer)),
+            (secret, secret, nil, .accepted(peer)),
+            // The node accepts, but the connecting side will not talk to a node that cannot prove the secret.
+            (secret, nil, .nodeWithoutSecret, .accepted(peer)),
+            // The connecting side has nothing to prove with: it stops after helloOK.
+            (nil, secret, .secretRequired, nil),
+            (secret, other, .proofRefused, .refused),
+        ]
+        for (clientSecret, nodeSecret, error, state) in cases {
+            let handshake = WireHandshake(role: .peer, nodeName: "a", epoch: 9, secret: clientSecret)
+            var acceptor = WireHandshakeAcceptor(secret: nodeSecret)
+            let (ok, failure) = await run(handshake, &acceptor)
+            #expect(failure == error, "client \(clientSecret == nil ? "without" : "with") a secret, node \(nodeSecret == nil ? "without" : "with")")
+            if error == nil {
+                #expect(ok?.nodeName == "n1" && ok?.nodeRole == .primary && ok?.epoch == 4)
+            }
+            if let state {
+                #expect(acceptor.state == state)
+            } else {
+                guard case .awaitingAuth = acceptor.state else {
+                    Issue.record("the node should still wait for auth, not \(acceptor.state)")
+                    continue
+                }
+            }
+        }
+    }
+
+    @Test("the version is the highest both speak; the nonce and the proof are checked, each refusal with its code")
+    func refusals() {
+        let hello = WireHandshake(role: .client, nodeName: "ctl", secret: nil, versions: 1...3).hello
+        var acceptor = WireHandshakeAcceptor(secret: nil)
+        guard case .answer(.helloOK(let ok), let accepted?) = acceptor.received(.hello(hello), node: node) else {
+            Issue.record("an older client's hello was not accepted")
+            return
+        }
+        #expect(ok.version == 3 && accepted.version == 3 && accepted.role == .client)
+        // The handshake is over: another hello is not one.
+        #expect(acceptor.received(.hello(hello), node: node) == .refuse(.protocolViolation, "the handshake is over"))
+
+        func refusal(_ messages: [WireMessage], secret: WireSecret? = nil) -> WireErrorCode? {
+            var acceptor = WireHandshakeAcceptor(secret: secret)
+            for message in messages {
+                if case .refuse(let code, _) = acceptor.received(message, node: node) {
+                    #expect(acceptor.state == .refused)
+                    return code
+                }
+            }
+            return nil
+        }
+        var tooNew = hello
+        tooNew.minimumVersion = WireVersion.maximum + 1
+        tooNew.maximumVersion = WireVersion.maximum + 2
+        var shortNonce = hello
+        shortNonce.nonce = Array(hello.nonce.dropLast())
+        var backwards = hello
+        (backwards.minimumVersion, backwards.maximumVersion) = (3, 2)
+        #expect(refusal([.ping(timestampMillis: 1)]) == .protocolViolation)
+        #expect(refusal([.hello(tooNew)]) == .unsupportedVersion)
+        #expect(refusal([.hello(backwards)]) == .unsupportedVersion)
+        #expect(refusal([.hello(shortNonce)]) == .malformed)
+        #expect(refusal([.hello(hello), .ping(timestampMillis: 1)], secret: secret) == .authenticationRequired)
+        #expect(refusal([.hello(hello), .auth(proof: [1, 2, 3])], secret: secret) == .malformed)
+    }
+
+    @Test("a proof binds the role its hello announced: a client's proof does not admit a connection saying it is the peer")
+    func proofBindsTheRole() {
+        let client = WireHandshake(role: .client, nodeName: "ctl", secret: secret)
+        var asPeer = client.hello
+        asPeer.role = .peer
+        var acceptor = WireHandshakeAcceptor(secret: secret)
+        guard case .answer(.helloOK(let ok), nil) = acceptor.received(.hello(asPeer), node: node) else {
+            Issue.record("no challenge")
+            return
+        }
+        let proof = secret.clientProof(clientNonce: client.hello.nonce, serverNonce: ok.nonce, role: .client)
+        #expect(acceptor.received(.auth(proof: proof), node: node) == .refuse(.authenticationFailed, "wrong proof: the shared secret differs"))
+    }
+}
