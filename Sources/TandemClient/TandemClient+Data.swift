@@ -172,7 +172,7 @@ extension TandemClient {
     /// waits at most the connection's timeout for its answer.
     func data(_ message: WireMessage) async throws -> WireMessage {
         guard servesData else { throw TandemClientError.unsupported(nodeVersion: server.version, needed: WireVersion.dataMessages) }
-        await slots.acquire()
+        try await slots.acquire()
         defer { slots.release() }
         return try await handler.request(message, on: channel, timeout: requestTimeout)
     }
@@ -190,12 +190,16 @@ extension TandemClient {
 }
 
 /// A counting semaphore for the requests in flight on one connection: a
-/// caller past the bound waits (without a thread) until an answer frees a slot.
+/// caller past the bound waits (without a thread) until an answer frees a
+/// slot, or until its task is cancelled.
 final class InFlightSlots: Sendable {
     private struct State {
         var free: Int
-        var waiters: [CheckedContinuation<Void, Never>] = []
-        var head = 0
+        /// Callers waiting for a slot, longest first.
+        var waiters: [(id: UInt64, continuation: CheckedContinuation<Void, any Error>)] = []
+        var nextID: UInt64 = 0
+        /// Waiters whose task was cancelled before they queued.
+        var cancelled: Set<UInt64> = []
     }
 
     private let state: NIOLockedValueBox<State>
@@ -204,41 +208,61 @@ final class InFlightSlots: Sendable {
         state = NIOLockedValueBox(State(free: count))
     }
 
-    func acquire() async {
-        let acquired = state.withLockedValue { state -> Bool in
-            guard state.free > 0 else { return false }
-            state.free -= 1
-            return true
-        }
-        if acquired { return }
-        await withCheckedContinuation { continuation in
-            let now = state.withLockedValue { state -> Bool in
-                // A slot may have been freed since the first look.
-                if state.free > 0 {
-                    state.free -= 1
-                    return true
-                }
-                state.waiters.append(continuation)
-                return false
+    /// Takes a slot; throws `CancellationError` if the task is cancelled first.
+    func acquire() async throws {
+        try Task.checkCancellation()
+        let id = state.withLockedValue { state -> UInt64? in
+            guard state.free == 0 else {
+                state.free -= 1
+                return nil
             }
-            if now { continuation.resume() }
+            state.nextID += 1
+            return state.nextID
         }
+        guard let id else { return }
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                enum Now { case wait, take, cancelled }
+                let now = state.withLockedValue { state -> Now in
+                    if state.cancelled.remove(id) != nil { return .cancelled }
+                    // A slot may have been freed since the first look.
+                    if state.free > 0 {
+                        state.free -= 1
+                        return .take
+                    }
+                    state.waiters.append((id, continuation))
+                    return .wait
+                }
+                switch now {
+                case .wait: break
+                case .take: continuation.resume()
+                case .cancelled: continuation.resume(throwing: CancellationError())
+                }
+            }
+        } onCancel: {
+            let waiter = state.withLockedValue { state -> CheckedContinuation<Void, any Error>? in
+                if let index = state.waiters.firstIndex(where: { $0.id == id }) {
+                    return state.waiters.remove(at: index).continuation
+                }
+                // Not queued yet: it finds this when it does. (Or it already has
+                // its slot: then this entry is never read, and cleared below.)
+                state.cancelled.insert(id)
+                return nil
+            }
+            waiter?.resume(throwing: CancellationError())
+        }
+        // Granted after all: the mark a late cancellation left is of no use.
+        state.withLockedValue { _ = $0.cancelled.remove(id) }
     }
 
     func release() {
-        let next = state.withLockedValue { state -> CheckedContinuation<Void, Never>? in
-            guard state.head < state.waiters.count else {
+        let next = state.withLockedValue { state -> CheckedContinuation<Void, any Error>? in
+            guard !state.waiters.isEmpty else {
                 state.free += 1
                 return nil
             }
             // The slot passes straight to the longest waiter.
-            let next = state.waiters[state.head]
-            state.head += 1
-            if state.head == state.waiters.count {
-                state.waiters.removeAll(keepingCapacity: true)
-                state.head = 0
-            }
-            return next
+            return state.waiters.removeFirst().continuation
         }
         next?.resume()
     }

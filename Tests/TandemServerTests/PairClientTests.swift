@@ -323,6 +323,28 @@ struct PairClientTests {
         await client.close()
     }
 
+    @Test("a request waiting for a slot on a full connection gives up when its task is cancelled, and the slots stay counted")
+    func aWaitForASlotEndsWithItsTask() async throws {
+        let slots = InFlightSlots(1)
+        try await slots.acquire()
+        let waiter = Task { try await slots.acquire() }
+        let another = Task { try await slots.acquire() }
+        waiter.cancel()
+        await #expect(throws: CancellationError.self) { try await waiter.value }
+        // The slot goes to the waiter still there, not to the cancelled one.
+        slots.release()
+        try await another.value
+        slots.release()
+        // One slot, free again: taken at once.
+        try await slots.acquire()
+        slots.release()
+        let cancelledFirst = Task {
+            withUnsafeCurrentTask { $0?.cancel() }
+            try await slots.acquire()
+        }
+        await #expect(throws: CancellationError.self) { try await cancelledFirst.value }
+    }
+
     /// Accepts connections, counts them, and closes each at once: a node that never answers a handshake.
     final class CountingListener: ChannelInboundHandler, Sendable {
         typealias InboundIn = ByteBuffer
