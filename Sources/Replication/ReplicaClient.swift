@@ -494,17 +494,44 @@ public final class ReplicaClient: Sendable {
             return
         }
         // A frame the channel could not write never reached the primary (a
-        // part of one is not a request there): the write did not run, and
-        // the client may send it again.
+        // part of one is not a request there): the write did not run, and it
+        // waits for the link like one that arrived while it was down.
         let written = channel.eventLoop.makePromise(of: Void.self)
         written.futureResult.whenFailure { _ in
-            self.completeForward(requestID: requestID, result: .failure(ForwardError.notSent))
+            self.unsent(requestID: requestID, failedOn: channel)
         }
         channel.writeAndFlush(frame, promise: written)
         let timeout = promise.futureResult.eventLoop.scheduleTask(in: Self.forwardTimeout) {
             self.completeForward(requestID: requestID, result: .failure(ForwardError.primaryUnavailable))
         }
         promise.futureResult.whenComplete { _ in timeout.cancel() }
+    }
+
+    /// The forward `requestID` was never written to `failed` (it closed
+    /// first): held again, as not run, unless this node stopped following.
+    private func unsent(requestID: UInt32, failedOn failed: any Channel) {
+        enum Next {
+            case none
+            case fail(EventLoopPromise<(UInt64, ByteBuffer)>)
+            case send(SentForward, on: any Channel)
+        }
+        let next = shared.withLock { shared -> Next in
+            guard let forward = shared.pendingForwards.removeValue(forKey: requestID) else { return .none }
+            guard !shared.stopped || shared.parking else { return .fail(forward.promise) }
+            // A new link may already be up: then it goes on that one.
+            if !shared.stopped, let channel = shared.channel, channel !== failed,
+                shared.linkState == .streaming || shared.linkState == .resyncing
+            {
+                return .send(forward, on: channel)
+            }
+            shared.parkedForwards.append(park(forward.request, repeatable: forward.repeatable, mayHaveRun: false, promise: forward.promise))
+            return .none
+        }
+        switch next {
+        case .none: break
+        case .fail(let promise): promise.fail(ForwardError.notSent)
+        case .send(let forward, let channel): send(forward.request, repeatable: forward.repeatable, promise: forward.promise, on: channel)
+        }
     }
 
     private func expireParked(_ promise: EventLoopPromise<(UInt64, ByteBuffer)>) {
