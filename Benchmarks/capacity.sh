@@ -14,6 +14,7 @@
 set -uo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+. "$here/lib.sh"
 repo="$(cd "$here/.." && pwd)"
 items=1000000
 tandemd_bin=""
@@ -47,8 +48,6 @@ if [ -z "$tandemd_bin" ]; then
     tandemd_bin="$(cd "$repo" && swift build -c release --scratch-path "$repo/.build-bench" --show-bin-path)/tandemd"
 fi
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-rss_mb() { awk '/^VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 # wait_log FILE PATTERN SECONDS PID
 wait_log() {
     local deadline=$((SECONDS + $3))
@@ -57,7 +56,6 @@ wait_log() {
         sleep 0.1
     done
 }
-port_of() { sed -n 's/.*listening on [^ ]*:\([0-9][0-9]*\).*/\1/p' "$1" | head -1; }
 # stop PID: SIGTERM and wait (at most 120 s)
 stop() {
     kill -TERM "$1" 2>/dev/null

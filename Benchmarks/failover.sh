@@ -26,6 +26,7 @@
 set -uo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+. "$here/lib.sh"
 repo="$(cd "$here/.." && pwd)"
 items=1000000
 rate=4000
@@ -62,30 +63,8 @@ if [ -z "$tandemd_bin" ]; then
 fi
 command -v ss >/dev/null || die "ss not found (apt-get install iproute2)"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
-# stat PORT NAME: one figure of the memcached-protocol `stats` ("" when unreachable)
-stat() {
-    python3 - "$1" "$2" <<'PY' 2>/dev/null
-import socket, sys
-try:
-    s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
-    s.sendall(b"stats\r\n")
-    data = b""
-    while not data.endswith(b"END\r\n"):
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-except OSError:
-    sys.exit(0)
-for line in data.decode().splitlines():
-    parts = line.split()
-    if len(parts) == 3 and parts[1] == sys.argv[2]:
-        print(parts[2])
-PY
-}
 # until_true SECONDS WHAT COMMAND...: run COMMAND every 0.1 s until it succeeds
 until_true() {
     local limit="$1" deadline=$((SECONDS + $1)) what="$2"; shift 2
@@ -94,7 +73,6 @@ until_true() {
         sleep 0.1
     done
 }
-port_of() { sed -n 's/.*listening on [^ ]*:\([0-9][0-9]*\).*/\1/p' "$1" | head -1; }
 has_port() { [ -n "$(port_of "$1")" ]; }
 stat_is() { [ "$(stat "$1" "$2")" = "$3" ]; }
 caught_up() {  # caught_up PRIMARY_PORT BACKUP_PORT: the link up, the backup streaming, nothing unacknowledged

@@ -14,6 +14,7 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
+. "$here/lib.sh"
 repo="$(cd "$here/.." && pwd)"
 seconds=5
 connections=4
@@ -38,7 +39,6 @@ if [ "$build" = 1 ]; then
 fi
 bin="$(cd "$repo" && swift build -c release --scratch-path "$scratch" --show-bin-path)"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 tmp="$(mktemp -d)"
