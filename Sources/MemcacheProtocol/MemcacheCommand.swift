@@ -63,11 +63,50 @@ public struct RetrievalCommand: Sendable, Equatable {
     public var returnsCas: Bool
     /// For `gat`/`gats`: the new exptime to set on every hit.
     public var touchExptime: Int64?
+    /// Whether `END` follows this command's values: false for all but the
+    /// last part of a retrieval answered in parts (`parts(ofAtMost:)`).
+    public var endsReply: Bool = true
 
     public init(keys: KeyList, returnsCas: Bool, touchExptime: Int64? = nil) {
         self.keys = keys
         self.returnsCas = returnsCas
         self.touchExptime = touchExptime
+    }
+
+    /// The command cut into parts of at most `keysPerPart` keys, in order,
+    /// only the last one ending the reply; the command itself if it has no
+    /// more keys than that. A server answers a long `get` part by part so
+    /// that its reply need not be built whole in memory: one line naming a
+    /// large value a thousand times would otherwise make it copy the value
+    /// a thousand times before sending a byte.
+    public func parts(ofAtMost keysPerPart: Int) -> [RetrievalCommand] {
+        precondition(keysPerPart > 0)
+        var parts: [RetrievalCommand] = []
+        var iterator = keys.makeIterator()
+        var start = keys.bytes.readerIndex
+        var count = 0
+        while iterator.next() != nil {
+            count += 1
+            guard count == keysPerPart else { continue }
+            // The iterator reads a copy of `keys.bytes`: its index is where that key ends there.
+            let end = iterator.remaining.readerIndex
+            var part = self
+            part.keys = KeyList(bytes: keys.bytes.getSlice(at: start, length: end - start)!)
+            part.endsReply = false
+            parts.append(part)
+            start = end
+            count = 0
+        }
+        guard !parts.isEmpty else { return [self] }
+        let end = keys.bytes.readerIndex + keys.bytes.readableBytes
+        if count > 0 {
+            var last = self
+            last.keys = KeyList(bytes: keys.bytes.getSlice(at: start, length: end - start)!)
+            parts.append(last)
+        } else {
+            parts[parts.count - 1].endsReply = endsReply
+        }
+        return parts
     }
 }
 

@@ -120,13 +120,14 @@ struct Dispatcher {
                 out.writeValue(key: key, flags: result.item.flags, value: value, cas: command.returnsCas ? result.item.cas : nil)
             }
         }
-        out.writeStatus(.end)
+        if command.endsReply { out.writeStatus(.end) }
         let misses = requested - hits
         counters.increment(.cmdGet, by: requested)
         counters.increment(.getHits, by: hits)
         counters.increment(.getMisses, by: misses)
         if command.touchExptime != nil {
-            counters.increment(.cmdTouch)
+            // Once per command, answered in parts or not.
+            if command.endsReply { counters.increment(.cmdTouch) }
             counters.increment(.touchHits, by: hits)
             counters.increment(.touchMisses, by: misses)
         }

@@ -44,6 +44,10 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
     private static let inboundCompactThreshold = 64 * 1024
     /// Input taken in while a command waits for a value, before reading stops.
     private static let inboundWhileWaitingForValue = 1 << 20
+    /// A retrieval naming more keys is answered in parts of this many
+    /// (`RetrievalCommand.parts`), each sent before the next is built, so
+    /// the reply a connection holds is bounded by the values of one part.
+    static let keysPerRetrievalPart = 32
 
     private var decoder: MemcacheDecoder
     /// Set once the first byte of the connection was the binary protocol's magic (0x80).
@@ -58,6 +62,9 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
     private var state: State = .open
     /// Bytes read but not yet decoded (a partial command).
     private var inbound: ByteBuffer?
+    /// The parts of a long retrieval not answered yet; run before any
+    /// command decoded after it.
+    private var pendingParts: ArraySlice<RetrievalCommand> = []
     /// Replies not yet handed to the channel.
     private var outbound: ByteBuffer
     /// Replies handed to the channel but not yet flushed.
@@ -148,7 +155,7 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
     // MARK: Processing
 
     private func processInbound(context: ChannelHandlerContext) {
-        guard case .open = state, inbound != nil, !processing else { return }
+        guard case .open = state, inbound != nil || !pendingParts.isEmpty, !processing else { return }
         processing = true
         var wrote = false
         defer {
@@ -178,13 +185,28 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
                 guard step else { return }
                 break
             }
-            let command: MemcacheCommand?
-            do {
-                command = try decoder.next(&inbound!)
-            } catch {
-                logger.debug("closing connection", metadata: ["reason": "\(error)", "peer": "\(context.remoteAddress.map { "\($0)" } ?? "?")"])
-                closeAfterReplies(context: context)
-                return
+            var command: MemcacheCommand?
+            if let part = pendingParts.popFirst() {
+                command = .retrieve(part)
+            } else {
+                guard inbound != nil else { break }
+                do {
+                    command = try decoder.next(&inbound!)
+                } catch {
+                    logger.debug("closing connection", metadata: ["reason": "\(error)", "peer": "\(context.remoteAddress.map { "\($0)" } ?? "?")"])
+                    closeAfterReplies(context: context)
+                    return
+                }
+                // A long retrieval run here goes part by part; a backup forwards
+                // a gat whole (the primary answers it in parts).
+                // (Each key takes at least two bytes of the line: a shorter one cannot need parts.)
+                if case .retrieve(let retrieval)? = command, retrieval.keys.bytes.readableBytes > 2 * Self.keysPerRetrievalPart,
+                    !(retrieval.touchExptime != nil && replica != nil)
+                {
+                    let parts = retrieval.parts(ofAtMost: Self.keysPerRetrievalPart)
+                    command = .retrieve(parts[0])
+                    pendingParts = parts.dropFirst()
+                }
             }
             guard let command else { break }
             if command.isWrite {

@@ -224,3 +224,31 @@ struct TextCommandDecoderTests {
         #expect(buffer.readableBytes == 0)
     }
 }
+
+/// A long retrieval cut into parts (`RetrievalCommand.parts`), which a server answers one by one.
+@Suite("Retrieval parts")
+struct RetrievalPartsTests {
+    func keys(_ command: RetrievalCommand) -> [String] {
+        command.keys.map { String(buffer: $0) }
+    }
+
+    @Test("the keys keep their order across the parts, only the last part ends the reply, and the rest is kept")
+    func parts() {
+        let names = (0..<7).map { "key\($0)" }
+        // Extra spaces between keys, as a client may send them.
+        var gat = RetrievalCommand(keys: KeyList(bytes: ByteBuffer(string: names.joined(separator: "  "))), returnsCas: true, touchExptime: 30)
+        for size in 1...8 {
+            let parts = gat.parts(ofAtMost: size)
+            #expect(parts.flatMap(keys) == names, "parts of \(size)")
+            #expect(parts.count == (names.count + size - 1) / size)
+            #expect(parts.dropLast().allSatisfy { !$0.endsReply && keys($0).count == size })
+            #expect(parts.last?.endsReply == true)
+            #expect(parts.allSatisfy { $0.returnsCas && $0.touchExptime == 30 })
+        }
+        // A part of a part that does not end the reply ends none of its own.
+        gat.endsReply = false
+        #expect(gat.parts(ofAtMost: 3).allSatisfy { !$0.endsReply })
+        let one = RetrievalCommand(keys: KeyList(bytes: ByteBuffer(string: "k")), returnsCas: false)
+        #expect(one.parts(ofAtMost: 32) == [one])
+    }
+}

@@ -4,6 +4,7 @@ exact replies memcached 1.6 gives (validated with TANDEM_SERVER=memcached)."""
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 
@@ -323,3 +324,39 @@ def test_meta_opaque_and_key_limits(raw):
     assert raw.call(b"mg " + b"enp6" * 63 + b" b v") == b"CLIENT_ERROR bad command line format"
     assert raw.call(b"mg !!!! b v") == b"CLIENT_ERROR error decoding key"
     assert raw.call(b"version").startswith(b"VERSION ")
+
+
+def _resident_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_a_get_naming_a_large_value_many_times_is_built_as_the_client_reads(server, raw_factory):
+    """One 1.5 KB line naming a 1 MB value 300 times asks for 300 MB of
+    reply. The server sends all of it, but builds it part by part as the
+    client reads: its memory does not grow by the reply's size while the
+    client reads nothing (memcached sends from the item itself)."""
+    value = b"v" * (1000 * 1024)
+    repeats = 300
+    raw = raw_factory(server.address, timeout=30)
+    raw.send(b"set big 0 0 %d\r\n" % len(value) + value + b"\r\n")
+    assert raw.readline() == b"STORED"
+    before = _resident_mb(server.pid)
+    raw.send(b"get" + b" big" * repeats + b"\r\n")
+    # A bounded look at the server's memory while nothing is read (a window
+    # to measure in, not a wait for something to happen).
+    peak = before
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        peak = max(peak, _resident_mb(server.pid))
+        time.sleep(0.02)
+    assert peak - before < 120, f"resident memory grew {peak - before:.0f} MB for a reply of {repeats} MB not yet read"
+    item = b"VALUE big 0 %d\r\n" % len(value) + value + b"\r\n"
+    for index in range(repeats):
+        assert raw.read_exact(len(item)) == item, f"value {index}"
+    assert raw.readline() == b"END"
+    raw.send(b"version\r\n")
+    assert raw.readline().startswith(b"VERSION ")
