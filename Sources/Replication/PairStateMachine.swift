@@ -93,17 +93,7 @@ public struct PairStateMachine: Sendable {
     }
 
     /// The peer as its `helloOK` describes it.
-    public struct PeerIdentity: Sendable, Equatable {
-        public var name: String
-        public var role: NodeRole
-        public var epoch: UInt64
-
-        public init(name: String, role: NodeRole, epoch: UInt64) {
-            self.name = name
-            self.role = role
-            self.epoch = epoch
-        }
-    }
+    public typealias PeerIdentity = NodeIdentity
 
     public enum Event: Sendable, Equatable {
         /// The node has its name and starts; `now` is monotonic ms.

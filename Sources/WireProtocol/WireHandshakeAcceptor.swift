@@ -1,3 +1,17 @@
+/// A node as its `helloOK` presents it: what the other side of a handshake
+/// learns of who it reached.
+public struct NodeIdentity: Sendable, Equatable {
+    public var name: String
+    public var role: NodeRole
+    public var epoch: UInt64
+
+    public init(name: String, role: NodeRole, epoch: UInt64) {
+        self.name = name
+        self.role = role
+        self.epoch = epoch
+    }
+}
+
 /// The node's side of a connection's handshake (Protocol.md 1.3), the
 /// counterpart of `WireHandshake`: what to answer the first frames of a
 /// connection (`hello`, then `auth` when the node has a secret), and who is
@@ -47,17 +61,7 @@ public struct WireHandshakeAcceptor: Sendable {
     }
 
     /// How the node presents itself in `helloOK`.
-    public struct Node: Sendable, Equatable {
-        public var name: String
-        public var role: NodeRole
-        public var epoch: UInt64
-
-        public init(name: String, role: NodeRole, epoch: UInt64) {
-            self.name = name
-            self.role = role
-            self.epoch = epoch
-        }
-    }
+    public typealias Node = NodeIdentity
 
     /// The secret a connection must prove it knows; nil: none is asked for.
     public let secret: WireSecret?
