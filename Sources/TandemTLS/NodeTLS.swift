@@ -65,8 +65,14 @@ public final class NodeTLS: Sendable {
     /// and this node presents its own to its peer.
     public var isMutual: Bool { caPath != nil }
 
+    /// How long an accepted connection has to complete its TLS handshake.
+    public let handshakeTimeout: TimeAmount
+
     /// Loads and checks the files; what `warnings` holds does not stop a node.
-    public init(certificate: String, key: String, ca: String?, ports: TLSPorts) throws(TLSSetupError) {
+    public init(
+        certificate: String, key: String, ca: String?, ports: TLSPorts, handshakeTimeout: TimeAmount = .seconds(10)
+    ) throws(TLSSetupError) {
+        self.handshakeTimeout = handshakeTimeout
         self.certificatePath = certificate
         self.keyPath = key
         self.caPath = ca
@@ -144,7 +150,7 @@ public final class NodeTLS: Sendable {
         try channel.pipeline.syncOperations.addHandlers(
             [
                 NIOSSLServerHandler(context: context),
-                HandshakeWatch { [self] failure, peer in
+                HandshakeWatch(timeout: handshakeTimeout) { [self] failure, peer in
                     // A client that connects and leaves without a word (a
                     // TCP health check) is not a failed handshake.
                     if failure.cause != .closed { failures.withLock { $0[port, default: 0] += 1 } }

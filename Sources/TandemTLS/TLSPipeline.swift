@@ -13,13 +13,15 @@ final class HandshakeWatch: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = NIOAny
 
     /// A client that connects and says nothing must not hold a connection forever.
-    static let timeout = TimeAmount.seconds(10)
+    static let defaultTimeout = TimeAmount.seconds(10)
 
+    private let timeout: TimeAmount
     private let onFailure: @Sendable (TLSHandshakeFailure, SocketAddress?) -> Void
     private var timer: Scheduled<Void>?
     private var reported = false
 
-    init(onFailure: @escaping @Sendable (TLSHandshakeFailure, SocketAddress?) -> Void) {
+    init(timeout: TimeAmount = HandshakeWatch.defaultTimeout, onFailure: @escaping @Sendable (TLSHandshakeFailure, SocketAddress?) -> Void) {
+        self.timeout = timeout
         self.onFailure = onFailure
     }
 
@@ -35,9 +37,10 @@ final class HandshakeWatch: ChannelInboundHandler, RemovableChannelHandler {
     private func startTimer(context: ChannelHandlerContext) {
         guard timer == nil else { return }
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        timer = context.eventLoop.scheduleTask(in: Self.timeout) {
+        let timeout = self.timeout
+        timer = context.eventLoop.scheduleTask(in: timeout) {
             let (watch, context) = bound.value
-            watch.fail(TLSHandshakeFailure(cause: .timedOut, detail: "none within \(Self.timeout.nanoseconds / 1_000_000_000) s of connecting"), context: context)
+            watch.fail(TLSHandshakeFailure(cause: .timedOut, detail: "none within \(timeout.nanoseconds / 1_000_000_000) s of connecting"), context: context)
         }
     }
 
