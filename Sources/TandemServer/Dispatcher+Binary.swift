@@ -109,11 +109,7 @@ extension Dispatcher {
                 mode: mode, flags: flags, deadline: deadline(exptime),
                 compareCas: request.cas == 0 || mode == .add ? nil : request.cas
             )
-            let outcome = try request.key.withReadableBytes { key throws(ValueOnDisk) in
-                try request.value.withReadableBytes { value throws(ValueOnDisk) in try store.store(key, value: value, request: storeRequest) }
-            }
-            counters.increment(.cmdSet)
-            countOutcome(outcome)
+            let outcome = try storeCounted(request.key, value: request.value, request: storeRequest)
             switch outcome {
             case .stored(let cas, _):
                 if !quiet { out.writeBinaryResponse(opcode: code, status: .noError, opaque: request.opaque, cas: cas) }
@@ -122,10 +118,8 @@ extension Dispatcher {
                 let status: BinaryStatus = mode == .add ? .keyExists : (mode == .replace ? .keyNotFound : .itemNotStored)
                 out.writeBinaryError(opcode: code, status: status, opaque: request.opaque)
             case .exists:
-                counters.increment(.casBadval)
                 out.writeBinaryError(opcode: code, status: .keyExists, opaque: request.opaque)
             case .notFound:
-                counters.increment(.casMisses)
                 out.writeBinaryError(opcode: code, status: .keyNotFound, opaque: request.opaque)
             case .tooLarge:
                 counters.increment(.storeTooLarge)

@@ -89,15 +89,9 @@ extension Dispatcher {
             compareCas: flags.compareCas, explicitCas: flags.explicitCas, invalidate: flags.has("I"),
             vivifyDeadline: flags.vivifyTTL.map(deadline)
         )
-        let value = command.value ?? ByteBuffer()
-        let outcome = try command.key.withReadableBytes { key throws(ValueOnDisk) in
-            try value.withReadableBytes { value throws(ValueOnDisk) in try store.store(key, value: value, request: request) }
-        }
-        counters.increment(.cmdSet)
-        countOutcome(outcome)
+        let outcome = try storeCounted(command.key, value: command.value ?? ByteBuffer(), request: request)
         switch outcome {
         case .stored(let cas, let size):
-            if flags.compareCas != nil { counters.increment(.casHits) }
             guard !flags.has("q") else { return }
             out.writeStatus(.metaHeader)
             writeReturnFlags(command, ReturnValues(cas: cas, size: size), into: &out)
@@ -105,10 +99,8 @@ extension Dispatcher {
         case .notStored:
             writeMiss(command, .metaNotStored, into: &out)
         case .exists:
-            counters.increment(.casBadval)
             writeMiss(command, .metaExists, into: &out)
         case .notFound:
-            counters.increment(.casMisses)
             writeMiss(command, .metaNotFound, into: &out)
         case .tooLarge:
             counters.increment(.storeTooLarge)

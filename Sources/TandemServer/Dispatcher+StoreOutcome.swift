@@ -18,7 +18,7 @@ extension Dispatcher {
     }
 
     /// Stores `value` under `key` and counts it as a set (and, for a `cas`,
-    /// its hit, bad value or miss), as the text, binary and wire commands do.
+    /// its hit, bad value or miss), for the text, meta, binary and wire commands alike.
     func storeCounted(_ key: ByteBuffer, value: ByteBuffer, request: StoreRequest) throws(ValueOnDisk) -> StoreOutcome {
         let outcome = try key.withReadableBytes { key throws(ValueOnDisk) in
             try value.withReadableBytes { value throws(ValueOnDisk) in

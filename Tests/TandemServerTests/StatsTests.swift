@@ -74,6 +74,40 @@ import Testing
         }
     }
 
+    @Test("a compare-and-set counts its hit, bad value or miss in every protocol: text, meta and binary")
+    func casCountersInEveryProtocol() async throws {
+        try await withClient { client, server, _ async throws in
+            try await client.expectReply("set k 0 0 1\r\nv\r\n", "STORED\r\n")
+            let binary = try TestClient(port: server.port)
+            defer { binary.close() }
+            /// A binary SET of `key` carrying `cas`; returns the response's status.
+            func binarySet(_ key: String, cas: UInt64) throws -> UInt16 {
+                let key = Array(key.utf8), value = Array("w".utf8)
+                var request: [UInt8] = [0x80, 0x01, 0, UInt8(key.count), 8, 0, 0, 0]
+                request += withUnsafeBytes(of: UInt32(8 + key.count + value.count).bigEndian, Array.init)
+                request += [0, 0, 0, 0] + withUnsafeBytes(of: cas.bigEndian, Array.init)
+                request += [UInt8](repeating: 0, count: 8) + key + value
+                try binary.send(request)
+                let header = try binary.readBytes(count: 24)
+                let bodyLength = Int(header[8]) << 24 | Int(header[9]) << 16 | Int(header[10]) << 8 | Int(header[11])
+                _ = try binary.readBytes(count: bodyLength)
+                return UInt16(header[6]) << 8 | UInt16(header[7])
+            }
+            let cas = try await client.cas("k")
+            #expect(try binarySet("k", cas: cas) == 0)
+            #expect(try binarySet("k", cas: cas) == 0x0002)  // key exists: the stamp moved
+            #expect(try binarySet("missing", cas: 5) == 0x0001)  // not found
+            var stats = try await client.stats()
+            #expect(stats["cas_hits"] == "1" && stats["cas_badval"] == "1" && stats["cas_misses"] == "1")
+            try await client.expectReply("ms k 1 C\(try await client.cas("k"))\r\nx\r\n", "HD\r\n")
+            try await client.expectReply("ms k 1 C1\r\nx\r\n", "EX\r\n")
+            try await client.expectReply("ms missing 1 C1\r\nx\r\n", "NF\r\n")
+            try await client.expectReply("cas k 0 0 1 1\r\nx\r\n", "EXISTS\r\n")
+            stats = try await client.stats()
+            #expect(stats["cas_hits"] == "2" && stats["cas_badval"] == "3" && stats["cas_misses"] == "2")
+        }
+    }
+
     @Test func statsSettings() async throws {
         try await withClient(configure: { $0.maxConnections = 77 }) { client, server, _ async throws in
             let settings = Self.parseStatsBlock(try await client.exchange("stats settings\r\n"))
