@@ -48,7 +48,7 @@ public final class ReplicaClient: Sendable {
         var partialResyncsAfterPromotion: UInt64 = 0
         var primaryName = ""
         var nextRequestID: UInt32 = 1
-        var pendingForwards: [UInt32: SentForward] = [:]
+        var pendingForwards: [UInt32: Forward] = [:]
         /// Writes that arrived while the link was down, sent once it is up
         /// again, or run here if this node is promoted first.
         var parkedForwards: [ParkedForward] = []
@@ -65,23 +65,24 @@ public final class ReplicaClient: Sendable {
         var peerStamp: UInt64 = 0
     }
 
-    struct ParkedForward {
+    /// A client's write to send to the primary: the memcached request, the
+    /// promise its answer completes, and whether it may run twice (`set`,
+    /// `touch`: see `failForwards`).
+    struct Forward {
         var request: ByteBuffer
         var promise: EventLoopPromise<(UInt64, ByteBuffer)>
-        var timeout: Scheduled<Void>?
         var repeatable: Bool
+    }
+
+    /// A forward waiting for the link or this node's promotion.
+    struct ParkedForward {
+        var forward: Forward
+        var timeout: Scheduled<Void>?
         /// Sent once already, with no answer: it may have run on the primary.
         var mayHaveRun: Bool
 
         /// Why it ends if it is not sent: it did not run, or it may have.
         var unsent: ForwardError { mayHaveRun ? .primaryUnavailable : .notSent }
-    }
-
-    /// A write sent to the primary and not answered yet.
-    struct SentForward {
-        var request: ByteBuffer
-        var promise: EventLoopPromise<(UInt64, ByteBuffer)>
-        var repeatable: Bool
     }
 
     public let configuration: ReplicationConfiguration
@@ -166,10 +167,10 @@ public final class ReplicaClient: Sendable {
             shared.parkedForwards = []
             return parked
         }
-        for forward in parked {
-            forward.timeout?.cancel()
+        for held in parked {
+            held.timeout?.cancel()
             // Not run here: one that may have run on the primary says so.
-            if case .notSent = error { forward.promise.fail(forward.unsent) } else { forward.promise.fail(error) }
+            if case .notSent = error { held.forward.promise.fail(held.unsent) } else { held.forward.promise.fail(error) }
         }
     }
 
@@ -283,7 +284,7 @@ public final class ReplicaClient: Sendable {
                     failed.append(forward.promise)
                     continue
                 }
-                shared.parkedForwards.append(park(forward.request, repeatable: true, mayHaveRun: true, promise: forward.promise))
+                shared.parkedForwards.append(park(forward, mayHaveRun: true))
             }
             return failed
         }
@@ -291,13 +292,12 @@ public final class ReplicaClient: Sendable {
     }
 
     /// A write held until the link is back or this node is promoted, at most `parkTimeout`.
-    private func park(
-        _ request: ByteBuffer, repeatable: Bool, mayHaveRun: Bool, promise: EventLoopPromise<(UInt64, ByteBuffer)>
-    ) -> ParkedForward {
+    private func park(_ forward: Forward, mayHaveRun: Bool) -> ParkedForward {
+        let promise = forward.promise
         let timeout = promise.futureResult.eventLoop.scheduleTask(in: Self.parkTimeout) { [weak self] () -> Void in
             self?.expireParked(promise)
         }
-        return ParkedForward(request: request, promise: promise, timeout: timeout, repeatable: repeatable, mayHaveRun: mayHaveRun)
+        return ParkedForward(forward: forward, timeout: timeout, mayHaveRun: mayHaveRun)
     }
 
     // MARK: Events from the connection handler (on its event loop)
@@ -313,9 +313,9 @@ public final class ReplicaClient: Sendable {
             shared.parkedForwards = []
             return (shared.position, parked)
         }
-        for forward in parked {
-            forward.timeout?.cancel()
-            send(forward.request, repeatable: forward.repeatable, promise: forward.promise, on: channel)
+        for held in parked {
+            held.timeout?.cancel()
+            send(held.forward, on: channel)
         }
         logger.info("connected to the primary", metadata: [
             "peer": "\(peerHost):\(peerPort)", "primary": "\(primaryName)",
@@ -461,12 +461,12 @@ public final class ReplicaClient: Sendable {
             }
             // The link is down: the primary may be back in a moment, or this
             // node promoted; either way the write need not fail yet.
-            shared.parkedForwards.append(park(request, repeatable: repeatable, mayHaveRun: false, promise: promise))
+            shared.parkedForwards.append(park(Forward(request: request, promise: promise, repeatable: repeatable), mayHaveRun: false))
             return .parked
         }
         switch route {
         case .send(let channel):
-            send(request, repeatable: repeatable, promise: promise, on: channel)
+            send(Forward(request: request, promise: promise, repeatable: repeatable), on: channel)
         case .parked:
             break
         case .refused:
@@ -479,11 +479,12 @@ public final class ReplicaClient: Sendable {
         }
     }
 
-    private func send(_ request: ByteBuffer, repeatable: Bool, promise: EventLoopPromise<(UInt64, ByteBuffer)>, on channel: any Channel) {
+    private func send(_ forward: Forward, on channel: any Channel) {
+        let (request, promise) = (forward.request, forward.promise)
         let requestID = shared.withLock { shared -> UInt32 in
             let id = shared.nextRequestID
             shared.nextRequestID = shared.nextRequestID >= ReplicaConnectionHandler.reconcileRequestID - 1 ? 1 : shared.nextRequestID + 1
-            shared.pendingForwards[id] = SentForward(request: request, promise: promise, repeatable: repeatable)
+            shared.pendingForwards[id] = forward
             return id
         }
         var frame = channel.allocator.buffer(capacity: request.readableBytes + 32)
@@ -513,7 +514,7 @@ public final class ReplicaClient: Sendable {
         enum Next {
             case none
             case fail(EventLoopPromise<(UInt64, ByteBuffer)>)
-            case send(SentForward, on: any Channel)
+            case send(Forward, on: any Channel)
         }
         let next = shared.withLock { shared -> Next in
             guard let forward = shared.pendingForwards.removeValue(forKey: requestID) else { return .none }
@@ -524,19 +525,19 @@ public final class ReplicaClient: Sendable {
             {
                 return .send(forward, on: channel)
             }
-            shared.parkedForwards.append(park(forward.request, repeatable: forward.repeatable, mayHaveRun: false, promise: forward.promise))
+            shared.parkedForwards.append(park(forward, mayHaveRun: false))
             return .none
         }
         switch next {
         case .none: break
         case .fail(let promise): promise.fail(ForwardError.notSent)
-        case .send(let forward, let channel): send(forward.request, repeatable: forward.repeatable, promise: forward.promise, on: channel)
+        case .send(let forward, let channel): send(forward, on: channel)
         }
     }
 
     private func expireParked(_ promise: EventLoopPromise<(UInt64, ByteBuffer)>) {
         let expired = shared.withLock { shared -> ParkedForward? in
-            guard let index = shared.parkedForwards.firstIndex(where: { $0.promise.futureResult === promise.futureResult }) else { return nil }
+            guard let index = shared.parkedForwards.firstIndex(where: { $0.forward.promise.futureResult === promise.futureResult }) else { return nil }
             return shared.parkedForwards.remove(at: index)
         }
         if let expired { promise.fail(expired.unsent) }
