@@ -35,6 +35,15 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
         case waitingForValue
         /// `quit`, a fatal protocol error or a drain: replies are being flushed, then the socket closes.
         case closing
+
+        /// A short wait during which input is read and kept, not run: up to
+        /// `inboundWhileWaiting` of it, then reading stops.
+        var holdsInput: Bool {
+            switch self {
+            case .waitingForReplication, .waitingForPrimary, .waitingForValue: return true
+            case .open, .paused, .waitingForStorage, .closing: return false
+            }
+        }
     }
 
     /// Replies are handed to the channel once this many bytes are pending,
@@ -42,8 +51,9 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
     private static let outboundWriteThreshold = 64 * 1024
     /// Consumed input is compacted away once this much has accumulated.
     private static let inboundCompactThreshold = 64 * 1024
-    /// Input taken in while a command waits for a value, before reading stops.
-    private static let inboundWhileWaitingForValue = 1 << 20
+    /// Input taken in while the connection waits (for a value, the backup or
+    /// the primary), before reading stops.
+    private static let inboundWhileWaiting = 1 << 20
     /// A retrieval naming more keys is answered in parts of this many
     /// (`RetrievalCommand.parts`), each sent before the next is built, so
     /// the reply a connection holds is bounded by the values of one part.
@@ -60,6 +70,8 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
     private let counters: CommandCounters
     private let logger: Logger
     private var state: State = .open
+    /// Whether this handler turned the channel's `autoRead` off.
+    private var readingStopped = false
     /// Bytes read but not yet decoded (a partial command).
     private var inbound: ByteBuffer?
     /// The parts of a long retrieval not answered yet; run before any
@@ -107,11 +119,12 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
         } else {
             inbound!.writeBuffer(&incoming)
         }
-        // A read from the log takes well under a millisecond: reading goes on
-        // meanwhile (no two system calls per cold read to stop and restart
-        // it), unless the peer sends a lot.
-        if case .waitingForValue = state, inbound!.readableBytes > Self.inboundWhileWaitingForValue {
-            context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
+        // A read from the log, the backup's acknowledgement and the primary's
+        // reply each take well under a millisecond: reading goes on meanwhile
+        // (no two system calls per wait to stop and restart it), unless the
+        // peer sends a lot.
+        if state.holdsInput, inbound!.readableBytes > Self.inboundWhileWaiting {
+            stopReading(context: context)
         }
         processInbound(context: context)
     }
@@ -131,7 +144,7 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         guard case .paused = state, context.channel.isWritable else { return }
         state = .open
-        context.channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
+        resumeReading(context: context)
         // A flush inside processInbound can make the channel writable again at
         // once; the loop that is running then simply carries on.
         guard !processing else { return }
@@ -238,7 +251,7 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
                     // Stop reading until the peer reads what we sent; the
                     // commands still buffered are answered when it does.
                     state = .paused
-                    context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
+                    stopReading(context: context)
                     flushOutbound(context: context)
                     guard case .open = state else { break }
                 }
@@ -299,7 +312,7 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
                 writeOutbound(context: context)
                 if !context.channel.isWritable {
                     state = .paused
-                    context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
+                    stopReading(context: context)
                     flushOutbound(context: context)
                     guard case .open = state else { return true }
                 }
@@ -414,7 +427,6 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
             let acknowledged = primary.afterWrites(on: context.eventLoop)
         else { return }
         state = .waitingForReplication
-        context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         acknowledged.whenComplete { _ in
             let (handler, context) = bound.value
@@ -450,7 +462,6 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
     ) {
         dispatcher.context.countForwardedWrite()
         state = .waitingForPrimary
-        context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
         // The closure that runs the write here stays on this event loop too.
         let bound = NIOLoopBound((self, context, runHere), eventLoop: context.eventLoop)
         replica.forward(request, repeatable: repeatable, on: context.eventLoop).whenComplete { result in
@@ -483,7 +494,7 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
     /// with the commands already buffered.
     private func resume(context: ChannelHandlerContext) {
         state = .open
-        context.channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
+        resumeReading(context: context)
         flushOutbound(context: context)
         processInbound(context: context)
         flushOutbound(context: context)
@@ -504,7 +515,7 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
         if persistence.wantsEarlyFlush || overdrawn { persistence.wake() }
         guard persistence.writerLags || overdrawn else { return }
         state = .waitingForStorage
-        context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
+        stopReading(context: context)
         scheduleStorageRecheck(context: context)
     }
 
@@ -526,9 +537,22 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
             return
         }
         state = .open
-        context.channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
+        resumeReading(context: context)
         processInbound(context: context)
         flushOutbound(context: context)
+    }
+
+    /// Backpressure on the peer: the socket is not read until `resumeReading`.
+    private func stopReading(context: ChannelHandlerContext) {
+        guard !readingStopped else { return }
+        readingStopped = true
+        context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
+    }
+
+    private func resumeReading(context: ChannelHandlerContext) {
+        guard readingStopped else { return }
+        readingStopped = false
+        context.channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
     }
 
     private func writeOutbound(context: ChannelHandlerContext) {
@@ -589,7 +613,7 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
         }
         outbound = ByteBuffer()
         // Keep reading, so that the peer's end of file is seen.
-        context.channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
+        resumeReading(context: context)
     }
 
     /// Closes `channel` once the peer has been quiet for a `closeQuietPeriod`, or at `deadline`.
