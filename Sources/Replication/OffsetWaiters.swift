@@ -14,12 +14,14 @@ public final class OffsetWaiters: Sendable {
     struct Waiter {
         var offset: UInt64
         var promise: EventLoopPromise<Void>
-        var timeout: Scheduled<Void>?
+        var deadline: NIODeadline?
     }
 
     struct State {
         var reached: UInt64 = 0
         var waiters: [Waiter] = []
+        /// Whether a sweep for expired waiters is scheduled.
+        var sweepScheduled = false
     }
 
     private let state = Mutex(State())
@@ -31,19 +33,55 @@ public final class OffsetWaiters: Sendable {
 
     /// A future that succeeds once `offset` is reached (at once if it is), or
     /// fails with `.timedOut` after `timeout`.
+    ///
+    /// Every write of a sync primary waits here, so a wait costs one promise
+    /// and no timer of its own: one sweep at a time fails the waiters whose
+    /// deadline passed (a timer per wait, armed and cancelled from another
+    /// event loop, cost more than the rest of the wait).
     public func wait(for offset: UInt64, on eventLoop: any EventLoop, timeout: TimeAmount?) -> EventLoopFuture<Void> {
         let promise = eventLoop.makePromise(of: Void.self)
-        let registered = state.withLock { state -> Bool in
-            guard offset > state.reached else { return false }
-            var waiter = Waiter(offset: offset, promise: promise, timeout: nil)
-            if let timeout {
-                waiter.timeout = eventLoop.scheduleTask(in: timeout) { promise.fail(Failure.timedOut) }
-            }
-            state.waiters.append(waiter)
-            return true
+        let deadline = timeout.map { eventLoop.now + $0 }
+        let (registered, sweep) = state.withLock { state -> (Bool, Bool) in
+            guard offset > state.reached else { return (false, false) }
+            state.waiters.append(Waiter(offset: offset, promise: promise, deadline: deadline))
+            guard deadline != nil, !state.sweepScheduled else { return (true, false) }
+            state.sweepScheduled = true
+            return (true, true)
         }
         if !registered { promise.succeed() }
+        if sweep, let deadline { scheduleSweep(at: deadline, on: eventLoop) }
         return promise.futureResult
+    }
+
+    private func scheduleSweep(at deadline: NIODeadline, on eventLoop: any EventLoop) {
+        eventLoop.scheduleTask(deadline: deadline) { [self] in sweep(on: eventLoop) }
+            .futureResult.whenFailure { [self] _ in
+                // A loop that shut down runs no sweep: the next wait schedules one.
+                state.withLock { $0.sweepScheduled = false }
+            }
+    }
+
+    /// Fails the waiters whose deadline passed, and sweeps again at the
+    /// earliest deadline left.
+    private func sweep(on eventLoop: any EventLoop) {
+        let now = eventLoop.now
+        let (expired, next) = state.withLock { state -> ([Waiter], NIODeadline?) in
+            var expired: [Waiter] = []
+            var next: NIODeadline?
+            state.waiters.removeAll { waiter in
+                guard let deadline = waiter.deadline else { return false }
+                if deadline <= now {
+                    expired.append(waiter)
+                    return true
+                }
+                next = next.map { min($0, deadline) } ?? deadline
+                return false
+            }
+            state.sweepScheduled = next != nil
+            return (expired, next)
+        }
+        for waiter in expired { waiter.promise.fail(Failure.timedOut) }
+        if let next { scheduleSweep(at: next, on: eventLoop) }
     }
 
     /// Records progress and releases the waiters it satisfies.
@@ -59,10 +97,7 @@ public final class OffsetWaiters: Sendable {
             }
             return released
         }
-        for waiter in released {
-            waiter.timeout?.cancel()
-            waiter.promise.succeed()
-        }
+        Self.complete(released, failing: nil)
     }
 
     /// Sets the position without releasing anyone early (a new history starts).
@@ -73,10 +108,7 @@ public final class OffsetWaiters: Sendable {
             state.waiters = []
             return dropped
         }
-        for waiter in dropped {
-            waiter.timeout?.cancel()
-            waiter.promise.fail(Failure.cancelled)
-        }
+        Self.complete(dropped, failing: .cancelled)
     }
 
     /// Completes every waiter now: succeeded (stop waiting) or failed.
@@ -86,9 +118,30 @@ public final class OffsetWaiters: Sendable {
             state.waiters = []
             return all
         }
-        for waiter in all {
-            waiter.timeout?.cancel()
-            if failing { waiter.promise.fail(Failure.cancelled) } else { waiter.promise.succeed() }
+        Self.complete(all, failing: failing ? .cancelled : nil)
+    }
+
+    /// Succeeds (or fails) the waiters' promises with one task per event
+    /// loop rather than one per promise: an acknowledgement that releases
+    /// the writes of fifty connections wakes each loop once.
+    private static func complete(_ waiters: [Waiter], failing failure: Failure?) {
+        guard !waiters.isEmpty else { return }
+        var groups: [(loop: any EventLoop, promises: [EventLoopPromise<Void>])] = []
+        for waiter in waiters {
+            let loop = waiter.promise.futureResult.eventLoop
+            if let index = groups.firstIndex(where: { $0.loop === loop }) {
+                groups[index].promises.append(waiter.promise)
+            } else {
+                groups.append((loop, [waiter.promise]))
+            }
+        }
+        for (loop, promises) in groups {
+            let resolve = {
+                for promise in promises {
+                    if let failure { promise.fail(failure) } else { promise.succeed() }
+                }
+            }
+            if loop.inEventLoop { resolve() } else { loop.execute(resolve) }
         }
     }
 }

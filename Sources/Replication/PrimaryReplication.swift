@@ -95,6 +95,8 @@ public final class PrimaryReplication: Sendable {
     /// is stamped above it.
     public let inherited: (replicationID: ReplicationID, stamp: UInt64)?
     private let feedToken: Mutex<Int?> = Mutex(nil)
+    /// Whether a pump asked for by `afterWrites` has yet to run.
+    private let pumpScheduled = Atomic<Bool>(false)
 
     /// Stamps of one history are handed out by several shards, so one
     /// written after another may be this much lower (a shard's counter runs
@@ -219,7 +221,7 @@ public final class PrimaryReplication: Sendable {
         // With no backup, the node's periodic pump keeps the backlog fed; a
         // connected backup gets the writes at once.
         guard state != .noBackup else { return nil }
-        feed.pump()
+        schedulePump(on: eventLoop)
         guard configuration.mode == .sync, state == .sync else { return nil }
         let target = offset(ofSequence: store.lastSequence)
         guard target > acknowledgements.reached else { return nil }
@@ -229,6 +231,19 @@ public final class PrimaryReplication: Sendable {
                 // Either way the client gets its reply: the write is done on the primary.
                 return eventLoop.makeSucceededVoidFuture()
             }
+    }
+
+    /// Pumps the feed once this pass of `eventLoop` is over: the writes of
+    /// every connection it served go to the backlog (and the backup) in one
+    /// pump, one push and one frame write, where a pump per connection took
+    /// every shard's lock for each write.
+    private func schedulePump(on eventLoop: any EventLoop) {
+        guard !pumpScheduled.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        eventLoop.execute { [self] in
+            // Cleared first: writes recorded from here on need another pump.
+            pumpScheduled.store(false, ordering: .releasing)
+            feed.pump()
+        }
     }
 
     private func degrade(waitingFor target: UInt64) {

@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import SessionStore
+import Synchronization
 import WireProtocol
 
 /// The primary's end of one backup's replication connection: the I/O of a
@@ -22,6 +23,10 @@ public final class ReplicaSession: BackupConnection, @unchecked Sendable {
     private var lastSent = NIODeadline.now()
     private var lastReceived = NIODeadline.now()
     private var heartbeat: RepeatedTask?
+    /// Whether a `pushPending` asked for by `notify` has yet to run: the
+    /// writes of many connections in one pass of their loops go out in one
+    /// task and one flush.
+    private let pushScheduled = Atomic<Bool>(false)
 
     /// Items per snapshot chunk are cut at about this many bytes.
     static let snapshotChunkBytes = 1 << 20
@@ -156,7 +161,12 @@ public final class ReplicaSession: BackupConnection, @unchecked Sendable {
 
     /// New changes were released (any thread).
     public func notify() {
-        channel.eventLoop.execute { self.pushPending() }
+        guard !pushScheduled.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        channel.eventLoop.execute {
+            // Cleared first: changes released from here on need another push.
+            self.pushScheduled.store(false, ordering: .releasing)
+            self.pushPending()
+        }
     }
 
     /// Sends every backlog frame from the next unsent offset, while the channel takes them.

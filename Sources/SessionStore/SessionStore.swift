@@ -716,7 +716,9 @@ public final class SessionStore: Sendable {
     /// Takes every change recorded since the last call, in sequence order.
     /// Empty unless the store was configured with `recordsChanges`.
     public func takeChanges() -> [Change] {
-        guard recorder != nil else { return [] }
+        // Nothing recorded: no shard's lock needs taking (a change being
+        // recorded now is taken by the pump that follows its write).
+        guard let recorder, recorder.pending.load(ordering: .relaxed) > 0 else { return [] }
         var batch: [Change] = []
         for shard in shards {
             batch += shard.state.withLock { $0.takeChanges() }
