@@ -47,11 +47,8 @@ public final class ReplicaClient: Sendable {
         /// (it continues the history this node followed).
         var partialResyncsAfterPromotion: UInt64 = 0
         var primaryName = ""
-        var nextRequestID: UInt32 = 1
-        var pendingForwards: [UInt32: Forward] = [:]
-        /// Writes that arrived while the link was down, sent once it is up
-        /// again, or run here if this node is promoted first.
-        var parkedForwards: [ParkedForward] = []
+        /// The clients' writes sent to the primary and held (`ForwardedWrites`).
+        var forwards = ForwardedWrites<Forward, any Channel>(lastRequestID: ReplicaConnectionHandler.reconcileRequestID - 1)
         /// When anything was last heard from the primary (monotonic); nil: never.
         var lastHeard: NIODeadline?
         /// The primary's epoch, from its `helloOK`.
@@ -60,29 +57,28 @@ public final class ReplicaClient: Sendable {
         var reconcileSummary: ReconcileSummary?
         /// Stopped for a promotion: writes still park until it is decided.
         var parking = false
+
+        /// What happens to a new write (`ForwardedWrites.Acceptance`).
+        var acceptance: ForwardedWrites<Forward, any Channel>.Acceptance {
+            guard stopped else { return .following }
+            return parking ? .holding : .refusing
+        }
+
+        /// The link to the primary when writes can go on it (handshake done).
+        var usableLink: (any Channel)? {
+            guard !stopped, linkState == .streaming || linkState == .resyncing else { return nil }
+            return channel
+        }
         /// The highest stamp the primary sent (changes, snapshot items, the
         /// clock in its pings): where its clock stood at the last contact.
         var peerStamp: UInt64 = 0
     }
 
-    /// A client's write to send to the primary: the memcached request, the
-    /// promise its answer completes, and whether it may run twice (`set`,
-    /// `touch`: see `failForwards`).
+    /// A client's write to send to the primary: the memcached request and
+    /// the promise its answer completes.
     struct Forward {
         var request: ByteBuffer
         var promise: EventLoopPromise<(UInt64, ByteBuffer)>
-        var repeatable: Bool
-    }
-
-    /// A forward waiting for the link or this node's promotion.
-    struct ParkedForward {
-        var forward: Forward
-        var timeout: Scheduled<Void>?
-        /// Sent once already, with no answer: it may have run on the primary.
-        var mayHaveRun: Bool
-
-        /// Why it ends if it is not sent: it did not run, or it may have.
-        var unsent: ForwardError { mayHaveRun ? .primaryUnavailable : .notSent }
     }
 
     public let configuration: ReplicationConfiguration
@@ -161,16 +157,13 @@ public final class ReplicaClient: Sendable {
 
     /// Fails every parked write with `error` and parks no more.
     public func failParked(_ error: ForwardError) {
-        let parked = shared.withLock { shared -> [ParkedForward] in
+        let ended = shared.withLock { shared in
             shared.parking = false
-            let parked = shared.parkedForwards
-            shared.parkedForwards = []
-            return parked
+            return shared.forwards.endHeld()
         }
-        for held in parked {
-            held.timeout?.cancel()
+        for (forward, ending) in ended {
             // Not run here: one that may have run on the primary says so.
-            if case .notSent = error { held.forward.promise.fail(held.unsent) } else { held.forward.promise.fail(error) }
+            if case .notSent = error { forward.promise.fail(ForwardError(ending)) } else { forward.promise.fail(error) }
         }
     }
 
@@ -269,54 +262,51 @@ public final class ReplicaClient: Sendable {
         group.next().scheduleTask(in: delay) { self.connect() }
     }
 
-    /// The link is gone with writes sent and not answered: whether they ran
-    /// on the primary is unknown. One that may run twice (a `set`, a
-    /// `touch`: the second run leaves what the first did) is held again like
-    /// a write that arrived while the link was down: sent once the link is
-    /// back, or run here if this node is promoted. The others fail.
+    /// The link is gone (or this node stopped following) with writes sent
+    /// and not answered: `ForwardedWrites.linkLost` holds again the ones
+    /// that may run twice and fails the others.
     private func failForwards() {
-        let failed = shared.withLock { shared -> [EventLoopPromise<(UInt64, ByteBuffer)>] in
-            let sent = shared.pendingForwards.sorted { $0.key < $1.key }.map(\.value)
-            shared.pendingForwards = [:]
-            var failed: [EventLoopPromise<(UInt64, ByteBuffer)>] = []
-            for forward in sent {
-                guard forward.repeatable, !shared.stopped || shared.parking else {
-                    failed.append(forward.promise)
-                    continue
-                }
-                shared.parkedForwards.append(park(forward, mayHaveRun: true))
-            }
-            return failed
-        }
-        for promise in failed { promise.fail(ForwardError.primaryUnavailable) }
+        let actions = shared.withLock { shared in shared.forwards.linkLost(acceptance: shared.acceptance) }
+        perform(actions)
     }
 
-    /// A write held until the link is back or this node is promoted, at most `parkTimeout`.
-    private func park(_ forward: Forward, mayHaveRun: Bool) -> ParkedForward {
-        let promise = forward.promise
-        let timeout = promise.futureResult.eventLoop.scheduleTask(in: Self.parkTimeout) { [weak self] () -> Void in
-            self?.expireParked(promise)
+    /// Does what `ForwardedWrites` decided for each write.
+    private func perform(_ actions: [ForwardedWrites<Forward, any Channel>.Action]) {
+        for action in actions { perform(action) }
+    }
+
+    private func perform(_ action: ForwardedWrites<Forward, any Channel>.Action) {
+        switch action {
+        case .send(let forward, let requestID, let channel):
+            send(forward, requestID: requestID, on: channel)
+        case .hold(let forward, let hold):
+            // At most `parkTimeout`: then the write fails (with whether it may
+            // have run). A write sent meanwhile makes this a no-op.
+            forward.promise.futureResult.eventLoop.scheduleTask(in: Self.parkTimeout) { [weak self] () -> Void in
+                self?.holdRanOut(hold)
+            }
+        case .fail(let forward, let ending):
+            forward.promise.fail(ForwardError(ending))
         }
-        return ParkedForward(forward: forward, timeout: timeout, mayHaveRun: mayHaveRun)
+    }
+
+    private func holdRanOut(_ hold: UInt64) {
+        guard let (forward, ending) = shared.withLock({ $0.forwards.holdRanOut(hold) }) else { return }
+        forward.promise.fail(ForwardError(ending))
     }
 
     // MARK: Events from the connection handler (on its event loop)
 
     func handshakeDone(channel: any Channel, primaryName: String, primaryEpoch: UInt64) {
-        let (position, parked) = shared.withLock { shared -> (Position, [ParkedForward]) in
+        let (position, held) = shared.withLock { shared in
             shared.channel = channel
             shared.linkState = .resyncing
             shared.attempts = 0
             shared.primaryName = primaryName
             shared.primaryEpoch = primaryEpoch
-            let parked = shared.parkedForwards
-            shared.parkedForwards = []
-            return (shared.position, parked)
+            return (shared.position, shared.forwards.linkUp(channel))
         }
-        for held in parked {
-            held.timeout?.cancel()
-            send(held.forward, on: channel)
-        }
+        perform(held)
         logger.info("connected to the primary", metadata: [
             "peer": "\(peerHost):\(peerPort)", "primary": "\(primaryName)",
             "replication_id": "\(position.replicationID)", "offset": "\(position.offset)",
@@ -416,7 +406,7 @@ public final class ReplicaClient: Sendable {
     }
 
     func completeForward(requestID: UInt32, result: Result<(UInt64, ByteBuffer), any Error>) {
-        let forward = shared.withLock { $0.pendingForwards.removeValue(forKey: requestID) }
+        let forward = shared.withLock { $0.forwards.replied(requestID) }
         forward?.promise.completeWith(result)
     }
 
@@ -431,6 +421,13 @@ public final class ReplicaClient: Sendable {
         case rejected(WireError)
         /// This node became the primary before the write could be sent: run it here.
         case roleChanged
+
+        init(_ ending: ForwardedWrites<Forward, any Channel>.Ending) {
+            switch ending {
+            case .notSent: self = .notSent
+            case .mayHaveRun: self = .primaryUnavailable
+            }
+        }
 
         public var description: String {
             switch self {
@@ -449,29 +446,12 @@ public final class ReplicaClient: Sendable {
     /// held and sent again rather than failed (see `failForwards`).
     public func forward(_ request: ByteBuffer, repeatable: Bool = false, on eventLoop: any EventLoop) -> EventLoopFuture<ByteBuffer> {
         let promise = eventLoop.makePromise(of: (UInt64, ByteBuffer).self)
-        enum Route {
-            case send(any Channel)
-            case parked
-            case refused
+        let action = shared.withLock { shared in
+            shared.forwards.submit(
+                Forward(request: request, promise: promise), repeatable: repeatable, acceptance: shared.acceptance, link: shared.usableLink
+            )
         }
-        let route = shared.withLock { shared -> Route in
-            if shared.stopped && !shared.parking { return .refused }
-            if !shared.stopped, let channel = shared.channel, shared.linkState == .streaming || shared.linkState == .resyncing {
-                return .send(channel)
-            }
-            // The link is down: the primary may be back in a moment, or this
-            // node promoted; either way the write need not fail yet.
-            shared.parkedForwards.append(park(Forward(request: request, promise: promise, repeatable: repeatable), mayHaveRun: false))
-            return .parked
-        }
-        switch route {
-        case .send(let channel):
-            send(Forward(request: request, promise: promise, repeatable: repeatable), on: channel)
-        case .parked:
-            break
-        case .refused:
-            promise.fail(ForwardError.notSent)
-        }
+        perform(action)
         let applied = self.applied
         return promise.futureResult.flatMap { offset, reply in
             // Answer only once a read on this backup sees the write.
@@ -479,14 +459,8 @@ public final class ReplicaClient: Sendable {
         }
     }
 
-    private func send(_ forward: Forward, on channel: any Channel) {
+    private func send(_ forward: Forward, requestID: UInt32, on channel: any Channel) {
         let (request, promise) = (forward.request, forward.promise)
-        let requestID = shared.withLock { shared -> UInt32 in
-            let id = shared.nextRequestID
-            shared.nextRequestID = shared.nextRequestID >= ReplicaConnectionHandler.reconcileRequestID - 1 ? 1 : shared.nextRequestID + 1
-            shared.pendingForwards[id] = forward
-            return id
-        }
         var frame = channel.allocator.buffer(capacity: request.readableBytes + 32)
         do {
             try frame.writeWireMessage(.forward(request: request), requestID: requestID)
@@ -511,36 +485,12 @@ public final class ReplicaClient: Sendable {
     /// The forward `requestID` was never written to `failed` (it closed
     /// first): held again, as not run, unless this node stopped following.
     private func unsent(requestID: UInt32, failedOn failed: any Channel) {
-        enum Next {
-            case none
-            case fail(EventLoopPromise<(UInt64, ByteBuffer)>)
-            case send(Forward, on: any Channel)
-        }
-        let next = shared.withLock { shared -> Next in
-            guard let forward = shared.pendingForwards.removeValue(forKey: requestID) else { return .none }
-            guard !shared.stopped || shared.parking else { return .fail(forward.promise) }
+        let action = shared.withLock { shared in
             // A new link may already be up: then it goes on that one.
-            if !shared.stopped, let channel = shared.channel, channel !== failed,
-                shared.linkState == .streaming || shared.linkState == .resyncing
-            {
-                return .send(forward, on: channel)
-            }
-            shared.parkedForwards.append(park(forward, mayHaveRun: false))
-            return .none
+            let newLink = shared.usableLink.flatMap { $0 === failed ? nil : $0 }
+            return shared.forwards.notWritten(requestID, acceptance: shared.acceptance, newLink: newLink)
         }
-        switch next {
-        case .none: break
-        case .fail(let promise): promise.fail(ForwardError.notSent)
-        case .send(let forward, let channel): send(forward, on: channel)
-        }
-    }
-
-    private func expireParked(_ promise: EventLoopPromise<(UInt64, ByteBuffer)>) {
-        let expired = shared.withLock { shared -> ParkedForward? in
-            guard let index = shared.parkedForwards.firstIndex(where: { $0.forward.promise.futureResult === promise.futureResult }) else { return nil }
-            return shared.parkedForwards.remove(at: index)
-        }
-        if let expired { promise.fail(expired.unsent) }
+        if let action { perform(action) }
     }
 
     // MARK: Statistics
