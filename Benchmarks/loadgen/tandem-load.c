@@ -93,8 +93,9 @@ static void cpu_split(double *user, double *sys) {
     *sys = ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
 }
 
-/* utime+stime of another process, in seconds, from /proc/PID/stat; -1 if unknown */
-static double proc_cpu_seconds(int pid) {
+/* utime+stime of another process, in seconds, from /proc/PID/stat (and each
+   apart, when user/sys are given); -1 if unknown */
+static double proc_cpu_seconds(int pid, double *user, double *sys) {
     if (pid <= 0) return -1;
     char path[64], buf[4096];
     snprintf(path, sizeof path, "/proc/%d/stat", pid);
@@ -114,7 +115,10 @@ static double proc_cpu_seconds(int pid) {
         if (field == 15) { st = strtoull(tok, NULL, 10); break; }
     }
     long hz = sysconf(_SC_CLK_TCK);
-    return (double)(ut + st) / (double)(hz > 0 ? hz : 100);
+    double per = 1.0 / (double)(hz > 0 ? hz : 100);
+    if (user) *user = (double)ut * per;
+    if (sys) *sys = (double)st * per;
+    return (double)(ut + st) * per;
 }
 
 /* busy and total jiffies of the whole machine, from /proc/stat; 0 on failure */
@@ -1184,7 +1188,8 @@ int main(int argc, char **argv) {
 
     /* measure */
     double u0, s0; cpu_split(&u0, &s0);
-    double srv0 = proc_cpu_seconds(cfg.server_pid);
+    double srv_user0 = 0, srv_sys0 = 0;
+    double srv0 = proc_cpu_seconds(cfg.server_pid, &srv_user0, &srv_sys0);
     unsigned long long mb0 = 0, mt0 = 0, mb1 = 0, mt1 = 0;
     int have_machine = machine_jiffies(&mb0, &mt0) == 0;
     uint64_t t_start = now_ns();
@@ -1209,7 +1214,8 @@ int main(int argc, char **argv) {
     }
     uint64_t t_end = now_ns();
     double u1, s1; cpu_split(&u1, &s1);
-    double srv1 = proc_cpu_seconds(cfg.server_pid);
+    double srv_user1 = 0, srv_sys1 = 0;
+    double srv1 = proc_cpu_seconds(cfg.server_pid, &srv_user1, &srv_sys1);
     have_machine = have_machine && machine_jiffies(&mb1, &mt1) == 0;
     double pend_end = server_stat("persistence_pending"), lag_end = server_stat("persistence_lag_ms");
 
@@ -1243,6 +1249,7 @@ int main(int argc, char **argv) {
     double cpu_meas = (u1 - u0) + (s1 - s0);
     double cpu_pct = secs > 0 ? 100.0 * cpu_meas / secs : 0;
     double srv_cpu = (srv0 >= 0 && srv1 >= 0) ? srv1 - srv0 : -1;
+    double srv_user = srv_cpu >= 0 ? srv_user1 - srv_user0 : -1, srv_sys = srv_cpu >= 0 ? srv_sys1 - srv_sys0 : -1;
     /* CPU the rest of the machine used meanwhile, in % of one core: the noise */
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     double machine_busy_pct = -1, background_pct = -1;
@@ -1273,13 +1280,13 @@ int main(int argc, char **argv) {
                "\"throughput\":%.1f,\"gets\":%" PRIu64 ",\"get_hits\":%" PRIu64 ",\"get_misses\":%" PRIu64 ",\"sets\":%" PRIu64 ",\"touches\":%" PRIu64 ","
                "\"lat_min_us\":%.1f,\"lat_mean_us\":%.1f,\"p50_us\":%.1f,\"p90_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,\"max_us\":%.1f,"
                "\"max_completion_gap_ms\":%.2f,\"loadgen_cpu_s\":%.3f,\"loadgen_user_s\":%.3f,\"loadgen_sys_s\":%.3f,\"loadgen_cpu_pct\":%.1f,"
-               "\"loadgen_cpu_total_s\":%.3f,\"wall_total_s\":%.3f,\"server_cpu_s\":%.3f,\"server_cpu_pct\":%.1f,"
+               "\"loadgen_cpu_total_s\":%.3f,\"wall_total_s\":%.3f,\"server_cpu_s\":%.3f,\"server_user_s\":%.3f,\"server_sys_s\":%.3f,\"server_cpu_pct\":%.1f,"
                "\"machine_busy_pct\":%.1f,\"background_cpu_pct\":%.1f,\"cores\":%ld,\"settle_s\":%.3f,"
                "\"server_persistence_pending_end\":%.0f,\"server_persistence_lag_ms_end\":%.0f}\n",
                cfg.label, wl_name(), cfg.host, cfg.port, cfg.threads, cfg.connections, cfg.pipeline, cfg.pct_get, cfg.pct_set,
                cfg.pct_touch, cfg.value_size, cfg.keys, cfg.sessions, cfg.rate, cfg.preload ? "true" : "false", preload_s, psets, perr,
                secs, h->total, errors, timeouts, connfail, thr, gets, hits, misses, sets, touches, mn, mean, p50, p90, p99, p999, mx,
-               gap / 1e6, cpu_meas, u1 - u0, s1 - s0, cpu_pct, cpu_all, wall_all, srv_cpu, srv_cpu >= 0 && secs > 0 ? 100 * srv_cpu / secs : -1,
+               gap / 1e6, cpu_meas, u1 - u0, s1 - s0, cpu_pct, cpu_all, wall_all, srv_cpu, srv_user, srv_sys, srv_cpu >= 0 && secs > 0 ? 100 * srv_cpu / secs : -1,
                machine_busy_pct, background_pct, ncpu, settle_s, pend_end, lag_end);
     } else {
         printf("tandem-load%s%s: %s:%s, workload %s", *cfg.label ? " " : "", cfg.label, cfg.host, cfg.port, wl_name());
@@ -1296,7 +1303,14 @@ int main(int argc, char **argv) {
         printf("longest gap between replies: %.2f ms\n", gap / 1e6);
         printf("gets:          %" PRIu64 " (%" PRIu64 " hits, %" PRIu64 " misses), sets %" PRIu64 ", touches %" PRIu64 "\n", gets, hits, misses, sets, touches);
         printf("loadgen cpu:   %.2f s (user %.2f + sys %.2f) = %.1f%% of wall (of one core)\n", cpu_meas, u1 - u0, s1 - s0, cpu_pct);
-        if (srv_cpu >= 0) printf("server cpu:    %.2f s = %.1f%% of wall (pid %d)\n", srv_cpu, secs > 0 ? 100 * srv_cpu / secs : 0, cfg.server_pid);
+        if (srv_cpu >= 0) {
+            printf("server cpu:    %.2f s (user %.2f + sys %.2f) = %.1f%% of wall (pid %d)\n", srv_cpu, srv_user, srv_sys,
+                   secs > 0 ? 100 * srv_cpu / secs : 0, cfg.server_pid);
+            /* The server's cost per request, user and kernel apart: what a
+               server's code adds shows in user time, the sockets in sys. */
+            if (h->total) printf("server cpu per request: %.2f us (user %.2f + sys %.2f)\n", 1e6 * srv_cpu / h->total,
+                                 1e6 * srv_user / h->total, 1e6 * srv_sys / h->total);
+        }
         if (machine_busy_pct >= 0) printf("machine:       %.0f%% busy of %ld cores x 100%%; others used %.0f%% (of one core)\n", machine_busy_pct, ncpu, background_pct);
         if (settle_s > 0) printf("settle:        %.2f s until the server had persisted the preload\n", settle_s);
         if (pend_end >= 0) printf("server at end: persistence_pending %.0f, persistence_lag_ms %.0f\n", pend_end, lag_end);
