@@ -99,8 +99,8 @@ extension PairSimulation {
         var handover: Handover?
 
         /// A node started from what its writer committed.
-        init(recovering disk: Disk, clock: ManualClock) {
-            let store = SessionStore(configuration: StoreConfiguration(shardCount: 1, recordsChanges: true), clock: clock)
+        init(recovering disk: Disk, clock: ManualClock, shards: Int = 1) {
+            let store = SessionStore(configuration: StoreConfiguration(shardCount: shards, recordsChanges: true), clock: clock)
             self.store = store
             var highest = disk.flushStamp
             for key in disk.items.keys.sorted() {

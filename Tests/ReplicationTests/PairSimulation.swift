@@ -106,6 +106,11 @@ struct PairSimulation {
         var startTogether = false
         /// Time between two client writes.
         var writeEvery: ClosedRange<Int> = 50...250
+        /// Shards per node's store. nil: by the seed (odd seeds run four),
+        /// so that changes recorded in several shards meet the feed's
+        /// ordering as on a real node (64 shards), without changing what
+        /// the seed draws.
+        var shards: Int?
     }
 
     /// What a run did, for the report and for assertions.
@@ -168,6 +173,8 @@ struct PairSimulation {
 
     let seed: UInt64
     let options: Options
+    /// Shards per node's store (`Options.shards`).
+    let shards: Int
     var random: SplitMix64
     var time: Int64 = 0
     var nodes: [Node]
@@ -207,6 +214,7 @@ struct PairSimulation {
         self.random = SplitMix64(seed: seed)
         self.tracing = tracing
         self.options = options
+        self.shards = options.shards ?? (seed & 1 == 1 ? 4 : 1)
         var replication = ReplicationConfiguration(
             syncTimeout: .milliseconds(Self.syncTimeout), heartbeatInterval: .milliseconds(Self.heartbeat),
             linkTimeout: .milliseconds(Self.linkTimeout)
@@ -389,7 +397,7 @@ struct PairSimulation {
         guard nodes[index].machine == nil else { return }
         nodes[index].life += 1
         // What the writer committed is all the node has.
-        nodes[index].data = NodeData(recovering: nodes[index].data.disk, clock: nodes[index].clock)
+        nodes[index].data = NodeData(recovering: nodes[index].data.disk, clock: nodes[index].clock, shards: shards)
         let node = nodes[index]
         let recovered = node.data.recovered
         var machine = Machine(
