@@ -20,8 +20,8 @@ public final class OffsetWaiters: Sendable {
     struct State {
         var reached: UInt64 = 0
         var waiters: [Waiter] = []
-        /// Whether a sweep for expired waiters is scheduled.
-        var sweepScheduled = false
+        /// When the earliest sweep for expired waiters is scheduled (nil: none is).
+        var sweepAt: NIODeadline?
     }
 
     private let state = Mutex(State())
@@ -35,17 +35,18 @@ public final class OffsetWaiters: Sendable {
     /// fails with `.timedOut` after `timeout`.
     ///
     /// Every write of a sync primary waits here, so a wait costs one promise
-    /// and no timer of its own: one sweep at a time fails the waiters whose
-    /// deadline passed (a timer per wait, armed and cancelled from another
-    /// event loop, cost more than the rest of the wait).
+    /// and no timer of its own: a sweep fails the waiters whose deadline
+    /// passed (a timer per wait, armed and cancelled from another event
+    /// loop, cost more than the rest of the wait). A wait whose deadline
+    /// comes before the next sweep schedules one of its own.
     public func wait(for offset: UInt64, on eventLoop: any EventLoop, timeout: TimeAmount?) -> EventLoopFuture<Void> {
         let promise = eventLoop.makePromise(of: Void.self)
         let deadline = timeout.map { eventLoop.now + $0 }
         let (registered, sweep) = state.withLock { state -> (Bool, Bool) in
             guard offset > state.reached else { return (false, false) }
             state.waiters.append(Waiter(offset: offset, promise: promise, deadline: deadline))
-            guard deadline != nil, !state.sweepScheduled else { return (true, false) }
-            state.sweepScheduled = true
+            guard let deadline, state.sweepAt.map({ deadline < $0 }) ?? true else { return (true, false) }
+            state.sweepAt = deadline
             return (true, true)
         }
         if !registered { promise.succeed() }
@@ -57,15 +58,16 @@ public final class OffsetWaiters: Sendable {
         eventLoop.scheduleTask(deadline: deadline) { [self] in sweep(on: eventLoop) }
             .futureResult.whenFailure { [self] _ in
                 // A loop that shut down runs no sweep: the next wait schedules one.
-                state.withLock { $0.sweepScheduled = false }
+                state.withLock { $0.sweepAt = nil }
             }
     }
 
     /// Fails the waiters whose deadline passed, and sweeps again at the
-    /// earliest deadline left.
+    /// earliest deadline left (unless a sweep still to come is the earliest:
+    /// this one ran for a wait that was since answered, or late).
     private func sweep(on eventLoop: any EventLoop) {
         let now = eventLoop.now
-        let (expired, next) = state.withLock { state -> ([Waiter], NIODeadline?) in
+        let (expired, reschedule) = state.withLock { state -> ([Waiter], NIODeadline?) in
             var expired: [Waiter] = []
             var next: NIODeadline?
             state.waiters.removeAll { waiter in
@@ -77,11 +79,13 @@ public final class OffsetWaiters: Sendable {
                 next = next.map { min($0, deadline) } ?? deadline
                 return false
             }
-            state.sweepScheduled = next != nil
+            // Every deadline left is after the earliest sweep to come, if any.
+            if let sweepAt = state.sweepAt, sweepAt > now { return (expired, nil) }
+            state.sweepAt = next
             return (expired, next)
         }
         for waiter in expired { waiter.promise.fail(Failure.timedOut) }
-        if let next { scheduleSweep(at: next, on: eventLoop) }
+        if let reschedule { scheduleSweep(at: reschedule, on: eventLoop) }
     }
 
     /// Records progress and releases the waiters it satisfies.
