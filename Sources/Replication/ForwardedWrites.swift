@@ -13,7 +13,8 @@
 ///   `set`, a `touch`) whose reply the link's loss took;
 /// - and it ends **answered** (the reply came), **failed** (with why, which
 ///   says whether it may have run on the primary) or **run here** (this
-///   node was promoted: `failHeld(.roleChanged)`).
+///   node was promoted: `endHeld`, which `ReplicaClient.failParked(.roleChanged)`
+///   answers so that the connection runs the write itself).
 ///
 /// `Write` is what the shell keeps per write (the request and the promise
 /// its answer completes); `Link` is a connection to the primary.
@@ -165,5 +166,3 @@ struct ForwardedWrites<Write, Link> {
         return .hold(write, hold: hold)
     }
 }
-
-extension ForwardedWrites.Acceptance: Equatable {}

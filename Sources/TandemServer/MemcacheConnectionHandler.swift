@@ -72,6 +72,9 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
     private var state: State = .open
     /// Whether this handler turned the channel's `autoRead` off.
     private var readingStopped = false
+    /// The peer shut its side (the listener allows half-closed connections):
+    /// what it sent is still run and answered, then the connection closes.
+    private var inputEnded = false
     /// Bytes read but not yet decoded (a partial command).
     private var inbound: ByteBuffer?
     /// The parts of a long retrieval not answered yet; run before any
@@ -138,6 +141,7 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
             return
         case .open, .paused, .waitingForStorage, .waitingForPrimary, .closing:
             flushOutbound(context: context)
+            finishIfInputEnded(context: context)
         }
     }
 
@@ -150,11 +154,19 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
         guard !processing else { return }
         processInbound(context: context)
         flushOutbound(context: context)
+        finishIfInputEnded(context: context)
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is DrainRequest {
             closeAfterReplies(context: context)
+        } else if case ChannelEvent.inputClosed? = event as? ChannelEvent {
+            // A client that sends its requests and then shuts its side gets
+            // every reply, as memcached gives it: also those held for the
+            // backup, a forwarded write's or a value read from disk, which
+            // come after the end of input has been read.
+            inputEnded = true
+            finishIfInputEnded(context: context)
         } else {
             context.fireUserInboundEventTriggered(event)
         }
@@ -498,6 +510,34 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
         flushOutbound(context: context)
         processInbound(context: context)
         flushOutbound(context: context)
+        finishIfInputEnded(context: context)
+    }
+
+    /// Once the peer has shut its side and every command it sent has run
+    /// (a partial one never completes), the replies are written and the
+    /// connection closes. Nothing to do while a command waits: this runs
+    /// again when it is done.
+    private func finishIfInputEnded(context: ChannelHandlerContext) {
+        guard inputEnded, !processing else { return }
+        switch state {
+        case .open:
+            processInbound(context: context)
+            guard case .open = state else { return }
+            state = .closing
+            inbound = nil
+            counters.increment(.bytesWritten, by: UInt64(outbound.readableBytes))
+            unflushed = false
+            let channel = context.channel
+            // After every reply handed to the channel before it.
+            context.writeAndFlush(wrapOutboundOut(outbound)).whenComplete { _ in channel.close(promise: nil) }
+            outbound = ByteBuffer()
+        case .closing:
+            // Replies being written after quit, a fatal error or a drain:
+            // nothing more can come, so the quiet period is over.
+            inputWhileClosing = false
+        case .paused, .waitingForStorage, .waitingForReplication, .waitingForPrimary, .waitingForValue:
+            return
+        }
     }
 
     // MARK: Storage backpressure
@@ -540,6 +580,7 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
         resumeReading(context: context)
         processInbound(context: context)
         flushOutbound(context: context)
+        finishIfInputEnded(context: context)
     }
 
     /// Backpressure on the peer: the socket is not read until `resumeReading`.

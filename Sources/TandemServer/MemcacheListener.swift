@@ -102,6 +102,9 @@ final class MemcacheListener: NodePart {
             .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
             .childChannelOption(.socketOption(.so_keepalive), value: 1)
             .childChannelOption(.maxMessagesPerRead, value: 16)
+            // The end of a client's input does not close the connection at
+            // once: its requests are answered first (`MemcacheConnectionHandler`).
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelOption(.writeBufferWaterMark, value: .init(low: 256 * 1024, high: 1024 * 1024))
             .childChannelInitializer { channel in
                 let counters = countersByLoop[ObjectIdentifier(channel.eventLoop)] ?? CommandCounters()

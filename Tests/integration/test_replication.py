@@ -345,3 +345,35 @@ def test_binary_writes_through_the_backup_land_on_the_primary(nodes, tmp_path: P
     with primary.client() as p:
         got = p.get(b"bin-key")[b"bin-key"]
         assert got.data == b"binary value" and got.flags == 7
+
+
+def send_then_shut(address, request: bytes) -> bytes:
+    """Sends REQUEST, shuts the sending side, returns all that comes back until the server closes."""
+    sock = socket.create_connection(address, timeout=10)
+    sock.sendall(request)
+    sock.shutdown(socket.SHUT_WR)
+    got = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    sock.close()
+    return got
+
+
+def test_a_client_that_shuts_its_side_gets_every_reply_from_either_node(nodes, tmp_path: Path):
+    """A client may send its requests and shut its side of the connection
+    before reading (as `printf ... | nc -N` does): memcached answers them all,
+    and so does each node of a sync pair, although the primary's reply waits
+    for the backup and the backup's for the primary after the end of input
+    was read. Before, the connection closed at the end of input and the
+    replies were lost."""
+    primary, backup = start_pair(nodes, tmp_path)
+    for name, node in (("primary", primary), ("backup", backup)):
+        for i in range(10):
+            key = b"shut-%s-%d" % (name.encode(), i)
+            got = send_then_shut(node.address, b"set %s 0 0 5\r\nhello\r\nget %s\r\n" % (key, key))
+            assert got == b"STORED\r\nVALUE %s 0 5\r\nhello\r\nEND\r\n" % key, (name, got)
+    # An idle client that shuts its side is closed at once, with nothing sent.
+    assert send_then_shut(primary.address, b"") == b""
