@@ -21,6 +21,10 @@ public struct StoreConfiguration: Sendable {
     /// items: with persistence, where the log holds every committed value.
     /// Reads of such a value then throw `ValueOnDisk`.
     public var valuesLeaveRAM = false
+    /// The key hash's seed. nil (the default): random per store, so that
+    /// keys chosen by a client cannot be made to collide. Only a simulation
+    /// that must replay exactly sets it.
+    public var hashSeed: UInt64?
 
     public init(memoryLimit: Int = 1024 << 20, evictionsEnabled: Bool = true, maxItemSize: Int = 1 << 20, shardCount: Int = 64, recordsChanges: Bool = false) {
         self.memoryLimit = memoryLimit
@@ -308,7 +312,7 @@ public final class SessionStore: Sendable {
         self.configuration = effective
         self.clock = clock
         self.shardMask = shardCount - 1
-        self.hasher = KeyHasher(seed: UInt64.random(in: .min ... .max))
+        self.hasher = KeyHasher(seed: configuration.hashSeed ?? UInt64.random(in: .min ... .max))
         let share = configuration.memoryLimit / shardCount
         let recorder = configuration.recordsChanges ? ChangeRecorder() : nil
         self.recorder = recorder

@@ -84,6 +84,8 @@ extension PairSimulation {
         var peerStamp: UInt64 = 0
         /// The primary's epoch, as the last `helloOK` said.
         var primaryEpoch: UInt64 = 0
+        /// Its clients' writes sent to the primary or held (`ReplicaClient`'s machine).
+        var forwards = ForwardedWrites<Int, Int>(lastRequestID: 1 << 20)
     }
 
     struct NodeData {
@@ -100,7 +102,10 @@ extension PairSimulation {
 
         /// A node started from what its writer committed.
         init(recovering disk: Disk, clock: ManualClock, shards: Int = 1) {
-            let store = SessionStore(configuration: StoreConfiguration(shardCount: shards, recordsChanges: true), clock: clock)
+            var configuration = StoreConfiguration(shardCount: shards, recordsChanges: true)
+            // Which shard a key lands in must not vary from run to run: a seed replays exactly.
+            configuration.hashSeed = 0x5EED
+            let store = SessionStore(configuration: configuration, clock: clock)
             self.store = store
             var highest = disk.flushStamp
             for key in disk.items.keys.sorted() {
@@ -238,6 +243,7 @@ extension PairSimulation {
         follower.link = nil
         nodes[node].data.role = .backup(follower)
         if let link { closeEnd(link, at: node) }
+        forwardsLinkLost(at: node, stopping: true)
     }
 
     mutating func probePrimary(_ node: Int) {
@@ -407,11 +413,13 @@ extension PairSimulation {
         follower.link = nil
         guard !follower.stream.stopped else {
             nodes[link.backup].data.role = .backup(follower)
+            forwardsLinkLost(at: link.backup, stopping: true)
             return
         }
         follower.attempts += 1
         follower.waiting = true
         nodes[link.backup].data.role = .backup(follower)
+        forwardsLinkLost(at: link.backup, stopping: false)
         schedule(in: backoff(follower.attempts), .reconnect(node: link.backup, follower: follower.id))
     }
 
@@ -471,7 +479,12 @@ extension PairSimulation {
         case .frames(let bytes):
             for frame in Self.frames(in: bytes) {
                 guard links[id]?.open[node] == true else { return }
-                primaryReceives(try! frame.message(), on: id)
+                let message = try! frame.message()
+                if case .forward(let request) = message {
+                    primaryRunsForward(request, requestID: frame.requestID, on: id)
+                } else {
+                    primaryReceives(message, on: id)
+                }
             }
         case .ping:
             break
@@ -632,6 +645,8 @@ extension PairSimulation {
             }
         }
         answerWrites()
+        sendForwardReplies()
+        answerForwardedWrites()
     }
 
     // MARK: The backup's end (ReplicaConnectionHandler and ReplicaClient)
@@ -659,6 +674,7 @@ extension PairSimulation {
             let position = follower.stream.position
             links[id]!.phase = .awaitingReconcileFrom
             send(on: id, from: node, .reconcile(Replicate(replicationID: position.replicationID, offset: position.offset, epoch: nodes[node].machine!.epoch)))
+            forwardsLinkUp(at: node, link: id)
         case .frames(let bytes):
             var ackOwed: UInt64?
             for frame in Self.frames(in: bytes) {
@@ -678,8 +694,19 @@ extension PairSimulation {
     /// One frame at the backup's end; returns the offset it owes an `ack` for, if any.
     mutating func backupReceives(_ frame: WireFrame, on id: Int) -> UInt64? {
         let node = links[id]!.backup
-        guard var follower = nodes[node].data.follower else { return nil }
         let message = try! frame.message()
+        // The primary's answer to a forwarded write (a refusal is an error with its request ID).
+        switch message {
+        case .forwardReply:
+            backupReceivesForwardReply(message, requestID: frame.requestID, on: id)
+            return nil
+        case .error where frame.requestID != 0 && nodes[node].data.follower?.forwards.sent[frame.requestID] != nil:
+            backupReceivesForwardReply(message, requestID: frame.requestID, on: id)
+            return nil
+        default:
+            break
+        }
+        guard var follower = nodes[node].data.follower else { return nil }
         var owed: UInt64?
         var close = false
         switch (links[id]!.phase, message) {
@@ -789,50 +816,61 @@ extension PairSimulation {
     /// Writes whose waits ended, and how far the backup had acknowledged then.
     final class Completions: @unchecked Sendable {
         var done: [(write: Int, acknowledged: UInt64)] = []
+        /// Forwarded writes the primary may now answer.
+        var forwardReplies: [(link: Int, requestID: UInt32, write: Int?)] = []
     }
 
     /// A client writes to a node that takes writes (either, while both do):
     /// a set or a delete of a key drawn, or of `key` when scripted.
     mutating func clientWrite(_ scripted: (key: String, delete: Bool)? = nil) {
         guard !writesPaused || scripted != nil else { return }
+        if scripted == nil, options.script == nil, random.chance(options.forwardPercent) {
+            forwardedClientWrite()
+            return
+        }
         let candidates = (0..<2).filter { nodes[$0].machine?.acceptsWrites == true && nodes[$0].data.primary != nil }
         guard !candidates.isEmpty else { return }
         let node = candidates.count == 1 ? candidates[0] : random.pick(candidates)
-        let primary = nodes[node].data.primary!
-        let store = nodes[node].data.store
         let key = scripted?.key ?? "k\(random.int(0...Self.keyCount - 1))"
-        let id = writes.count
-        let value: [UInt8]?
-        let stamp: UInt64
-        if scripted?.delete ?? random.chance(20) {
-            value = nil
-            let outcome = try! Array(key.utf8).withUnsafeBytes { try store.delete($0) }
-            guard outcome == .deleted else { return }
-            stamp = Self.tombstones(of: store)[key]!
-        } else {
-            let bytes = Array("w\(id)".utf8)
-            value = bytes
-            let outcome = try! Array(key.utf8).withUnsafeBytes { key in
-                try bytes.withUnsafeBytes { try store.store(key, value: $0, request: StoreRequest(mode: .set)) }
-            }
-            guard case .stored(let cas, _) = outcome else {
-                broken = "a set on \(nodes[node].name) was not stored: \(outcome)"
-                return
-            }
-            stamp = cas
-        }
+        let delete = scripted?.delete ?? random.chance(20)
+        guard let id = runWrite(at: node, key: key, value: delete ? nil : Array("w\(writes.count)".utf8)) else { return }
+        let primary = writes[id].primary
         // `MemcacheConnectionHandler`: after a connection's writes, the reply waits for what replication says.
         let wait = primary.afterWrites(on: loop)
-        let target = primary.offset(ofSequence: store.lastSequence)
-        writes.append(Write(id: id, node: node, life: nodes[node].life, key: key, value: value, stamp: stamp, target: target, primary: primary))
-        stats.writes += 1
-        log("client → \(nodes[node].name): \(value.map { "set \(key)=\(String(decoding: $0, as: UTF8.self))" } ?? "delete \(key)") @\(stamp), offset \(target)\(wait == nil ? "" : ", waits")")
+        log("client → \(nodes[node].name): \(delete ? "delete \(key)" : "set \(key)=w\(id)") @\(writes[id].stamp), offset \(writes[id].target)\(wait == nil ? "" : ", waits")")
         let completions = self.completions
         if let wait {
             wait.whenComplete { _ in completions.done.append((id, primary.acknowledgements.reached)) }
         } else {
             completions.done.append((id, 0))
         }
+    }
+
+    /// Runs a set (or, with `value` nil, a delete) on the primary `node` and
+    /// records it as a write (not yet answered); nil when a delete found nothing.
+    mutating func runWrite(at node: Int, key: String, value: [UInt8]?) -> Int? {
+        let primary = nodes[node].data.primary!
+        let store = nodes[node].data.store
+        let id = writes.count
+        let stamp: UInt64
+        if let bytes = value {
+            let outcome = try! Array(key.utf8).withUnsafeBytes { key in
+                try bytes.withUnsafeBytes { try store.store(key, value: $0, request: StoreRequest(mode: .set)) }
+            }
+            guard case .stored(let cas, _) = outcome else {
+                broken = "a set on \(nodes[node].name) was not stored: \(outcome)"
+                return nil
+            }
+            stamp = cas
+        } else {
+            let outcome = try! Array(key.utf8).withUnsafeBytes { try store.delete($0) }
+            guard outcome == .deleted else { return nil }
+            stamp = Self.tombstones(of: store)[key]!
+        }
+        let target = primary.offset(ofSequence: store.lastSequence)
+        writes.append(Write(id: id, node: node, life: nodes[node].life, key: key, value: value, stamp: stamp, target: target, primary: primary))
+        stats.writes += 1
+        return id
     }
 
     /// Answers the writes whose waits ended; a write answered because the

@@ -66,6 +66,8 @@ struct PairSimulation {
         case restart(node: Int)
         case fault(Fault)
         case clientWrite
+        /// A write a backup held (for `follower`) waited its longest.
+        case forwardHoldRanOut(node: Int, follower: Int, hold: UInt64)
         /// A backup's next attempt to connect to its primary (`follower`: which following it belongs to).
         case reconnect(node: Int, follower: Int)
         /// The next page of the snapshot a primary sends on link `link`.
@@ -111,6 +113,9 @@ struct PairSimulation {
         /// ordering as on a real node (64 shards), without changing what
         /// the seed draws.
         var shards: Int?
+        /// The share of client writes sent to a backup, which forwards them
+        /// (none in scripted runs).
+        var forwardPercent = 20
     }
 
     /// What a run did, for the report and for assertions.
@@ -118,6 +123,12 @@ struct PairSimulation {
         var writes = 0
         var acknowledged = 0
         var acknowledgedInSync = 0
+        /// Client writes sent to a backup, and those it answered (each also counts in `acknowledged`).
+        var forwarded = 0
+        var forwardedAcknowledged = 0
+        /// Forwarded writes held (link down, or lost with the link and sent again), and those run twice.
+        var forwardsHeld = 0
+        var forwardsRunTwice = 0
         /// Acknowledged writes lost in a documented window (their only copy
         /// was in the memory of a node that crashed).
         var excused = 0
@@ -134,6 +145,10 @@ struct PairSimulation {
             writes += other.writes
             acknowledged += other.acknowledged
             acknowledgedInSync += other.acknowledgedInSync
+            forwarded += other.forwarded
+            forwardedAcknowledged += other.forwardedAcknowledged
+            forwardsHeld += other.forwardsHeld
+            forwardsRunTwice += other.forwardsRunTwice
             excused += other.excused
             fullResyncs += other.fullResyncs
             partialResyncs += other.partialResyncs
@@ -206,6 +221,8 @@ struct PairSimulation {
     var nextLink = 0
     var nextFollower = 0
     var writes: [Write] = []
+    var forwarded: [Forwarded] = []
+    var forwardAnswers: [ForwardAnswer] = []
     var writesPaused = false
     var stats = Stats()
 
@@ -463,6 +480,8 @@ struct PairSimulation {
             clientWrite()
         case .reconnect(let node, let follower):
             reconnect(node, follower: follower)
+        case .forwardHoldRanOut(let node, let follower, let hold):
+            forwardHoldRanOut(node: node, follower: follower, hold: hold)
         case .snapshotPage(let link):
             sendSnapshotPage(link)
         }

@@ -57,7 +57,9 @@ struct PairSimulationTests {
         let reasons = stats.fullResyncReasons.sorted { $0.value > $1.value }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")
         return """
             pair simulation: \(seeds) seeds in \(String(format: "%.1f", seconds)) s; \
-            \(stats.writes) writes, \(stats.acknowledged) acknowledged (\(stats.acknowledgedInSync) after the backup's ack), \
+            \(stats.writes) writes, \(stats.acknowledged) acknowledged (\(stats.acknowledgedInSync) after the backup's ack); \
+            \(stats.forwarded) sent to a backup, \(stats.forwardedAcknowledged) of them answered there, \(stats.forwardsHeld) held, \
+            \(stats.forwardsRunTwice) run twice; \
             \(stats.excused) lost in documented windows; \(stats.crashes) crashes, \(stats.promotions) promotions; \
             resyncs: \(stats.partialResyncs) partial (\(stats.partialResyncsAfterPromotion) into a promoted node's history), \
             \(stats.fullResyncs) full (\(reasons)); \(stats.reconciledVersions) versions merged, \(stats.reconcileConflicts) conflicts
