@@ -489,6 +489,25 @@ def raw(server: Server, raw_factory) -> RawClient:
     return raw_factory(server.address)
 
 
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    got = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return got
+        got += chunk
+
+
+def send_then_shut(address: Tuple[str, int], request: bytes) -> bytes:
+    """Sends REQUEST, shuts the sending side (as ``printf ... | nc -N`` does)
+    and returns all that comes back until the server closes."""
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        return read_until_closed(sock)
+
+
 def poll_until(condition: Callable[[], object], timeout: float, interval: float = 0.05,
                what: str = "condition") -> object:
     """Evaluate ``condition`` until it is truthy, at most ``timeout`` seconds."""

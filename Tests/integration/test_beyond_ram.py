@@ -13,7 +13,7 @@ from typing import Dict
 
 import pytest
 
-from conftest import RawClient
+from conftest import RawClient, send_then_shut
 from nodes import Node, nodes  # noqa: F401  (nodes is a fixture)
 from test_failover import Pair, pair_factory, wait_role  # noqa: F401  (pair_factory is a fixture)
 from test_persistence import value_for, value_is_intact
@@ -142,23 +142,12 @@ def test_the_disk_budget_evicts_the_least_recently_used_or_refuses_with_M(nodes,
 def test_a_client_that_shuts_its_side_gets_the_values_read_from_disk(nodes, tmp_path: Path):
     """A get whose values are on disk is answered after a reader thread read
     them: a client that sent it and shut its side still gets every value."""
-    import socket
-
     node = nodes(tmp_path / "data", "-m", str(MEMORY_MB))
     with node.client() as c:
         expected = write_all(c, 1)
     assert stat(node, "cold_items") > ITEMS // 2
     keys = [b"s%d" % i for i in range(0, ITEMS, 40)]
-    sock = socket.create_connection(node.address, timeout=10)
-    sock.sendall(b"get " + b" ".join(keys) + b"\r\n")
-    sock.shutdown(socket.SHUT_WR)
-    got = b""
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        got += chunk
-    sock.close()
+    got = send_then_shut(node.address, b"get " + b" ".join(keys) + b"\r\n")
     assert got.endswith(b"END\r\n"), got[-200:]
     for key in keys:
         assert b"VALUE %s 0 %d\r\n%s\r\n" % (key, VALUE_SIZE, expected[key]) in got, key

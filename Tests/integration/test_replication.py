@@ -14,7 +14,7 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-from conftest import ConnectionClosed, RawClient, poll_until
+from conftest import ConnectionClosed, RawClient, poll_until, send_then_shut
 from nodes import Node, nodes  # noqa: F401  (nodes is a fixture)
 
 pytestmark = pytest.mark.tandemd_only
@@ -345,21 +345,6 @@ def test_binary_writes_through_the_backup_land_on_the_primary(nodes, tmp_path: P
     with primary.client() as p:
         got = p.get(b"bin-key")[b"bin-key"]
         assert got.data == b"binary value" and got.flags == 7
-
-
-def send_then_shut(address, request: bytes) -> bytes:
-    """Sends REQUEST, shuts the sending side, returns all that comes back until the server closes."""
-    sock = socket.create_connection(address, timeout=10)
-    sock.sendall(request)
-    sock.shutdown(socket.SHUT_WR)
-    got = b""
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        got += chunk
-    sock.close()
-    return got
 
 
 def test_a_client_that_shuts_its_side_gets_every_reply_from_either_node(nodes, tmp_path: Path):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tandemd_binary
+from conftest import read_until_closed, tandemd_binary
 from test_replication import binary_request, binary_response
 from test_spymemcached import EXPECTED_CHECKS, SPY_JAR, spycheck_classes  # noqa: F401  (a fixture)
 
@@ -64,12 +64,7 @@ def test_text_connections_are_refused(server_factory, users_file):
     server = server_factory("--sasl-users", str(users_file))
     sock = socket.create_connection(server.address, timeout=10)
     sock.sendall(b"get k\r\n")
-    data = b""
-    while True:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
+    data = read_until_closed(sock)
     assert data.startswith(b"CLIENT_ERROR unauthenticated"), data
     assert b"VALUE" not in data and b"END" not in data
 
