@@ -219,7 +219,7 @@ public final class PrimaryReplication: Sendable {
     public func afterWrites(on eventLoop: any EventLoop) -> EventLoopFuture<Void>? {
         let state = shared.withLock { $0.state }
         // With no backup, the node's periodic pump keeps the backlog fed; a
-        // connected backup gets the writes at once.
+        // connected backup gets the writes at the end of this loop's pass.
         guard state != .noBackup else { return nil }
         schedulePump(on: eventLoop)
         guard configuration.mode == .sync, state == .sync else { return nil }

@@ -523,14 +523,7 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
         case .open:
             processInbound(context: context)
             guard case .open = state else { return }
-            state = .closing
-            inbound = nil
-            counters.increment(.bytesWritten, by: UInt64(outbound.readableBytes))
-            unflushed = false
-            let channel = context.channel
-            // After every reply handed to the channel before it.
-            context.writeAndFlush(wrapOutboundOut(outbound)).whenComplete { _ in channel.close(promise: nil) }
-            outbound = ByteBuffer()
+            closeAfterReplies(context: context)
         case .closing:
             // Replies being written after quit, a fatal error or a drain:
             // nothing more can come, so the quiet period is over.
@@ -635,6 +628,8 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
     /// (the peer reads them, then end of file); input is still read and
     /// dropped, and the socket closes when the peer closes its side, when the
     /// peer has been quiet for `closeQuietPeriod`, or after `closeLinger`.
+    /// A peer that has already shut its side sends nothing more: the socket
+    /// closes as soon as the replies are written.
     private func closeAfterReplies(context: ChannelHandlerContext) {
         if case .closing = state { return }
         state = .closing
@@ -643,8 +638,10 @@ final class MemcacheConnectionHandler: ChannelInboundHandler {
         unflushed = false
         let channel = context.channel
         let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+        // A peer that shut its side sends nothing more: no input to wait out.
+        let inputEnded = self.inputEnded
         context.writeAndFlush(wrapOutboundOut(outbound)).whenComplete { result in
-            guard case .success = result else {
+            guard case .success = result, !inputEnded else {
                 channel.close(promise: nil)
                 return
             }

@@ -19,7 +19,6 @@ extension PairSimulation {
         let key: String
         /// nil: a delete.
         let value: [UInt8]?
-        var answered = false
         /// Times the primary ran it: a set whose reply was lost may run again.
         var runs = 0
     }
@@ -104,7 +103,7 @@ extension PairSimulation {
         let request = forwarded[forwardedID]
         // nil: a delete that found nothing (NOT_FOUND), answered at once.
         let write = runWrite(at: node, key: request.key, value: request.value)
-        if let broken = self.broken, !broken.isEmpty { return }
+        if broken != nil { return }
         if write != nil {
             forwarded[forwardedID].runs += 1
             if forwarded[forwardedID].runs == 2 { stats.forwardsRunTwice += 1 }
@@ -175,7 +174,6 @@ extension PairSimulation {
                 broken = "forwarded write f\(answer.forwarded) (\(write.key)@\(write.stamp)) was answered by \(nodes[request.node].name) without it"
                 return
             }
-            forwarded[answer.forwarded].answered = true
             writes[answer.write].acknowledged = true
             writes[answer.write].replicatedTo = (request.node, request.life)
             stats.acknowledged += 1
