@@ -23,10 +23,31 @@ extension PairTests {
         return port
     }
 
-    /// A node of a pair where each names the other as its peer.
+    /// A node of a pair where each names the other as its peer, on `wirePort`
+    /// or, when another test's socket took that port since `freePort` found
+    /// it free (any connection from this process can be handed it), on
+    /// another free port. The node's `wirePort` says which.
     func startNode(
         role: NodeRole, name: String, wirePort: Int, peerPort: Int, directory: String?,
         failoverAfter: TimeAmount = .milliseconds(300)
+    ) async throws -> TandemNode {
+        var port = wirePort
+        for _ in 0..<4 {
+            do {
+                return try await startNodeOnce(
+                    role: role, name: name, wirePort: port, peerPort: peerPort, directory: directory, failoverAfter: failoverAfter
+                )
+            } catch let failure as BindFailure where failure.listener == .wire && failure.cause == .inUse {
+                port = try freePort()
+            }
+        }
+        return try await startNodeOnce(
+            role: role, name: name, wirePort: port, peerPort: peerPort, directory: directory, failoverAfter: failoverAfter
+        )
+    }
+
+    private func startNodeOnce(
+        role: NodeRole, name: String, wirePort: Int, peerPort: Int, directory: String?, failoverAfter: TimeAmount
     ) async throws -> TandemNode {
         var configuration = testConfiguration()
         var replication = ReplicationConfiguration(mode: .sync, nodeName: name)
@@ -65,10 +86,10 @@ extension PairTests {
         let (portA, portB) = (try freePort(), try freePort())
         for node in ["a", "b"] { try FileManager.default.createDirectory(atPath: base + "/" + node, withIntermediateDirectories: true) }
         let first = try await startNode(role: .primary, name: "A", wirePort: portA, peerPort: portB, directory: base + "/a")
-        let b = try await startNode(role: .backup, name: "B", wirePort: portB, peerPort: portA, directory: base + "/b")
+        let b = try await startNode(role: .backup, name: "B", wirePort: portB, peerPort: first.wirePort!, directory: base + "/b")
         var rejoined: TandemNode?
         do {
-            try await failoverAndRejoin(first, b, portA: portA, portB: portB, base: base, rejoined: &rejoined)
+            try await failoverAndRejoin(first, b, base: base, rejoined: &rejoined)
         } catch {
             await rejoined?.shutdown()
             await first.shutdown()
@@ -78,7 +99,7 @@ extension PairTests {
     }
 
     private func failoverAndRejoin(
-        _ a: TandemNode, _ b: TandemNode, portA: Int, portB: Int, base: String, rejoined: inout TandemNode?
+        _ a: TandemNode, _ b: TandemNode, base: String, rejoined: inout TandemNode?
     ) async throws {
         var a = a
         #expect(try await eventually { try await status(a)["replication_state"] == "sync" })
@@ -102,7 +123,10 @@ extension PairTests {
         #expect(try await onB.exchange("set k0 0 0 2\r\nzz\r\n") == "STORED\r\n")
         onB.close()
 
-        a = try await startNode(role: .primary, name: "A", wirePort: portA, peerPort: portB, directory: base + "/a")
+        // A fresh wire port: in the time it was down, A's old one may have
+        // been handed to another test's connection. The primary never dials
+        // its backup, so B need not know it.
+        a = try await startNode(role: .primary, name: "A", wirePort: try freePort(), peerPort: b.wirePort!, directory: base + "/a")
         rejoined = a
         #expect(try await eventually { try await status(a)["link_state"] == "streaming" }, "the old primary never followed")
         let leader = try await status(b)
@@ -120,7 +144,9 @@ extension PairTests {
         // The promoted node restarts: its data keeps naming the history it continued.
         await a.shutdown()
         await b.shutdown()
-        let again = try await startNode(role: .backup, name: "B", wirePort: portB, peerPort: portA, directory: base + "/b", failoverAfter: .zero)
+        let again = try await startNode(
+            role: .backup, name: "B", wirePort: try freePort(), peerPort: try freePort(), directory: base + "/b", failoverAfter: .zero
+        )
         let restarted = try await status(again)
         await again.shutdown()
         #expect(restarted["data_previous_replication_id"] == oldHistory)
@@ -131,9 +157,9 @@ extension PairTests {
     func promotionThenOldPrimaryResumesPartially() async throws {
         let (portA, portB) = (try freePort(), try freePort())
         let a = try await startNode(role: .primary, name: "A", wirePort: portA, peerPort: portB, directory: nil, failoverAfter: .zero)
-        let b = try await startNode(role: .backup, name: "B", wirePort: portB, peerPort: portA, directory: nil, failoverAfter: .zero)
+        let b = try await startNode(role: .backup, name: "B", wirePort: portB, peerPort: a.wirePort!, directory: nil, failoverAfter: .zero)
         do {
-            try await promoteAndFollow(a, b, portB: portB)
+            try await promoteAndFollow(a, b, portB: b.wirePort!)
         } catch {
             await a.shutdown()
             await b.shutdown()
