@@ -10,16 +10,13 @@ import WireProtocol
 /// applies the change stream to the local store (and so to its SQLite),
 /// acknowledges it, forwards the memcached writes the backup receives, and
 /// reconnects with back-off when the link drops.
+///
+/// The shell of two machines: `ReplicaLink` decides the link's life and
+/// conversation, `ForwardedWrites` the forwarded writes'; this class and its
+/// channel handler do the I/O and apply the data through `ReplicaStream`.
 public final class ReplicaClient: Sendable {
-    /// The connection's phases, as `stats` shows them (`link_state`).
-    public enum LinkState: String, Sendable {
-        case connecting
-        case handshaking
-        case resyncing
-        case streaming
-        case down
-        case stopped
-    }
+    public typealias LinkState = ReplicaLinkState
+    typealias Link = ReplicaLink<any Channel>
 
     /// Where the backup's data stands in the primary's history.
     public struct Position: Sendable, Equatable {
@@ -33,26 +30,17 @@ public final class ReplicaClient: Sendable {
     }
 
     struct Shared {
-        var linkState: LinkState = .down
+        var link: Link
         /// The stream's position (`ReplicaStream.position`), as of its last
         /// change: read without waiting for a frame being applied.
         var position: Position
-        /// The channel once the handshake is done.
-        var channel: (any Channel)?
-        var stopped = false
-        var attempts = 0
         var fullResyncs: UInt64 = 0
         var partialResyncs: UInt64 = 0
         /// Partial resyncs that adopted the primary's new replication ID
         /// (it continues the history this node followed).
         var partialResyncsAfterPromotion: UInt64 = 0
-        var primaryName = ""
         /// The clients' writes sent to the primary and held (`ForwardedWrites`).
-        var forwards = ForwardedWrites<Forward, any Channel>(lastRequestID: ReplicaConnectionHandler.reconcileRequestID - 1)
-        /// When anything was last heard from the primary (monotonic); nil: never.
-        var lastHeard: NIODeadline?
-        /// The primary's epoch, from its `helloOK`.
-        var primaryEpoch: UInt64 = 0
+        var forwards = ForwardedWrites<Forward, any Channel>(lastRequestID: Link.reconcileRequestID - 1)
         /// What the last reconciliation with the primary did.
         var reconcileSummary: ReconcileSummary?
         /// Stopped for a promotion: writes still park until it is decided.
@@ -60,18 +48,17 @@ public final class ReplicaClient: Sendable {
 
         /// What happens to a new write (`ForwardedWrites.Acceptance`).
         var acceptance: ForwardedWrites<Forward, any Channel>.Acceptance {
-            guard stopped else { return .following }
+            guard link.isStopped else { return .following }
             return parking ? .holding : .refusing
         }
 
         /// The link to the primary when writes can go on it (handshake done).
-        var usableLink: (any Channel)? {
-            guard !stopped, linkState == .streaming || linkState == .resyncing else { return nil }
-            return channel
-        }
+        var usableLink: (any Channel)? { link.usableLink }
         /// The highest stamp the primary sent (changes, snapshot items, the
         /// clock in its pings): where its clock stood at the last contact.
         var peerStamp: UInt64 = 0
+        /// When a snapshot's progress was last logged.
+        var snapshotReported = NIODeadline.now()
     }
 
     /// A client's write to send to the primary: the memcached request and
@@ -98,9 +85,6 @@ public final class ReplicaClient: Sendable {
     /// position read after it is exactly where the data stands.
     private let stream: Mutex<ReplicaStream>
 
-    /// Back-off between connection attempts: doubles from the first to the last.
-    /// Short enough that a backup notices a returning primary well within a failover timeout.
-    static let reconnectDelays: (first: TimeAmount, last: TimeAmount) = (.milliseconds(50), .milliseconds(500))
     /// How long a forwarded write may take before the client is told the primary is unavailable.
     static let forwardTimeout = TimeAmount.seconds(3)
     /// How long a write that arrived while the link was down waits for it
@@ -121,7 +105,7 @@ public final class ReplicaClient: Sendable {
         self.group = group
         self.logger = logger
         self.epoch = epoch
-        self.shared = Mutex(Shared(position: position))
+        self.shared = Mutex(Shared(link: Link(configuration: configuration), position: position))
         self.stream = Mutex(ReplicaStream(store: store, position: position, exact: positionIsExact, backlogCapacity: configuration.backlogSize))
         applied.reset(to: position.offset)
     }
@@ -130,10 +114,10 @@ public final class ReplicaClient: Sendable {
     /// being received the data matches no position, so it reads as none.
     public var position: Position { shared.withLock { $0.position } }
 
-    public var linkState: LinkState { shared.withLock { $0.linkState } }
+    public var linkState: LinkState { shared.withLock { $0.link.linkState } }
 
     public func start() {
-        connect()
+        perform(shared.withLock { $0.link.start() })
     }
 
     /// Stops replicating. Writes parked while the link was down fail with
@@ -144,13 +128,11 @@ public final class ReplicaClient: Sendable {
     public func stop(parkedFailure: ForwardError? = .notSent) {
         // Waits for a frame being applied: after this nothing changes the position.
         stream.withLock { $0.stop() }
-        let channel = shared.withLock { shared -> (any Channel)? in
-            shared.stopped = true
-            shared.linkState = .stopped
+        let actions = shared.withLock { shared in
             shared.parking = parkedFailure == nil
-            return shared.channel
+            return shared.link.stop()
         }
-        channel?.close(promise: nil)
+        perform(actions)
         failForwards()
         if let parkedFailure { failParked(parkedFailure) }
     }
@@ -181,7 +163,7 @@ public final class ReplicaClient: Sendable {
     /// Milliseconds since anything was heard from the primary.
     public var silenceMillis: Int64 {
         // A client that never heard its primary counts from its own start.
-        let heard = shared.withLock { $0.lastHeard } ?? started
+        let heard = shared.withLock { $0.link.lastHeard } ?? started
         return (NIODeadline.now() - heard).nanoseconds / 1_000_000
     }
 
@@ -193,7 +175,7 @@ public final class ReplicaClient: Sendable {
     }
 
     /// The primary's epoch, as its last `helloOK` said.
-    public var primaryEpoch: UInt64 { shared.withLock { $0.primaryEpoch } }
+    public var primaryEpoch: UInt64 { shared.withLock { $0.link.primary?.epoch ?? 0 } }
 
     /// What the last reconciliation with the primary did.
     public var reconcileSummary: ReconcileSummary? { shared.withLock { $0.reconcileSummary } }
@@ -201,23 +183,14 @@ public final class ReplicaClient: Sendable {
     /// Connects at once if the link is down and waiting for its next attempt:
     /// the failover timer wants a fresh try before it gives up on the primary.
     public func probe() {
-        let retry = shared.withLock { shared -> Bool in
-            guard !shared.stopped, shared.linkState == .down else { return false }
-            shared.attempts = 0
-            return true
-        }
-        if retry { connect() }
+        perform(shared.withLock { $0.link.probe() })
     }
 
     // MARK: Connection
 
-    private func connect() {
-        guard shared.withLock({ state -> Bool in
-            guard !state.stopped else { return false }
-            state.linkState = .connecting
-            return true
-        }) else { return }
-        let handler = ReplicaConnectionHandler(client: self)
+    /// Opens the connection of `attempt`; the handler reports what happens on it.
+    private func connect(_ attempt: UInt64) {
+        let handler = ReplicaConnectionHandler(client: self, attempt: attempt)
         let tls = configuration.tls?.peerClient
         ClientBootstrap(group: group)
             .channelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -236,30 +209,16 @@ public final class ReplicaClient: Sendable {
             .whenComplete { [self] result in
                 switch result {
                 case .success(let channel):
-                    shared.withLock { $0.linkState = .handshaking }
-                    channel.closeFuture.whenComplete { _ in self.disconnected() }
+                    channel.closeFuture.whenComplete { _ in self.closed(attempt) }
                 case .failure(let error):
                     logger.debug("cannot reach the primary", metadata: ["peer": "\(peerHost):\(peerPort)", "error": "\(error)"])
-                    disconnected()
+                    closed(attempt)
                 }
             }
     }
 
-    private func disconnected() {
-        let (delay, wasUp) = shared.withLock { shared -> (TimeAmount?, Bool) in
-            let wasUp = shared.channel != nil
-            shared.channel = nil
-            guard !shared.stopped else { return (nil, wasUp) }
-            shared.linkState = .down
-            shared.attempts += 1
-            let exponent = min(shared.attempts - 1, 10)
-            let delay = min(Self.reconnectDelays.first.nanoseconds << exponent, Self.reconnectDelays.last.nanoseconds)
-            return (.nanoseconds(delay), wasUp)
-        }
-        if wasUp { logger.warning("replication link to the primary is down; reconnecting", metadata: ["peer": "\(peerHost):\(peerPort)"]) }
-        failForwards()
-        guard let delay else { return }
-        group.next().scheduleTask(in: delay) { self.connect() }
+    private func closed(_ attempt: UInt64) {
+        perform(shared.withLock { $0.link.closed(attempt) })
     }
 
     /// The link is gone (or this node stopped following) with writes sent
@@ -295,44 +254,134 @@ public final class ReplicaClient: Sendable {
         forward.promise.fail(ForwardError(ending))
     }
 
+    private func retryDue(_ attempt: UInt64) {
+        perform(shared.withLock { $0.link.retryDue(attempt) })
+    }
+
     // MARK: Events from the connection handler (on its event loop)
 
-    func handshakeDone(channel: any Channel, primaryName: String, primaryEpoch: UInt64) {
-        let (position, held) = shared.withLock { shared in
-            shared.channel = channel
-            shared.linkState = .resyncing
-            shared.attempts = 0
-            shared.primaryName = primaryName
-            shared.primaryEpoch = primaryEpoch
-            return (shared.position, shared.forwards.linkUp(channel))
+    func connected(_ attempt: UInt64, channel: any Channel) {
+        let epoch = self.epoch()
+        perform(shared.withLock { $0.link.connected(attempt, link: channel, epoch: epoch, now: .now()) }, attempt: attempt)
+    }
+
+    /// A frame from the primary; returns the stream offset an `ack` is now owed for, if any.
+    func received(_ frame: WireFrame, on attempt: UInt64) -> UInt64? {
+        let message: WireMessage
+        do {
+            message = try frame.message()
+        } catch {
+            let what = frame.messageType.map { "\($0)" } ?? "frame type \(frame.type)"
+            return perform(shared.withLock { $0.link.failed(attempt, reason: "undecodable \(what): \(error)") }, attempt: attempt)
         }
-        perform(held)
-        logger.info("connected to the primary", metadata: [
-            "peer": "\(peerHost):\(peerPort)", "primary": "\(primaryName)",
-            "replication_id": "\(position.replicationID)", "offset": "\(position.offset)",
-        ])
+        return perform(shared.withLock { $0.link.received(message, in: frame, on: attempt, now: .now()) }, attempt: attempt)
     }
 
-    func contact() {
-        shared.withLock { $0.lastHeard = .now() }
+    func tick(_ attempt: UInt64) {
+        let clock = store.now()
+        perform(shared.withLock { $0.link.tick(attempt, now: .now(), clockMillis: clock) }, attempt: attempt)
     }
 
-    func reconciled(_ summary: ReconcileSummary?) {
-        guard let summary else { return }
-        shared.withLock { $0.reconcileSummary = summary }
+    func acknowledge(_ attempt: UInt64, offset: UInt64) {
+        perform(shared.withLock { $0.link.acknowledge(attempt, offset: offset, now: .now()) }, attempt: attempt)
     }
 
-    func fullResyncStarted(_ resync: FullResync) {
+    /// Something on the connection failed (TLS, a decoder); `answered`: the
+    /// primary answered at all, so it is alive and must not be failed over.
+    func failed(_ attempt: UInt64, reason: String, answered: Bool = false) {
+        perform(shared.withLock { shared in
+            if answered { shared.link.heard(now: .now()) }
+            return shared.link.failed(attempt, reason: reason)
+        }, attempt: attempt)
+    }
+
+    /// Does what `ReplicaLink` decided, for `attempt`'s connection; returns
+    /// the stream offset an `ack` is owed for, if any.
+    @discardableResult
+    private func perform(_ actions: [Link.Action], attempt: UInt64? = nil) -> UInt64? {
+        var owed: UInt64?
+        for action in actions {
+            switch action {
+            case .connect(let attempt):
+                connect(attempt)
+            case .retry(let attempt, let delay):
+                group.next().scheduleTask(in: delay) { self.retryDue(attempt) }
+            case .send(let message, let requestID, let flags, let channel):
+                var buffer = channel.allocator.buffer(capacity: 64)
+                guard (try? buffer.writeWireMessage(message, flags: flags, requestID: requestID)) != nil else { continue }
+                channel.writeAndFlush(buffer, promise: nil)
+            case .close(let channel, let reason):
+                if let reason { logger.warning("closing the replication link", metadata: ["reason": "\(reason)"]) }
+                channel.close(promise: nil)
+            case .ready(let primary, let channel):
+                // Writes held while the link was down go on it now.
+                perform(shared.withLock { $0.forwards.linkUp(channel) })
+                let position = self.position
+                logger.info("connected to the primary", metadata: [
+                    "peer": "\(peerHost):\(peerPort)", "primary": "\(primary.nodeName)",
+                    "replication_id": "\(position.replicationID)", "offset": "\(position.offset)",
+                ])
+            case .reconcile(let channel):
+                send(.reconcile(replicateRequest()), requestID: Link.reconcileRequestID, on: channel)
+            case .sendVersions(let watermark, let channel):
+                Task { await Self.sendVersions(newerThan: watermark, of: self, on: channel) }
+            case .reconciled(let summary):
+                guard let summary else { continue }
+                shared.withLock { $0.reconcileSummary = summary }
+                logger.info("reconciled with the primary", metadata: [
+                    "sent": "\(summary.received)", "applied": "\(summary.applied)", "conflicts": "\(summary.conflicts)",
+                ])
+            case .replicate(let channel):
+                send(.replicate(replicateRequest()), on: channel)
+            case .startFullResync(let resync):
+                // Refused only once this node stopped following: its data stays as it is.
+                fullResyncStarted(resync)
+            case .applySnapshot(let items, let received, let resync):
+                applySnapshot(items, received: received, of: resync)
+            case .finishFullResync(let resync, let items, let took):
+                fullResyncFinished(resync, items: items, took: took)
+                owed = resync.offset
+            case .partialResync(let replicationID, let offset):
+                guard !partialResync(replicationID: replicationID, offset: offset), let attempt else { continue }
+                let reason = "the primary offered a partial resync from a position this backup does not have"
+                perform(shared.withLock { $0.link.failed(attempt, reason: reason) })
+            case .apply(let changes, let body):
+                owed = apply(changes, body: body)
+            case .heardStamp(let stamp):
+                heardStamp(stamp)
+            case .forwardReplied(let requestID, let result):
+                completeForward(requestID: requestID, result: result.map { ($0.offset, $0.reply) }.mapError { ForwardError.rejected($0) })
+            case .lost(let wasReady):
+                if wasReady { logger.warning("replication link to the primary is down; reconnecting", metadata: ["peer": "\(peerHost):\(peerPort)"]) }
+                failForwards()
+            }
+        }
+        return owed
+    }
+
+    private func send(_ message: WireMessage, requestID: UInt32 = 0, on channel: any Channel) {
+        var buffer = channel.allocator.buffer(capacity: 64)
+        guard (try? buffer.writeWireMessage(message, requestID: requestID)) != nil else { return }
+        channel.writeAndFlush(buffer, promise: nil)
+    }
+
+    /// `reconcile` and `replicate` carry where the data stands, and the epoch.
+    private func replicateRequest() -> Replicate {
+        let position = self.position
+        return Replicate(replicationID: position.replicationID, offset: position.offset, epoch: epoch())
+    }
+
+    private func fullResyncStarted(_ resync: FullResync) {
         let position = stream.withLock { stream -> Position? in
             guard stream.startFullResync() else { return nil }
             return stream.position
         }
-        // Stopped: the node no longer follows, and its data stays as it is.
         guard let position else { return }
         shared.withLock { shared in
             // Until the snapshot is complete the local data matches no position.
             shared.position = position
             shared.fullResyncs += 1
+            shared.snapshotReported = .now()
         }
         applied.reset(to: 0)
         logger.info("full resync: receiving a snapshot", metadata: [
@@ -341,24 +390,22 @@ public final class ReplicaClient: Sendable {
         ])
     }
 
-    func fullResyncFinished(replicationID: ReplicationID, offset: UInt64, items: UInt64, seconds: Double) {
+    private func fullResyncFinished(_ resync: FullResync, items: UInt64, took: TimeAmount) {
         let position = stream.withLock { stream in
-            stream.finishFullResync(replicationID: replicationID, offset: offset)
+            stream.finishFullResync(replicationID: resync.replicationID, offset: resync.offset)
             return stream.position
         }
-        shared.withLock { shared in
-            shared.position = position
-            shared.linkState = .streaming
-        }
+        shared.withLock { $0.position = position }
         applied.reset(to: position.offset)
-        logger.info("full resync done", metadata: ["items": "\(items)", "seconds": "\(seconds)", "offset": "\(offset)"])
+        let seconds = Double(took.nanoseconds) / 1e9
+        logger.info("full resync done", metadata: ["items": "\(items)", "seconds": "\(seconds)", "offset": "\(resync.offset)"])
     }
 
     /// The primary resumes the stream after `offset`. With another ID than
     /// this node's, the primary continues the history this node followed (it
     /// was promoted from it, Protocol.md 2.2): the offsets go on, and this
     /// node's data is now a position in the new history.
-    func partialResync(replicationID: ReplicationID, offset: UInt64) -> Bool {
+    private func partialResync(replicationID: ReplicationID, offset: UInt64) -> Bool {
         let taken = stream.withLock { stream -> (ReplicaStream.PartialResync, Position)? in
             guard let taken = stream.partialResync(replicationID: replicationID, offset: offset) else { return nil }
             return (taken, stream.position)
@@ -366,7 +413,6 @@ public final class ReplicaClient: Sendable {
         guard let (taken, position) = taken else { return false }
         shared.withLock { shared in
             shared.position = position
-            shared.linkState = .streaming
             shared.partialResyncs += 1
             if case .adopted = taken { shared.partialResyncsAfterPromotion += 1 }
         }
@@ -384,7 +430,7 @@ public final class ReplicaClient: Sendable {
     /// Applies a frame of changes (`body`: the frame's, kept in the
     /// backlog); returns the new applied offset. Nothing is applied once
     /// `stop` was called.
-    func apply(_ changes: [ReplicatedChange], body: ByteBuffer) -> UInt64 {
+    private func apply(_ changes: [ReplicatedChange], body: ByteBuffer) -> UInt64 {
         let (offset, highest) = stream.withLock { stream in
             (stream.apply(changes, body: body), stream.highestStamp)
         }
@@ -396,13 +442,22 @@ public final class ReplicaClient: Sendable {
         return offset
     }
 
-    /// Applies snapshot items (the position stays none until the snapshot ends).
-    func applySnapshot(_ items: [ReplicatedItem]) {
+    /// Applies snapshot items (the position stays none until the snapshot
+    /// ends), and logs the progress about once a second.
+    private func applySnapshot(_ items: [ReplicatedItem], received: UInt64, of resync: FullResync) {
         let highest = stream.withLock { stream in
             stream.applySnapshot(items)
             return stream.highestStamp
         }
-        heardStamp(highest)
+        let report = shared.withLock { shared -> Bool in
+            shared.peerStamp = max(shared.peerStamp, highest)
+            guard NIODeadline.now() - shared.snapshotReported >= .seconds(1) else { return false }
+            shared.snapshotReported = .now()
+            return true
+        }
+        guard report else { return }
+        let percent = resync.estimatedItems > 0 ? min(100, received * 100 / resync.estimatedItems) : 100
+        logger.info("full resync progress", metadata: ["items": "\(received)", "of": "\(resync.estimatedItems)", "percent": "\(percent)"])
     }
 
     func completeForward(requestID: UInt32, result: Result<(UInt64, ByteBuffer), any Error>) {
@@ -497,16 +552,16 @@ public final class ReplicaClient: Sendable {
 
     public func statistics() -> [(String, String)] {
         let shared = self.shared.withLock { $0 }
-        let sinceContact = shared.lastHeard.map { (NIODeadline.now() - $0).nanoseconds / 1_000_000 }
+        let sinceContact = shared.link.lastHeard.map { (NIODeadline.now() - $0).nanoseconds / 1_000_000 }
         return [
             ("role", "backup"),
             ("replication_id", shared.position.replicationID.description),
             ("replication_offset", "\(shared.position.offset)"),
-            ("link_state", shared.linkState.rawValue),
+            ("link_state", shared.link.linkState.rawValue),
             ("peer", "\(peerHost):\(peerPort)"),
-            ("peer_name", shared.primaryName.isEmpty ? "none" : shared.primaryName),
+            ("peer_name", shared.link.primary?.nodeName ?? "none"),
             ("peer_last_contact_ms", sinceContact.map { "\(max(0, $0))" } ?? "-1"),
-            ("peer_epoch", "\(shared.primaryEpoch)"),
+            ("peer_epoch", "\(shared.link.primary?.epoch ?? 0)"),
             ("full_resyncs", "\(shared.fullResyncs)"),
             ("partial_resyncs", "\(shared.partialResyncs)"),
             ("partial_resyncs_after_promotion", "\(shared.partialResyncsAfterPromotion)"),
@@ -514,60 +569,29 @@ public final class ReplicaClient: Sendable {
     }
 }
 
-/// The backup's replication connection: runs the handshake and the resync,
-/// hands changes to the client, acknowledges, and keeps the link alive.
+/// The backup's replication connection: the shell of one attempt of
+/// `ReplicaLink` on its channel. It reports the connection's events to the
+/// client, acknowledges once per burst of frames, and beats the heartbeat.
 final class ReplicaConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
     // @unchecked: all state is touched only on the channel's event loop.
     typealias InboundIn = WireFrame
     typealias OutboundOut = ByteBuffer
 
-    /// Where the connection is.
-    enum State {
-        /// `hello` sent, waiting for `helloOK`.
-        case awaitingHelloOK
-        /// `auth` sent, waiting for the primary's `authOK` and its proof.
-        case awaitingAuthOK(HelloOK)
-        /// `reconcile` sent, waiting for the watermark.
-        case awaitingReconcileFrom
-        /// Sending the versions above the watermark, then waiting for `reconcileDone`.
-        case reconciling
-        /// `replicate` sent, waiting for `fullResync` or `partialResync`.
-        case awaitingResync
-        /// Receiving a snapshot; progress is logged about once a second.
-        case receivingSnapshot(FullResync, items: UInt64, started: ContinuousClock.Instant, reported: ContinuousClock.Instant)
-        /// Receiving the change stream.
-        case streaming
-    }
-
     private let client: ReplicaClient
-    private var state: State = .awaitingHelloOK
-    private var lastSent = NIODeadline.now()
-    private var lastReceived = NIODeadline.now()
+    private let attempt: UInt64
     private var ackOwed: UInt64?
     private var heartbeat: RepeatedTask?
-    /// This connection's `hello` and the checks of the primary's answers.
-    private var handshake: WireHandshake?
 
-    init(client: ReplicaClient) {
+    init(client: ReplicaClient, attempt: UInt64) {
         self.client = client
+        self.attempt = attempt
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        let handshake = WireHandshake(role: .peer, nodeName: client.configuration.nodeName, epoch: client.epoch(), secret: client.configuration.secret)
-        self.handshake = handshake
-        send(.hello(handshake.hello), context: context)
+        client.connected(attempt, channel: context.channel)
         let interval = client.configuration.heartbeatInterval
-        let timeout = client.configuration.linkTimeout
-        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        heartbeat = context.eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
-            let (handler, context) = bound.value
-            let now = NIODeadline.now()
-            if now - handler.lastReceived > timeout {
-                handler.client.logger.warning("no message from the primary; closing the link", metadata: ["timeout_ms": "\(timeout.nanoseconds / 1_000_000)"])
-                context.close(promise: nil)
-            } else if now - handler.lastSent >= interval {
-                handler.send(.ping(timestampMillis: handler.client.store.now()), context: context)
-            }
+        heartbeat = context.eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { [client, attempt] _ in
+            client.tick(attempt)
         }
         context.fireChannelActive()
     }
@@ -579,166 +603,30 @@ final class ReplicaConnectionHandler: ChannelInboundHandler, @unchecked Sendable
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let frame = unwrapInboundIn(data)
-        lastReceived = .now()
-        // Only an authenticated primary's messages keep the failover timer at bay.
-        switch state {
-        case .awaitingHelloOK, .awaitingAuthOK: break
-        default: client.contact()
+        if let offset = client.received(unwrapInboundIn(data), on: attempt) { ackOwed = offset }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        // One acknowledgement per read burst, however many frames it held.
+        if let offset = ackOwed {
+            ackOwed = nil
+            client.acknowledge(attempt, offset: offset)
         }
-        let message: WireMessage
-        do {
-            message = try frame.message()
-        } catch {
-            fail("undecodable \(frame.messageType.map { "\($0)" } ?? "frame type \(frame.type)"): \(error)", context: context)
+        context.fireChannelReadComplete()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let failure = TLSHandshakeFailure(error) {
+            // As with a wrong secret: a primary that refuses this node's
+            // certificate is alive, and must not be failed over.
+            client.failed(attempt, reason: "TLS with the primary: \(failure)", answered: failure.peerAnswered)
             return
         }
-        switch (state, message) {
-        case (.awaitingHelloOK, .helloOK(let ok)):
-            guard ok.nodeRole == .primary else {
-                fail("the peer is a \(ok.nodeRole), not a primary", context: context)
-                return
-            }
-            // The primary is alive, even if this node cannot authenticate to it
-            // (a wrong secret): that must not start a failover.
-            client.contact()
-            do {
-                switch try handshake?.next(after: ok) {
-                case .ready?, nil:
-                    startReplicating(after: ok, context: context)
-                case .authenticate(let auth)?:
-                    send(auth, context: context)
-                    state = .awaitingAuthOK(ok)
-                }
-            } catch {
-                fail(Self.describe(error), context: context)
-            }
-
-        case (.awaitingAuthOK(let ok), .authOK(let proof)):
-            do {
-                try handshake?.check(authOK: proof, after: ok)
-            } catch {
-                fail(Self.describe(error), context: context)
-                return
-            }
-            startReplicating(after: ok, context: context)
-
-        case (.awaitingAuthOK, .error(let error)) where error.code == .authenticationFailed:
-            fail(Self.describe(.proofRefused), context: context)
-
-        case (.awaitingReconcileFrom, .reconcileFrom(let watermark)):
-            guard watermark != .max else {
-                client.reconciled(nil)
-                sendReplicate(context: context)
-                return
-            }
-            state = .reconciling
-            let channel = context.channel
-            let client = self.client
-            Task { await Self.sendVersions(newerThan: watermark, of: client, on: channel) }
-
-        case (.reconciling, .reconcileDone(let summary)):
-            client.reconciled(summary)
-            client.logger.info("reconciled with the primary", metadata: [
-                "sent": "\(summary.received)", "applied": "\(summary.applied)", "conflicts": "\(summary.conflicts)",
-            ])
-            sendReplicate(context: context)
-
-        case (.awaitingResync, .fullResync(let resync)):
-            client.fullResyncStarted(resync)
-            state = .receivingSnapshot(resync, items: 0, started: .now, reported: .now)
-
-        case (.awaitingResync, .partialResync(let id, let offset)):
-            guard client.partialResync(replicationID: id, offset: offset) else {
-                fail("the primary offered a partial resync from a position this backup does not have", context: context)
-                return
-            }
-            state = .streaming
-
-        case (.receivingSnapshot(let resync, let items, let started, var reported), .snapshotChunk(let chunk)):
-            client.applySnapshot(chunk)
-            let received = items + UInt64(chunk.count)
-            if reported.duration(to: .now) >= .seconds(1) {
-                reported = .now
-                let percent = resync.estimatedItems > 0 ? min(100, received * 100 / resync.estimatedItems) : 100
-                client.logger.info("full resync progress", metadata: [
-                    "items": "\(received)", "of": "\(resync.estimatedItems)", "percent": "\(percent)",
-                ])
-            }
-            state = .receivingSnapshot(resync, items: received, started: started, reported: reported)
-
-        case (.receivingSnapshot(let resync, let items, let started, _), .snapshotEnd(let sent)):
-            guard sent == items else {
-                fail("the snapshot announced \(sent) items but \(items) arrived", context: context)
-                return
-            }
-            let elapsed = started.duration(to: .now)
-            client.fullResyncFinished(
-                replicationID: resync.replicationID, offset: resync.offset, items: items,
-                seconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-            )
-            ackOwed = resync.offset
-            state = .streaming
-
-        case (.streaming, .changes(let changes)):
-            ackOwed = client.apply(changes, body: frame.body)
-
-        case (_, .forwardReply(let offset, let reply)) where frame.isResponse:
-            client.completeForward(requestID: frame.requestID, result: .success((offset, reply)))
-
-        case (_, .error(let error)) where frame.requestID == Self.reconcileRequestID:
-            fail("the primary refused reconciliation: \(error)", context: context)
-
-        case (_, .error(let error)) where frame.isResponse && frame.requestID != 0:
-            client.completeForward(requestID: frame.requestID, result: .failure(ReplicaClient.ForwardError.rejected(error)))
-
-        case (_, .ping(let timestamp)):
-            // The primary's pings carry its stamp clock (milliseconds).
-            client.heardStamp(HybridTimestamp.floor(millis: timestamp))
-            send(.pong(timestampMillis: timestamp), flags: WireFrame.Flags.response, requestID: frame.requestID, context: context)
-
-        case (_, .pong):
-            break
-
-        case (_, .error(let error)):
-            fail("the primary closed the link: \(error)", context: context)
-
-        default:
-            fail("unexpected \(message.type) while \(state)", context: context)
-        }
+        client.failed(attempt, reason: "\(error)")
     }
+}
 
-    /// A failed handshake, in the words of this node's log: what to fix on which node.
-    static func describe(_ error: WireHandshakeError) -> String {
-        switch error {
-        case .nodeWithoutSecret:
-            // Replicating from a node that cannot prove it knows the secret
-            // would let anyone who can pose as the primary feed this node data.
-            return "the primary does not require authentication but this node has a secret: start the primary with the same --secret-file"
-        case .secretRequired:
-            return "the primary requires authentication; start this node with --secret-file"
-        case .badNonce(let count):
-            return "the primary's nonce is \(count) bytes, not \(WireSecret.serverNonceLength)"
-        case .wrongNodeProof:
-            return "the primary's proof is wrong: is the secret the same on both nodes?"
-        case .proofRefused:
-            return "the primary refused this node's proof: is the secret the same on both nodes?"
-        case .refused(let error):
-            return "the primary closed the link: \(error)"
-        case .unexpectedReply(let type, let request):
-            return "unexpected \(type) in answer to \(request)"
-        }
-    }
-
-    /// The request id of `reconcile` and `reconcileEnd`, apart from the forwards' ids.
-    static let reconcileRequestID = UInt32.max
-
-    private func sendReplicate(context: ChannelHandlerContext) {
-        let position = client.position
-        send(.replicate(Replicate(replicationID: position.replicationID, offset: position.offset, epoch: client.epoch())), context: context)
-        state = .awaitingResync
-    }
-
+extension ReplicaClient {
     /// Sends every item and tombstone stamped above `watermark`, in chunks of
     /// about 1 MiB, each written before the next is built; then `reconcileEnd`.
     static func sendVersions(newerThan watermark: UInt64, of client: ReplicaClient, on channel: any Channel) async {
@@ -779,7 +667,7 @@ final class ReplicaConnectionHandler: ChannelInboundHandler, @unchecked Sendable
             }
             try await flush()
             var end = channel.allocator.buffer(capacity: 32)
-            try end.writeWireMessage(.reconcileEnd(count: sent), requestID: reconcileRequestID)
+            try end.writeWireMessage(.reconcileEnd(count: sent), requestID: Link.reconcileRequestID)
             try await channel.writeAndFlush(end)
         } catch {
             client.logger.warning("reconciliation with the primary failed; retrying with the next link", metadata: ["error": "\(error)"])
@@ -787,49 +675,4 @@ final class ReplicaConnectionHandler: ChannelInboundHandler, @unchecked Sendable
         }
     }
 
-    /// The handshake (and authentication, if any) is done: merge what this
-    /// node may hold that the primary lacks, then ask for the stream.
-    private func startReplicating(after ok: HelloOK, context: ChannelHandlerContext) {
-        client.contact()
-        client.handshakeDone(channel: context.channel, primaryName: ok.nodeName, primaryEpoch: ok.epoch)
-        // Every new link reconciles before it resyncs, not just the first: the
-        // primary at the other end may have restarted with older data than this
-        // node holds. When this node's data is a prefix of the primary's
-        // history, that costs one round trip.
-        let position = client.position
-        send(.reconcile(Replicate(replicationID: position.replicationID, offset: position.offset, epoch: client.epoch())), requestID: Self.reconcileRequestID, context: context)
-        state = .awaitingReconcileFrom
-    }
-
-    func channelReadComplete(context: ChannelHandlerContext) {
-        // One acknowledgement per read burst, however many frames it held.
-        if let offset = ackOwed {
-            ackOwed = nil
-            send(.ack(offset: offset), context: context)
-        }
-        context.fireChannelReadComplete()
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if let failure = TLSHandshakeFailure(error) {
-            // As with a wrong secret: a primary that refuses this node's
-            // certificate is alive, and must not be failed over.
-            if failure.peerAnswered { client.contact() }
-            fail("TLS with the primary: \(failure)", context: context)
-            return
-        }
-        fail("\(error)", context: context)
-    }
-
-    private func fail(_ reason: String, context: ChannelHandlerContext) {
-        client.logger.warning("closing the replication link", metadata: ["reason": "\(reason)"])
-        context.close(promise: nil)
-    }
-
-    private func send(_ message: WireMessage, flags: UInt16 = 0, requestID: UInt32 = 0, context: ChannelHandlerContext) {
-        var buffer = context.channel.allocator.buffer(capacity: 64)
-        guard (try? buffer.writeWireMessage(message, flags: flags, requestID: requestID)) != nil else { return }
-        lastSent = .now()
-        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
-    }
 }

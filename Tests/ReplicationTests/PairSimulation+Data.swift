@@ -71,19 +71,18 @@ extension PairSimulation {
     }
 
     /// A backup's following of its primary: `ReplicaClient`'s state, with
-    /// the data's rules in a real `ReplicaStream`.
+    /// the data's rules in a real `ReplicaStream` and the link's in a real
+    /// `ReplicaLink` (its links are numbered as `links` is keyed).
     struct Follower {
         let id: Int
         var stream: ReplicaStream
-        /// The link up or being set up, if any.
-        var link: Int?
-        /// Waiting for the next attempt to connect.
-        var waiting = false
-        var attempts = 0
+        var link: ReplicaLink<Int>
+        /// When it started following: its silence counts from there until it hears a primary.
+        let started: Int64
         /// The highest stamp the primary's pings carried.
         var peerStamp: UInt64 = 0
-        /// The primary's epoch, as the last `helloOK` said.
-        var primaryEpoch: UInt64 = 0
+        /// The open connection, if any.
+        var linkID: Int? { link.connection?.link }
         /// Its clients' writes sent to the primary or held (`ReplicaClient`'s machine).
         var forwards = ForwardedWrites<Int, Int>(lastRequestID: 1 << 20)
     }
@@ -201,7 +200,14 @@ extension PairSimulation {
         let data = nodes[node].data
         let handover = data.handover ?? Handover(recovered: data.recovered, stampCeiling: data.store.stampCeiling())
         nodes[node].data.handover = nil
-        if let link = data.follower?.link { closeEnd(link, at: node) }
+        if let link = data.follower?.linkID { closeEnd(link, at: node) }
+        // Writes the backup held for a primary run here (`failParked(.roleChanged)`).
+        var held: [(Int, ForwardedWrites<Int, Int>.Ending)] = []
+        if var follower = nodes[node].data.follower {
+            held = follower.forwards.endHeld()
+            nodes[node].data.role = .backup(follower)
+        }
+        defer { runHeldWrites(held, at: node) }
         let primary = PrimaryReplication(
             store: data.store, feed: data.feed, configuration: replication, logger: Self.logger,
             inherited: handover.inherited, previous: handover.continued
@@ -220,17 +226,18 @@ extension PairSimulation {
         case .backup(let follower):
             position = follower.stream.position
             exact = follower.stream.exact
-            if let link = follower.link { closeEnd(link, at: node) }
+            if let link = follower.linkID { closeEnd(link, at: node) }
         case .none:
             break
         }
         nextFollower += 1
         let stream = ReplicaStream(store: nodes[node].data.store, position: position, exact: exact, backlogCapacity: replication.backlogSize)
-        nodes[node].data.role = .backup(Follower(id: nextFollower, stream: stream))
+        var configuration = replication
+        configuration.nodeName = nodes[node].name
         // A new replication client counts its silence from its start.
-        nodes[node].lastHeard = time
+        nodes[node].data.role = .backup(Follower(id: nextFollower, stream: stream, link: ReplicaLink(configuration: configuration), started: time))
         log("\(nodes[node].name) follows from \(position.replicationID) at \(position.offset)\(exact ? " (exact)" : "")")
-        connect(node)
+        stepLink(node) { $0.start() }
     }
 
     mutating func stopFollowing(_ node: Int) {
@@ -238,43 +245,23 @@ extension PairSimulation {
         follower.stream.stop()
         nodes[node].data.handover = follower.stream.handOver()
         let peerStamp = max(follower.peerStamp, follower.stream.highestStamp)
-        nodes[node].data.store.raiseCas(above: Handover.stampFloor(peerStamp: peerStamp, silenceMillis: time - nodes[node].lastHeard))
-        let link = follower.link
-        follower.link = nil
+        nodes[node].data.store.raiseCas(above: Handover.stampFloor(peerStamp: peerStamp, silenceMillis: time - lastHeard(by: follower)))
         nodes[node].data.role = .backup(follower)
-        if let link { closeEnd(link, at: node) }
+        stepLink(node) { $0.stop() }
         forwardsLinkLost(at: node, stopping: true)
     }
 
     mutating func probePrimary(_ node: Int) {
-        guard var follower = nodes[node].data.follower, follower.link == nil, follower.waiting else { return }
-        follower.attempts = 0
-        nodes[node].data.role = .backup(follower)
-        connect(node)
+        stepLink(node) { $0.probe() }
     }
 
     // MARK: Replication links
 
-    /// What a replication link carries: the handshake and the heartbeats
-    /// as values, everything else as encoded frames.
+    /// What a replication link carries: encoded frames, or word that the
+    /// other end closed (or its process died).
     enum LinkMessage {
-        case hello(epoch: UInt64, name: String)
-        case helloOK(role: NodeRole, epoch: UInt64)
-        /// A heartbeat; a primary's carries its stamp clock (milliseconds).
-        case ping(timestampMillis: Int64)
         case frames(ByteBuffer)
-        /// The other end closed (or its process died).
         case closed
-    }
-
-    /// Where a backup's end of a link is (`ReplicaConnectionHandler.State`).
-    enum BackupPhase: Equatable {
-        case awaitingHelloOK
-        case awaitingReconcileFrom
-        case reconciling
-        case awaitingResync
-        case receivingSnapshot(FullResync, items: UInt64)
-        case streaming
     }
 
     /// The primary's end as `PrimaryReplication` sees it: `ReplicaSession`'s part.
@@ -300,58 +287,138 @@ extension PairSimulation {
         let primary: Int
         let lives: [Int]
         let follower: Int
+        /// The backup's `ReplicaLink` attempt this connection is.
+        let attempt: UInt64
         /// Each end's view, by node.
         var open = [true, true]
         /// A direction that lost a message delivers nothing more (a stalled connection).
         var stalled = [false, false]
         var lastDelivery: [Int64] = [0, 0]
-        var lastSent: [Int64]
-        var lastReceived: [Int64]
-        var phase = BackupPhase.awaitingHelloOK
+        /// The primary's end: its heartbeat (`ReplicaSession`), once it streams.
+        var lastSent: Int64
+        var lastReceived: Int64
+        /// The primary's end of the handshake (`WireConnectionHandler`).
+        var acceptor: WireHandshakeAcceptor
         var merge: ReconcileMerge?
         var stream: BackupStream?
         var snapshot: SnapshotWalk?
         let connection = Connection()
     }
 
-    /// A backup connects to its peer (the peer's port answers if its process runs).
-    mutating func connect(_ node: Int) {
-        guard var follower = nodes[node].data.follower, !follower.stream.stopped, follower.link == nil else { return }
+    /// The simulation's time as a monotonic deadline, for `ReplicaLink`.
+    func deadline(_ millis: Int64) -> NIODeadline { .uptimeNanoseconds(UInt64(millis) * 1_000_000) }
+
+    /// When a backup last heard its primary (or started following).
+    func lastHeard(by follower: Follower) -> Int64 {
+        follower.link.lastHeard.map { Int64($0.uptimeNanoseconds / 1_000_000) } ?? follower.started
+    }
+
+    /// Feeds `node`'s link machine an event and does what it decides
+    /// (`ReplicaClient.perform`); returns the stream offset an `ack` is owed for.
+    @discardableResult
+    mutating func stepLink(_ node: Int, _ event: (inout ReplicaLink<Int>) -> [ReplicaLink<Int>.Action]) -> UInt64? {
+        guard var follower = nodes[node].data.follower else { return nil }
+        let attempt = follower.link.connection?.attempt
+        let actions = event(&follower.link)
+        nodes[node].data.role = .backup(follower)
+        var owed: UInt64?
+        for action in actions {
+            if let offset = performLink(action, at: node, follower: follower.id, attempt: attempt) { owed = offset }
+        }
+        return owed
+    }
+
+    mutating func performLink(_ action: ReplicaLink<Int>.Action, at node: Int, follower id: Int, attempt: UInt64?) -> UInt64? {
+        guard var follower = nodes[node].data.follower, follower.id == id else { return nil }
+        var owed: UInt64?
+        switch action {
+        case .connect(let attempt):
+            connect(node, attempt: attempt)
+        case .retry(let attempt, let delay):
+            schedule(in: delay.nanoseconds / 1_000_000, .reconnect(node: node, follower: id, attempt: attempt))
+        case .send(let message, let requestID, let flags, let link):
+            send(on: link, from: node, message, requestID: requestID, flags: flags)
+        case .close(let link, let reason):
+            if let reason { log("\(nodes[node].name) closes link \(link): \(reason)") }
+            closeEnd(link, at: node)
+        case .ready(_, let link):
+            forwardsLinkUp(at: node, link: link)
+        case .reconcile(let link):
+            send(on: link, from: node, .reconcile(replicateRequest(of: node)), requestID: ReplicaLink<Int>.reconcileRequestID)
+        case .sendVersions(let watermark, let link):
+            sendVersions(of: node, newerThan: watermark, on: link)
+        case .reconciled:
+            break
+        case .replicate(let link):
+            send(on: link, from: node, .replicate(replicateRequest(of: node)))
+        case .startFullResync:
+            // Refused only by a stream that stopped, which the link's stop closes first.
+            guard follower.stream.startFullResync() else {
+                broken = "\(nodes[node].name) could not start a full resync"
+                return nil
+            }
+        case .applySnapshot(let items, _, _):
+            follower.stream.applySnapshot(items)
+        case .finishFullResync(let resync, _, _):
+            follower.stream.finishFullResync(replicationID: resync.replicationID, offset: resync.offset)
+            owed = resync.offset
+        case .partialResync(let replicationID, let offset):
+            guard follower.stream.partialResync(replicationID: replicationID, offset: offset) != nil else {
+                broken = "\(nodes[node].name) was offered a partial resync from \(offset), which it does not have"
+                return nil
+            }
+        case .apply(let changes, let body):
+            owed = follower.stream.apply(changes, body: body)
+        case .heardStamp(let stamp):
+            follower.peerStamp = max(follower.peerStamp, stamp)
+        case .forwardReplied(let requestID, let result):
+            backupReceivesForwardReply(result, requestID: requestID, at: node)
+            return nil
+        case .lost:
+            forwardsLinkLost(at: node, stopping: false)
+            return nil
+        }
+        if case .backup(let current) = nodes[node].data.role, current.id == id {
+            // The stream and stamp changes above; the link machine as the nested steps left it.
+            follower.link = current.link
+            follower.forwards = current.forwards
+            nodes[node].data.role = .backup(follower)
+        }
+        return owed
+    }
+
+    /// `reconcile` and `replicate` carry where the data stands, and the epoch.
+    func replicateRequest(of node: Int) -> Replicate {
+        let position = nodes[node].data.follower!.stream.position
+        return Replicate(replicationID: position.replicationID, offset: position.offset, epoch: nodes[node].machine!.epoch)
+    }
+
+    /// A backup's attempt to connect to its peer (the peer's port answers if
+    /// its process runs): refused at once by a machine whose process is
+    /// down; unanswered until the connect timeout when the network is cut.
+    mutating func connect(_ node: Int, attempt: UInt64) {
+        guard let follower = nodes[node].data.follower else { return }
         let peer = 1 - node
         let reachable = linkUp[node][peer] && linkUp[peer][node]
         guard reachable, nodes[peer].machine != nil else {
-            // Refused at once by a machine whose process is down; unanswered
-            // until the connect timeout when the network is cut.
-            follower.attempts += 1
-            follower.waiting = true
-            let wait = reachable ? 1 : Self.linkTimeout
-            nodes[node].data.role = .backup(follower)
-            schedule(in: wait + backoff(follower.attempts), .reconnect(node: node, follower: follower.id))
+            schedule(in: reachable ? 1 : Self.linkTimeout, .connectFailed(node: node, follower: follower.id, attempt: attempt))
             return
         }
         nextLink += 1
         let id = nextLink
-        follower.link = id
-        follower.waiting = false
-        nodes[node].data.role = .backup(follower)
         links[id] = Link(
-            id: id, backup: node, primary: peer, lives: [nodes[0].life, nodes[1].life],
-            follower: follower.id, lastSent: [time, time], lastReceived: [time, time]
+            id: id, backup: node, primary: peer, lives: [nodes[0].life, nodes[1].life], follower: follower.id, attempt: attempt,
+            lastSent: time, lastReceived: time, acceptor: WireHandshakeAcceptor(secret: replication.secret)
         )
-        let machine = nodes[node].machine!
-        send(on: id, from: node, .hello(epoch: machine.epoch, name: machine.name))
+        let epoch = nodes[node].machine!.epoch
+        let now = deadline(time)
+        stepLink(node) { $0.connected(attempt, link: id, epoch: epoch, now: now) }
     }
 
-    /// `ReplicaClient.reconnectDelays`: 50 ms doubling to 500 ms.
-    func backoff(_ attempts: Int) -> Int64 {
-        min(50 << min(max(attempts - 1, 0), 10), 500)
-    }
-
-    mutating func reconnect(_ node: Int, follower id: Int) {
-        guard var follower = nodes[node].data.follower, follower.id == id, follower.waiting else { return }
-        follower.waiting = false
-        nodes[node].data.role = .backup(follower)
-        connect(node)
+    /// A connection attempt's outcome or a back-off's end, for the follower that made it.
+    mutating func linkEvent(_ node: Int, follower id: Int, _ event: (inout ReplicaLink<Int>) -> [ReplicaLink<Int>.Action]) {
+        guard nodes[node].machine != nil, nodes[node].data.follower?.id == id else { return }
+        stepLink(node, event)
     }
 
     /// Sends on link `id` from `node`'s end: in order, after a delay; a cut
@@ -359,7 +426,7 @@ extension PairSimulation {
     mutating func send(on id: Int, from node: Int, _ message: LinkMessage) {
         guard var link = links[id], link.open[node] else { return }
         let to = 1 - node
-        link.lastSent[node] = time
+        if node == link.primary { link.lastSent = time }
         guard !link.stalled[node], linkUp[node][to] else {
             link.stalled[node] = true
             links[id] = link
@@ -374,9 +441,9 @@ extension PairSimulation {
         schedule(at: at, .deliver(to: to, .link(id: id, message)))
     }
 
-    mutating func send(on id: Int, from node: Int, _ message: WireMessage) {
+    mutating func send(on id: Int, from node: Int, _ message: WireMessage, requestID: UInt32 = 0, flags: UInt16 = 0) {
         var buffer = ByteBuffer()
-        try! buffer.writeWireMessage(message)
+        try! buffer.writeWireMessage(message, flags: flags, requestID: requestID)
         send(on: id, from: node, .frames(buffer))
     }
 
@@ -394,8 +461,9 @@ extension PairSimulation {
             var stream = stream
             stream?.closed()
             stream?.primary.detach(link.connection)
-        } else {
-            disconnected(link)
+        } else if nodes[node].data.follower?.id == link.follower {
+            // The channel's close future: `ReplicaClient.closed`.
+            stepLink(node) { $0.closed(link.attempt) }
         }
     }
 
@@ -405,22 +473,6 @@ extension PairSimulation {
         let at = max(time + Int64(random.int(0...5)), link.lastDelivery[node])
         link.lastDelivery[node] = at
         schedule(at: at, .deliver(to: 1 - node, .link(id: link.id, .closed)))
-    }
-
-    /// A backup's link went down: it tries again after a back-off (`ReplicaClient.disconnected`).
-    mutating func disconnected(_ link: Link) {
-        guard var follower = nodes[link.backup].data.follower, follower.id == link.follower, follower.link == link.id else { return }
-        follower.link = nil
-        guard !follower.stream.stopped else {
-            nodes[link.backup].data.role = .backup(follower)
-            forwardsLinkLost(at: link.backup, stopping: true)
-            return
-        }
-        follower.attempts += 1
-        follower.waiting = true
-        nodes[link.backup].data.role = .backup(follower)
-        forwardsLinkLost(at: link.backup, stopping: false)
-        schedule(in: backoff(follower.attempts), .reconnect(node: link.backup, follower: follower.id))
     }
 
     /// A crashed node's connections: gone, and the peer is told if the way is open.
@@ -434,18 +486,21 @@ extension PairSimulation {
     }
 
     /// Heartbeats and link timeouts at `node`'s tick: the backup's end from
-    /// the start (`ReplicaConnectionHandler`), the primary's once it
-    /// streams (`ReplicaSession`).
+    /// the start (`ReplicaLink.tick`), the primary's once it streams
+    /// (`ReplicaSession`).
     mutating func tickLinks(of node: Int) {
+        if let follower = nodes[node].data.follower, let attempt = follower.link.connection?.attempt {
+            let (now, clock) = (deadline(time), nodes[node].data.store.now())
+            stepLink(node) { $0.tick(attempt, now: now, clockMillis: clock) }
+        }
         for id in links.keys.sorted() {
-            guard let link = links[id], link.open[node], node == link.backup || link.stream != nil else { continue }
-            if time - link.lastReceived[node] > Self.linkTimeout {
+            guard let link = links[id], link.open[node], node == link.primary, link.stream != nil else { continue }
+            if time - link.lastReceived > Self.linkTimeout {
                 log("\(nodes[node].name) closes link \(id): silent")
                 closeEnd(id, at: node)
-            } else if time - link.lastSent[node] >= Self.heartbeat {
-                // A primary's pings carry its stamp clock; a backup's, its clock.
-                let stamp = node == link.primary ? HybridTimestamp.millis(nodes[node].data.store.currentStamp()) : nodes[node].data.store.now()
-                send(on: id, from: node, LinkMessage.ping(timestampMillis: stamp))
+            } else if time - link.lastSent >= Self.heartbeat {
+                // A primary's pings carry its stamp clock.
+                send(on: id, from: node, .ping(timestampMillis: HybridTimestamp.millis(nodes[node].data.store.currentStamp())))
             }
         }
     }
@@ -453,59 +508,50 @@ extension PairSimulation {
     /// A message for `node`'s end of link `id`.
     mutating func receive(_ message: LinkMessage, on id: Int, at node: Int) {
         guard var link = links[id], link.open[node], link.lives[node] == nodes[node].life, nodes[node].machine != nil else { return }
-        link.lastReceived[node] = time
+        if node == link.primary { link.lastReceived = time }
         links[id] = link
-        if case .closed = message {
-            closeEnd(id, at: node)
-            return
-        }
-        if node == link.primary {
-            primaryReceives(message, on: id)
-        } else {
-            backupReceives(message, on: id)
-        }
-    }
-
-    // MARK: The primary's end (WireConnectionHandler and ReplicaSession)
-
-    mutating func primaryReceives(_ message: LinkMessage, on id: Int) {
-        let node = links[id]!.primary
         switch message {
-        case .hello(let epoch, let name):
-            // `WireConnectionHandler.peerSaidHello`, then `helloOK` with the role after it.
-            step(node, .peerHello(epoch: epoch, name: name), replyTo: nil)
-            guard let machine = nodes[node].machine else { return }
-            send(on: id, from: node, .helloOK(role: machine.nodeRole, epoch: machine.epoch))
-        case .frames(let bytes):
+        case .closed:
+            closeEnd(id, at: node)
+        case .frames(let bytes) where node == link.primary:
             for frame in Self.frames(in: bytes) {
                 guard links[id]?.open[node] == true else { return }
                 let message = try! frame.message()
                 if case .forward(let request) = message {
                     primaryRunsForward(request, requestID: frame.requestID, on: id)
                 } else {
-                    primaryReceives(message, on: id)
+                    primaryReceives(message, requestID: frame.requestID, on: id)
                 }
             }
-        case .ping:
-            break
-        case .helloOK, .closed:
-            broken = "a primary's end of link \(id) received \(message)"
+        case .frames(let bytes):
+            backupReceives(bytes, on: id)
         }
     }
 
-    mutating func primaryReceives(_ message: WireMessage, on id: Int) {
+    // MARK: The primary's end (WireConnectionHandler and ReplicaSession)
+
+    mutating func primaryReceives(_ message: WireMessage, requestID: UInt32, on id: Int) {
         let node = links[id]!.primary
         let backupName = nodes[links[id]!.backup].name
         let primary = nodes[node].data.primary
+        switch links[id]!.acceptor.state {
+        case .awaitingHello, .awaitingAuth:
+            handshake(message, requestID: requestID, on: id)
+            return
+        case .refused:
+            return
+        case .accepted:
+            break
+        }
         switch message {
         case .reconcile(let position):
             guard let primary else {
-                send(on: id, from: node, .error(WireError(.notPrimary, "not the primary")))
+                send(on: id, from: node, .error(WireError(.notPrimary, "not the primary")), requestID: requestID, flags: WireFrame.Flags.response)
                 return
             }
             let watermark = primary.reconcileWatermark(for: position)
             if watermark != .max { links[id]!.merge = ReconcileMerge(watermark: watermark) }
-            send(on: id, from: node, .reconcileFrom(watermark: watermark))
+            send(on: id, from: node, .reconcileFrom(watermark: watermark), requestID: requestID, flags: WireFrame.Flags.response)
         case .reconcileChunk(let changes):
             guard var merge = links[id]!.merge else {
                 broken = "reconcileChunk on link \(id) without a reconciliation"
@@ -649,123 +695,51 @@ extension PairSimulation {
         answerForwardedWrites()
     }
 
+    /// The primary's end of the handshake (`WireConnectionHandler`): the
+    /// acceptor answers, then a hello that counts (without a secret at once,
+    /// with one once proved) may make the node step down.
+    mutating func handshake(_ message: WireMessage, requestID: UInt32, on id: Int) {
+        let node = links[id]!.primary
+        guard let machine = nodes[node].machine else { return }
+        let identity = NodeIdentity(name: machine.name, role: machine.nodeRole, epoch: machine.epoch)
+        switch links[id]!.acceptor.received(message, node: identity) {
+        case .refuse(let code, let reason):
+            send(on: id, from: node, .error(WireError(code, reason)), requestID: requestID, flags: WireFrame.Flags.response)
+            closeEnd(id, at: node)
+        case .answer(let answer, let accepted):
+            send(on: id, from: node, answer, requestID: requestID, flags: WireFrame.Flags.response)
+            if let accepted { step(node, .peerHello(epoch: accepted.epoch, name: accepted.name), replyTo: nil) }
+        }
+    }
+
     // MARK: The backup's end (ReplicaConnectionHandler and ReplicaClient)
 
-    mutating func backupReceives(_ message: LinkMessage, on id: Int) {
-        let node = links[id]!.backup
-        guard var follower = nodes[node].data.follower, follower.link == id else {
+    /// Frames at the backup's end, each through its `ReplicaLink`; then one
+    /// `ack` for the burst (`channelReadComplete`).
+    mutating func backupReceives(_ bytes: ByteBuffer, on id: Int) {
+        let link = links[id]!
+        let node = link.backup
+        guard let follower = nodes[node].data.follower, follower.id == link.follower,
+            follower.link.connection?.attempt == link.attempt
+        else {
             closeEnd(id, at: node)
             return
         }
-        // Only a primary's messages keep the failover timer at bay: its
-        // helloOK, and whatever follows it.
-        if links[id]!.phase != .awaitingHelloOK { nodes[node].lastHeard = time }
-        switch message {
-        case .helloOK(let role, let epoch):
-            guard links[id]!.phase == .awaitingHelloOK, role == .primary else {
-                log("\(nodes[node].name): the peer is a \(role), not a primary")
-                closeEnd(id, at: node)
-                return
-            }
-            nodes[node].lastHeard = time
-            follower.attempts = 0
-            follower.primaryEpoch = epoch
-            nodes[node].data.role = .backup(follower)
-            let position = follower.stream.position
-            links[id]!.phase = .awaitingReconcileFrom
-            send(on: id, from: node, .reconcile(Replicate(replicationID: position.replicationID, offset: position.offset, epoch: nodes[node].machine!.epoch)))
-            forwardsLinkUp(at: node, link: id)
-        case .frames(let bytes):
-            var ackOwed: UInt64?
-            for frame in Self.frames(in: bytes) {
-                guard links[id]?.open[node] == true else { return }
-                if let offset = backupReceives(frame, on: id) { ackOwed = offset }
-            }
-            // One acknowledgement per read (`channelReadComplete`).
-            if let ackOwed, links[id]?.open[node] == true { send(on: id, from: node, .ack(offset: ackOwed)) }
-        case .ping(let timestamp):
-            follower.peerStamp = max(follower.peerStamp, HybridTimestamp.floor(millis: timestamp))
-            nodes[node].data.role = .backup(follower)
-        case .hello, .closed:
-            broken = "a backup's end of link \(id) received \(message)"
+        var ackOwed: UInt64?
+        for frame in Self.frames(in: bytes) {
+            guard links[id]?.open[node] == true else { return }
+            let message = try! frame.message()
+            let now = deadline(time)
+            if let offset = stepLink(node, { $0.received(message, in: frame, on: link.attempt, now: now) }) { ackOwed = offset }
         }
-    }
-
-    /// One frame at the backup's end; returns the offset it owes an `ack` for, if any.
-    mutating func backupReceives(_ frame: WireFrame, on id: Int) -> UInt64? {
-        let node = links[id]!.backup
-        let message = try! frame.message()
-        // The primary's answer to a forwarded write (a refusal is an error with its request ID).
-        switch message {
-        case .forwardReply:
-            backupReceivesForwardReply(message, requestID: frame.requestID, on: id)
-            return nil
-        case .error where frame.requestID != 0 && nodes[node].data.follower?.forwards.sent[frame.requestID] != nil:
-            backupReceivesForwardReply(message, requestID: frame.requestID, on: id)
-            return nil
-        default:
-            break
+        if let ackOwed, links[id]?.open[node] == true {
+            let now = deadline(time)
+            stepLink(node) { $0.acknowledge(link.attempt, offset: ackOwed, now: now) }
         }
-        guard var follower = nodes[node].data.follower else { return nil }
-        var owed: UInt64?
-        var close = false
-        switch (links[id]!.phase, message) {
-        case (.awaitingReconcileFrom, .reconcileFrom(let watermark)):
-            if watermark == .max {
-                sendReplicate(on: id, follower.stream.position)
-            } else {
-                links[id]!.phase = .reconciling
-                sendVersions(of: node, newerThan: watermark, on: id)
-            }
-        case (.reconciling, .reconcileDone):
-            sendReplicate(on: id, follower.stream.position)
-        case (.awaitingResync, .fullResync(let resync)):
-            if follower.stream.startFullResync() {
-                links[id]!.phase = .receivingSnapshot(resync, items: 0)
-            } else {
-                close = true
-            }
-        case (.awaitingResync, .partialResync(let replicationID, let offset)):
-            guard follower.stream.partialResync(replicationID: replicationID, offset: offset) != nil else {
-                broken = "\(nodes[node].name) was offered a partial resync from \(offset), which it does not have"
-                return nil
-            }
-            links[id]!.phase = .streaming
-        case (.receivingSnapshot(let resync, let items), .snapshotChunk(let chunk)):
-            follower.stream.applySnapshot(chunk)
-            links[id]!.phase = .receivingSnapshot(resync, items: items + UInt64(chunk.count))
-        case (.receivingSnapshot(let resync, let items), .snapshotEnd(let sent)):
-            guard sent == items else {
-                broken = "snapshot on link \(id): \(sent) items announced, \(items) arrived"
-                return nil
-            }
-            follower.stream.finishFullResync(replicationID: resync.replicationID, offset: resync.offset)
-            links[id]!.phase = .streaming
-            owed = resync.offset
-        case (.streaming, .changes(let changes)):
-            owed = follower.stream.apply(changes, body: frame.body)
-        case (_, .ping(let timestamp)):
-            follower.peerStamp = max(follower.peerStamp, HybridTimestamp.floor(millis: timestamp))
-        case (_, .pong):
-            break
-        case (_, .error):
-            close = true
-        default:
-            broken = "link \(id): unexpected \(message.type) while \(links[id]!.phase)"
-        }
-        nodes[node].data.role = .backup(follower)
-        if close { closeEnd(id, at: node) }
-        return owed
-    }
-
-    mutating func sendReplicate(on id: Int, _ position: Position) {
-        let node = links[id]!.backup
-        links[id]!.phase = .awaitingResync
-        send(on: id, from: node, .replicate(Replicate(replicationID: position.replicationID, offset: position.offset, epoch: nodes[node].machine!.epoch)))
     }
 
     /// Every item and tombstone stamped above the watermark
-    /// (`ReplicaConnectionHandler.sendVersions`), then `reconcileEnd`.
+    /// (`ReplicaClient.sendVersions`), then `reconcileEnd`.
     mutating func sendVersions(of node: Int, newerThan watermark: UInt64, on id: Int) {
         let store = nodes[node].data.store
         var versions: [ReplicatedChange] = []
@@ -780,7 +754,7 @@ extension PairSimulation {
             versions += tombstones.map { ReconcileMerge.version(ofDelete: $0.key, stamp: $0.stamp) }
         }
         if !versions.isEmpty { send(on: id, from: node, .reconcileChunk(versions)) }
-        send(on: id, from: node, .reconcileEnd(count: UInt64(versions.count)))
+        send(on: id, from: node, .reconcileEnd(count: UInt64(versions.count)), requestID: ReplicaLink<Int>.reconcileRequestID)
     }
 
     static func frames(in bytes: ByteBuffer) -> [WireFrame] {

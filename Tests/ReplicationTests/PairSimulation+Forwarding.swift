@@ -37,7 +37,7 @@ extension PairSimulation {
 
     /// A client writes to a backup (`MemcacheConnectionHandler.forward`).
     mutating func forwardedClientWrite() {
-        let candidates = (0..<2).filter { nodes[$0].machine != nil && nodes[$0].data.follower.map { !$0.stream.stopped } == true }
+        let candidates = (0..<2).filter { nodes[$0].machine != nil && nodes[$0].data.follower != nil }
         guard !candidates.isEmpty else { return }
         let node = random.pick(candidates)
         var follower = nodes[node].data.follower!
@@ -47,7 +47,9 @@ extension PairSimulation {
         let value: [UInt8]? = random.chance(20) ? nil : Array("f\(id)".utf8)
         forwarded.append(Forwarded(id: id, node: node, life: nodes[node].life, follower: follower.id, key: key, value: value))
         stats.forwarded += 1
-        let action = follower.forwards.submit(id, repeatable: value != nil, acceptance: .following, link: usableLink(of: node))
+        // A backup stopped to promote holds new writes until it is decided (`ReplicaClient.Shared.acceptance`).
+        let acceptance: ForwardedWrites<Int, Int>.Acceptance = follower.stream.stopped ? .holding : .following
+        let action = follower.forwards.submit(id, repeatable: value != nil, acceptance: acceptance, link: usableLink(of: node))
         nodes[node].data.role = .backup(follower)
         log("client → \(nodes[node].name) (backup): \(value.map { "set \(key)=\(String(decoding: $0, as: UTF8.self))" } ?? "delete \(key)"), forwarded as f\(id)")
         performForward(action, at: node, follower: follower.id)
@@ -55,8 +57,7 @@ extension PairSimulation {
 
     /// The backup's link on which writes can go (handshake done), if any.
     func usableLink(of node: Int) -> Int? {
-        guard let id = nodes[node].data.follower?.link, let link = links[id], link.open[node], link.phase != .awaitingHelloOK else { return nil }
-        return id
+        nodes[node].data.follower?.link.usableLink
     }
 
     /// Does what the machine decided (`ReplicaClient.perform`).
@@ -94,20 +95,15 @@ extension PairSimulation {
     mutating func primaryRunsForward(_ request: ByteBuffer, requestID: UInt32, on id: Int) {
         let node = links[id]!.primary
         guard nodes[node].machine?.acceptsWrites == true, let primary = nodes[node].data.primary else {
-            var buffer = ByteBuffer()
-            try! buffer.writeWireMessage(.error(WireError(.notPrimary, "not the primary")), requestID: requestID)
-            send(on: id, from: node, .frames(buffer))
+            send(on: id, from: node, .error(WireError(.notPrimary, "not the primary")), requestID: requestID, flags: WireFrame.Flags.response)
             return
         }
         let forwardedID = Int(String(buffer: request))!
         let request = forwarded[forwardedID]
+        countRun(of: forwardedID)
         // nil: a delete that found nothing (NOT_FOUND), answered at once.
         let write = runWrite(at: node, key: request.key, value: request.value)
         if broken != nil { return }
-        if write != nil {
-            forwarded[forwardedID].runs += 1
-            if forwarded[forwardedID].runs == 2 { stats.forwardsRunTwice += 1 }
-        }
         if let write { log("\(nodes[node].name) runs f\(forwardedID) as write \(write) @\(writes[write].stamp), offset \(writes[write].target)") }
         let wait = write == nil ? nil : primary.afterWrites(on: loop)
         let completions = self.completions
@@ -126,23 +122,22 @@ extension PairSimulation {
         for (id, requestID, write) in replies {
             guard let link = links[id], link.open[link.primary] else { continue }
             let offset = write.map { writes[$0].target } ?? 0
-            var buffer = ByteBuffer()
-            try! buffer.writeWireMessage(.forwardReply(offset: offset, reply: ByteBuffer(string: write.map { "\($0)" } ?? "none")), requestID: requestID)
-            send(on: id, from: link.primary, .frames(buffer))
+            let reply = ByteBuffer(string: write.map { "\($0)" } ?? "none")
+            send(on: id, from: link.primary, .forwardReply(offset: offset, reply: reply), requestID: requestID, flags: WireFrame.Flags.response)
         }
     }
 
     /// The primary's reply (or refusal) to a forward, at the backup's end.
-    mutating func backupReceivesForwardReply(_ message: WireMessage, requestID: UInt32, on id: Int) {
-        let node = links[id]!.backup
+    mutating func backupReceivesForwardReply(_ result: Result<ReplicaLink<Int>.ForwardReply, WireError>, requestID: UInt32, at node: Int) {
         guard var follower = nodes[node].data.follower else { return }
         let forwardedID = follower.forwards.replied(requestID)
         nodes[node].data.role = .backup(follower)
         guard let forwardedID else { return }
-        guard case .forwardReply(let offset, let reply) = message else {
+        guard case .success(let answer) = result else {
             log("f\(forwardedID) refused by the primary")
             return
         }
+        let (offset, reply) = (answer.offset, answer.reply)
         guard let write = Int(String(buffer: reply)) else {
             log("f\(forwardedID): nothing to delete")
             return
@@ -183,7 +178,7 @@ extension PairSimulation {
         forwardAnswers = waiting
     }
 
-    /// The backup's link is usable (`ReplicaClient.handshakeDone`): held writes go on it.
+    /// The backup's link is usable (`ReplicaLink`'s `ready`): held writes go on it.
     mutating func forwardsLinkUp(at node: Int, link id: Int) {
         guard var follower = nodes[node].data.follower else { return }
         let actions = follower.forwards.linkUp(id)
@@ -191,13 +186,55 @@ extension PairSimulation {
         performForward(actions, at: node, follower: follower.id)
     }
 
-    /// The backup's link is gone (`ReplicaClient.disconnected`), or it stopped following.
+    /// The backup's link is gone (`ReplicaLink`'s `lost`), or it stopped
+    /// following to promote: then what it holds waits for the outcome
+    /// (`ReplicaClient.stop(parkedFailure: nil)`). Promoted, it runs them
+    /// (`lead`); otherwise their holds run out.
     mutating func forwardsLinkLost(at node: Int, stopping: Bool) {
         guard var follower = nodes[node].data.follower else { return }
-        var actions = follower.forwards.linkLost(acceptance: stopping ? .refusing : .following)
-        // A node that stops following runs nothing it held here: they fail as not sent.
-        if stopping { actions += follower.forwards.endHeld().map { .fail($0.0, $0.1) } }
+        let actions = follower.forwards.linkLost(acceptance: stopping ? .holding : .following)
         nodes[node].data.role = .backup(follower)
         performForward(actions, at: node, follower: follower.id)
+    }
+
+    /// A promoted node runs the writes its clients sent while it was a
+    /// backup and that it still held, as the connection does once the
+    /// forward fails with `roleChanged`: each is then a write of this
+    /// primary, answered as its own.
+    mutating func runHeldWrites(_ held: [(Int, ForwardedWrites<Int, Int>.Ending)], at node: Int) {
+        for (forwardedID, _) in held {
+            let request = forwarded[forwardedID]
+            guard nodes[node].machine?.acceptsWrites == true, let primary = nodes[node].data.primary else {
+                log("f\(forwardedID) fails on \(nodes[node].name): not the primary after all")
+                continue
+            }
+            countRun(of: forwardedID)
+            stats.forwardsRunHere += 1
+            guard let id = runWrite(at: node, key: request.key, value: request.value) else {
+                log("\(nodes[node].name) runs f\(forwardedID) itself: nothing to delete")
+                continue
+            }
+            log("\(nodes[node].name) runs f\(forwardedID) itself as write \(id) @\(writes[id].stamp), offset \(writes[id].target)")
+            let wait = primary.afterWrites(on: loop)
+            let completions = self.completions
+            if let wait {
+                wait.whenComplete { _ in completions.done.append((id, primary.acknowledgements.reached)) }
+            } else {
+                completions.done.append((id, 0))
+            }
+        }
+    }
+
+    /// A forwarded write ran once more. A set may run twice (its reply was
+    /// lost with the link, and running it again leaves what running it once
+    /// does); a delete must never: the second could remove a newer version.
+    mutating func countRun(of forwardedID: Int) {
+        forwarded[forwardedID].runs += 1
+        guard forwarded[forwardedID].runs == 2 else { return }
+        if forwarded[forwardedID].value == nil {
+            broken = "the forwarded delete f\(forwardedID) of \(forwarded[forwardedID].key) ran twice"
+        } else {
+            stats.forwardsRunTwice += 1
+        }
     }
 }

@@ -23,7 +23,11 @@ import WireProtocol
 ///   replication link runs `BackupStream` at the primary's end and
 ///   `ReplicaStream` at the backup's, over frames encoded and decoded by the
 ///   wire protocol's own code; reconciliation merges with `ReconcileMerge`;
-///   a promotion hands over with `Handover`.
+///   a promotion hands over with `Handover`;
+/// - the backup's link: `ReplicaLink` (attempts and their back-off, the
+///   handshake, with a secret in half the seeds against the real
+///   `WireHandshakeAcceptor`, the order of reconcile, replicate and resync,
+///   heartbeats and silence), and its forwarded writes: `ForwardedWrites`.
 ///
 /// Modelled rather than run: the sockets (a replication link is a connection
 /// whose messages arrive in order, and which a cut direction stalls until a
@@ -69,7 +73,9 @@ struct PairSimulation {
         /// A write a backup held (for `follower`) waited its longest.
         case forwardHoldRanOut(node: Int, follower: Int, hold: UInt64)
         /// A backup's next attempt to connect to its primary (`follower`: which following it belongs to).
-        case reconnect(node: Int, follower: Int)
+        case reconnect(node: Int, follower: Int, attempt: UInt64)
+        /// A connection attempt refused, or unanswered until the connect timeout.
+        case connectFailed(node: Int, follower: Int, attempt: UInt64)
         /// The next page of the snapshot a primary sends on link `link`.
         case snapshotPage(link: Int)
     }
@@ -129,6 +135,8 @@ struct PairSimulation {
         /// Forwarded writes held (link down, or lost with the link and sent again), and those run twice.
         var forwardsHeld = 0
         var forwardsRunTwice = 0
+        /// Held writes a backup ran itself once it was promoted.
+        var forwardsRunHere = 0
         /// Acknowledged writes lost in a documented window (their only copy
         /// was in the memory of a node that crashed).
         var excused = 0
@@ -149,6 +157,7 @@ struct PairSimulation {
             forwardedAcknowledged += other.forwardedAcknowledged
             forwardsHeld += other.forwardsHeld
             forwardsRunTwice += other.forwardsRunTwice
+            forwardsRunHere += other.forwardsRunHere
             excused += other.excused
             fullResyncs += other.fullResyncs
             partialResyncs += other.partialResyncs
@@ -172,8 +181,6 @@ struct PairSimulation {
         var settledEpoch: UInt64 = 0
         /// The highest epoch the node took writes in.
         var ledEpoch: UInt64 = 0
-        /// A backup's: when it last heard its primary (or started following).
-        var lastHeard: Int64 = 0
         /// The machine's wall clock (the simulation's time plus the skew).
         let clock: ManualClock
         var data: NodeData
@@ -247,6 +254,12 @@ struct PairSimulation {
         } else if random.chance(20) {
             replication.backlogSize = 2048
         }
+        if random.chance(50) {
+            // The link authenticates both ways (`ReplicaLink`'s handshake against the real acceptor).
+            var bytes: [UInt8] = []
+            for _ in 0..<32 { bytes.append(UInt8(random.int(0...255))) }
+            replication.secret = try! WireSecret(bytes: bytes)
+        }
         self.replication = replication
     }
 
@@ -304,7 +317,7 @@ struct PairSimulation {
         let backups = roles.filter { if case .backup = $0 { return true } else { return false } }.count
         guard primaries == 1, backups == 1 else { return "after healing, not one primary and one backup: \(states)" }
         let backup = nodes.firstIndex { if case .backup? = $0.machine?.state { return true } else { return false } }!
-        guard time - nodes[backup].lastHeard < 1000 else { return "after healing, the backup does not hear its primary: \(states)" }
+        guard time - lastHeard(by: nodes[backup].data.follower!) < 1000 else { return "after healing, the backup does not hear its primary: \(states)" }
         return checkData(primary: 1 - backup, backup: backup)
     }
 
@@ -457,7 +470,8 @@ struct PairSimulation {
             if !nodes[node].storageFails { commit(node) }
             tickLinks(of: node)
             let observed = Machine.Observation(
-                primarySilenceMillis: time - nodes[node].lastHeard, primaryEpoch: nodes[node].data.follower?.primaryEpoch ?? 0,
+                primarySilenceMillis: nodes[node].data.follower.map { time - lastHeard(by: $0) } ?? 0,
+                primaryEpoch: nodes[node].data.follower?.link.primary?.epoch ?? 0,
                 hasBackup: nodes[node].data.primary?.hasBackup ?? false
             )
             step(node, .tick(now: now(node), observed: observed), replyTo: nil)
@@ -478,8 +492,10 @@ struct PairSimulation {
                 schedule(in: Int64(random.int(options.writeEvery)), .clientWrite)
             }
             clientWrite()
-        case .reconnect(let node, let follower):
-            reconnect(node, follower: follower)
+        case .reconnect(let node, let follower, let attempt):
+            linkEvent(node, follower: follower) { $0.retryDue(attempt) }
+        case .connectFailed(let node, let follower, let attempt):
+            linkEvent(node, follower: follower) { $0.closed(attempt) }
         case .forwardHoldRanOut(let node, let follower, let hold):
             forwardHoldRanOut(node: node, follower: follower, hold: hold)
         case .snapshotPage(let link):

@@ -59,7 +59,7 @@ struct PairSimulationTests {
             pair simulation: \(seeds) seeds in \(String(format: "%.1f", seconds)) s; \
             \(stats.writes) writes, \(stats.acknowledged) acknowledged (\(stats.acknowledgedInSync) after the backup's ack); \
             \(stats.forwarded) sent to a backup, \(stats.forwardedAcknowledged) of them answered there, \(stats.forwardsHeld) held, \
-            \(stats.forwardsRunTwice) run twice; \
+            \(stats.forwardsRunTwice) run twice, \(stats.forwardsRunHere) run by a backup promoted while holding them; \
             \(stats.excused) lost in documented windows; \(stats.crashes) crashes, \(stats.promotions) promotions; \
             resyncs: \(stats.partialResyncs) partial (\(stats.partialResyncsAfterPromotion) into a promoted node's history), \
             \(stats.fullResyncs) full (\(reasons)); \(stats.reconciledVersions) versions merged, \(stats.reconcileConflicts) conflicts
