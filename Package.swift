@@ -1,6 +1,12 @@
 // swift-tools-version: 6.1
 import PackageDescription
 
+/// The pair simulation runs thousands of seeded schedules of the real store,
+/// wire and replication code in `swift test`: optimized, even in a debug
+/// build, they run several times faster. Preconditions still trap, and
+/// `-enable-testing` (which `@testable import` needs) stays on.
+let optimizedInTests: [SwiftSetting] = [.unsafeFlags(["-O"], .when(configuration: .debug))]
+
 let package = Package(
     name: "Tandem",
     platforms: [.macOS(.v15)],
@@ -29,7 +35,7 @@ let package = Package(
     targets: [
         // The in-memory session store: sharded map, expiry, LRU, memory limit.
         // Knows nothing of sockets, protocols or SQLite.
-        .target(name: "SessionStore"),
+        .target(name: "SessionStore", swiftSettings: optimizedInTests),
 
         // The system SQLite (Debian: libsqlite3-dev).
         .systemLibrary(
@@ -63,7 +69,8 @@ let package = Package(
             dependencies: [
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
-            ]
+            ],
+            swiftSettings: optimizedInTests
         ),
 
         // Optional TLS: loads and checks the PEM files tandemd and tandemctl are
@@ -93,7 +100,8 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
-            ]
+            ],
+            swiftSettings: optimizedInTests
         ),
 
         // Listeners, the dispatcher that runs commands against the store, stats, lifecycle.
@@ -237,7 +245,8 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
-            ]
+            ],
+            swiftSettings: optimizedInTests
         ),
         .testTarget(
             name: "TandemServerTests",
