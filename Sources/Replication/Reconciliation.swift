@@ -6,11 +6,12 @@ import WireProtocol
 /// Reconciliation (Protocol.md 2.6), both ends, without I/O: the versions a
 /// node about to follow sends, and how its new primary merges them.
 ///
-/// A node starting to follow sends every item and tombstone stamped above
-/// the primary's watermark (`PrimaryReplication.reconcileWatermark`); the
-/// primary merges each per key, the newer stamp winning
-/// (`SessionStore.merge`), and counts the conflicts: keys both nodes changed
-/// after the point they last agreed on. `WireConnectionHandler` (primary) and
+/// A node starting to follow sends its last `flush_all`, then every item and
+/// tombstone, stamped above the primary's watermark
+/// (`PrimaryReplication.reconcileWatermark`); the primary merges each per
+/// key, the newer stamp winning (`SessionStore.merge`; a flush weighs
+/// against every key, `SessionStore.mergeFlush`), and counts the conflicts:
+/// keys both nodes changed after the point they last agreed on. `WireConnectionHandler` (primary) and
 /// `ReplicaClient` (backup) do the I/O; the pair simulator drives the same
 /// code over a simulated network.
 public struct ReconcileMerge: Sendable {
@@ -50,7 +51,11 @@ public struct ReconcileMerge: Sendable {
                 }
             case .delete:
                 outcome = change.key.withUnsafeReadableBytes { store.merge($0, value: nil, flags: 0, deadline: .never, stamp: change.stamp) }
-            case .remove, .flushAll:
+            case .flushAll:
+                // Not a conflict of one key: the items it removes were older than a flush a client asked for.
+                if store.mergeFlush(stamp: change.stamp) > 0 { applied += 1 }
+                continue
+            case .remove:
                 continue
             }
             let conflict: (local: UInt64, winner: String)?
@@ -85,6 +90,13 @@ public struct ReconcileMerge: Sendable {
         let key = ByteBuffer(bytes: item.storage[..<item.keyLength])
         let value = item.isCold ? ByteBuffer(bytes: coldValue) : ByteBuffer(bytes: item.storage[item.keyLength...])
         return ReplicatedChange(offset: 0, kind: .upsert, key: key, value: value, flags: item.flags, deadlineMillis: item.deadline.millis, stamp: item.cas)
+    }
+
+    /// The version a node sends for its last `flush_all`, when it is stamped
+    /// above the watermark (`SessionStore.flushStamp`): without it, the
+    /// primary would keep versions older than a flush this node applied.
+    public static func version(ofFlush stamp: UInt64) -> ReplicatedChange {
+        ReplicatedChange(offset: 0, kind: .flushAll, key: ByteBuffer(), stamp: stamp)
     }
 
     /// The version a node sends for a delete it remembers, stamped above the

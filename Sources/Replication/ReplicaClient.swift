@@ -634,6 +634,10 @@ extension ReplicaClient {
         var chunk: [ReplicatedChange] = []
         var chunkBytes = 0
         var sent: UInt64 = 0
+        if store.flushStamp > watermark {
+            chunk.append(ReconcileMerge.version(ofFlush: store.flushStamp))
+            chunkBytes += 24
+        }
         func flush() async throws {
             guard !chunk.isEmpty else { return }
             var buffer = channel.allocator.buffer(capacity: chunkBytes + 64)

@@ -61,6 +61,29 @@ extension SessionStore {
         return outcome
     }
 
+    /// A peer's `flush_all` stamped `stamp`, merged as a version of every
+    /// key is (Protocol.md 2.6): each item stamped before it goes, recorded
+    /// as a delete at the flush's stamp (so it is persisted and replicated,
+    /// and its tombstone orders after any older version a later
+    /// reconciliation brings); items stamped after it stay. The store's own
+    /// flush stamp rises to it. Returns the items removed.
+    @discardableResult
+    public func mergeFlush(stamp: UInt64) -> Int {
+        let now = clock.nowMillis()
+        var current = flushStampValue.load(ordering: .relaxed)
+        while current < stamp {
+            let (exchanged, original) = flushStampValue.compareExchange(expected: current, desired: stamp, ordering: .relaxed)
+            if exchanged { break }
+            current = original
+        }
+        var removed = 0
+        for shard in shards {
+            removed += shard.state.withLock { $0.removeStamped(below: stamp, now: now, tombstoneCutoff: tombstoneCutoff(now)) }
+        }
+        raiseStampFloor(above: stamp)
+        return removed
+    }
+
     /// The live items and tombstones of one shard stamped above `stamp`:
     /// what this node may hold that a peer which has everything up to
     /// `stamp` lacks.

@@ -470,6 +470,24 @@ struct ShardState {
         }
     }
 
+    /// Removes every live item stamped below `stamp`, each recorded as a
+    /// delete at `stamp` with its tombstone (a peer's `flush_all`, merged);
+    /// items stamped after it stay. Returns how many went.
+    mutating func removeStamped(below stamp: UInt64, now: Int64, tombstoneCutoff: UInt64) -> Int {
+        var removed = 0
+        for index in slots.indices {
+            let item = slots[index]
+            guard !item.bytes.isEmpty, item.deadline == 0 || item.deadline > now, item.cas < stamp else { continue }
+            let slot = Int32(index)
+            setCas(slot, stamp)
+            tombstones.insert(Array(item.bytes[..<Int(item.keyLength)]), stamp: stamp, olderThanDropped: tombstoneCutoff)
+            remove(slot, recordedAs: .delete)
+            removed += 1
+        }
+        raiseCas(above: stamp)
+        return removed
+    }
+
     /// Drops every item. CAS tokens keep increasing. The tombstones go too,
     /// unless `keepingTombstones` (a flush that stands for no delete).
     mutating func removeAll(keepingTombstones: Bool = false) {

@@ -743,6 +743,7 @@ extension PairSimulation {
     mutating func sendVersions(of node: Int, newerThan watermark: UInt64, on id: Int) {
         let store = nodes[node].data.store
         var versions: [ReplicatedChange] = []
+        if store.flushStamp > watermark { versions.append(ReconcileMerge.version(ofFlush: store.flushStamp)) }
         for shard in 0..<store.shardCount {
             var cursor: Int? = 0
             while let from = cursor {
@@ -805,6 +806,10 @@ extension PairSimulation {
         let candidates = (0..<2).filter { nodes[$0].machine?.acceptsWrites == true && nodes[$0].data.primary != nil }
         guard !candidates.isEmpty else { return }
         let node = candidates.count == 1 ? candidates[0] : random.pick(candidates)
+        if scripted == nil, options.script == nil, random.chance(1) {
+            flushAll(at: node)
+            return
+        }
         let key = scripted?.key ?? "k\(random.int(0...Self.keyCount - 1))"
         let delete = scripted?.delete ?? random.chance(20)
         guard let id = runWrite(at: node, key: key, value: delete ? nil : Array("w\(writes.count)".utf8)) else { return }
@@ -818,6 +823,20 @@ extension PairSimulation {
         } else {
             completions.done.append((id, 0))
         }
+    }
+
+    /// A client's `flush_all` on the primary `node`: every item goes, in one
+    /// place of the stream, under a stamp of its own (replicated, persisted,
+    /// and what reconciliation weighs an older version against).
+    mutating func flushAll(at node: Int) {
+        let primary = nodes[node].data.primary!
+        let store = nodes[node].data.store
+        store.flushAll()
+        flushStamps.append(store.flushStamp)
+        stats.flushes += 1
+        log("client → \(nodes[node].name): flush_all @\(store.flushStamp), offset \(primary.offset(ofSequence: store.lastSequence))")
+        // Its reply waits as a write's does; the check needs only its stamp.
+        _ = primary.afterWrites(on: loop)
     }
 
     /// Runs a set (or, with `value` nil, a delete) on the primary `node` and
@@ -907,13 +926,14 @@ extension PairSimulation {
         (try? Array(key.utf8).withUnsafeBytes { try store.fetch($0, options: FetchOptions(bump: false)) })??.item
     }
 
-    /// The stamp of the newest version of `key` a store holds (an item or a tombstone; 0: none).
+    /// The stamp of the newest version of `key` a store holds: an item, a
+    /// tombstone, or the last flush_all, which stands for every key (0: none).
     static func version(of key: String, in store: SessionStore) -> UInt64 {
-        max(item(key, in: store)?.cas ?? 0, tombstones(of: store)[key] ?? 0)
+        max(item(key, in: store)?.cas ?? 0, tombstones(of: store)[key] ?? 0, store.flushStamp)
     }
 
     static func version(of key: String, in disk: Disk) -> UInt64 {
-        max(disk.items[key]?.cas ?? 0, disk.tombstones[key] ?? 0)
+        max(disk.items[key]?.cas ?? 0, disk.tombstones[key] ?? 0, disk.flushStamp)
     }
 
     /// At `node`'s crash: the acknowledged writes whose only copy (of them
@@ -971,6 +991,8 @@ extension PairSimulation {
             if let value = newest.value {
                 if let standing, standing.cas == newest.stamp, standing.value == value { continue }
                 if standing == nil, writes.contains(where: { $0.key == key && $0.value == nil && $0.stamp > newest.stamp }) { continue }
+                // A flush_all after it may have emptied the store (or been lost).
+                if standing == nil, flushStamps.contains(where: { $0 > newest.stamp }) { continue }
             } else if standing == nil {
                 continue
             }

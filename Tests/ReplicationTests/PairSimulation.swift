@@ -137,6 +137,7 @@ struct PairSimulation {
         var forwardsRunTwice = 0
         /// Held writes a backup ran itself once it was promoted.
         var forwardsRunHere = 0
+        var flushes = 0
         /// Acknowledged writes lost in a documented window (their only copy
         /// was in the memory of a node that crashed).
         var excused = 0
@@ -158,6 +159,7 @@ struct PairSimulation {
             forwardsHeld += other.forwardsHeld
             forwardsRunTwice += other.forwardsRunTwice
             forwardsRunHere += other.forwardsRunHere
+            flushes += other.flushes
             excused += other.excused
             fullResyncs += other.fullResyncs
             partialResyncs += other.partialResyncs
@@ -228,6 +230,8 @@ struct PairSimulation {
     var nextLink = 0
     var nextFollower = 0
     var writes: [Write] = []
+    /// The stamps of the clients' flush_all commands.
+    var flushStamps: [UInt64] = []
     var forwarded: [Forwarded] = []
     var forwardAnswers: [ForwardAnswer] = []
     var writesPaused = false

@@ -181,3 +181,46 @@ struct MergeTests {
         #expect(store.merge("k299999", "stale", stamp: 1) != .applied(replaced: nil))
     }
 }
+
+@Suite("A peer's flush_all, merged")
+struct MergeFlushTests {
+    @Test("items stamped before the peer's flush go as deletes at its stamp; later ones stay; older versions stay out")
+    func flushRemovesOlderItemsOnly() {
+        let (store, clock) = makeStore()
+        _ = store.set("old-1", "a")
+        _ = store.set("old-2", "b")
+        clock.advance(millis: 10)
+        let flush = HybridTimestamp.floor(millis: clock.nowMillis())
+        clock.advance(millis: 10)
+        _ = store.set("new", "c")
+        let older = store.cas("old-1")!
+        #expect(store.mergeFlush(stamp: flush) == 2)
+        #expect(store.get("old-1") == nil && store.get("old-2") == nil)
+        #expect(store.get("new") != nil)
+        #expect(store.flushStamp == flush)
+        // The flush stands for a delete of every key at its stamp: an older
+        // version a later reconciliation brings stays out, a newer one comes in.
+        #expect(store.merge("old-1", "again", stamp: older) == .kept(local: flush))
+        #expect(store.merge("never-seen", "x", stamp: flush - 1) == .kept(local: flush))
+        #expect(store.merge("old-2", "later", stamp: flush + 1) == .applied(replaced: flush))
+        // Merging the same flush again removes nothing more.
+        #expect(store.mergeFlush(stamp: flush) == 0)
+        #expect(store.get("new") != nil && store.get("old-2") != nil)
+    }
+
+    @Test("the removals are recorded as deletes stamped with the flush, so they persist and replicate")
+    func flushIsRecordedAsDeletes() {
+        let clock = ManualClock(millis: 1_700_000_000_000)
+        let store = SessionStore(configuration: StoreConfiguration(shardCount: 4, recordsChanges: true), clock: clock)
+        _ = store.set("a", "1")
+        _ = store.set("b", "2")
+        _ = store.takeChanges()
+        clock.advance(millis: 5)
+        let flush = HybridTimestamp.floor(millis: clock.nowMillis())
+        store.mergeFlush(stamp: flush)
+        let changes = store.takeChanges()
+        #expect(changes.count == 2)
+        #expect(changes.allSatisfy { $0.kind == .delete && $0.stamp == flush })
+        #expect(Set(changes.map { String(decoding: $0.key, as: UTF8.self) }) == ["a", "b"])
+    }
+}
