@@ -95,14 +95,15 @@ public struct ReplicaLink<Link> {
         case ready(HelloOK, Link)
         /// Sends `reconcile` with the data's position, under `ReplicaLink.reconcileRequestID`.
         case reconcile(on: Link)
-        /// Sends every version stamped above `watermark`, then `reconcileEnd`;
-        /// reports `failed` if it cannot.
+        /// Sends every version stamped above `watermark`, then `reconcileEnd`
+        /// (closing the link if it cannot).
         case sendVersions(newerThan: UInt64, on: Link)
         /// The primary merged what this node sent (nil: it had nothing to ask for).
         case reconciled(ReconcileSummary?)
         /// Sends `replicate` with the data's position.
         case replicate(on: Link)
-        /// A snapshot follows: the stream starts a full resync (`failed` if it cannot).
+        /// A snapshot follows: the stream starts a full resync (one that
+        /// stopped refuses it, and its link is closing already).
         case startFullResync(FullResync)
         /// Snapshot items, `received` of the snapshot with them.
         case applySnapshot([ReplicatedItem], received: UInt64, of: FullResync)
@@ -254,8 +255,9 @@ public struct ReplicaLink<Link> {
         lastHeard = now
     }
 
-    /// The shell could not do what an action asked (a resync the stream
-    /// refused, versions it could not send, a TLS failure): the connection closes.
+    /// The connection failed under the machine (a frame that does not
+    /// decode, TLS), or the shell could not do what an action asked (a
+    /// partial resync the stream refused): the connection closes.
     public mutating func failed(_ attempt: UInt64, reason: String) -> [Action] {
         guard case .connected(var connection) = state, connection.attempt == attempt else { return [] }
         defer { state = .connected(connection) }
