@@ -307,9 +307,7 @@ public final class ReplicaClient: Sendable {
             case .retry(let attempt, let delay):
                 group.next().scheduleTask(in: delay) { self.retryDue(attempt) }
             case .send(let message, let requestID, let flags, let channel):
-                var buffer = channel.allocator.buffer(capacity: 64)
-                guard (try? buffer.writeWireMessage(message, flags: flags, requestID: requestID)) != nil else { continue }
-                channel.writeAndFlush(buffer, promise: nil)
+                send(message, requestID: requestID, flags: flags, on: channel)
             case .close(let channel, let reason):
                 if let reason { logger.warning("closing the replication link", metadata: ["reason": "\(reason)"]) }
                 channel.close(promise: nil)
@@ -359,9 +357,9 @@ public final class ReplicaClient: Sendable {
         return owed
     }
 
-    private func send(_ message: WireMessage, requestID: UInt32 = 0, on channel: any Channel) {
+    private func send(_ message: WireMessage, requestID: UInt32 = 0, flags: UInt16 = 0, on channel: any Channel) {
         var buffer = channel.allocator.buffer(capacity: 64)
-        guard (try? buffer.writeWireMessage(message, requestID: requestID)) != nil else { return }
+        guard (try? buffer.writeWireMessage(message, flags: flags, requestID: requestID)) != nil else { return }
         channel.writeAndFlush(buffer, promise: nil)
     }
 

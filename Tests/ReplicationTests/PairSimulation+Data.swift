@@ -318,17 +318,16 @@ extension PairSimulation {
     @discardableResult
     mutating func stepLink(_ node: Int, _ event: (inout ReplicaLink<Int>) -> [ReplicaLink<Int>.Action]) -> UInt64? {
         guard var follower = nodes[node].data.follower else { return nil }
-        let attempt = follower.link.connection?.attempt
         let actions = event(&follower.link)
         nodes[node].data.role = .backup(follower)
         var owed: UInt64?
         for action in actions {
-            if let offset = performLink(action, at: node, follower: follower.id, attempt: attempt) { owed = offset }
+            if let offset = performLink(action, at: node, follower: follower.id) { owed = offset }
         }
         return owed
     }
 
-    mutating func performLink(_ action: ReplicaLink<Int>.Action, at node: Int, follower id: Int, attempt: UInt64?) -> UInt64? {
+    mutating func performLink(_ action: ReplicaLink<Int>.Action, at node: Int, follower id: Int) -> UInt64? {
         guard var follower = nodes[node].data.follower, follower.id == id else { return nil }
         var owed: UInt64?
         switch action {
@@ -814,11 +813,15 @@ extension PairSimulation {
         let delete = scripted?.delete ?? random.chance(20)
         guard let id = runWrite(at: node, key: key, value: delete ? nil : Array("w\(writes.count)".utf8)) else { return }
         let primary = writes[id].primary
-        // `MemcacheConnectionHandler`: after a connection's writes, the reply waits for what replication says.
-        let wait = primary.afterWrites(on: loop)
-        log("client → \(nodes[node].name): \(delete ? "delete \(key)" : "set \(key)=w\(id)") @\(writes[id].stamp), offset \(writes[id].target)\(wait == nil ? "" : ", waits")")
+        log("client → \(nodes[node].name): \(delete ? "delete \(key)" : "set \(key)=w\(id)") @\(writes[id].stamp), offset \(writes[id].target)")
+        answerAfterReplication(id, on: primary)
+    }
+
+    /// `MemcacheConnectionHandler`: after a connection's writes, the reply
+    /// waits for what replication says (`answerWrites` then answers it).
+    func answerAfterReplication(_ id: Int, on primary: PrimaryReplication) {
         let completions = self.completions
-        if let wait {
+        if let wait = primary.afterWrites(on: loop) {
             wait.whenComplete { _ in completions.done.append((id, primary.acknowledgements.reached)) }
         } else {
             completions.done.append((id, 0))

@@ -215,13 +215,7 @@ extension PairSimulation {
                 continue
             }
             log("\(nodes[node].name) runs f\(forwardedID) itself as write \(id) @\(writes[id].stamp), offset \(writes[id].target)")
-            let wait = primary.afterWrites(on: loop)
-            let completions = self.completions
-            if let wait {
-                wait.whenComplete { _ in completions.done.append((id, primary.acknowledgements.reached)) }
-            } else {
-                completions.done.append((id, 0))
-            }
+            answerAfterReplication(id, on: primary)
         }
     }
 

@@ -31,19 +31,16 @@ extension PairTests {
         role: NodeRole, name: String, wirePort: Int, peerPort: Int, directory: String?,
         failoverAfter: TimeAmount = .milliseconds(300)
     ) async throws -> TandemNode {
-        var port = wirePort
-        for _ in 0..<4 {
+        var (port, attempts) = (wirePort, 1)
+        while true {
             do {
                 return try await startNodeOnce(
                     role: role, name: name, wirePort: port, peerPort: peerPort, directory: directory, failoverAfter: failoverAfter
                 )
-            } catch let failure as BindFailure where failure.listener == .wire && failure.cause == .inUse {
-                port = try freePort()
+            } catch let failure as BindFailure where failure.listener == .wire && failure.cause == .inUse && attempts < 5 {
+                (port, attempts) = (try freePort(), attempts + 1)
             }
         }
-        return try await startNodeOnce(
-            role: role, name: name, wirePort: port, peerPort: peerPort, directory: directory, failoverAfter: failoverAfter
-        )
     }
 
     private func startNodeOnce(
