@@ -65,7 +65,7 @@ public struct ReconcileMerge: Sendable {
                 conflict = replaced.map { ($0, name) }
             case .kept(let local):
                 conflict = (local, "this node")
-            case .same, .expired:
+            case .same:
                 conflict = nil
             }
             // Versions at or below `conflictsAbove` may be ones both nodes saw;

@@ -286,6 +286,11 @@ public final class Persistence: Sendable {
             "keys": "\(newest.count)", "seconds": "\(String(format: "%.3f", Self.seconds(ContinuousClock.now - started)))",
         ])
         store.reserve(items: newest.count)
+        // A newest row that has expired loads nothing, but its stamp stays
+        // as a tombstone (`SessionStore.forgetExpired`).
+        for (key, header) in newest where header.valueLength != nil && header.deadline != 0 && header.deadline <= now {
+            key.withUnsafeBytes { store.forgetExpired($0, stamp: header.cas) }
+        }
         let load = newest.mapValues(\.seq)
         let parts = load.count >= Self.parallelRecoveryKeys ? ProcessInfo.processInfo.activeProcessorCount : 1
         try database.forEachNewestRow(load, now: now, parts: parts) { seq, key, value, flags, deadline, cas in
@@ -758,6 +763,8 @@ final class Writer: @unchecked Sendable {
         // headers learn their seqs only once it has committed.
         let firstSeqOfCommit = database.nextSeq
         let rewrote = needsRewrite
+        let now = store.now()
+        let tombstoneCutoff = HybridTimestamp.floor(millis: now - SessionStore.tombstoneRetentionMillis)
         do {
             try database.begin()
             do {
@@ -782,6 +789,12 @@ final class Writer: @unchecked Sendable {
                         // committed row may carry a later deadline than the
                         // version that expired (a touch not yet committed).
                         if !rewrote { _ = try database.append(change) }
+                        // An expiry's stamp stays a tombstone, as in memory
+                        // (`ShardState.expire`), across a restart; an
+                        // eviction's does not.
+                        if change.deadline.hasPassed(at: now), change.stamp >= tombstoneCutoff {
+                            try database.insertTombstone(key: change.key, stamp: change.stamp)
+                        }
                     case .delete:
                         if !rewrote { _ = try database.append(change) }
                         try database.insertTombstone(key: change.key, stamp: change.stamp)

@@ -176,7 +176,7 @@ extension SessionStore {
         let (shard, hash) = locate(key)
         let now = clock.nowMillis()
         if deadline.hasPassed(at: now) {
-            forgetRestored(key)
+            forgetExpired(key, stamp: cas)
             return false
         }
         return shard.state.withLock { state in

@@ -7,8 +7,6 @@ public enum MergeOutcome: Sendable, Equatable {
     case kept(local: UInt64)
     /// Both nodes hold this very version.
     case same
-    /// The incoming item has expired: there is nothing to merge.
-    case expired
 }
 
 extension SessionStore {
@@ -16,12 +14,14 @@ extension SessionStore {
     /// one may not (reconciliation after a failover): the version with the
     /// newer stamp wins, deletes (tombstones) and `flush_all` included. A
     /// winning version is recorded like any write, so it is persisted and
-    /// replicated. `value` nil merges a delete stamped `stamp`.
+    /// replicated. `value` nil merges a delete stamped `stamp`; so does an
+    /// item that has expired, since the key's newest version is then gone
+    /// and no older one may stand in for it.
     public func merge(_ key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer?, flags: UInt32, deadline: Deadline, stamp: UInt64) -> MergeOutcome {
         let (shard, hash) = locate(key)
         let now = clock.nowMillis()
-        if value != nil, deadline.hasPassed(at: now) { return .expired }
-        let bytes = value.map { Self.join(key, $0) }
+        let live = value.flatMap { deadline.hasPassed(at: now) ? nil : $0 }
+        let bytes = live.map { Self.join(key, $0) }
         let flushed = flushStamp
         let outcome = shard.state.withLock { state -> MergeOutcome in
             let local: UInt64?
@@ -84,17 +84,20 @@ extension SessionStore {
         return removed
     }
 
-    /// The live items and tombstones of one shard stamped above `stamp`:
-    /// what this node may hold that a peer which has everything up to
-    /// `stamp` lacks.
+    /// The live items of one shard stamped above `stamp`: what this node
+    /// may hold that a peer which has everything up to `stamp` lacks. An
+    /// expired one met on the way is removed, so that its stamp is among the
+    /// shard's tombstones, which the peer must also be sent.
     public func versions(inShard shardIndex: Int, newerThan stamp: UInt64, from cursor: Int, limit: Int) -> (items: [ItemSnapshot], next: Int?) {
         let now = clock.nowMillis()
         return shards[shardIndex].state.withLock { state in
-            state.liveItems(from: cursor, limit: limit, now: now, newerThan: stamp)
+            state.expireStamped(above: stamp, from: cursor, limit: limit, now: now)
+            return state.liveItems(from: cursor, limit: limit, now: now, newerThan: stamp)
         }
     }
 
-    /// The tombstones of one shard stamped above `stamp`.
+    /// The tombstones of one shard stamped above `stamp`: deletes, and
+    /// items that expired (take them after the shard's `versions`).
     public func tombstones(inShard shardIndex: Int, newerThan stamp: UInt64) -> [(key: [UInt8], stamp: UInt64)] {
         shards[shardIndex].state.withLock { $0.tombstones.newer(than: stamp) }
     }
@@ -114,6 +117,15 @@ extension SessionStore {
             if exchanged { break }
             current = original
         }
+    }
+
+    /// The stamp of the item `key` names, expired or not, without touching
+    /// it (a read would expire it): the version a merge would weigh an
+    /// incoming one against, with the key's tombstone. For tests that
+    /// observe the store.
+    func heldStamp(of key: UnsafeRawBufferPointer) -> UInt64? {
+        let (shard, hash) = locate(key)
+        return shard.state.withLock { state in state.find(key, hash: hash).map { state.item($0).cas } }
     }
 
     /// Tombstones held, for `stats`.

@@ -322,7 +322,8 @@ public final class SessionStore: Sendable {
             Shard(ShardState(
                 index: $0, shardCount: shardCount, byteLimit: share,
                 evictionsEnabled: configuration.evictionsEnabled,
-                valuesLeaveRAM: configuration.valuesLeaveRAM, recorder: recorder, pressure: pressure
+                valuesLeaveRAM: configuration.valuesLeaveRAM, recorder: recorder, pressure: pressure,
+                tombstoneLagMillis: Self.tombstoneRetentionMillis &- configuration.stampSkewMillis
             ))
         }
     }
@@ -707,7 +708,7 @@ public final class SessionStore: Sendable {
         return ceiling
     }
 
-    /// Tombstones are kept for this long (and at most `ShardState.tombstoneBudget`).
+    /// Tombstones (of deletes, and of expiries) are kept for this long (and at most `ShardState.tombstoneBudget`).
     public static let tombstoneRetentionMillis: Int64 = 3_600_000
 
     @inline(__always)
@@ -753,13 +754,14 @@ public final class SessionStore: Sendable {
     /// CAS tokens of its shard are larger than `cas`; call `raiseCas(above:)`
     /// with the highest recovered token once loading is done for the others.
     /// `seq` names the log row it came from (the header's committed row).
-    /// An expired item is not loaded, and removes any version loaded before.
+    /// An expired item is not loaded: it removes any version loaded before,
+    /// and leaves its tombstone (`forgetExpired`).
     @discardableResult
     public func restore(_ key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer, flags: UInt32, deadline: Deadline, cas: UInt64, seq: UInt64 = 0) -> Bool {
         let (shard, hash) = locate(key)
         let now = clock.nowMillis()
         if deadline.hasPassed(at: now) {
-            forgetRestored(key)
+            forgetExpired(key, stamp: cas)
             return false
         }
         let bytes = Self.join(key, value)
@@ -779,6 +781,18 @@ public final class SessionStore: Sendable {
         let (shard, hash) = locate(key)
         shard.state.withLock { state in
             if let slot = state.find(key, hash: hash) { state.removeQuietly(slot) }
+        }
+    }
+
+    /// Removes a key recovery loaded from an older row, without recording a
+    /// change, because its newest row, stamped `stamp`, has expired; the
+    /// stamp stays as a tombstone, as it does when an item expires in memory.
+    public func forgetExpired(_ key: UnsafeRawBufferPointer, stamp: UInt64) {
+        let (shard, hash) = locate(key)
+        let now = clock.nowMillis()
+        shard.state.withLock { state in
+            if let slot = state.find(key, hash: hash) { state.removeQuietly(slot) }
+            state.rememberExpiry(of: key, stamp: stamp, now: now)
         }
     }
 
@@ -806,7 +820,13 @@ public final class SessionStore: Sendable {
         let existing = state.find(key, hash: hash)
         defer { state.raiseCas(above: cas) }
         if deadline.hasPassed(at: now) {
-            if let slot = existing { state.remove(slot) }
+            // The newest version is this one, and it has expired.
+            state.rememberExpiry(of: key, stamp: cas, now: now)
+            if let slot = existing {
+                state.setCas(slot, cas)
+                state.setDeadline(slot, deadline)
+                state.remove(slot)
+            }
             return false
         }
         if let slot = existing {
@@ -832,16 +852,29 @@ public final class SessionStore: Sendable {
         return true
     }
 
-    /// Applies a removal received from the primary (recorded, like `applyUpsert`).
+    /// Applies a removal received from the primary (recorded, like
+    /// `applyUpsert`). The primary removes an item when it expires or is
+    /// evicted; one whose deadline has passed here too (allowing for the
+    /// clocks' skew) expired, and keeps its tombstone as a local expiry does.
     @discardableResult
     public func applyRemove(_ key: UnsafeRawBufferPointer) -> Bool {
         let (shard, hash) = locate(key)
+        let now = clock.nowMillis()
         return shard.state.withLock { state in
             guard let slot = state.find(key, hash: hash) else { return false }
-            state.remove(slot)
+            let deadline = state.item(slot).deadline
+            if deadline != 0, deadline <= now &+ Self.expirySkewMillis {
+                state.expire(slot, now: now)
+            } else {
+                state.remove(slot)
+            }
             return true
         }
     }
+
+    /// How far ahead of this node's clock the primary's may be when it
+    /// expires an item: a removal of an item due within this is an expiry.
+    static let expirySkewMillis: Int64 = 2_000
 
     /// Applies a client's delete received from the primary: removes the key and
     /// keeps the delete's stamp as a tombstone (recorded, like `applyUpsert`).

@@ -86,8 +86,11 @@ struct ShardState {
     private(set) var dirtyCount = 0
     /// Changes made since the consumer last took them, in sequence order.
     private(set) var changes: [Change] = []
-    /// Recent deletes, for reconciliation between the nodes of a pair.
+    /// Recent deletes and expiries, for reconciliation between the nodes of a pair.
     var tombstones: Tombstones
+    /// How far behind the clock a tombstone's stamp may be and still be kept
+    /// (the retention, less the store's stamp skew).
+    let tombstoneLagMillis: Int64
 
     /// Bytes charged per item beyond its key and value: the slot, the array
     /// header and allocator overhead, and the index entries.
@@ -95,8 +98,9 @@ struct ShardState {
 
     init(
         index: Int, shardCount: Int, byteLimit: Int, evictionsEnabled: Bool, valuesLeaveRAM: Bool = false, recorder: ChangeRecorder?,
-        pressure: MemoryPressure = MemoryPressure()
+        pressure: MemoryPressure = MemoryPressure(), tombstoneLagMillis: Int64 = SessionStore.tombstoneRetentionMillis
     ) {
+        self.tombstoneLagMillis = tombstoneLagMillis
         self.recorder = recorder
         self.pressure = pressure
         self.byteLimit = byteLimit
@@ -163,7 +167,7 @@ struct ShardState {
         guard let slot = find(key, hash: hash) else { return nil }
         let deadline = slots[Int(slot)].deadline
         if deadline != 0 && deadline <= now {
-            remove(slot)
+            expire(slot, now: now)
             counters.reclaimed += 1
             return nil
         }
@@ -261,7 +265,7 @@ struct ShardState {
             let deadline = slots[Int(victim)].deadline
             if deadline != 0 && deadline <= now {
                 counters.reclaimed += 1
-                remove(victim)
+                expire(victim, now: now)
                 continue
             }
             if valuesLeaveRAM {
@@ -315,11 +319,12 @@ struct ShardState {
             let deadline = slots[Int(victim)].deadline
             if deadline != 0 && deadline <= now {
                 counters.reclaimed += 1
+                expire(victim, now: now)
             } else {
                 guard evictionsEnabled else { return false }
                 counters.evictions += 1
+                remove(victim)
             }
-            remove(victim)
         }
         return true
     }
@@ -337,10 +342,11 @@ struct ShardState {
             if item.seq != 0 { freed += Int(item.keyLength) + Int(item.rowLength) + rowOverhead }
             if item.deadline != 0 && item.deadline <= now {
                 counters.reclaimed += 1
+                expire(victim, now: now)
             } else {
                 counters.evictions += 1
+                remove(victim)
             }
-            remove(victim)
             items += 1
         }
         return (freed, items)
@@ -423,6 +429,29 @@ struct ShardState {
         removeQuietly(slot)
     }
 
+    /// Removes an expired item, recorded as a removal, and keeps its stamp as
+    /// a tombstone: the key's newest version is gone, and an older version
+    /// the other node of a pair brings back (reconciliation) must not stand
+    /// in for it. Deadlines are absolute, so the other node expires the same
+    /// version itself.
+    mutating func expire(_ slot: Int32, now: Int64) {
+        rememberExpiry(of: slots[Int(slot)].bytes[..<Int(slots[Int(slot)].keyLength)], stamp: slots[Int(slot)].cas, now: now)
+        remove(slot)
+    }
+
+    /// Keeps `stamp`, the stamp of an expired version of `key`, as a
+    /// tombstone if it is recent enough to matter (within the retention).
+    mutating func rememberExpiry(of key: some Collection<UInt8>, stamp: UInt64, now: Int64) {
+        let cutoff = tombstoneCutoff(now)
+        guard stamp >= cutoff else { return }
+        tombstones.insert(Array(key), stamp: stamp, olderThanDropped: cutoff)
+    }
+
+    /// Tombstones stamped below this are past the retention.
+    func tombstoneCutoff(_ now: Int64) -> UInt64 {
+        HybridTimestamp.floor(millis: now &- tombstoneLagMillis)
+    }
+
     /// Removes an item without recording a change (recovery replaces what it loads).
     mutating func removeQuietly(_ slot: Int32) {
         let mask = table.count - 1
@@ -459,6 +488,21 @@ struct ShardState {
             index += 1
         }
         return (items, index < slots.count ? index : nil)
+    }
+
+    /// Expires the items stamped above `stamp` that `liveItems(from:limit:now:newerThan:)`
+    /// would pass over because their deadline has passed (the same slots).
+    mutating func expireStamped(above stamp: UInt64, from cursor: Int, limit: Int, now: Int64) {
+        let end = min(slots.count, cursor + max(limit, 1) * 16)
+        var index = cursor
+        while index < end {
+            let deadline = slots[index].deadline
+            if deadline != 0, deadline <= now, slots[index].cas > stamp, !slots[index].bytes.isEmpty {
+                expire(Int32(index), now: now)
+                counters.reclaimed += 1
+            }
+            index += 1
+        }
     }
 
     /// The committed row (seq, key length, value length) of every live item, read in place.
@@ -653,7 +697,7 @@ struct ShardState {
             let deadline = slots[reclaimCursor].deadline
             if deadline != 0, deadline <= now, !slots[reclaimCursor].bytes.isEmpty {
                 if !slots[reclaimCursor].marks.contains(.fetched) { counters.expiredUnfetched += 1 }
-                remove(slot)
+                expire(slot, now: now)
                 counters.reclaimed += 1
                 removed += 1
             }

@@ -2,7 +2,7 @@ import Logging
 import NIOCore
 import NIOEmbedded
 @testable import Replication
-import SessionStore
+@testable import SessionStore
 import WireProtocol
 
 /// The data side of the simulation: each node's store and what its writer
@@ -58,6 +58,8 @@ extension PairSimulation {
     struct StoredItem: Equatable, CustomStringConvertible {
         var value: [UInt8]
         var flags: UInt32
+        /// Milliseconds since the epoch (0: never).
+        var deadline: Int64 = 0
         var cas: UInt64
 
         var description: String { "\(String(decoding: value, as: UTF8.self))@\(cas)" }
@@ -111,7 +113,7 @@ extension PairSimulation {
                 let item = disk.items[key]!
                 Array(key.utf8).withUnsafeBytes { key in
                     item.value.withUnsafeBytes { value in
-                        _ = store.restore(key, value: value, flags: item.flags, deadline: .never, cas: item.cas)
+                        _ = store.restore(key, value: value, flags: item.flags, deadline: Deadline(millis: item.deadline), cas: item.cas)
                     }
                 }
                 highest = max(highest, item.cas)
@@ -177,9 +179,15 @@ extension PairSimulation {
             let key = String(decoding: change.key, as: UTF8.self)
             switch change.kind {
             case .upsert:
-                disk.items[key] = StoredItem(value: Array(change.storage[change.keyLength...]), flags: change.flags, cas: change.stamp)
+                disk.items[key] = StoredItem(
+                    value: Array(change.storage[change.keyLength...]), flags: change.flags, deadline: change.deadline.millis, cas: change.stamp
+                )
             case .remove:
                 disk.items[key] = nil
+                // `Persistence`: an expiry's stamp stays a tombstone.
+                if change.deadline.hasPassed(at: nodes[node].data.store.now()) {
+                    disk.tombstones[key] = max(disk.tombstones[key] ?? 0, change.stamp)
+                }
             case .delete:
                 disk.items[key] = nil
                 disk.tombstones[key] = max(disk.tombstones[key] ?? 0, change.stamp)
@@ -776,6 +784,8 @@ extension PairSimulation {
         let key: String
         /// nil: a delete.
         let value: [UInt8]?
+        /// When the set's item expires (ms since the epoch; 0: never).
+        let deadline: Int64
         let stamp: UInt64
         /// The stream offset the write is at, which a sync write waits for the backup to acknowledge.
         let target: UInt64
@@ -811,9 +821,12 @@ extension PairSimulation {
         }
         let key = scripted?.key ?? "k\(random.int(0...Self.keyCount - 1))"
         let delete = scripted?.delete ?? random.chance(20)
-        guard let id = runWrite(at: node, key: key, value: delete ? nil : Array("w\(writes.count)".utf8)) else { return }
+        // Some sets expire, within 2 s: before the final check, whatever the clocks' skew.
+        let expiring = scripted == nil && options.script == nil && !delete && random.chance(10)
+        let deadline = expiring ? nodes[node].data.store.now() + Int64(random.int(300...2000)) : 0
+        guard let id = runWrite(at: node, key: key, value: delete ? nil : Array("w\(writes.count)".utf8), deadline: deadline) else { return }
         let primary = writes[id].primary
-        log("client → \(nodes[node].name): \(delete ? "delete \(key)" : "set \(key)=w\(id)") @\(writes[id].stamp), offset \(writes[id].target)")
+        log("client → \(nodes[node].name): \(delete ? "delete \(key)" : "set \(key)=w\(id)") @\(writes[id].stamp), offset \(writes[id].target)\(deadline == 0 ? "" : ", expires at \(deadline)")")
         answerAfterReplication(id, on: primary)
     }
 
@@ -844,14 +857,14 @@ extension PairSimulation {
 
     /// Runs a set (or, with `value` nil, a delete) on the primary `node` and
     /// records it as a write (not yet answered); nil when a delete found nothing.
-    mutating func runWrite(at node: Int, key: String, value: [UInt8]?) -> Int? {
+    mutating func runWrite(at node: Int, key: String, value: [UInt8]?, deadline: Int64 = 0) -> Int? {
         let primary = nodes[node].data.primary!
         let store = nodes[node].data.store
         let id = writes.count
         let stamp: UInt64
         if let bytes = value {
             let outcome = try! Array(key.utf8).withUnsafeBytes { key in
-                try bytes.withUnsafeBytes { try store.store(key, value: $0, request: StoreRequest(mode: .set)) }
+                try bytes.withUnsafeBytes { try store.store(key, value: $0, request: StoreRequest(mode: .set, deadline: Deadline(millis: deadline))) }
             }
             guard case .stored(let cas, _) = outcome else {
                 broken = "a set on \(nodes[node].name) was not stored: \(outcome)"
@@ -864,7 +877,7 @@ extension PairSimulation {
             stamp = Self.tombstones(of: store)[key]!
         }
         let target = primary.offset(ofSequence: store.lastSequence)
-        writes.append(Write(id: id, node: node, life: nodes[node].life, key: key, value: value, stamp: stamp, target: target, primary: primary))
+        writes.append(Write(id: id, node: node, life: nodes[node].life, key: key, value: value, deadline: deadline, stamp: stamp, target: target, primary: primary))
         stats.writes += 1
         return id
     }
@@ -888,7 +901,8 @@ extension PairSimulation {
             else { continue }
             // A delete is there as the key's absence (a snapshot carries no tombstones).
             let standing = Self.item(write.key, in: nodes[backup].data.store)
-            let applied = write.value == nil ? (standing.map { $0.cas >= write.stamp } ?? true) : Self.version(of: write.key, in: nodes[backup].data.store) >= write.stamp
+            let store = nodes[backup].data.store
+            let applied = write.value == nil ? (standing.map { $0.cas >= write.stamp } ?? true) : Self.version(of: write.key, in: store) >= write.stamp
             guard follower.stream.position.offset >= write.target, applied else {
                 broken = "write \(id) (\(write.key)@\(write.stamp), offset \(write.target)) was answered as acknowledged by \(nodes[backup].name), which is at \(follower.stream.position.offset) without it"
                 return
@@ -917,22 +931,38 @@ extension PairSimulation {
                 let page = store.items(inShard: shard, from: from, limit: 256)
                 cursor = page.next
                 for item in page.items {
-                    items[String(decoding: item.key, as: UTF8.self)] = StoredItem(value: item.value, flags: item.flags, cas: item.cas)
+                    items[String(decoding: item.key, as: UTF8.self)] = StoredItem(
+                        value: item.value, flags: item.flags, deadline: item.deadline.millis, cas: item.cas
+                    )
                 }
             }
         }
         return items
     }
 
-    /// The live item `key` names in a store, without touching it.
+    /// The live item `key` names in a store, without touching it: a read
+    /// would expire an item whose deadline passed, a change the node's
+    /// schedule did not make.
     static func item(_ key: String, in store: SessionStore) -> ItemSnapshot? {
-        (try? Array(key.utf8).withUnsafeBytes { try store.fetch($0, options: FetchOptions(bump: false)) })??.item
+        let bytes = Array(key.utf8)
+        for shard in 0..<store.shardCount {
+            var cursor: Int? = 0
+            while let from = cursor {
+                let page = store.items(inShard: shard, from: from, limit: 256)
+                if let item = page.items.first(where: { $0.key == bytes }) { return item }
+                cursor = page.next
+            }
+        }
+        return nil
     }
 
     /// The stamp of the newest version of `key` a store holds: an item, a
     /// tombstone, or the last flush_all, which stands for every key (0: none).
+    /// An item that has expired counts: its version is the newest until a
+    /// newer one replaces it.
     static func version(of key: String, in store: SessionStore) -> UInt64 {
-        max(item(key, in: store)?.cas ?? 0, tombstones(of: store)[key] ?? 0, store.flushStamp)
+        let held = Array(key.utf8).withUnsafeBytes { store.heldStamp(of: $0) }
+        return max(held ?? 0, tombstones(of: store)[key] ?? 0, store.flushStamp)
     }
 
     static func version(of key: String, in disk: Disk) -> UInt64 {
@@ -996,6 +1026,12 @@ extension PairSimulation {
                 if standing == nil, writes.contains(where: { $0.key == key && $0.value == nil && $0.stamp > newest.stamp }) { continue }
                 // A flush_all after it may have emptied the store (or been lost).
                 if standing == nil, flushStamps.contains(where: { $0 > newest.stamp }) { continue }
+                // It, or a newer version (acknowledged or not), expired: the
+                // key is empty, and no older version may stand in for it.
+                let now = nodes[primary].data.store.now()
+                if standing == nil, writes.contains(where: { $0.key == key && $0.deadline != 0 && $0.deadline <= now && $0.stamp >= newest.stamp }) {
+                    continue
+                }
             } else if standing == nil {
                 continue
             }

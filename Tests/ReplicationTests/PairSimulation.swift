@@ -468,8 +468,15 @@ struct PairSimulation {
             apply(fault)
         case .tick(let node, let life):
             guard nodes[node].life == life, let machine = nodes[node].machine else { return }
-            // The node's periodic pump of its change feed (every 5 ms in
-            // `NodeParts`, here at each tick), and the writer's commit.
+            // The node's reclaimer of expired items (`MemcacheListener`'s,
+            // every `reclaimInterval`; here on some ticks, and while clients
+            // write: its removals are changes to replicate too), its
+            // periodic pump of its change feed (every 5 ms in `NodeParts`,
+            // here at each tick), and the writer's commit.
+            if time < options.faultMillis + options.healMillis / 2, random.chance(10),
+                case let reclaimed = nodes[node].data.store.reclaimExpired(), reclaimed > 0 {
+                log("\(nodes[node].name) reclaims \(reclaimed) expired items")
+            }
             nodes[node].data.feed.pump()
             if !nodes[node].storageFails { commit(node) }
             tickLinks(of: node)

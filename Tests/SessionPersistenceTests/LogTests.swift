@@ -170,7 +170,16 @@ struct LogTests {
         defer { reopened.persistence.stop() }
         #expect(value(reopened.store, "deleted") == nil)
         #expect(value(reopened.store, "touched") == nil)
-        #expect(reopened.store.tombstoneCount == 1)
+        // The delete's stamp and the expired version's both stay: a peer's
+        // older version of either key must not come back.
+        #expect(reopened.store.tombstoneCount == 2)
+        let outcome = Array("touched".utf8).withUnsafeBytes { key in
+            Array("older".utf8).withUnsafeBytes { reopened.store.merge(key, value: $0, flags: 0, deadline: .never, stamp: 1) }
+        }
+        guard case .kept = outcome else {
+            Issue.record("an older version of an expired key was merged back: \(outcome)")
+            return
+        }
     }
 
     @Test("a full resync's flush (stamp 0) keeps the tombstones on disk, carried deletes included; a client's flush_all drops them")

@@ -139,11 +139,76 @@ struct MergeTests {
         #expect(store.merge("k", "v", stamp: written) == .kept(local: store.flushStamp))
     }
 
-    @Test("an expired incoming item merges to nothing")
-    func expired() {
+    @Test("an expired incoming item merges as a delete at its stamp: an older local version goes, a newer one stays")
+    func expiredIncoming() {
         let (store, clock) = makeStore()
-        #expect(store.merge("k", "v", stamp: 1, deadline: Deadline(millis: clock.nowMillis() - 1)) == .expired)
-        #expect(store.value("k") == nil)
+        _ = store.set("old", "here")
+        let older = store.cas("old")!
+        clock.advance(millis: 10)
+        _ = store.set("new", "here")
+        let newer = store.cas("new")!
+        let past = Deadline(millis: clock.nowMillis() - 1)
+        // The peer's version, newer than "old" here, has expired: the key's newest version is gone.
+        #expect(store.merge("old", "peer", stamp: older + 1, deadline: past) == .applied(replaced: older))
+        #expect(store.value("old") == nil)
+        #expect(store.merge("old", "here", stamp: older) == .kept(local: older + 1))
+        // Older than what is here: nothing changes.
+        #expect(store.merge("new", "peer", stamp: newer - 1, deadline: past) == .kept(local: newer))
+        #expect(store.value("new") == "here")
+        // Nothing here: the expiry is remembered.
+        #expect(store.merge("none", "peer", stamp: newer + 1, deadline: past) == .applied(replaced: nil))
+        #expect(store.merge("none", "older", stamp: newer) == .kept(local: newer + 1))
+    }
+
+    @Test("an item that expires here keeps its stamp as a tombstone, however it goes: an older version merged later stays out")
+    func expiryLeavesTombstone() {
+        let (store, clock) = makeStore(shards: 1)
+        let deadline = Deadline(millis: clock.nowMillis() + 1_000)
+        for key in ["read", "swept", "applied"] { _ = store.set(key, "v", deadline: deadline) }
+        _ = store.set("forever", "v")
+        let stamps = ["read", "swept", "applied"].map { store.cas($0)! }
+        clock.advance(millis: 1_000)
+        #expect(store.get("read") == nil)
+        #expect(store.reclaimExpired() >= 1)
+        #expect(store.value("forever") == "v")
+        #expect(store.tombstoneCount == 3)
+        for (key, stamp) in zip(["read", "swept", "applied"], stamps) {
+            #expect(store.merge(key, "older", stamp: stamp - 1) == .kept(local: stamp))
+            #expect(store.merge(key, "newer", stamp: stamp + 1) == .applied(replaced: stamp))
+        }
+    }
+
+    @Test("a removal from the primary of an item whose deadline passed here is an expiry; one of a live item (an eviction) is not")
+    func appliedRemoval() {
+        let (store, clock) = makeStore(shards: 1)
+        _ = store.set("expired", "v", deadline: Deadline(millis: clock.nowMillis() + 500))
+        _ = store.set("evicted", "v")
+        let stamp = store.cas("expired")!
+        clock.advance(millis: 500)
+        #expect(Array("expired".utf8).withUnsafeBytes { store.applyRemove($0) })
+        #expect(Array("evicted".utf8).withUnsafeBytes { store.applyRemove($0) })
+        #expect(store.tombstoneCount == 1)
+        #expect(store.merge("expired", "older", stamp: stamp - 1) == .kept(local: stamp))
+    }
+
+    @Test("recovery leaves the tombstone of an expired newest row, and none for one past the retention")
+    func recoveredExpiry() {
+        let (store, clock) = makeStore(shards: 1)
+        clock.advance(millis: SessionStore.tombstoneRetentionMillis * 2)
+        let now = clock.nowMillis()
+        let recent = HybridTimestamp.floor(millis: now - 2_000)
+        let ancient = HybridTimestamp.floor(millis: now - SessionStore.tombstoneRetentionMillis - 1)
+        for (key, stamp) in [("recent", recent), ("ancient", ancient)] {
+            Array(key.utf8).withUnsafeBytes { key in
+                Array("v".utf8).withUnsafeBytes { value in
+                    _ = store.restore(key, value: value, flags: 0, deadline: .never, cas: stamp - 8)
+                    _ = store.restore(key, value: value, flags: 0, deadline: Deadline(millis: now - 1_000), cas: stamp)
+                }
+            }
+        }
+        #expect(store.value("recent") == nil && store.value("ancient") == nil)
+        #expect(store.tombstoneCount == 1)
+        #expect(store.merge("recent", "older", stamp: recent - 1) == .kept(local: recent))
     }
 
     @Test("versions above a stamp: the items and tombstones a peer that has everything up to it lacks")

@@ -413,6 +413,31 @@ def test_reconciliation_merges_and_counts_conflicts(pair_factory):
     assert "reconcile conflict" in b.log() and "both" in b.log()
 
 
+def test_a_version_that_expired_is_not_replaced_by_an_older_one_at_the_heal(pair_factory):
+    """During a partition each side writes a key, the later write with a
+    1-second TTL. Once that write has expired, the heal must leave the key
+    empty on both nodes: the older write must not come back."""
+    pair = pair_factory()
+    a, b = pair.node["A"], pair.node["B"]
+    pair.to_a.cut()
+    pair.to_b.cut()
+    wait_role(pair, "B", "primary")
+    with a.client() as ca, b.client() as cb:
+        # The newer version on the side that will lead (B), and on the side that will follow (A).
+        assert ca.store(b"set", b"newer-on-b", b"A-older") == b"STORED"
+        assert cb.store(b"set", b"newer-on-a", b"B-older") == b"STORED"
+        assert cb.store(b"set", b"newer-on-b", b"B-newer", exptime=1) == b"STORED"
+        assert ca.store(b"set", b"newer-on-a", b"A-newer", exptime=1) == b"STORED"
+        poll_until(lambda: not cb.get(b"newer-on-b") and not ca.get(b"newer-on-a"), timeout=10,
+                   what="the 1-second versions to expire")
+    pair.heal()
+    pair.settle()
+    for node in (a, b):
+        with node.client() as c:
+            assert c.get(b"newer-on-b", b"newer-on-a") == {}, f"an older version came back on {node}"
+    assert int(b.stats()["tombstones"]) >= 2
+
+
 def soak_kill_and_rejoin_cycles(pair_factory):
     pair = pair_factory()
     workload = Workload(pair.addresses, keys=48, workers=4, duration_s=SOAK_CYCLES * 20 + 60,
