@@ -5,6 +5,7 @@
 #
 #   Benchmarks/writer-cpu.sh --rounds 3 --duration 10 before=/path/tandemd after=/path/tandemd
 #   Benchmarks/writer-cpu.sh --workload e ...   # (e) msm-shaped, 25,000 sessions
+#   Benchmarks/writer-cpu.sh --ttl 1 ...        # (c) whose every set expires after 1 s
 #
 # Each run starts the binary fresh (-t 2 -m 1024, a new data directory),
 # drives (c) with the load generator, waits until nothing is pending, then
@@ -18,11 +19,13 @@ here="$(cd "$(dirname "$0")" && pwd)"
 rounds=3
 duration=10
 workload=c
+ttl=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --rounds) rounds="$2"; shift 2 ;;
         --duration) duration="$2"; shift 2 ;;
         --workload) workload="$2"; shift 2 ;;
+        --ttl) ttl="$2"; shift 2 ;;
         *=*) break ;;
         *) echo "writer-cpu: unknown option $1" >&2; exit 2 ;;
     esac
@@ -72,7 +75,7 @@ for round in $(seq 1 "$rounds"); do
         done
         [ -n "$port" ] || { echo "writer-cpu: $bin did not start" >&2; cat "$log" >&2; exit 1; }
         case "$workload" in
-            c) shape="--workload mix --set 100 --keys 50000" ;;
+            c) shape="--workload mix --set 100 --keys 50000 --ttl $ttl" ;;
             e) shape="--workload msm --sessions 25000" ;;
             *) echo "writer-cpu: --workload is c or e" >&2; exit 2 ;;
         esac

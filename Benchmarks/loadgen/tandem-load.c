@@ -304,6 +304,7 @@ static struct {
     int server_pid;
     int settle;
     int allow_misses;     /* a miss on a stored key is counted, not an error */
+    uint32_t ttl;         /* mix: every set expires this many seconds after it (0: never) */
     uint64_t seed;
     const char *label;
 } cfg = {
@@ -357,7 +358,7 @@ static inline uint32_t key_flags(uint64_t id) {
 }
 
 static inline uint32_t key_exptime(uint64_t id) {
-    if (cfg.workload == W_MIX) return 0;
+    if (cfg.workload == W_MIX) return cfg.ttl;
     return (id & 1) ? 1800 : 3600;
 }
 
@@ -963,6 +964,8 @@ static void usage(FILE *f) {
 "                      `stats` persistence_pending is 0 (servers without it: no wait)\n"
 "  --allow-misses      a miss on a key that was stored is counted as a miss, not\n"
 "                      an error (a cache that may lose what it was given)\n"
+"  --ttl N             mix: every set expires N seconds after it (default:\n"
+"                      never); with gets, add --allow-misses\n"
 "  --seed N            random seed\n"
 "  --label TEXT        copied into the output\n"
 "  --progress          print throughput every second on stderr\n"
@@ -995,7 +998,7 @@ static double parse_num(const char *name, const char *s, double lo, double hi) {
 static void parse_args(int argc, char **argv) {
     enum { O_HOST = 1000, O_PORT, O_THREADS, O_CONNS, O_PIPE, O_WORKLOAD, O_GET, O_SET, O_TOUCH, O_VSIZE, O_KEYS,
            O_SESSIONS, O_PRELOAD, O_DURATION, O_REQUESTS, O_MAXTIME, O_WARMUP, O_DRAIN, O_RATE, O_PID, O_SETTLE, O_SEED,
-           O_LABEL, O_PROGRESS, O_JSON, O_PROTOCOL, O_ALLOW_MISSES, O_HELP };
+           O_LABEL, O_PROGRESS, O_JSON, O_PROTOCOL, O_ALLOW_MISSES, O_TTL, O_HELP };
     static const struct option opts[] = {
         {"host", 1, 0, O_HOST}, {"port", 1, 0, O_PORT}, {"threads", 1, 0, O_THREADS},
         {"connections", 1, 0, O_CONNS}, {"pipeline", 1, 0, O_PIPE}, {"workload", 1, 0, O_WORKLOAD},
@@ -1004,7 +1007,7 @@ static void parse_args(int argc, char **argv) {
         {"duration", 1, 0, O_DURATION}, {"requests", 1, 0, O_REQUESTS}, {"max-time", 1, 0, O_MAXTIME},
         {"warmup", 1, 0, O_WARMUP}, {"drain-timeout", 1, 0, O_DRAIN}, {"rate", 1, 0, O_RATE},
         {"server-pid", 1, 0, O_PID}, {"settle", 0, 0, O_SETTLE}, {"seed", 1, 0, O_SEED}, {"label", 1, 0, O_LABEL},
-        {"progress", 0, 0, O_PROGRESS}, {"json", 0, 0, O_JSON}, {"protocol", 1, 0, O_PROTOCOL}, {"allow-misses", 0, 0, O_ALLOW_MISSES},
+        {"progress", 0, 0, O_PROGRESS}, {"json", 0, 0, O_JSON}, {"protocol", 1, 0, O_PROTOCOL}, {"allow-misses", 0, 0, O_ALLOW_MISSES}, {"ttl", 1, 0, O_TTL},
         {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
     int o;
     int pct_given = 0;
@@ -1040,6 +1043,7 @@ static void parse_args(int argc, char **argv) {
         case O_PROGRESS: cfg.progress = 1; break;
         case O_JSON: cfg.json = 1; break;
         case O_ALLOW_MISSES: cfg.allow_misses = 1; break;
+        case O_TTL: cfg.ttl = (uint32_t)parse_num("ttl", optarg, 0, 2592000); break;
         case O_PROTOCOL:
             if (!strcmp(optarg, "memcached")) cfg.protocol = PROTO_MEMCACHED;
             else if (!strcmp(optarg, "resp")) cfg.protocol = PROTO_RESP;

@@ -288,7 +288,7 @@ public final class Persistence: Sendable {
         store.reserve(items: newest.count)
         // A newest row that has expired loads nothing, but its stamp stays
         // as a tombstone (`SessionStore.forgetExpired`).
-        for (key, header) in newest where header.valueLength != nil && header.deadline != 0 && header.deadline <= now {
+        for (key, header) in newest where store.configuration.remembersExpiries && header.valueLength != nil && header.deadline != 0 && header.deadline <= now {
             key.withUnsafeBytes { store.forgetExpired($0, stamp: header.cas) }
         }
         let load = newest.mapValues(\.seq)
@@ -765,6 +765,7 @@ final class Writer: @unchecked Sendable {
         let rewrote = needsRewrite
         let now = store.now()
         let tombstoneCutoff = HybridTimestamp.floor(millis: now - SessionStore.tombstoneRetentionMillis)
+        let remembersExpiries = store.configuration.remembersExpiries
         do {
             try database.begin()
             do {
@@ -792,7 +793,7 @@ final class Writer: @unchecked Sendable {
                         // An expiry's stamp stays a tombstone, as in memory
                         // (`ShardState.expire`), across a restart; an
                         // eviction's does not.
-                        if change.deadline.hasPassed(at: now), change.stamp >= tombstoneCutoff {
+                        if remembersExpiries, change.deadline.hasPassed(at: now), change.stamp >= tombstoneCutoff {
                             try database.insertTombstone(key: change.key, stamp: change.stamp)
                         }
                     case .delete:

@@ -25,6 +25,11 @@ public struct StoreConfiguration: Sendable {
     /// keys chosen by a client cannot be made to collide. Only a simulation
     /// that must replay exactly sets it.
     public var hashSeed: UInt64?
+    /// Whether an expiry leaves a tombstone at the expired version's stamp
+    /// (Protocol.md 2.6): a node of a pair needs it, so that reconciliation
+    /// cannot put an older version in its place; a node on its own never
+    /// reconciles, and is spared the tombstones.
+    public var remembersExpiries = true
 
     public init(memoryLimit: Int = 1024 << 20, evictionsEnabled: Bool = true, maxItemSize: Int = 1 << 20, shardCount: Int = 64, recordsChanges: Bool = false) {
         self.memoryLimit = memoryLimit
@@ -323,7 +328,8 @@ public final class SessionStore: Sendable {
                 index: $0, shardCount: shardCount, byteLimit: share,
                 evictionsEnabled: configuration.evictionsEnabled,
                 valuesLeaveRAM: configuration.valuesLeaveRAM, recorder: recorder, pressure: pressure,
-                tombstoneLagMillis: Self.tombstoneRetentionMillis &- configuration.stampSkewMillis
+                tombstoneLagMillis: Self.tombstoneRetentionMillis &- configuration.stampSkewMillis,
+                remembersExpiries: configuration.remembersExpiries
             ))
         }
     }

@@ -91,6 +91,8 @@ struct ShardState {
     /// How far behind the clock a tombstone's stamp may be and still be kept
     /// (the retention, less the store's stamp skew).
     let tombstoneLagMillis: Int64
+    /// Whether expiries leave tombstones (`StoreConfiguration.remembersExpiries`).
+    let remembersExpiries: Bool
 
     /// Bytes charged per item beyond its key and value: the slot, the array
     /// header and allocator overhead, and the index entries.
@@ -98,9 +100,11 @@ struct ShardState {
 
     init(
         index: Int, shardCount: Int, byteLimit: Int, evictionsEnabled: Bool, valuesLeaveRAM: Bool = false, recorder: ChangeRecorder?,
-        pressure: MemoryPressure = MemoryPressure(), tombstoneLagMillis: Int64 = SessionStore.tombstoneRetentionMillis
+        pressure: MemoryPressure = MemoryPressure(), tombstoneLagMillis: Int64 = SessionStore.tombstoneRetentionMillis,
+        remembersExpiries: Bool = true
     ) {
         self.tombstoneLagMillis = tombstoneLagMillis
+        self.remembersExpiries = remembersExpiries
         self.recorder = recorder
         self.pressure = pressure
         self.byteLimit = byteLimit
@@ -440,8 +444,10 @@ struct ShardState {
     }
 
     /// Keeps `stamp`, the stamp of an expired version of `key`, as a
-    /// tombstone if it is recent enough to matter (within the retention).
+    /// tombstone if it is recent enough to matter (within the retention) and
+    /// the store remembers expiries.
     mutating func rememberExpiry(of key: some Collection<UInt8>, stamp: UInt64, now: Int64) {
+        guard remembersExpiries else { return }
         let cutoff = tombstoneCutoff(now)
         guard stamp >= cutoff else { return }
         tombstones.insert(Array(key), stamp: stamp, olderThanDropped: cutoff)

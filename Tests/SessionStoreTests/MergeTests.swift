@@ -178,6 +178,19 @@ struct MergeTests {
         }
     }
 
+    @Test("a store on its own (no pair to reconcile with) keeps no tombstones of expiries")
+    func expiriesForgottenOnItsOwn() {
+        let clock = ManualClock(millis: 1_700_000_000_000)
+        var configuration = StoreConfiguration(shardCount: 1, recordsChanges: true)
+        configuration.remembersExpiries = false
+        let store = SessionStore(configuration: configuration, clock: clock)
+        _ = store.set("k", "v", deadline: Deadline(millis: clock.nowMillis() + 10))
+        clock.advance(millis: 10)
+        #expect(store.get("k") == nil)
+        #expect(store.tombstoneCount == 0)
+        #expect(store.takeChanges().last?.kind == .remove)
+    }
+
     @Test("a removal from the primary of an item whose deadline passed here is an expiry; one of a live item (an eviction) is not")
     func appliedRemoval() {
         let (store, clock) = makeStore(shards: 1)
