@@ -824,6 +824,7 @@ extension PairSimulation {
         // Some sets expire, within 2 s: before the final check, whatever the clocks' skew.
         let expiring = scripted == nil && options.script == nil && !delete && random.chance(10)
         let deadline = expiring ? nodes[node].data.store.now() + Int64(random.int(300...2000)) : 0
+        if expiring { stats.expiringSets += 1 }
         guard let id = runWrite(at: node, key: key, value: delete ? nil : Array("w\(writes.count)".utf8), deadline: deadline) else { return }
         let primary = writes[id].primary
         log("client → \(nodes[node].name): \(delete ? "delete \(key)" : "set \(key)=w\(id)") @\(writes[id].stamp), offset \(writes[id].target)\(deadline == 0 ? "" : ", expires at \(deadline)")")

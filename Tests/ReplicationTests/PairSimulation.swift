@@ -138,6 +138,9 @@ struct PairSimulation {
         /// Held writes a backup ran itself once it was promoted.
         var forwardsRunHere = 0
         var flushes = 0
+        /// Sets given a deadline, and expired items the reclaimers removed.
+        var expiringSets = 0
+        var reclaimed = 0
         /// Acknowledged writes lost in a documented window (their only copy
         /// was in the memory of a node that crashed).
         var excused = 0
@@ -160,6 +163,8 @@ struct PairSimulation {
             forwardsRunTwice += other.forwardsRunTwice
             forwardsRunHere += other.forwardsRunHere
             flushes += other.flushes
+            expiringSets += other.expiringSets
+            reclaimed += other.reclaimed
             excused += other.excused
             fullResyncs += other.fullResyncs
             partialResyncs += other.partialResyncs
@@ -475,6 +480,7 @@ struct PairSimulation {
             // here at each tick), and the writer's commit.
             if time < options.faultMillis + options.healMillis / 2, random.chance(10),
                 case let reclaimed = nodes[node].data.store.reclaimExpired(), reclaimed > 0 {
+                stats.reclaimed += reclaimed
                 log("\(nodes[node].name) reclaims \(reclaimed) expired items")
             }
             nodes[node].data.feed.pump()
