@@ -786,10 +786,13 @@ final class Writer: @unchecked Sendable {
                         rows.append(CommittedRow(storage: change.storage, keyLength: change.keyLength, seq: seq, length: UInt32(change.valueCount), cas: change.stamp))
                         countLive(seq: seq, keyLength: change.keyLength, valueLength: change.valueCount)
                     case .remove:
-                        // A tombstone row even for an expiry: the key's last
-                        // committed row may carry a later deadline than the
-                        // version that expired (a touch not yet committed).
-                        if !rewrote { _ = try database.append(change) }
+                        // A tombstone row, unless the expired version is the
+                        // committed row's own, which then expires by its
+                        // deadline: the key's last committed row may carry a
+                        // later deadline than the version that expired (a
+                        // touch not yet committed), or there may be an older
+                        // row where the removal names none (seq 0).
+                        if !rewrote, !change.committedRowExpires { _ = try database.append(change) }
                         // An expiry's stamp stays a tombstone, as in memory
                         // (`ShardState.expire`), across a restart; an
                         // eviction's does not.

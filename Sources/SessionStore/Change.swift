@@ -36,6 +36,10 @@ public struct Change: Sendable {
     /// row's value length (0: none): the row a removal makes dead.
     public var committedSeq: UInt64 = 0
     public var committedLength: UInt32 = 0
+    /// For a removal: it is the expiry of the very version the key's
+    /// committed row holds, so that row expires by its own deadline and the
+    /// log needs no tombstone row for it.
+    public var committedRowExpires = false
 
     public var valueCount: Int { storage.count - keyLength }
 

@@ -440,7 +440,9 @@ struct ShardState {
     /// version itself.
     mutating func expire(_ slot: Int32, now: Int64) {
         rememberExpiry(of: slots[Int(slot)].bytes[..<Int(slots[Int(slot)].keyLength)], stamp: slots[Int(slot)].cas, now: now)
-        remove(slot)
+        // Clean: the committed row is this version, deadline included.
+        if recorder != nil { record(.remove, slot, committedRowExpires: slots[Int(slot)].isClean) }
+        removeQuietly(slot)
     }
 
     /// Keeps `stamp`, the stamp of an expired version of `key`, as a
@@ -602,7 +604,7 @@ struct ShardState {
     // MARK: Change stream
 
     /// Records the item's current state (or its removal) as the next change.
-    mutating func record(_ kind: Change.Kind, _ slot: Int32) {
+    mutating func record(_ kind: Change.Kind, _ slot: Int32, committedRowExpires: Bool = false) {
         guard let recorder else { return }
         if kind == .upsert {
             // A new version carries its value to the writer and the peer: it
@@ -617,6 +619,7 @@ struct ShardState {
         )
         change.committedSeq = item.seq
         change.committedLength = item.rowLength
+        change.committedRowExpires = committedRowExpires
         changes.append(change)
         recorder.pending.wrappingAdd(1, ordering: .relaxed)
     }

@@ -182,6 +182,32 @@ struct LogTests {
         }
     }
 
+    @Test("the expiry of a clean item appends no row: its committed row expires by its own deadline, across a restart too")
+    func cleanExpiryWritesNoRow() throws {
+        let directory = TemporaryDirectory()
+        let node = try openLogNode(directory.path)
+        let deadline = Deadline(millis: node.clock.nowMillis() + 1000)
+        _ = Array("expiring".utf8).withUnsafeBytes { key in
+            Array("v".utf8).withUnsafeBytes { try! node.store.store(key, value: $0, request: StoreRequest(mode: .set, deadline: deadline)) }
+        }
+        // Committed, and marked so before the writer counts nothing pending: the item is clean.
+        #expect(eventually(within: 10) { node.persistence.statistics().pending == 0 })
+        let before = node.persistence.statistics().logBytes
+        node.clock.advance(millis: 1000)
+        #expect(value(node.store, "expiring") == nil)
+        _ = node.store.put("other", Array("w".utf8))
+        #expect(eventually(within: 10) { node.persistence.statistics().pending == 0 })
+        let after = node.persistence.statistics().logBytes
+        // Only the other key's row was appended.
+        #expect(after - before == ItemDatabase.rowBytes(keyLength: 5, valueLength: 1))
+        node.persistence.stop()
+
+        let reopened = try openLogNode(directory.path, millis: node.clock.nowMillis())
+        defer { reopened.persistence.stop() }
+        #expect(value(reopened.store, "expiring") == nil)
+        #expect(value(reopened.store, "other") == Array("w".utf8))
+    }
+
     @Test("a full resync's flush (stamp 0) keeps the tombstones on disk, carried deletes included; a client's flush_all drops them")
     func resyncFlushKeepsTombstones() throws {
         let directory = TemporaryDirectory()
