@@ -440,8 +440,12 @@ struct ShardState {
     /// version itself.
     mutating func expire(_ slot: Int32, now: Int64) {
         rememberExpiry(of: slots[Int(slot)].bytes[..<Int(slots[Int(slot)].keyLength)], stamp: slots[Int(slot)].cas, now: now)
-        // Clean: the committed row is this version, deadline included.
-        if recorder != nil { record(.remove, slot, committedRowExpires: slots[Int(slot)].isClean) }
+        // Clean: the committed row is this version, deadline included, and
+        // recovery skips it once that deadline has passed (a backup may
+        // expire an item the primary removed a little before its deadline).
+        let deadline = slots[Int(slot)].deadline
+        let rowExpires = slots[Int(slot)].isClean && deadline != 0 && deadline <= now
+        if recorder != nil { record(.remove, slot, committedRowExpires: rowExpires) }
         removeQuietly(slot)
     }
 
