@@ -49,6 +49,9 @@ extension PairSimulation {
     /// What a node's writer committed: all it has after a crash.
     struct Disk {
         var items: [String: StoredItem] = [:]
+        /// The row each item's version was written at (the log's seq).
+        var rows: [String: UInt64] = [:]
+        var nextRow: UInt64 = 1
         var tombstones: [String: UInt64] = [:]
         var flushStamp: UInt64 = 0
         /// The replication position stored with the last commit.
@@ -113,7 +116,9 @@ extension PairSimulation {
                 let item = disk.items[key]!
                 Array(key.utf8).withUnsafeBytes { key in
                     item.value.withUnsafeBytes { value in
-                        _ = store.restore(key, value: value, flags: item.flags, deadline: Deadline(millis: item.deadline), cas: item.cas)
+                        _ = store.restore(
+                            key, value: value, flags: item.flags, deadline: Deadline(millis: item.deadline), cas: item.cas, seq: disk.rows[String(decoding: key, as: UTF8.self)] ?? 0
+                        )
                     }
                 }
                 highest = max(highest, item.cas)
@@ -175,6 +180,7 @@ extension PairSimulation {
         nodes[node].storedEpoch = epoch
         let position = dataPosition(of: node)
         var disk = nodes[node].data.disk
+        var rows: [CommittedRow] = []
         for change in nodes[node].data.writer.takeChanges() {
             let key = String(decoding: change.key, as: UTF8.self)
             switch change.kind {
@@ -182,24 +188,38 @@ extension PairSimulation {
                 disk.items[key] = StoredItem(
                     value: Array(change.storage[change.keyLength...]), flags: change.flags, deadline: change.deadline.millis, cas: change.stamp
                 )
+                disk.rows[key] = disk.nextRow
+                rows.append(CommittedRow(storage: change.storage, keyLength: change.keyLength, seq: disk.nextRow, length: UInt32(change.valueCount), cas: change.stamp))
+                disk.nextRow += 1
             case .remove:
-                disk.items[key] = nil
+                // The expiry of the committed version itself leaves its row,
+                // which recovery skips by its deadline (`Persistence`).
+                if change.committedRowExpires {
+                    stats.expiredCommittedRows += 1
+                } else {
+                    disk.items[key] = nil
+                    disk.rows[key] = nil
+                }
                 // `Persistence`: an expiry's stamp stays a tombstone.
                 if change.deadline.hasPassed(at: nodes[node].data.store.now()) {
                     disk.tombstones[key] = max(disk.tombstones[key] ?? 0, change.stamp)
                 }
             case .delete:
                 disk.items[key] = nil
+                disk.rows[key] = nil
                 disk.tombstones[key] = max(disk.tombstones[key] ?? 0, change.stamp)
             case .flushAll:
                 // The log's flush drops its tombstones too (`ItemDatabase.flushAll`).
                 disk.items = [:]
+                disk.rows = [:]
                 disk.tombstones = [:]
             }
         }
         disk.flushStamp = nodes[node].data.store.flushStamp
         disk.position = position
         nodes[node].data.disk = disk
+        // The headers learn their rows once committed: a value written is clean.
+        _ = nodes[node].data.store.markCommitted(rows)
     }
 
     // MARK: Roles (PairRole's lead, follow, stopFollowing)

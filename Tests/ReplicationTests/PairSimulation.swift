@@ -138,9 +138,11 @@ struct PairSimulation {
         /// Held writes a backup ran itself once it was promoted.
         var forwardsRunHere = 0
         var flushes = 0
-        /// Sets given a deadline, and expired items the reclaimers removed.
+        /// Sets given a deadline, expired items the reclaimers removed, and
+        /// expiries whose committed row stayed on disk (it expires itself).
         var expiringSets = 0
         var reclaimed = 0
+        var expiredCommittedRows = 0
         /// Acknowledged writes lost in a documented window (their only copy
         /// was in the memory of a node that crashed).
         var excused = 0
@@ -165,6 +167,7 @@ struct PairSimulation {
             flushes += other.flushes
             expiringSets += other.expiringSets
             reclaimed += other.reclaimed
+            expiredCommittedRows += other.expiredCommittedRows
             excused += other.excused
             fullResyncs += other.fullResyncs
             partialResyncs += other.partialResyncs

@@ -95,7 +95,7 @@ struct PairSimulationTests {
         let reasons = stats.fullResyncReasons.sorted { $0.value > $1.value }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")
         return """
             pair simulation: \(seeds) seeds in \(String(format: "%.1f", seconds)) s; \
-            \(stats.writes) writes (\(stats.expiringSets) sets expiring, \(stats.reclaimed) reclaimed) and \(stats.flushes) flush_all, \(stats.acknowledged) acknowledged (\(stats.acknowledgedInSync) after the backup's ack); \
+            \(stats.writes) writes (\(stats.expiringSets) sets expiring, \(stats.reclaimed) reclaimed, \(stats.expiredCommittedRows) expired committed rows) and \(stats.flushes) flush_all, \(stats.acknowledged) acknowledged (\(stats.acknowledgedInSync) after the backup's ack); \
             \(stats.forwarded) sent to a backup, \(stats.forwardedAcknowledged) of them answered there, \(stats.forwardsHeld) held, \
             \(stats.forwardsRunTwice) run twice, \(stats.forwardsRunHere) run by a backup promoted while holding them; \
             \(stats.excused) lost in documented windows; \(stats.crashes) crashes, \(stats.promotions) promotions; \
