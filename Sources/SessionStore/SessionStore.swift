@@ -26,9 +26,9 @@ public struct StoreConfiguration: Sendable {
     /// that must replay exactly sets it.
     public var hashSeed: UInt64?
     /// Whether an expiry leaves a tombstone at the expired version's stamp
-    /// (Protocol.md 2.6): a node of a pair needs it, so that reconciliation
-    /// cannot put an older version in its place; a node on its own never
-    /// reconciles, and is spared the tombstones.
+    /// (Protocol.md 2.6): a node that may reconcile with another needs it,
+    /// so that reconciliation cannot put an older version in its place; a
+    /// store that never will is spared the tombstones.
     public var remembersExpiries = true
 
     public init(memoryLimit: Int = 1024 << 20, evictionsEnabled: Bool = true, maxItemSize: Int = 1 << 20, shardCount: Int = 64, recordsChanges: Bool = false) {

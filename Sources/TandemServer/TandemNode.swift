@@ -98,7 +98,9 @@ public final class TandemNode: Service, Sendable {
         // With persistence, RAM is a cache of the log: a full store lets clean
         // values go before it loses an item (docs/storage.md).
         storeConfiguration.valuesLeaveRAM = configuration.persistence != nil
-        // Only a pair reconciles: a node on its own keeps no tombstones of expiries.
+        // Only a node with a pair configuration (tandemd's always has one: any
+        // node may take a backup) reconciles; one without keeps no tombstones
+        // of expiries.
         storeConfiguration.remembersExpiries = configuration.pair != nil
         self.store = SessionStore(configuration: storeConfiguration, clock: clock)
         self.configuration = configuration
