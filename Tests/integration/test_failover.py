@@ -171,6 +171,15 @@ def wait_role(pair: Pair, name: str, role: str, timeout: float = 15) -> None:
     poll_until(lambda: pair.stats(name)["role"] == role, timeout, what=f"{name} to be {role}")
 
 
+def partition(pair: Pair) -> None:
+    """Cuts the link both ways: B hears nothing and promotes itself, while A
+    keeps serving as a primary without a backup (its first write waits out
+    the sync timeout)."""
+    pair.to_a.cut()
+    pair.to_b.cut()
+    wait_role(pair, "B", "primary")
+
+
 def let_writes_run(seconds: float) -> None:
     """The workload keeps writing meanwhile (bounded by the workload's own limits)."""
     deadline = time.monotonic() + seconds
@@ -244,10 +253,7 @@ def test_partition_with_writes_on_both_sides_then_heal(pair_factory, round_):
 
     def faults(pair: Pair) -> None:
         let_writes_run(1.0)
-        pair.to_a.cut()
-        pair.to_b.cut()
-        # B hears nothing and promotes itself; A keeps serving as a primary without a backup.
-        wait_role(pair, "B", "primary")
+        partition(pair)
         assert pair.stats("A")["role"] == "primary"
         let_writes_run(2.0)
         pair.heal()
@@ -389,11 +395,8 @@ def test_reconciliation_merges_and_counts_conflicts(pair_factory):
     newer write of each key stands on both nodes, and the conflicts are counted."""
     pair = pair_factory()
     a, b = pair.node["A"], pair.node["B"]
-    pair.to_a.cut()
-    pair.to_b.cut()
-    wait_role(pair, "B", "primary")
+    partition(pair)
     with a.client() as ca, b.client() as cb:
-        # A is a primary without its backup now: its first write waits out the sync timeout.
         assert ca.store(b"set", b"both", b"from-A-first") == b"STORED"
         assert ca.store(b"set", b"only-a", b"A") == b"STORED"
         assert cb.store(b"set", b"only-b", b"B") == b"STORED"
@@ -419,9 +422,7 @@ def test_a_version_that_expired_is_not_replaced_by_an_older_one_at_the_heal(pair
     empty on both nodes: the older write must not come back."""
     pair = pair_factory()
     a, b = pair.node["A"], pair.node["B"]
-    pair.to_a.cut()
-    pair.to_b.cut()
-    wait_role(pair, "B", "primary")
+    partition(pair)
     with a.client() as ca, b.client() as cb:
         # The newer version on the side that will lead (B), and on the side that will follow (A).
         assert ca.store(b"set", b"newer-on-b", b"A-older") == b"STORED"
@@ -548,9 +549,7 @@ def test_status_reports_both_nodes_of_the_pair(pair_factory):
     table = tandemctl("status", "--port", str(pair.node["B"].wire_port)).stdout.decode()
     assert f"peer {pair.to_a.endpoint}:" in table and "  role" in table
 
-    pair.to_a.cut()
-    pair.to_b.cut()
-    wait_role(pair, "B", "primary")
+    partition(pair)
     cut_off = tandemctl("status", "--port", str(pair.node["A"].wire_port), "--json")
     assert cut_off.returncode == 6
     status = json.loads(cut_off.stdout)
