@@ -216,7 +216,7 @@ public final class Persistence: Sendable {
             let loaded = store.statistics().currentItems
             // Deletes the node remembers, and the last flush_all's stamp: a
             // peer's older versions of those keys must not come back.
-            let cutoff = HybridTimestamp.floor(millis: now - SessionStore.tombstoneRetentionMillis)
+            let cutoff = Self.tombstoneCutoff(now)
             try database.deleteTombstones(below: cutoff)
             try database.forEachTombstone(from: cutoff) { key, stamp in
                 store.restoreTombstone(key, stamp: stamp)
@@ -288,8 +288,10 @@ public final class Persistence: Sendable {
         store.reserve(items: newest.count)
         // A newest row that has expired loads nothing, but its stamp stays
         // as a tombstone (`SessionStore.forgetExpired`).
-        for (key, header) in newest where store.configuration.remembersExpiries && header.valueLength != nil && header.deadline != 0 && header.deadline <= now {
-            key.withUnsafeBytes { store.forgetExpired($0, stamp: header.cas) }
+        if store.configuration.remembersExpiries {
+            for (key, header) in newest where header.valueLength != nil && header.deadline != 0 && header.deadline <= now {
+                key.withUnsafeBytes { store.forgetExpired($0, stamp: header.cas) }
+            }
         }
         let load = newest.mapValues(\.seq)
         let parts = load.count >= Self.parallelRecoveryKeys ? ProcessInfo.processInfo.activeProcessorCount : 1
@@ -327,6 +329,11 @@ public final class Persistence: Sendable {
 
     /// Below this many keys one thread recovers as fast as several start.
     static let parallelRecoveryKeys = 50_000
+
+    /// Tombstones stamped below this, at `now`, are past the retention.
+    static func tombstoneCutoff(_ now: Int64) -> UInt64 {
+        HybridTimestamp.floor(millis: now - SessionStore.tombstoneRetentionMillis)
+    }
 
     static func seconds(_ duration: Duration) -> Double {
         let (seconds, attoseconds) = duration.components
@@ -729,7 +736,7 @@ final class Writer: @unchecked Sendable {
     private func pruneTombstones() {
         guard ContinuousClock.now - lastPrune >= .seconds(60) else { return }
         lastPrune = ContinuousClock.now
-        let cutoff = HybridTimestamp.floor(millis: store.now() - SessionStore.tombstoneRetentionMillis)
+        let cutoff = Persistence.tombstoneCutoff(store.now())
         try? database.deleteTombstones(below: cutoff)
     }
 
@@ -764,7 +771,7 @@ final class Writer: @unchecked Sendable {
         let firstSeqOfCommit = database.nextSeq
         let rewrote = needsRewrite
         let now = store.now()
-        let tombstoneCutoff = HybridTimestamp.floor(millis: now - SessionStore.tombstoneRetentionMillis)
+        let tombstoneCutoff = Persistence.tombstoneCutoff(now)
         let remembersExpiries = store.configuration.remembersExpiries
         do {
             try database.begin()

@@ -40,7 +40,7 @@ extension SessionStore {
                 if local > stamp { return .kept(local: local) }
                 guard let bytes else {
                     state.setCas(slot, stamp)
-                    state.tombstones.insert(Array(key), stamp: stamp, olderThanDropped: tombstoneCutoff(now))
+                    state.rememberDelete(of: key, stamp: stamp, now: now)
                     state.remove(slot, recordedAs: .delete)
                     state.raiseCas(above: stamp)
                     return .applied(replaced: local)
@@ -50,7 +50,7 @@ extension SessionStore {
             }
             guard let bytes else {
                 // Nothing here to remove: remembering the delete is all there is to do.
-                state.tombstones.insert(Array(key), stamp: stamp, olderThanDropped: tombstoneCutoff(now))
+                state.rememberDelete(of: key, stamp: stamp, now: now)
                 state.raiseCas(above: stamp)
                 return .applied(replaced: local)
             }
@@ -78,7 +78,7 @@ extension SessionStore {
         }
         var removed = 0
         for shard in shards {
-            removed += shard.state.withLock { $0.removeStamped(below: stamp, now: now, tombstoneCutoff: tombstoneCutoff(now)) }
+            removed += shard.state.withLock { $0.removeStamped(below: stamp, now: now) }
         }
         raiseStampFloor(above: stamp)
         return removed
@@ -106,7 +106,7 @@ extension SessionStore {
     public func restoreTombstone(_ key: UnsafeRawBufferPointer, stamp: UInt64) {
         let (shard, _) = locate(key)
         let now = clock.nowMillis()
-        shard.state.withLock { $0.tombstones.insert(Array(key), stamp: stamp, olderThanDropped: tombstoneCutoff(now)) }
+        shard.state.withLock { $0.rememberDelete(of: key, stamp: stamp, now: now) }
     }
 
     /// Restores the stamp of the last `flush_all` recovered from storage.

@@ -528,7 +528,7 @@ public final class SessionStore: Sendable {
                 let stamp = state.takeCas(stampBase(now))
                 if let slot = existing {
                     state.setCas(slot, stamp)
-                    state.tombstones.insert(Array(key), stamp: stamp, olderThanDropped: tombstoneCutoff(now))
+                    state.rememberDelete(of: key, stamp: stamp, now: now)
                     state.remove(slot, recordedAs: .delete)
                 }
                 return .stored(cas: request.explicitCas ?? stamp, size: bytes.count - key.count)
@@ -589,7 +589,7 @@ public final class SessionStore: Sendable {
                 // The delete gets a stamp of its own; the tombstone keeps it.
                 let stamp = state.takeCas(stampBase(now))
                 state.setCas(slot, stamp)
-                state.tombstones.insert(Array(key), stamp: stamp, olderThanDropped: tombstoneCutoff(now))
+                state.rememberDelete(of: key, stamp: stamp, now: now)
                 state.remove(slot, recordedAs: .delete)
                 return .deleted
             }
@@ -716,11 +716,6 @@ public final class SessionStore: Sendable {
 
     /// Tombstones (of deletes, and of expiries) are kept for this long (and at most `ShardState.tombstoneBudget`).
     public static let tombstoneRetentionMillis: Int64 = 3_600_000
-
-    @inline(__always)
-    func tombstoneCutoff(_ now: Int64) -> UInt64 {
-        HybridTimestamp.floor(millis: now &+ configuration.stampSkewMillis &- Self.tombstoneRetentionMillis)
-    }
 
     // MARK: Change stream
 
@@ -891,7 +886,7 @@ public final class SessionStore: Sendable {
         raiseStampFloor(above: stamp)
         return shard.state.withLock { state in
             state.raiseCas(above: stamp)
-            state.tombstones.insert(Array(key), stamp: stamp, olderThanDropped: tombstoneCutoff(now))
+            state.rememberDelete(of: key, stamp: stamp, now: now)
             guard let slot = state.find(key, hash: hash) else { return false }
             state.setCas(slot, stamp)
             state.remove(slot, recordedAs: .delete)

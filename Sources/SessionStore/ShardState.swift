@@ -453,10 +453,14 @@ struct ShardState {
     /// tombstone if it is recent enough to matter (within the retention) and
     /// the store remembers expiries.
     mutating func rememberExpiry(of key: some Collection<UInt8>, stamp: UInt64, now: Int64) {
-        guard remembersExpiries else { return }
-        let cutoff = tombstoneCutoff(now)
-        guard stamp >= cutoff else { return }
-        tombstones.insert(Array(key), stamp: stamp, olderThanDropped: cutoff)
+        guard remembersExpiries, stamp >= tombstoneCutoff(now) else { return }
+        rememberDelete(of: key, stamp: stamp, now: now)
+    }
+
+    /// Keeps `stamp`, a delete's, as the tombstone of `key` (unless it has a
+    /// newer one), dropping those past the retention.
+    mutating func rememberDelete(of key: some Collection<UInt8>, stamp: UInt64, now: Int64) {
+        tombstones.insert(Array(key), stamp: stamp, olderThanDropped: tombstoneCutoff(now))
     }
 
     /// Tombstones stamped below this are past the retention.
@@ -490,8 +494,7 @@ struct ShardState {
     func liveItems(from cursor: Int, limit: Int, now: Int64, newerThan stamp: UInt64 = 0) -> (items: [ItemSnapshot], next: Int?) {
         var items: [ItemSnapshot] = []
         var index = cursor
-        // Bounds the slots examined per call as well, so a sparse filter keeps lock holds short.
-        let examineLimit = cursor + max(limit, 1) * 16
+        let examineLimit = Self.examineLimit(from: cursor, limit: limit)
         while index < slots.count, items.count < limit, index < examineLimit {
             let item = slots[index]
             if !item.bytes.isEmpty, item.deadline == 0 || item.deadline > now, item.cas > stamp {
@@ -502,10 +505,16 @@ struct ShardState {
         return (items, index < slots.count ? index : nil)
     }
 
+    /// Where a walk of `limit` items from slot `cursor` stops examining
+    /// slots, found or not: a sparse filter keeps its lock holds short.
+    static func examineLimit(from cursor: Int, limit: Int) -> Int {
+        cursor + max(limit, 1) * 16
+    }
+
     /// Expires the items stamped above `stamp` that `liveItems(from:limit:now:newerThan:)`
     /// would pass over because their deadline has passed (the same slots).
     mutating func expireStamped(above stamp: UInt64, from cursor: Int, limit: Int, now: Int64) {
-        let end = min(slots.count, cursor + max(limit, 1) * 16)
+        let end = min(slots.count, Self.examineLimit(from: cursor, limit: limit))
         var index = cursor
         while index < end {
             let deadline = slots[index].deadline
@@ -529,14 +538,14 @@ struct ShardState {
     /// Removes every live item stamped below `stamp`, each recorded as a
     /// delete at `stamp` with its tombstone (a peer's `flush_all`, merged);
     /// items stamped after it stay. Returns how many went.
-    mutating func removeStamped(below stamp: UInt64, now: Int64, tombstoneCutoff: UInt64) -> Int {
+    mutating func removeStamped(below stamp: UInt64, now: Int64) -> Int {
         var removed = 0
         for index in slots.indices {
             let item = slots[index]
             guard !item.bytes.isEmpty, item.deadline == 0 || item.deadline > now, item.cas < stamp else { continue }
             let slot = Int32(index)
             setCas(slot, stamp)
-            tombstones.insert(Array(item.bytes[..<Int(item.keyLength)]), stamp: stamp, olderThanDropped: tombstoneCutoff)
+            rememberDelete(of: item.bytes[..<Int(item.keyLength)], stamp: stamp, now: now)
             remove(slot, recordedAs: .delete)
             removed += 1
         }

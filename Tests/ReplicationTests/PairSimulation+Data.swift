@@ -921,8 +921,8 @@ extension PairSimulation {
                 follower.stream.position.replicationID == write.primary.replicationID
             else { continue }
             // A delete is there as the key's absence (a snapshot carries no tombstones).
-            let standing = Self.item(write.key, in: nodes[backup].data.store)
             let store = nodes[backup].data.store
+            let standing = Self.item(write.key, in: store)
             let applied = write.value == nil ? (standing.map { $0.cas >= write.stamp } ?? true) : Self.version(of: write.key, in: store) >= write.stamp
             guard follower.stream.position.offset >= write.target, applied else {
                 broken = "write \(id) (\(write.key)@\(write.stamp), offset \(write.target)) was answered as acknowledged by \(nodes[backup].name), which is at \(follower.stream.position.offset) without it"
